@@ -1,0 +1,147 @@
+"""Signing keys (RFC 7517 JWKS, RFC 7638 thumbprints as `kid`), rotation with overlap.
+
+The only module that touches private signing keys. The newest unretired key signs; every key
+not yet expired verifies and is published, so tokens signed before a rotation stay verifiable
+until they expire. Private JWKs are stored envelope-encrypted (authserver.kms).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from authserver import kms as envelope
+from authserver.db import Database
+from authserver.kms import KMS
+from authserver.models import SigningKey
+
+SIGNING_ALG = "ES256"
+#: How long a retired key stays published: the longest-lived token we sign, plus leeway.
+KEY_OVERLAP = 24 * 3600
+#: How often a process re-reads which key is active (another process may have rotated).
+ACTIVE_KEY_CACHE_SECONDS = 30
+_AAD = b"authserver:signing-key:"
+
+
+class InvalidSignatureError(Exception):
+    """A JWT did not verify against our keys (bad signature, unknown kid, wrong typ or alg)."""
+
+
+class KeyRing:
+    def __init__(self, db: Database, kms: KMS) -> None:
+        self._db = db
+        self._kms = kms
+        self._mutex = threading.Lock()
+        self._active: tuple[float, ECKey] | None = None
+        self._public: KeySet = KeySet([])
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def ensure_key(self, session: Session, now: int) -> None:
+        """Create the first signing key if there is none (first start)."""
+        if session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))).first():
+            return
+        self._create(session, now)
+
+    def rotate(self, session: Session, now: int, overlap: int = KEY_OVERLAP) -> str:
+        """Publish a new key and retire the current ones (still published for `overlap`)."""
+        for key in session.scalars(select(SigningKey).where(SigningKey.retired_at.is_(None))):
+            key.retired_at = now
+            key.expires_at = now + overlap
+        kid = self._create(session, now)
+        with self._mutex:
+            self._active = None
+        return kid
+
+    def _create(self, session: Session, now: int) -> str:
+        key = ECKey.generate_key("P-256", auto_kid=True)
+        kid = key.kid
+        assert kid
+        private = json.dumps(key.as_dict(private=True))
+        session.add(
+            SigningKey(
+                kid=kid,
+                alg=SIGNING_ALG,
+                public_jwk={**key.as_dict(private=False), "use": "sig", "alg": SIGNING_ALG},
+                private_jwk_ciphertext=envelope.encrypt(
+                    self._kms, private.encode(), _AAD + kid.encode()
+                ),
+                created_at=now,
+            )
+        )
+        session.flush()
+        return kid
+
+    # --- publishing and verifying ------------------------------------------------------------
+
+    def jwks(self, now: int) -> dict[str, Any]:
+        with self._db.session() as session:
+            keys = session.scalars(select(SigningKey).order_by(SigningKey.created_at.desc()))
+            return {
+                "keys": [
+                    k.public_jwk for k in keys if k.expires_at is None or k.expires_at > now
+                ]
+            }
+
+    def _reload_public(self, now: int) -> KeySet:
+        keyset = KeySet.import_key_set(self.jwks(now))  # type: ignore[arg-type]
+        with self._mutex:
+            self._public = keyset
+        return keyset
+
+    def verify(self, token: str, *, typ: str | tuple[str, ...], now: int) -> dict[str, Any]:
+        """Verify signature, `alg` and JOSE `typ`; return the claims (claims are NOT validated).
+
+        Raises `InvalidSignatureError`. An unknown `kid` triggers one reload (rotation).
+        """
+        typs = (typ,) if isinstance(typ, str) else typ
+        for attempt in (0, 1):
+            keyset = self._public if attempt == 0 else self._reload_public(now)
+            try:
+                decoded = jwt.decode(token, keyset, algorithms=[SIGNING_ALG])
+            except (JoseError, ValueError) as e:
+                if attempt == 0 and _is_unknown_kid(e):
+                    continue
+                raise InvalidSignatureError(type(e).__name__) from e
+            if decoded.header.get("typ") not in typs:
+                raise InvalidSignatureError("unexpected typ")
+            return dict(decoded.claims)
+        raise InvalidSignatureError("unknown kid")
+
+    # --- signing -----------------------------------------------------------------------------
+
+    def sign(self, claims: dict[str, Any], *, typ: str) -> str:
+        key = self._active_key()
+        return jwt.encode({"alg": SIGNING_ALG, "kid": key.kid, "typ": typ}, claims, key)
+
+    def _active_key(self) -> ECKey:
+        cached = self._active
+        if cached and time.monotonic() - cached[0] < ACTIVE_KEY_CACHE_SECONDS:
+            return cached[1]
+        with self._db.session() as session:
+            row = session.scalars(
+                select(SigningKey)
+                .where(SigningKey.retired_at.is_(None))
+                .order_by(SigningKey.created_at.desc())
+            ).first()
+            if row is None:
+                raise RuntimeError("no active signing key; run `authserver db upgrade`")
+            private = envelope.decrypt(
+                self._kms, row.private_jwk_ciphertext, _AAD + row.kid.encode()
+            )
+        key = ECKey.import_key(json.loads(private))
+        with self._mutex:
+            self._active = (time.monotonic(), key)
+        return key
+
+
+def _is_unknown_kid(error: Exception) -> bool:
+    return isinstance(error, ValueError) or "kid" in str(error).lower() or "key" in str(error).lower()

@@ -1,0 +1,122 @@
+"""Envelope encryption: AES-256-GCM data keys wrapped by a key-encryption key (KEK).
+
+Only this module sees a KEK. `LocalKMS` keeps it in a file (0600, created on first start); a
+cloud KMS implements the same two methods. Associated data binds a ciphertext to its owner
+(e.g. user and platform), so rows cannot be swapped between owners.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from authserver.errors import ServerError, TemporarilyUnavailableError
+
+ENVELOPE_VERSION = 1
+_NONCE_BYTES = 12
+
+
+class KMSUnavailableError(TemporarilyUnavailableError):
+    """The KMS could not wrap or unwrap: fail closed (503)."""
+
+
+class EnvelopeIntegrityError(ServerError):
+    """A ciphertext did not authenticate (tampered, swapped or wrong key)."""
+
+
+class KMS(Protocol):
+    key_id: str
+
+    def wrap(self, data_key: bytes, aad: bytes) -> bytes: ...
+
+    def unwrap(self, wrapped: bytes, aad: bytes) -> bytes: ...
+
+
+class LocalKMS:
+    """A KEK in a local file: 32 random bytes, base64, mode 0600."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        try:
+            if not self.path.exists():
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(base64.b64encode(secrets.token_bytes(32)).decode())
+            kek = base64.b64decode(self.path.read_text().strip())
+        except FileExistsError:  # another process created it first
+            kek = base64.b64decode(self.path.read_text().strip())
+        except OSError as e:
+            raise KMSUnavailableError(debug=f"kek file: {type(e).__name__}") from e
+        if len(kek) != 32:
+            raise ValueError("the key-encryption key file must hold 32 base64-encoded bytes")
+        self._aead = AESGCM(kek)
+        # A key id that names the KEK without revealing it (for re-wrapping on rotation).
+        self.key_id = "local:" + base64.urlsafe_b64encode(
+            AESGCM(kek).encrypt(b"\0" * _NONCE_BYTES, b"key-id", None)[:8]
+        ).decode().rstrip("=")
+
+    def wrap(self, data_key: bytes, aad: bytes) -> bytes:
+        nonce = secrets.token_bytes(_NONCE_BYTES)
+        return nonce + self._aead.encrypt(nonce, data_key, aad)
+
+    def unwrap(self, wrapped: bytes, aad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(wrapped[:_NONCE_BYTES], wrapped[_NONCE_BYTES:], aad)
+        except InvalidTag as e:
+            raise EnvelopeIntegrityError(debug="data key did not unwrap") from e
+
+
+def encrypt(kms: KMS, plaintext: bytes, aad: bytes) -> str:
+    """Encrypt under a fresh data key; returns a self-describing JSON envelope."""
+    data_key = AESGCM.generate_key(bit_length=256)
+    nonce = secrets.token_bytes(_NONCE_BYTES)
+    ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, aad)
+    return json.dumps(
+        {
+            "v": ENVELOPE_VERSION,
+            "kek": kms.key_id,
+            "wk": _b64(kms.wrap(data_key, aad)),
+            "n": _b64(nonce),
+            "ct": _b64(ciphertext),
+        },
+        separators=(",", ":"),
+    )
+
+
+def decrypt(kms: KMS, envelope: str, aad: bytes) -> bytes:
+    """Decrypt an envelope; raises `EnvelopeIntegrityError` if anything fails to authenticate."""
+    try:
+        doc = json.loads(envelope)
+        if doc.get("v") != ENVELOPE_VERSION:
+            raise ValueError("unknown envelope version")
+        data_key = kms.unwrap(_unb64(doc["wk"]), aad)
+        return AESGCM(data_key).decrypt(_unb64(doc["n"]), _unb64(doc["ct"]), aad)
+    except EnvelopeIntegrityError:
+        raise
+    except (InvalidTag, ValueError, KeyError, TypeError) as e:
+        raise EnvelopeIntegrityError(debug=f"envelope: {type(e).__name__}") from e
+
+
+def rewrap(old: KMS, new: KMS, envelope: str, aad: bytes) -> str:
+    """Re-wrap the data key under `new` (KEK rotation) without touching the ciphertext."""
+    doc = json.loads(envelope)
+    data_key = old.unwrap(_unb64(doc["wk"]), aad)
+    doc["wk"] = _b64(new.wrap(data_key, aad))
+    doc["kek"] = new.key_id
+    return json.dumps(doc, separators=(",", ":"))
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

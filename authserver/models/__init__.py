@@ -1,0 +1,28 @@
+"""SQL models (SQLAlchemy 2.0, typed). The database is the source of truth.
+
+Times are integer Unix seconds supplied by the caller (`now`), never read here.
+Secrets are never stored in usable form: client secrets, codes and our refresh tokens as
+SHA-256 hashes, private keys and downstream tokens envelope-encrypted (authserver.kms).
+"""
+
+from authserver.models.base import Base
+from authserver.models.oauth import (
+    AuthorizationCode,
+    Client,
+    Grant,
+    RefreshToken,
+    RevokedToken,
+    SigningKey,
+    User,
+)
+
+__all__ = [
+    "AuthorizationCode",
+    "Base",
+    "Client",
+    "Grant",
+    "RefreshToken",
+    "RevokedToken",
+    "SigningKey",
+    "User",
+]

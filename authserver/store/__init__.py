@@ -1,0 +1,69 @@
+"""Shared short-lived state: replay entries, nonces, locks, rate windows, revocation epochs.
+
+`Store` is the only way to state that must hold across processes and hosts. Production uses
+`RedisStore`; with no Redis URL configured, `MemoryStore` serves one process only (and says so
+at start-up). Every backend error is raised as `StoreUnavailableError` (503
+`temporarily_unavailable`): a failing store never reads as "not seen before".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import Protocol
+
+from authserver.errors import TemporarilyUnavailableError
+
+
+class StoreUnavailableError(TemporarilyUnavailableError):
+    """The shared store could not answer; callers fail closed."""
+
+
+class LockTimeoutError(TemporarilyUnavailableError):
+    """A lock was not acquired within its blocking timeout."""
+
+
+class Store(Protocol):
+    #: True for the embedded store: nothing it holds is seen by another process.
+    single_process: bool
+
+    def add_if_absent(self, key: str, ttl: int) -> bool:
+        """Record `key` for `ttl` seconds. True if it was new, False if already present."""
+        ...
+
+    def incr(self, key: str, ttl: int) -> int:
+        """Increment a counter that expires `ttl` seconds after its first increment."""
+        ...
+
+    def get(self, key: str) -> str | None: ...
+
+    def set(self, key: str, value: str, ttl: int | None = None) -> None: ...
+
+    def delete(self, key: str) -> None: ...
+
+    def lock(
+        self, name: str, *, timeout: float, blocking_timeout: float
+    ) -> AbstractContextManager[int]:
+        """A mutual-exclusion lock held at most `timeout` seconds.
+
+        Entering yields a fencing token (strictly increasing per name); raises
+        `LockTimeoutError` if not acquired within `blocking_timeout` seconds.
+        """
+        ...
+
+    def ping(self) -> None:
+        """Raise `StoreUnavailableError` unless the store answers."""
+        ...
+
+
+def create_store(redis_url: str | None) -> Store:
+    if redis_url:
+        from authserver.store.redis import RedisStore
+
+        return RedisStore.from_url(redis_url)
+    from authserver.store.memory import MemoryStore
+
+    return MemoryStore()
+
+
+__all__ = ["LockTimeoutError", "Store", "StoreUnavailableError", "create_store", "Iterator"]

@@ -1,0 +1,100 @@
+"""Redis-backed store, shared by every worker and host of a deployment.
+
+Atomic primitives only: `SET NX EX` for replay entries, a Lua INCR+EXPIRE for windows,
+redis-py's `Lock` (token-checked release) plus an INCR fencing counter for locks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+from redis.exceptions import LockError, RedisError
+
+from authserver.store import LockTimeoutError, StoreUnavailableError
+
+KEY_PREFIX = "authserver:"
+
+_INCR_WITH_TTL = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return n
+"""
+
+
+class RedisStore:
+    single_process = False
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._r = client
+        self._incr = client.register_script(_INCR_WITH_TTL)
+
+    @classmethod
+    def from_url(cls, url: str) -> RedisStore:
+        return cls(
+            redis.Redis.from_url(
+                url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
+            )
+        )
+
+    def add_if_absent(self, key: str, ttl: int) -> bool:
+        try:
+            return bool(self._r.set(KEY_PREFIX + key, "1", nx=True, ex=max(1, int(ttl))))
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+
+    def incr(self, key: str, ttl: int) -> int:
+        try:
+            return int(self._incr(keys=[KEY_PREFIX + key], args=[max(1, int(ttl))]))
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+
+    def get(self, key: str) -> str | None:
+        try:
+            value = self._r.get(KEY_PREFIX + key)
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+        return None if value is None else str(value)
+
+    def set(self, key: str, value: str, ttl: int | None = None) -> None:
+        try:
+            self._r.set(KEY_PREFIX + key, value, ex=None if ttl is None else max(1, int(ttl)))
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+
+    def delete(self, key: str) -> None:
+        try:
+            self._r.delete(KEY_PREFIX + key)
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+
+    @contextmanager
+    def lock(self, name: str, *, timeout: float, blocking_timeout: float) -> Iterator[int]:
+        lock = self._r.lock(
+            KEY_PREFIX + "lock:" + name, timeout=timeout, blocking_timeout=blocking_timeout
+        )
+        try:
+            acquired = lock.acquire()
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis lock: {type(e).__name__}") from e
+        if not acquired:
+            raise LockTimeoutError(debug=f"lock {name} not acquired in {blocking_timeout}s")
+        try:
+            try:
+                fence = int(self._r.incr(KEY_PREFIX + "fence:" + name))
+            except RedisError as e:
+                raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+            yield fence
+        finally:
+            try:
+                lock.release()
+            except (LockError, RedisError):
+                # Expired (held past `timeout`) or Redis gone: the fencing token protects writers.
+                pass
+
+    def ping(self) -> None:
+        try:
+            self._r.ping()
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e

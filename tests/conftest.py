@@ -1,0 +1,63 @@
+"""Shared fixtures. Time is fixed (`now`); stores and databases are real.
+
+`store` is parametrised over the embedded store and Redis on 127.0.0.1:6379, `database_url`
+over SQLite and PostgreSQL on 127.0.0.1:5432, so every test that uses them runs on both.
+`scripts/test` makes sure those services are up; if they are not, the services tests fail
+loudly (never skip).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+NOW = 1_800_000_000
+REDIS_URL = os.environ.get("AUTHSERVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+POSTGRES_URL = os.environ.get(
+    "AUTHSERVER_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture
+def now() -> int:
+    return NOW
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[object]:
+    if request.param == "memory":
+        from authserver.store.memory import MemoryStore
+
+        yield MemoryStore()
+        return
+    import redis
+
+    from authserver.store.redis import RedisStore
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.ping()  # services are required: a dead Redis fails the test, it never skips
+    yield RedisStore(client)
+    client.flushdb()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: object) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"  # type: ignore[str-bytes-safe]
+        return
+    import sqlalchemy as sa
+
+    schema = "t_" + uuid.uuid4().hex[:12]
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{schema}"'))
+    admin.dispose()
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    yield f"{base}/{schema}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{schema}" WITH (FORCE)'))
+    admin.dispose()
