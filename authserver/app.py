@@ -1,0 +1,151 @@
+"""The Flask application factory: settings → services → blueprints. Nothing runs at import."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, g
+
+from authserver.clients import JwksCache
+from authserver.config import SESSION_TTL, Settings
+from authserver.db import Database
+from authserver.errors import OAuthError, TemporarilyUnavailableError
+from authserver.keys import KeyRing
+from authserver.kms import LocalKMS
+from authserver.services import Services
+from authserver.store import create_store
+
+log = logging.getLogger("authserver")
+
+
+def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+    settings = config if isinstance(config, Settings) else Settings.load(config)
+    from authserver import observability
+
+    observability.configure_logging(settings.log_level)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    # Authlib logs issued tokens at DEBUG; never let that level through.
+    logging.getLogger("authlib").setLevel(logging.WARNING)
+    services = build_services(settings)
+
+    app = Flask(__name__, template_folder="templates")
+    app.config.update(
+        SECRET_KEY=_secret_key(settings),
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.issuer.startswith("https://"),
+        SESSION_COOKIE_NAME="__Host-authserver" if settings.issuer.startswith("https://")
+        else "authserver_session",
+        PERMANENT_SESSION_LIFETIME=SESSION_TTL,
+        MAX_CONTENT_LENGTH=256 * 1024,
+        TESTING=settings.testing,
+    )
+    app.extensions["authserver"] = services
+    app.extensions["authserver.ready_checks"] = {
+        "database": services.db.ping,
+        "store": services.store.ping,
+    }
+    from authserver.authorization_server import AuthorizationServer
+    from authserver.grants.authorization_code import AuthorizationCodeGrant
+    from authserver.grants.client_credentials import ClientCredentialsGrant
+    from authserver.grants.refresh_token import RefreshTokenGrant
+
+    server = AuthorizationServer(services)
+    for grant in (ClientCredentialsGrant, AuthorizationCodeGrant, RefreshTokenGrant):
+        server.register_grant(grant)
+    app.extensions["authserver.oauth"] = server
+
+    _request_lifecycle(app, services)
+    observability.init_app(app)
+
+    from authserver.http import errors, oauth, ops, web
+
+    errors.init_app(app)
+    app.register_blueprint(oauth.bp)
+    app.register_blueprint(ops.ops)
+    app.register_blueprint(web.bp)
+    return app
+
+
+def build_services(settings: Settings) -> Services:
+    from authserver.dpop import NonceIssuer
+
+    Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
+    db = Database(settings.database_url)
+    if settings.auto_migrate:
+        db.upgrade()
+    kms = LocalKMS(settings.kek_file)
+    keyring = KeyRing(db, kms)
+    with db.session() as session:
+        keyring.ensure_key(session, int(time.time()))
+    store = create_store(settings.redis_url or None)
+    return Services(
+        settings=settings,
+        db=db,
+        store=store,
+        kms=kms,
+        keyring=keyring,
+        jwks_cache=JwksCache(),
+        nonces=NonceIssuer([_secret_key(settings).encode() + b":dpop-nonce"]),
+    )
+
+
+def _secret_key(settings: Settings) -> str:
+    """AUTHSERVER_SECRET_KEY, or one generated on first start in the data dir (0600).
+
+    Every instance of a deployment must share it (sessions, DPoP nonces): set it explicitly
+    when running on more than one host.
+    """
+    if settings.secret_key:
+        return settings.secret_key
+    path = Path(settings.data_dir) / "secret.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_urlsafe(48))
+    except FileExistsError:
+        pass
+    return path.read_text().strip()
+
+
+def _request_lifecycle(app: Flask, services: Services) -> None:
+    """One clock reading and one DB session per request; commit before the response leaves."""
+
+    @app.before_request
+    def open_request() -> None:
+        g.now = int(time.time())
+        g.db = services.db.sessionmaker()
+
+    @app.after_request
+    def commit(response: Response) -> Response:
+        session = g.pop("db", None)
+        if session is None:
+            return response
+        try:
+            if response.status_code < 400:
+                session.commit()
+            else:
+                session.rollback()
+        except Exception as e:  # noqa: BLE001 - any commit failure means nothing was issued
+            session.rollback()
+            from authserver.http.errors import render
+
+            log.error("commit failed: %s", type(e).__name__)
+            error: OAuthError = TemporarilyUnavailableError()
+            return render(error)
+        finally:
+            session.close()
+        return response
+
+    @app.teardown_request
+    def close(_exc: BaseException | None) -> None:
+        session = g.pop("db", None)
+        if session is not None:
+            session.rollback()
+            session.close()

@@ -1,0 +1,402 @@
+"""Clients: RFC 7591 registration, and client authentication at the token endpoint.
+
+Methods: `client_secret_basic`, `client_secret_post` (secrets are 256-bit random values stored
+as SHA-256 digests and compared in constant time), `private_key_jwt` (RFC 7523 §2.2/§3 with the
+rfc7523bis audience rule: `aud` is our issuer), and `none` for public clients (PKCE required).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from authlib.oauth2.rfc6749 import ClientMixin
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from sqlalchemy.orm import Session
+
+from authserver.config import CLIENT_ASSERTION_MAX_AGE, JWT_LEEWAY
+from authserver.errors import (
+    InvalidClientError,
+    InvalidClientMetadataError,
+    InvalidRedirectUriError,
+)
+from authserver.models import Client
+from authserver.store import Store
+
+GRANT_AUTHORIZATION_CODE = "authorization_code"
+GRANT_REFRESH_TOKEN = "refresh_token"
+GRANT_CLIENT_CREDENTIALS = "client_credentials"
+GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+SUPPORTED_GRANT_TYPES = (
+    GRANT_AUTHORIZATION_CODE,
+    GRANT_REFRESH_TOKEN,
+    GRANT_CLIENT_CREDENTIALS,
+    GRANT_TOKEN_EXCHANGE,
+)
+AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
+CONFIDENTIAL_ONLY_GRANTS = (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE)
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CLIENT_ASSERTION_ALGS = ("ES256", "ES384", "PS256", "RS256", "EdDSA")
+AUTHORIZATION_DETAILS_TYPES = ("agent_intent", "agent_mandate")
+MAX_STRING = 512
+MAX_REDIRECT_URIS = 20
+JWKS_URI_CACHE_SECONDS = 300
+JWKS_URI_TIMEOUT = 3.0
+CLIENT_ID_PREFIX = "cli_"  # distinct from user ids ("usr_…"): RFC 9068 §5, DCR-07
+
+_STRING_FIELDS = ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri",
+                  "software_id", "software_version", "scope")
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 of a client secret. Secrets are server-generated with 256 bits of entropy, so a
+    slow password hash buys nothing; the digest is all a database dump yields."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(client: Client, presented: str) -> bool:
+    if not client.secret_hash:
+        return False
+    return hmac.compare_digest(client.secret_hash, hash_secret(presented))
+
+
+# --- RFC 7591 registration ---------------------------------------------------------------------
+
+
+def is_acceptable_redirect_uri(uri: str) -> bool:
+    """https, http on a loopback address (RFC 8252 §7.3), or a private-use scheme (§7.1)."""
+    if not isinstance(uri, str) or len(uri) > 2048 or "#" in uri:
+        return False
+    parts = urlsplit(uri)
+    if parts.scheme == "https":
+        return bool(parts.hostname)
+    if parts.scheme == "http":
+        return parts.hostname in ("127.0.0.1", "::1", "localhost")
+    # RFC 8252 §7.1: reverse-DNS private-use schemes only.
+    return "." in parts.scheme and parts.scheme.replace(".", "").replace("-", "").isalnum()
+
+
+def validate_client_metadata(raw: Mapping[str, Any], *, scopes: tuple[str, ...]) -> dict[str, Any]:
+    """Validate and normalise registration metadata; unknown members are dropped (RFC 7591 §2).
+
+    Raises `InvalidRedirectUriError` / `InvalidClientMetadataError` (RFC 7591 §3.2.2).
+    """
+    if not isinstance(raw, Mapping):
+        raise InvalidClientMetadataError("Client metadata must be a JSON object")
+    md: dict[str, Any] = {}
+
+    method = raw.get("token_endpoint_auth_method", "client_secret_basic")
+    if method not in AUTH_METHODS:
+        raise InvalidClientMetadataError("Unsupported token_endpoint_auth_method")
+    md["token_endpoint_auth_method"] = method
+
+    grant_types = raw.get("grant_types", [GRANT_AUTHORIZATION_CODE])
+    if (not isinstance(grant_types, list) or not grant_types
+            or any(g not in SUPPORTED_GRANT_TYPES for g in grant_types)):
+        raise InvalidClientMetadataError("Unsupported grant_types")
+    if method == "none" and any(g in CONFIDENTIAL_ONLY_GRANTS for g in grant_types):
+        raise InvalidClientMetadataError("Public clients cannot use this grant type")
+    md["grant_types"] = list(dict.fromkeys(grant_types))
+
+    response_types = raw.get(
+        "response_types", ["code"] if GRANT_AUTHORIZATION_CODE in grant_types else []
+    )
+    if not isinstance(response_types, list) or any(r != "code" for r in response_types):
+        raise InvalidClientMetadataError("Only response_type code is supported")
+    if bool(response_types) != (GRANT_AUTHORIZATION_CODE in grant_types):
+        raise InvalidClientMetadataError("grant_types and response_types are inconsistent")
+    md["response_types"] = response_types
+
+    redirect_uris = raw.get("redirect_uris", [])
+    if not isinstance(redirect_uris, list) or len(redirect_uris) > MAX_REDIRECT_URIS:
+        raise InvalidRedirectUriError("redirect_uris must be a list of URIs")
+    for uri in redirect_uris:
+        if not is_acceptable_redirect_uri(uri):
+            raise InvalidRedirectUriError("Redirect URIs must be https, loopback http or a "
+                                          "private-use scheme, without a fragment")
+    if GRANT_AUTHORIZATION_CODE in grant_types and not redirect_uris:
+        raise InvalidRedirectUriError("authorization_code clients need redirect_uris")
+    md["redirect_uris"] = redirect_uris
+
+    if "jwks" in raw and "jwks_uri" in raw:
+        raise InvalidClientMetadataError("jwks and jwks_uri are mutually exclusive")
+    if "jwks" in raw:
+        md["jwks"] = _public_jwks(raw["jwks"])
+    if "jwks_uri" in raw:
+        uri = raw["jwks_uri"]
+        if not isinstance(uri, str) or not (uri.startswith("https://")
+                                            or is_acceptable_redirect_uri(uri)) or "#" in uri:
+            raise InvalidClientMetadataError("jwks_uri must be an https URL")
+        md["jwks_uri"] = uri
+    if method == "private_key_jwt" and "jwks" not in md and "jwks_uri" not in md:
+        raise InvalidClientMetadataError("private_key_jwt needs jwks or jwks_uri")
+
+    for name in _STRING_FIELDS:
+        if name in raw:
+            if not isinstance(raw[name], str) or len(raw[name]) > MAX_STRING:
+                raise InvalidClientMetadataError(f"{name} must be a short string")
+            md[name] = raw[name]
+    if "scope" in md and not set(md["scope"].split()) <= set(scopes):
+        raise InvalidClientMetadataError("scope lists an unsupported scope")
+    if "contacts" in raw:
+        if not isinstance(raw["contacts"], list) or not all(
+            isinstance(c, str) and len(c) <= MAX_STRING for c in raw["contacts"]
+        ):
+            raise InvalidClientMetadataError("contacts must be a list of strings")
+        md["contacts"] = raw["contacts"]
+    if "dpop_bound_access_tokens" in raw:
+        if not isinstance(raw["dpop_bound_access_tokens"], bool):
+            raise InvalidClientMetadataError("dpop_bound_access_tokens must be a boolean")
+        md["dpop_bound_access_tokens"] = raw["dpop_bound_access_tokens"]
+    if "authorization_details_types" in raw:
+        types = raw["authorization_details_types"]
+        if not isinstance(types, list) or any(t not in AUTHORIZATION_DETAILS_TYPES for t in types):
+            raise InvalidClientMetadataError("Unsupported authorization_details_types")
+        md["authorization_details_types"] = types
+    if "application_type" in raw:
+        if raw["application_type"] not in ("web", "native"):
+            raise InvalidClientMetadataError("application_type must be web or native")
+        md["application_type"] = raw["application_type"]
+    return md
+
+
+def _public_jwks(value: Any) -> dict[str, Any]:
+    try:
+        keyset = KeySet.import_key_set(value)
+    except (JoseError, ValueError, TypeError, KeyError) as e:
+        raise InvalidClientMetadataError("jwks is not a valid JWK Set") from e
+    if any(key.is_private for key in keyset.keys) or any(
+        k.get("kty") == "oct" for k in value.get("keys", [])
+    ):
+        raise InvalidClientMetadataError("jwks must hold public keys only")
+    return {"keys": [key.as_dict(private=False) for key in keyset.keys]}
+
+
+def register_client(
+    session: Session,
+    metadata: dict[str, Any],
+    *,
+    now: int,
+    attributes: dict[str, Any] | None = None,
+) -> tuple[Client, str | None]:
+    """Create a client from validated metadata. Returns it and its secret (shown once)."""
+    client_id = CLIENT_ID_PREFIX + secrets.token_urlsafe(16)
+    method = metadata["token_endpoint_auth_method"]
+    secret = (
+        secrets.token_urlsafe(32)
+        if method in ("client_secret_basic", "client_secret_post")
+        else None
+    )
+    client = Client(
+        client_id=client_id,
+        secret_hash=hash_secret(secret) if secret else None,
+        token_endpoint_auth_method=method,
+        client_metadata=metadata,
+        attributes=dict(attributes or {}),
+        client_id_issued_at=now,
+    )
+    session.add(client)
+    session.flush()
+    return client, secret
+
+
+def registration_response(client: Client, secret: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "client_id": client.client_id,
+        "client_id_issued_at": client.client_id_issued_at,
+        **client.client_metadata,
+    }
+    if secret:
+        body["client_secret"] = secret
+        body["client_secret_expires_at"] = 0
+    return body
+
+
+# --- Authlib client adapter ---------------------------------------------------------------------
+
+
+class OAuthClient(ClientMixin):
+    """Authlib's view of a `Client` row."""
+
+    def __init__(self, row: Client) -> None:
+        self.row = row
+
+    @property
+    def client_id(self) -> str:
+        return self.row.client_id
+
+    def get_client_id(self) -> str:
+        return self.row.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        uris = self.row.redirect_uris
+        return uris[0] if len(uris) == 1 else None
+
+    def get_allowed_scope(self, scope: str) -> str:
+        if not scope:
+            return ""
+        allowed = set((self.row.client_metadata.get("scope") or "").split())
+        if not allowed:
+            return scope
+        return " ".join(s for s in scope.split() if s in allowed)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        # RFC 9700 §4.1.3: exact string comparison.
+        return redirect_uri in self.row.redirect_uris
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return secret_matches(self.row, client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        return method == self.row.token_endpoint_auth_method
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type in (self.row.client_metadata.get("response_types") or [])
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in self.row.grant_types
+
+
+# --- private_key_jwt (RFC 7523 §2.2, §3) --------------------------------------------------------
+
+
+class JwksCache:
+    """Fetches clients' `jwks_uri` documents, caching them for a bounded time."""
+
+    def __init__(self, http: requests.Session | None = None) -> None:
+        self._http = http or requests.Session()
+        self._mutex = threading.Lock()
+        self._cache: dict[str, tuple[float, KeySet]] = {}
+
+    def get(self, uri: str, *, refresh: bool = False) -> KeySet:
+        with self._mutex:
+            hit = self._cache.get(uri)
+        if hit and not refresh and time.monotonic() - hit[0] < JWKS_URI_CACHE_SECONDS:
+            return hit[1]
+        try:
+            resp = self._http.get(uri, timeout=JWKS_URI_TIMEOUT, allow_redirects=False)
+            resp.raise_for_status()
+            keyset = KeySet.import_key_set(resp.json())
+        except (requests.RequestException, JoseError, ValueError, TypeError, KeyError) as e:
+            raise InvalidClientError("Client keys could not be retrieved",
+                                     debug=f"jwks_uri: {type(e).__name__}") from e
+        with self._mutex:
+            self._cache[uri] = (time.monotonic(), keyset)
+        return keyset
+
+
+def make_private_key_jwt_authenticator(
+    *, issuer: str, token_endpoint: str, store: Store, jwks_cache: JwksCache,
+    now: Callable[[], int],
+) -> Callable[[Callable[[str], OAuthClient | None], Any], OAuthClient | None]:
+    """An Authlib client-auth function for `private_key_jwt`.
+
+    Returns None when the request does not use this method (Authlib then tries the next one);
+    raises `InvalidClientError` when it does and fails.
+    """
+
+    def authenticate(query_client: Callable[[str], OAuthClient | None], request: Any):
+        form = request.form
+        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
+            return None
+        assertion = form.get("client_assertion")
+        if not assertion:
+            raise InvalidClientError("Missing client_assertion")
+        client = _assertion_client(query_client, assertion, form.get("client_id"))
+        keys = _client_keys(client, jwks_cache)
+        current = now()
+        claims = _verify_client_assertion(assertion, keys, client, jwks_cache)
+        check_client_assertion_claims(
+            claims, client=client, issuer=issuer, token_endpoint=token_endpoint, now=current
+        )
+        # JWTB-05: one use per (client, jti) within the assertion's lifetime.
+        ttl = int(claims["exp"]) - current + JWT_LEEWAY
+        key = "client-assertion:" + hashlib.sha256(
+            json.dumps([client.client_id, claims["jti"]]).encode()
+        ).hexdigest()
+        if not store.add_if_absent(key, ttl=max(ttl, 1)):
+            raise InvalidClientError("client_assertion was already used")
+        return client
+
+    return authenticate
+
+
+def _assertion_client(
+    query_client: Callable[[str], OAuthClient | None], assertion: str, client_id: str | None
+) -> OAuthClient:
+    try:
+        from joserfc import jws
+
+        payload = json.loads(jws.extract_compact(assertion.encode()).payload)
+    except (JoseError, ValueError, TypeError) as e:
+        raise InvalidClientError("Malformed client_assertion") from e
+    sub = payload.get("sub") if isinstance(payload, dict) else None
+    if not isinstance(sub, str) or (client_id is not None and client_id != sub):
+        raise InvalidClientError("client_assertion sub does not name the client")
+    client = query_client(sub)
+    if client is None or client.row.token_endpoint_auth_method != "private_key_jwt":
+        raise InvalidClientError("Client authentication failed")
+    return client
+
+
+def _client_keys(client: OAuthClient, cache: JwksCache) -> KeySet:
+    md = client.row.client_metadata
+    if "jwks" in md:
+        return KeySet.import_key_set(md["jwks"])
+    return cache.get(md["jwks_uri"])
+
+
+def _verify_client_assertion(
+    assertion: str, keys: KeySet, client: OAuthClient, cache: JwksCache
+) -> dict[str, Any]:
+    try:
+        return dict(jwt.decode(assertion, keys, algorithms=list(CLIENT_ASSERTION_ALGS)).claims)
+    except (JoseError, ValueError) as e:
+        if "jwks_uri" in client.row.client_metadata:  # the client may have rotated its keys
+            try:
+                fresh = cache.get(client.row.client_metadata["jwks_uri"], refresh=True)
+                return dict(
+                    jwt.decode(assertion, fresh, algorithms=list(CLIENT_ASSERTION_ALGS)).claims
+                )
+            except (JoseError, ValueError):
+                pass
+        raise InvalidClientError("client_assertion signature is invalid") from e
+
+
+def check_client_assertion_claims(
+    claims: dict[str, Any], *, client: OAuthClient, issuer: str, token_endpoint: str, now: int
+) -> None:
+    """RFC 7523 §3 claim checks; raises `InvalidClientError` (§3.2)."""
+    cid = client.client_id
+    if claims.get("iss") != cid or claims.get("sub") != cid:
+        raise InvalidClientError("client_assertion iss and sub must be the client_id")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud
+    accepted = {issuer}
+    if client.row.attributes.get("legacy_token_endpoint_aud"):
+        accepted.add(token_endpoint)
+    # rfc7523bis: the audience is our issuer identifier, as a single value.
+    if not isinstance(audiences, list) or len(audiences) != 1 or audiences[0] not in accepted:
+        raise InvalidClientError("client_assertion aud must be the issuer identifier")
+    exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
+    if not isinstance(exp, int) or exp <= now - JWT_LEEWAY:
+        raise InvalidClientError("client_assertion is expired")
+    if exp > now + CLIENT_ASSERTION_MAX_AGE + JWT_LEEWAY:
+        raise InvalidClientError("client_assertion lifetime is too long")
+    if iat is not None and (not isinstance(iat, int) or iat > now + JWT_LEEWAY):
+        raise InvalidClientError("client_assertion iat is in the future")
+    if nbf is not None and (not isinstance(nbf, int) or nbf > now + JWT_LEEWAY):
+        raise InvalidClientError("client_assertion is not yet valid")
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
+        raise InvalidClientError("client_assertion jti is required")

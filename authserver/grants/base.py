@@ -1,0 +1,127 @@
+"""What every grant shares: DPoP binding (RFC 9449 §5), resource indicators (RFC 8707), the
+token response (RFC 6749 §5.1) and scope checks."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.orm import Session
+
+from authserver.clients import OAuthClient
+from authserver.dpop import DPoPProof, validate_proof
+from authserver.errors import InvalidDpopProofError, InvalidScopeError, InvalidTargetError
+from authserver.services import Services
+from authserver.tokens import AccessToken
+
+TOKEN_RESPONSE_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
+                          ("Pragma", "no-cache")]
+
+
+class GrantMixin:
+    """Mixed into Authlib grant classes. `self.request` is Authlib's OAuth2Request carrying
+    `now`, `db` (the request's Session) and `dpop_headers` (set by authorization_server)."""
+
+    GRANT_TYPE: str
+    request: Any
+    server: Any
+
+    @property
+    def services(self) -> Services:
+        return self.server.services  # type: ignore[no-any-return]
+
+    @property
+    def now(self) -> int:
+        return int(self.request.now)
+
+    @property
+    def db(self) -> Session:
+        return self.request.db  # type: ignore[no-any-return]
+
+    # --- RFC 9449 §5 -------------------------------------------------------------------------
+
+    def check_dpop(self, client: OAuthClient, *, required: bool = False) -> DPoPProof | None:
+        """Validate the DPoP proof if one is sent; require one where client or grant says so."""
+        headers: list[str] = self.request.dpop_headers
+        settings = self.services.settings
+        required = (
+            required
+            or client.row.dpop_bound_access_tokens  # DPOP-23
+            or self.GRANT_TYPE in settings.dpop_required_grants
+        )
+        if not headers:
+            if required:
+                raise InvalidDpopProofError("DPoP proof required")
+            return None
+        nonce_required = settings.dpop_nonce == "all" or (
+            settings.dpop_nonce == "per_client" and bool(client.row.attributes.get("dpop_nonce"))
+        )
+        proof = validate_proof(
+            headers,
+            method="POST",
+            url=settings.token_endpoint,
+            now=self.now,
+            store=self.services.store,
+            nonces=self.services.nonces,
+            nonce_required=nonce_required,
+            window=settings.dpop_proof_window,
+        )
+        self.request.dpop = proof
+        return proof
+
+    # --- RFC 8707 ----------------------------------------------------------------------------
+
+    def requested_resources(self) -> list[str]:
+        values: list[str] = self.request.payload.datalist.get("resource", [])
+        for value in values:
+            parts = urlsplit(value)
+            if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
+                raise InvalidTargetError("resource must be an absolute URI without a fragment")
+        unknown = set(values) - self.services.known_resources()
+        if unknown:
+            raise InvalidTargetError("The requested resource is not served by this server")
+        return list(dict.fromkeys(values))
+
+    def audience_for(self, resources: list[str]) -> str | list[str]:
+        # RFC 9068 §3: a token always has an audience; ours by default.
+        if not resources:
+            return self.services.settings.issuer
+        return resources[0] if len(resources) == 1 else resources
+
+    # --- scope -------------------------------------------------------------------------------
+
+    def checked_scope(self, client: OAuthClient, requested: str | None, granted: str | None = None
+                      ) -> str:
+        """The requested scope, which must be supported, allowed to the client, and (when a
+        grant exists) within what was granted (RFC 6749 §3.3, §6)."""
+        scopes = (requested or "").split()
+        supported = set(self.services.settings.scopes)
+        if any(s not in supported for s in scopes):
+            raise InvalidScopeError("The requested scope is not supported")
+        allowed = client.get_allowed_scope(" ".join(scopes)).split()
+        if len(allowed) != len(scopes):
+            raise InvalidScopeError("The requested scope is not allowed for this client")
+        if granted is not None and not set(scopes) <= set(granted.split()):
+            raise InvalidScopeError("The requested scope exceeds the granted scope")
+        return " ".join(scopes)
+
+    # --- RFC 6749 §5.1 -----------------------------------------------------------------------
+
+    def token_response(
+        self, token: AccessToken, *, refresh_token: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
+        body: dict[str, Any] = {
+            "access_token": token.value,
+            "token_type": token.token_type,
+            "expires_in": token.expires_in,
+        }
+        if token.claims.get("scope"):
+            body["scope"] = token.claims["scope"]
+        if refresh_token:
+            body["refresh_token"] = refresh_token
+        if token.claims.get("authorization_details"):
+            body["authorization_details"] = token.claims["authorization_details"]
+        body.update(extra or {})
+        self.request.issued = token
+        return 200, body, list(TOKEN_RESPONSE_HEADERS)

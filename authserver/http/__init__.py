@@ -1,0 +1,1 @@
+"""HTTP layer: Flask blueprints and the single error handler. The core never imports this."""

@@ -1,0 +1,40 @@
+"""The wired services of one running instance (built by `create_app`, no Flask here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from authserver.clients import JwksCache
+from authserver.config import Settings
+from authserver.db import Database
+from authserver.keys import KeyRing
+from authserver.kms import KMS
+from authserver.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: Store
+    kms: KMS
+    keyring: KeyRing
+    jwks_cache: JwksCache
+    nonces: Any = None  # authserver.dpop.NonceIssuer
+    policy: Any = None  # authserver.policy.PolicyEngine
+    federation: Any = None  # authserver.identity.federation.Federation
+    rate_limiter: Any = None  # authserver.ratelimit.RateLimiter
+    audit: Any = None  # authserver.audit.AuditLog
+    vault: Any = None  # authserver.broker.vault.Vault
+    platforms: dict[str, Any] = field(default_factory=dict)  # name -> broker Platform
+
+    def known_resources(self) -> set[str]:
+        """RFC 8707 resources tokens may be audience-restricted to."""
+        s = self.settings
+        resources = {s.issuer, *s.resources}
+        for name, platform in self.platforms.items():
+            resources.add(f"{s.issuer}/gateway/{name}")
+            if getattr(platform, "api_base_url", None):
+                resources.add(platform.api_base_url)
+        return resources

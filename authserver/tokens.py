@@ -1,0 +1,152 @@
+"""RFC 9068 JWT access tokens, and the checks that decide whether one is still live.
+
+`typ: at+jwt`, claims `iss sub aud exp iat jti client_id` (+ `scope`, `cnf`, `act`,
+`authorization_details`, `gid` = the grant it came from). Binding is derived, never supplied by
+a caller: a token has `cnf.jkt` exactly when it was issued against a DPoP proof, and its
+`token_type` follows from that (RFC 9449 §5, §6.1).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from authserver.config import JWT_LEEWAY
+from authserver.keys import InvalidSignatureError, KeyRing
+from authserver.models import Client, Grant, RevokedToken, User
+
+ACCESS_TOKEN_TYP = "at+jwt"
+ACCEPTED_AT_TYPS = ("at+jwt", "application/at+jwt")
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    value: str
+    claims: dict[str, Any]
+    expires_in: int
+
+    @property
+    def token_type(self) -> str:
+        return "DPoP" if "cnf" in self.claims else "Bearer"
+
+    @property
+    def jti(self) -> str:
+        return str(self.claims["jti"])
+
+
+@dataclass
+class TokenRequestContext:
+    """What a grant decided, handed to `issue_access_token`."""
+
+    sub: str
+    client_id: str
+    audience: str | list[str]
+    scope: str = ""
+    ttl: int = 600
+    jkt: str | None = None
+    act: dict[str, Any] | None = None
+    authorization_details: list[dict[str, Any]] | None = None
+    grant_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def issue_access_token(
+    keyring: KeyRing, issuer: str, ctx: TokenRequestContext, *, now: int
+) -> AccessToken:
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": ctx.sub,
+        "aud": ctx.audience,
+        "iat": now,
+        "exp": now + ctx.ttl,
+        "jti": secrets.token_urlsafe(18),
+        "client_id": ctx.client_id,
+    }
+    if ctx.scope:
+        claims["scope"] = ctx.scope
+    if ctx.jkt:
+        claims["cnf"] = {"jkt": ctx.jkt}
+    if ctx.act:
+        claims["act"] = ctx.act
+    if ctx.authorization_details:
+        claims["authorization_details"] = ctx.authorization_details
+    if ctx.grant_id:
+        claims["gid"] = ctx.grant_id
+    claims.update(ctx.extra)
+    return AccessToken(keyring.sign(claims, typ=ACCESS_TOKEN_TYP), claims, ctx.ttl)
+
+
+class TokenNotLiveError(Exception):
+    """A token is not (or no longer) acceptable. `reason` is for logs and audit only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def verify_access_token(
+    keyring: KeyRing, issuer: str, token: str, *, now: int, leeway: int = JWT_LEEWAY
+) -> dict[str, Any]:
+    """Signature, `typ`, `iss` and lifetime of one of our access tokens; returns its claims.
+
+    Does not consult the database; `check_token_live` does. Raises `TokenNotLiveError`.
+    """
+    try:
+        claims = keyring.verify(token, typ=ACCEPTED_AT_TYPS, now=now)
+    except InvalidSignatureError as e:
+        raise TokenNotLiveError("signature") from e
+    if claims.get("iss") != issuer:
+        raise TokenNotLiveError("iss")
+    exp, iat = claims.get("exp"), claims.get("iat")
+    if not isinstance(exp, int) or not isinstance(iat, int):
+        raise TokenNotLiveError("claims")
+    if exp <= now - leeway:
+        raise TokenNotLiveError("expired")
+    if iat > now + leeway:
+        raise TokenNotLiveError("iat in the future")
+    for name in ("sub", "jti", "client_id"):
+        if not isinstance(claims.get(name), str):
+            raise TokenNotLiveError("claims")
+    return claims
+
+
+def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | None = None) -> None:
+    """Revocation: the jti, its grant, its client, its user (deprovisioning epoch).
+
+    `epoch` overrides the user's `tokens_valid_after` (the caller may have it from the store).
+    Raises `TokenNotLiveError`.
+    """
+    if session.get(RevokedToken, claims["jti"]) is not None:
+        raise TokenNotLiveError("revoked")
+    gid = claims.get("gid")
+    if gid is not None:
+        grant = session.get(Grant, gid)
+        if grant is None or grant.revoked_at is not None:
+            raise TokenNotLiveError("grant revoked")
+    if session.get(Client, claims["client_id"]) is None:
+        raise TokenNotLiveError("client deleted")
+    if claims["sub"] != claims["client_id"]:
+        user = session.get(User, claims["sub"])
+        if user is None or not user.active:
+            raise TokenNotLiveError("user inactive")
+        valid_after = user.tokens_valid_after if epoch is None else max(
+            epoch, user.tokens_valid_after
+        )
+        if valid_after and claims["iat"] <= valid_after:
+            raise TokenNotLiveError("issued before the user's revocation epoch")
+
+
+def revoke_access_token(session: Session, claims: dict[str, Any]) -> None:
+    if session.get(RevokedToken, claims["jti"]) is None:
+        session.add(RevokedToken(jti=claims["jti"], expires_at=int(claims["exp"])))
+
+
+def purge_revoked(session: Session, now: int) -> int:
+    rows = session.scalars(select(RevokedToken).where(RevokedToken.expires_at < now)).all()
+    for row in rows:
+        session.delete(row)
+    return len(rows)
