@@ -61,8 +61,10 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
         server.register_grant(grant)
     app.extensions["authserver.oauth"] = server
 
-    _request_lifecycle(app, services)
+    # Observability first: hooks run in registration order, so every later log line has the
+    # correlation id.
     observability.init_app(app)
+    _request_lifecycle(app, services)
 
     from authserver.http import errors, oauth, ops, web
 
