@@ -1,0 +1,496 @@
+"""RFC 9396 (RAR) types `agent_intent` and `agent_mandate`: STANDARDS Part A1 and A2.
+
+**Intent** (what the agent asks to do now). Two equivalent wire forms; both may be sent only if
+they agree (RAR-04: anything malformed or unknown -> `invalid_authorization_details`):
+
+- form parameter `intent`:
+  `{"action": A, "resource": R, "count": N, "context": {"request": S, "channel": S,
+  "environment": S}}` (`count` optional, default 1);
+- an `authorization_details` entry:
+  `{"type": "agent_intent", "actions": [A], "identifier": R, "locations": [URI, ...],
+  "count": N, "context": {...}}` (`locations` and `count` optional).
+
+`A` is one of ACTIONS; `R` is a platform-scoped target (`deal:acme-123`, `deals?stage=stale`,
+`board:42`) that never contains `*`; `count` is an integer in 1..MAX_COUNT (JSON booleans and
+floats are rejected). The intent hash is SHA-256 over the canonical JSON of the parameter form
+(sorted keys, no spaces, UTF-8, no Unicode normalisation per RAR-13), base64url without padding;
+approvals and audit refer to it. `locations` is not part of the hash: the AS, not the agent,
+decides where the capability is valid (RAR-07).
+
+**Mandate** (what the user's request allows; minted by the trusted edge before any LLM runs and
+carried in the user assertion's `authorization_details`). Exactly one entry:
+
+    {"type": "agent_mandate",
+     "platforms": [{"platform": "crm", "actions": ["read"], "resources": ["deal:*"],
+                    "max_count": 1}, ...],
+     "channel": "chat",
+     "request": "What's the latest on the Acme deal?",      # optional, <= MAX_REQUEST_CHARS
+     "request_hash": "<b64url SHA-256 of the request's UTF-8 bytes>"}
+
+Several `platforms` entries may name the same platform (RAR-02: separate objects for finer
+control; each entry is the cross-product of its actions and resources). `request` may be left
+out for privacy; `request_hash` is always present and must match `request` when both are.
+
+Resource patterns: a pattern without `*` matches exactly that resource; a pattern ending in a
+single `*` matches every resource that starts with the text before it (`deal:*` matches
+`deal:acme-123` and also `deal:acme-123/notes`; `*` alone matches any resource on the
+platform). `*` anywhere else is rejected. Matching is case-sensitive with no normalisation.
+
+A mandate can only be narrowed by later exchanges (`Mandate.narrows`): same channel and request
+hash, and every grant covered by one grant of the wider mandate.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from authserver.errors import InvalidAuthorizationDetailsError
+
+ACTIONS: tuple[str, ...] = ("read", "create", "update", "delete", "bulk_update", "bulk_delete")
+READ: frozenset[str] = frozenset({"read"})
+WRITE: frozenset[str] = frozenset(ACTIONS) - READ
+DESTRUCTIVE: frozenset[str] = frozenset({"delete", "bulk_delete"})
+BULK: frozenset[str] = frozenset({"bulk_update", "bulk_delete"})
+
+INTENT_TYPE = "agent_intent"
+MANDATE_TYPE = "agent_mandate"
+
+# Bounds: everything here ends up in tokens, Cedar contexts and audit rows.
+MAX_JSON_CHARS = 16_384  # raw `intent` / `authorization_details` text
+MAX_REQUEST_CHARS = 2_000  # the user's request text
+MAX_RESOURCE_CHARS = 256
+MAX_COUNT = 10_000
+MAX_LOCATIONS = 4
+MAX_LOCATION_CHARS = 512
+MAX_MANDATE_GRANTS = 16
+MAX_MANDATE_RESOURCES = 32
+
+DEFAULT_COUNT = 1
+
+# Resource: printable ASCII without spaces, quotes, backslash, `*`, `#` or `<>`; starts with an
+# alphanumeric so it can never look like a path traversal or an option.
+_RESOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:/?=&%+@,;!$()\[\]-]*$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # platform, channel, environment
+_HASH = re.compile(r"^[A-Za-z0-9_-]{43}$")  # b64url SHA-256, no padding
+_LOCATION = re.compile(r"^https?://[^\s\"<>\\]+$")
+# C0 controls other than TAB/LF/CR, DEL, and C1 controls.
+_BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+_INTENT_PARAM_FIELDS = frozenset({"action", "resource", "count", "context"})
+_INTENT_RAR_FIELDS = frozenset({"type", "actions", "identifier", "locations", "count", "context"})
+_CONTEXT_FIELDS = frozenset({"request", "channel", "environment"})
+_MANDATE_FIELDS = frozenset({"type", "platforms", "channel", "request", "request_hash"})
+_GRANT_FIELDS = frozenset({"platform", "actions", "resources", "max_count"})
+
+
+def _reject(debug: str) -> InvalidAuthorizationDetailsError:
+    return InvalidAuthorizationDetailsError("Malformed or unsupported authorization details",
+                                            debug=debug)
+
+
+def sha256_b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
+
+
+def _canonical_json(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+# --- strict JSON ------------------------------------------------------------------------------
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            # Two parsers could pick different values for a duplicated key (RFC 8259 §4).
+            raise _reject(f"duplicate JSON member {key!r}")
+        result[key] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise _reject(f"JSON constant {name} not allowed")
+
+
+def _loads(text: str, what: str) -> Any:
+    if len(text) > MAX_JSON_CHARS:
+        raise _reject(f"{what} longer than {MAX_JSON_CHARS} characters")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicate_keys,
+                          parse_constant=_no_constants)
+    except InvalidAuthorizationDetailsError:
+        raise
+    except (ValueError, RecursionError) as e:
+        raise _reject(f"{what} is not valid JSON") from e
+
+
+# --- field checks -----------------------------------------------------------------------------
+
+
+def _object(value: Any, allowed: frozenset[str], required: frozenset[str],
+            what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _reject(f"{what} must be a JSON object")
+    unknown = set(value) - allowed
+    if unknown:
+        # RAR-04: unknown fields in a known type are rejected.
+        raise _reject(f"{what} has unknown fields {sorted(unknown)}")
+    missing = required - set(value)
+    if missing:
+        raise _reject(f"{what} lacks required fields {sorted(missing)}")
+    return value
+
+
+def _string(value: Any, what: str, max_chars: int) -> str:
+    if not isinstance(value, str):
+        raise _reject(f"{what} must be a string")
+    if not value or len(value) > max_chars:
+        raise _reject(f"{what} must have 1..{max_chars} characters")
+    return value
+
+
+def _name(value: Any, what: str) -> str:
+    text = _string(value, what, 64)
+    if not _NAME.match(text):
+        raise _reject(f"{what} must match {_NAME.pattern}")
+    return text
+
+
+def _request_text(value: Any, what: str) -> str:
+    text = _string(value, what, MAX_REQUEST_CHARS)
+    if _BAD_TEXT_CHARS.search(text):
+        raise _reject(f"{what} contains control characters")
+    return text
+
+
+def _resource(value: Any, what: str) -> str:
+    text = _string(value, what, MAX_RESOURCE_CHARS)
+    if not _RESOURCE.match(text):
+        raise _reject(f"{what} has characters outside the resource syntax")
+    return text
+
+
+def _pattern(value: Any, what: str) -> str:
+    text = _string(value, what, MAX_RESOURCE_CHARS)
+    if text == "*":
+        return text
+    body = text[:-1] if text.endswith("*") else text
+    if not _RESOURCE.match(body):
+        raise _reject(f"{what}: '*' only as the last character of a resource pattern")
+    return text
+
+
+def _count(value: Any, what: str) -> int:
+    # bool is a subclass of int in Python; JSON `true` must not pass as 1.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _reject(f"{what} must be an integer")
+    if not 1 <= value <= MAX_COUNT:
+        raise _reject(f"{what} must be in 1..{MAX_COUNT}")
+    return value
+
+
+def _string_list(value: Any, what: str, max_items: int) -> list[Any]:
+    if not isinstance(value, list) or not value or len(value) > max_items:
+        raise _reject(f"{what} must be a non-empty array of at most {max_items} items")
+    if len(set(map(repr, value))) != len(value):
+        raise _reject(f"{what} has duplicate items")
+    return value
+
+
+def _action(value: Any, what: str) -> str:
+    if not isinstance(value, str) or value not in ACTIONS:
+        raise _reject(f"{what} is not one of {ACTIONS}")
+    return value
+
+
+# --- intent -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntentContext:
+    request: str
+    channel: str
+    environment: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"request": self.request, "channel": self.channel,
+                "environment": self.environment}
+
+
+@dataclass(frozen=True)
+class Intent:
+    action: str
+    resource: str
+    count: int
+    context: IntentContext
+    # Where the agent says it will use the capability; validated, not hashed (RAR-07: the AS
+    # sets the granted location from `resource`/`audience`).
+    locations: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def action_class(self) -> Literal["read", "write"]:
+        return "read" if self.action in READ else "write"
+
+    @property
+    def is_destructive(self) -> bool:
+        return self.action in DESTRUCTIVE
+
+    @property
+    def is_bulk(self) -> bool:
+        return self.action in BULK
+
+    @property
+    def record_type(self) -> str:
+        """The resource's type prefix (`deal` in `deal:acme-123`, `deals` in `deals?x=y`)."""
+        return re.split(r"[:?/]", self.resource, maxsplit=1)[0]
+
+    def to_json(self) -> dict[str, Any]:
+        """The A1 parameter form; the canonical basis of `hash()`."""
+        return {"action": self.action, "resource": self.resource, "count": self.count,
+                "context": self.context.to_json()}
+
+    def hash(self) -> str:
+        return sha256_b64url(_canonical_json(self.to_json()))
+
+    def to_authorization_details(self, location: str | None) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": INTENT_TYPE, "actions": [self.action],
+                                 "identifier": self.resource}
+        if location is not None:
+            entry["locations"] = [location]
+        entry["count"] = self.count
+        entry["context"] = self.context.to_json()
+        return entry
+
+
+def _intent_context(value: Any) -> IntentContext:
+    obj = _object(value, _CONTEXT_FIELDS, _CONTEXT_FIELDS, "intent context")
+    return IntentContext(
+        request=_request_text(obj["request"], "context.request"),
+        channel=_name(obj["channel"], "context.channel"),
+        environment=_name(obj["environment"], "context.environment"),
+    )
+
+
+def _intent_from_param(text: str) -> Intent:
+    obj = _object(_loads(text, "intent"), _INTENT_PARAM_FIELDS,
+                  frozenset({"action", "resource", "context"}), "intent")
+    return Intent(
+        action=_action(obj["action"], "intent.action"),
+        resource=_resource(obj["resource"], "intent.resource"),
+        count=_count(obj.get("count", DEFAULT_COUNT), "intent.count"),
+        context=_intent_context(obj["context"]),
+    )
+
+
+def _intent_from_rar(entry: dict[str, Any]) -> Intent:
+    obj = _object(entry, _INTENT_RAR_FIELDS,
+                  frozenset({"type", "actions", "identifier", "context"}), "agent_intent")
+    actions = _string_list(obj["actions"], "agent_intent.actions", 1)
+    locations: tuple[str, ...] = ()
+    if "locations" in obj:
+        raw = _string_list(obj["locations"], "agent_intent.locations", MAX_LOCATIONS)
+        for item in raw:
+            if not _LOCATION.match(_string(item, "location", MAX_LOCATION_CHARS)):
+                raise _reject("agent_intent.locations must be absolute http(s) URIs")
+        locations = tuple(raw)
+    return Intent(
+        action=_action(actions[0], "agent_intent.actions[0]"),
+        resource=_resource(obj["identifier"], "agent_intent.identifier"),
+        count=_count(obj.get("count", DEFAULT_COUNT), "agent_intent.count"),
+        context=_intent_context(obj["context"]),
+        locations=locations,
+    )
+
+
+def _details_list(value: Any) -> list[dict[str, Any]]:
+    if isinstance(value, str):
+        value = _loads(value, "authorization_details")
+    # RAR-01: a JSON array of objects, each with a string `type`.
+    if not isinstance(value, list) or not value:
+        raise _reject("authorization_details must be a non-empty JSON array")
+    for entry in value:
+        if not isinstance(entry, dict) or not isinstance(entry.get("type"), str):
+            raise _reject("authorization_details entries must be objects with a string type")
+    return value
+
+
+def parse_intent(intent_param: str | None,
+                 authorization_details: list[dict[str, Any]] | str | None) -> Intent | None:
+    """Parse the intent from the `intent` parameter and/or `authorization_details`.
+
+    Returns None when neither is sent. `authorization_details` may be the raw parameter text or
+    its decoded array; it must hold exactly one `agent_intent` entry and nothing else.
+    Raises InvalidAuthorizationDetailsError on anything malformed, unknown or disagreeing.
+    """
+    from_param = _intent_from_param(intent_param) if intent_param is not None else None
+    from_rar = None
+    if authorization_details is not None:
+        entries = _details_list(authorization_details)
+        for entry in entries:
+            if entry["type"] != INTENT_TYPE:
+                # RAR-04: unknown types are rejected; a mandate only comes from the assertion.
+                raise _reject(f"authorization_details type {entry['type']!r} not accepted here")
+        if len(entries) != 1:
+            raise _reject("exactly one agent_intent entry is allowed")
+        from_rar = _intent_from_rar(entries[0])
+    if from_param is not None and from_rar is not None:
+        if from_param != from_rar:
+            raise _reject("intent and authorization_details disagree")
+        return from_rar  # keeps the validated `locations`
+    return from_param or from_rar
+
+
+# --- mandate ----------------------------------------------------------------------------------
+
+
+def pattern_matches(pattern: str, resource: str) -> bool:
+    """Exact match, or prefix match for a pattern with one trailing `*` (module docstring)."""
+    if pattern.endswith("*"):
+        return resource.startswith(pattern[:-1])
+    return resource == pattern
+
+
+def pattern_covers(wider: str, narrower: str) -> bool:
+    """True if every resource `narrower` matches is also matched by `wider`."""
+    if wider.endswith("*"):
+        return narrower.startswith(wider[:-1])
+    return narrower == wider
+
+
+@dataclass(frozen=True)
+class MandateGrant:
+    platform: str
+    actions: frozenset[str]
+    resources: tuple[str, ...]
+    max_count: int
+
+    def matches(self, platform: str, intent: Intent) -> bool:
+        return (platform == self.platform and intent.action in self.actions
+                and any(pattern_matches(p, intent.resource) for p in self.resources))
+
+    def covered_by(self, wider: MandateGrant) -> bool:
+        return (self.platform == wider.platform and self.actions <= wider.actions
+                and self.max_count <= wider.max_count
+                and all(any(pattern_covers(w, p) for w in wider.resources)
+                        for p in self.resources))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"platform": self.platform,
+                "actions": [a for a in ACTIONS if a in self.actions],
+                "resources": list(self.resources), "max_count": self.max_count}
+
+
+@dataclass(frozen=True)
+class Mandate:
+    grants: tuple[MandateGrant, ...]
+    channel: str
+    request_hash: str
+    request_text: str | None = None
+
+    def allows(self, platform: str, intent: Intent) -> bool:
+        """Action and resource lie inside some grant for `platform` (count is not checked)."""
+        return any(g.matches(platform, intent) for g in self.grants)
+
+    def within_count(self, platform: str, intent: Intent) -> bool:
+        """Some grant that allows the intent also allows its `count`."""
+        return any(g.matches(platform, intent) and intent.count <= g.max_count
+                   for g in self.grants)
+
+    def max_count(self, platform: str, intent: Intent) -> int:
+        """The largest `max_count` of the grants that allow the intent (0 if none)."""
+        return max((g.max_count for g in self.grants if g.matches(platform, intent)), default=0)
+
+    def actions_for(self, platform: str) -> frozenset[str]:
+        return frozenset().union(*(g.actions for g in self.grants if g.platform == platform))
+
+    def narrows(self, wider: Mandate) -> bool:
+        """RAR-06: self is the same request and grants nothing `wider` does not."""
+        if self.channel != wider.channel or self.request_hash != wider.request_hash:
+            return False
+        if (self.request_text is not None and wider.request_text is not None
+                and self.request_text != wider.request_text):
+            return False
+        return all(any(g.covered_by(w) for w in wider.grants) for g in self.grants)
+
+    def to_authorization_details(self) -> dict[str, Any]:
+        entry: dict[str, Any] = {"type": MANDATE_TYPE,
+                                 "platforms": [g.to_json() for g in self.grants],
+                                 "channel": self.channel}
+        if self.request_text is not None:
+            entry["request"] = self.request_text
+        entry["request_hash"] = self.request_hash
+        return entry
+
+
+def hash_request_text(text: str) -> str:
+    """The mandate's `request_hash` for a request text."""
+    return sha256_b64url(text.encode("utf-8"))
+
+
+def _mandate_grant(value: Any, index: int) -> MandateGrant:
+    what = f"agent_mandate.platforms[{index}]"
+    obj = _object(value, _GRANT_FIELDS, _GRANT_FIELDS, what)
+    actions = _string_list(obj["actions"], f"{what}.actions", len(ACTIONS))
+    resources = _string_list(obj["resources"], f"{what}.resources", MAX_MANDATE_RESOURCES)
+    return MandateGrant(
+        platform=_name(obj["platform"], f"{what}.platform"),
+        actions=frozenset(_action(a, f"{what}.actions") for a in actions),
+        resources=tuple(_pattern(r, f"{what}.resources") for r in resources),
+        max_count=_count(obj["max_count"], f"{what}.max_count"),
+    )
+
+
+def parse_mandate(authorization_details: list[dict[str, Any]] | str) -> Mandate:
+    """Parse the single `agent_mandate` entry of a user assertion's `authorization_details`.
+
+    Raises InvalidAuthorizationDetailsError on anything malformed or unknown (RAR-04).
+    """
+    entries = _details_list(authorization_details)
+    for entry in entries:
+        if entry["type"] != MANDATE_TYPE:
+            raise _reject(f"authorization_details type {entry['type']!r} not accepted here")
+    if len(entries) != 1:
+        raise _reject("exactly one agent_mandate entry is allowed")
+    obj = _object(entries[0], _MANDATE_FIELDS,
+                  frozenset({"type", "platforms", "channel", "request_hash"}), "agent_mandate")
+    raw_grants = obj["platforms"]
+    if not isinstance(raw_grants, list) or not 1 <= len(raw_grants) <= MAX_MANDATE_GRANTS:
+        raise _reject(f"agent_mandate.platforms must hold 1..{MAX_MANDATE_GRANTS} entries")
+    grants = tuple(_mandate_grant(g, i) for i, g in enumerate(raw_grants))
+    hash_value = obj["request_hash"]
+    if not isinstance(hash_value, str) or not _HASH.match(hash_value):
+        raise _reject("agent_mandate.request_hash must be a base64url SHA-256")
+    text = None
+    if "request" in obj:
+        text = _request_text(obj["request"], "agent_mandate.request")
+        if hash_request_text(text) != hash_value:
+            raise _reject("agent_mandate.request_hash does not match request")
+    return Mandate(grants=grants, channel=_name(obj["channel"], "agent_mandate.channel"),
+                   request_hash=hash_value, request_text=text)
+
+
+def describe_mandate(authorization_details: list[dict[str, Any]] | str) -> list[str]:
+    """Plain-language lines for a consent or activity page, one per grant.
+
+    Raises InvalidAuthorizationDetailsError like `parse_mandate`. The lines hold user-supplied
+    text (the request): the page must escape them.
+    """
+    mandate = parse_mandate(authorization_details)
+    lines = []
+    for g in mandate.grants:
+        actions = ", ".join(a.replace("_", " ") for a in ACTIONS if a in g.actions)
+        noun = "record" if g.max_count == 1 else "records"
+        lines.append(f"{g.platform}: {actions} on {', '.join(g.resources)} "
+                     f"(up to {g.max_count} {noun} at a time)")
+    if mandate.request_text is not None:
+        lines.append(f"Your request ({mandate.channel}): {mandate.request_text}")
+    else:
+        lines.append(f"Your request came from: {mandate.channel}")
+    return lines
