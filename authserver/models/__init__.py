@@ -5,7 +5,10 @@ Secrets are never stored in usable form: client secrets, codes and our refresh t
 SHA-256 hashes, private keys and downstream tokens envelope-encrypted (authserver.kms).
 """
 
+from authserver.models.approvals import Approval
+from authserver.models.audit import AuditChainHead, AuditEvent
 from authserver.models.base import Base
+from authserver.models.broker import Connection
 from authserver.models.oauth import (
     AuthorizationCode,
     Client,
@@ -17,6 +20,10 @@ from authserver.models.oauth import (
 )
 
 __all__ = [
+    "Approval",
+    "AuditChainHead",
+    "AuditEvent",
+    "Connection",
     "AuthorizationCode",
     "Base",
     "Client",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from authserver.store import LockTimeoutError
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 class MemoryStore:
     single_process = True
 
-    def __init__(self, clock: type[time.monotonic] | None = None) -> None:  # type: ignore[valid-type]
+    def __init__(self, clock: Callable[[], float] | None = None) -> None:
         self._clock = clock or time.monotonic
         self._data: dict[str, tuple[str, float | None]] = {}
         self._mutex = threading.Lock()

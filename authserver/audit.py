@@ -1,0 +1,326 @@
+"""Audit log: append-only, hash-chained decision records (shared/DESIGN.md "audit").
+
+Every exchange, gateway call, approval decision, connection change and deprovisioning writes
+one `AuditEvent` before its response is sent. Each record's `hash` is SHA-256 over the
+canonical JSON (sorted keys, compact) of all its other columns, including `seq` and the
+previous record's hash, so editing, deleting or reordering records breaks the chain and
+`AuditLog.verify` names the first bad `seq`.
+
+Appends are serialised by locking the single `audit_chain_head` row (an UPDATE first, so the
+lock is taken before the head is read: a row lock on PostgreSQL, the database write lock on
+SQLite). The lock is held until the caller's transaction ends, so append last, then commit.
+
+No token value ever enters a record: `redact` strips JWT-shaped and long opaque strings, and
+values under credential-looking keys, from `detail` and the intent's free text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from authserver.models.audit import GENESIS_HASH, AuditChainHead, AuditEvent
+
+HEAD_ID = 1
+REDACTED = "[redacted]"
+
+#: What a record may say happened; a typo in a caller is a bug, not a new outcome.
+OUTCOMES = frozenset({
+    "allowed", "denied", "step_up", "pending", "approved", "declined", "expired",
+    "rate_limited", "invalid", "error", "revoked", "connected", "disconnected",
+})
+
+# Bounds keep one record small and the triggering request text from flooding the log.
+MAX_REQUEST_TEXT = 1024
+MAX_DETAIL_STRING = 512
+MAX_DETAIL_BYTES = 4096
+MAX_TAIL = 1000
+#: Free strings are cut to their column's width rather than failing the audit write.
+_COLUMN_WIDTH = {
+    "event": 32, "outcome": 32, "reason": 64, "correlation_id": 64, "user_id": 255,
+    "agent_id": 255, "platform": 64, "intent_hash": 64, "approval_id": 64, "token_jti": 64,
+    "client_ip": 45,
+}
+
+# A compact JWS (3 segments) or JWE (5 segments): base64url JSON headers start with "eyJ".
+_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}")
+# An authorization header value, whatever the token looks like.
+_AUTH_SCHEME = re.compile(r"\b(Bearer|DPoP|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+# Long runs of token alphabet with both letters and digits: opaque access/refresh tokens,
+# client secrets, API keys. '/' and '.' break a run so URL paths and host names survive.
+_OPAQUE = re.compile(r"(?<![A-Za-z0-9_~+=-])[A-Za-z0-9_~+=-]{32,}(?![A-Za-z0-9_~+=-])")
+_SENSITIVE_KEY = re.compile(
+    r"token|secret|password|passwd|assertion|authorization|cookie|credential|api[_-]?key"
+    r"|^code$|^dpop$|private",
+    re.IGNORECASE,
+)
+
+
+# Record ids are often UUIDs: long, mixed, and not secrets.
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+def _is_opaque_token(run: str) -> bool:
+    if _UUID.fullmatch(run):
+        return False
+    return any(c.isdigit() for c in run) and any(c.isalpha() for c in run)
+
+
+def redact_jwts(text: str) -> str:
+    """`text` with JWTs and authorization header values replaced."""
+    text = _JWT.sub(REDACTED, text)
+    return _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+
+
+def redact_text(text: str) -> str:
+    """`text` with JWTs, authorization header values and long opaque tokens replaced."""
+    return _OPAQUE.sub(
+        lambda m: REDACTED if _is_opaque_token(m.group(0)) else m.group(0), redact_jwts(text)
+    )
+
+
+def redact_mapping(value: Mapping[Any, Any], *, max_string: int = MAX_DETAIL_STRING
+                   ) -> dict[str, Any]:
+    """`redact` for a mapping: values under credential-looking keys are replaced whole."""
+    return {
+        str(k): REDACTED if _SENSITIVE_KEY.search(str(k)) else redact(v, max_string=max_string)
+        for k, v in value.items()
+    }
+
+
+def redact(value: Any, *, max_string: int = MAX_DETAIL_STRING) -> Any:
+    """A copy of `value` safe to audit: defence in depth behind callers that never pass tokens.
+
+    Strips (never rejects: the record must still be written) every string that looks like a
+    token and every value under a credential-looking key, recursively; cuts long strings.
+    Side effect worth knowing: hex digests and other long mixed strings in `detail` are
+    stripped too; hashes and ids belong in the record's own columns.
+    """
+    if isinstance(value, Mapping):
+        return redact_mapping(value, max_string=max_string)
+    if isinstance(value, list | tuple):
+        return [redact(v, max_string=max_string) for v in value]
+    if isinstance(value, str):
+        return redact_text(value)[:max_string]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact_text(str(value))[:max_string]
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no whitespace, ASCII only, no NaN: one byte string per value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False)
+
+
+@dataclass
+class AuditRecord:
+    """What a caller knows about one event. Never put a token value in any field."""
+
+    event: str
+    outcome: str
+    reason: str | None = None
+    correlation_id: str | None = None
+    user_id: str | None = None
+    agent_id: str | None = None
+    actor_chain: list[str] = field(default_factory=list)
+    platform: str | None = None
+    intent: dict[str, Any] | None = None
+    intent_hash: str | None = None
+    within_mandate: bool | None = None
+    policy_ids: list[str] = field(default_factory=list)
+    approval_id: str | None = None
+    token_jti: str | None = None
+    client_ip: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    ok: bool
+    count: int
+    first_bad_seq: int | None
+    reason: str
+
+
+_HASHED_COLUMNS = (
+    "seq", "created_at", "event", "outcome", "reason", "correlation_id", "user_id", "agent_id",
+    "actor_chain", "platform", "intent", "intent_hash", "within_mandate", "policy_ids",
+    "approval_id", "token_jti", "client_ip", "detail", "prev_hash",
+)
+
+
+def record_hash(values: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of the canonical JSON of a record's hashed columns."""
+    payload = {name: values[name] for name in _HASHED_COLUMNS}
+    return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
+
+
+def _bounded(name: str, value: str | None) -> str | None:
+    return None if value is None else str(value)[: _COLUMN_WIDTH[name]]
+
+
+def _safe_intent(intent: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The intent with its free text (`context`) fully redacted and bounded.
+
+    `action`, `resource` and `count` were validated by the intent parser and are the point of
+    the record, so only JWT-shaped strings are stripped from them (record ids can be long).
+    """
+    if intent is None:
+        return None
+    safe: dict[str, Any] = {}
+    for key, value in intent.items():
+        if key == "context" and isinstance(value, Mapping):
+            safe[key] = redact_mapping(value, max_string=MAX_REQUEST_TEXT)
+        elif isinstance(value, str):
+            safe[str(key)] = redact_jwts(value)[:MAX_REQUEST_TEXT]
+        else:
+            safe[str(key)] = redact(value, max_string=MAX_REQUEST_TEXT)
+    return safe
+
+
+def _safe_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
+    safe = redact_mapping(detail)
+    if len(canonical_json(safe)) > MAX_DETAIL_BYTES:
+        return {"truncated": True, "keys": sorted(safe)[:20]}
+    return safe
+
+
+def _row_values(record: AuditRecord, *, seq: int, prev_hash: str, now: int) -> dict[str, Any]:
+    if record.outcome not in OUTCOMES:
+        raise ValueError(f"unknown audit outcome {record.outcome!r}")
+    if not record.event:
+        raise ValueError("audit event name is required")
+    values: dict[str, Any] = {
+        "seq": seq,
+        "created_at": int(now),
+        "event": _bounded("event", record.event),
+        "outcome": record.outcome,
+        "reason": _bounded("reason", record.reason),
+        "correlation_id": _bounded("correlation_id", record.correlation_id),
+        "user_id": _bounded("user_id", record.user_id),
+        "agent_id": _bounded("agent_id", record.agent_id),
+        "actor_chain": [str(redact(a)) for a in record.actor_chain],
+        "platform": _bounded("platform", record.platform),
+        "intent": _safe_intent(record.intent),
+        "intent_hash": _bounded("intent_hash", record.intent_hash),
+        "within_mandate": None if record.within_mandate is None else bool(record.within_mandate),
+        "policy_ids": [str(p) for p in record.policy_ids],
+        "approval_id": _bounded("approval_id", record.approval_id),
+        "token_jti": _bounded("token_jti", record.token_jti),
+        "client_ip": _bounded("client_ip", record.client_ip),
+        "detail": _safe_detail(record.detail),
+        "prev_hash": prev_hash,
+    }
+    # Hash exactly what the database will hand back: a JSON round trip normalises tuples,
+    # non-string keys and the like, so verify() recomputes the same bytes.
+    values = json.loads(canonical_json(values))
+    values["hash"] = record_hash(values)
+    return values
+
+
+class AuditLog:
+    """Append, verify and read the hash-chained audit log. Stateless; share one instance."""
+
+    def _lock_head(self, session: Session) -> tuple[int, str]:
+        """Lock the chain head and reserve the next `seq`; returns (seq, previous hash).
+
+        The UPDATE comes first so the lock is taken before anything is read: concurrent
+        appenders in any process queue here until the holder's transaction ends.
+        """
+        bump = (
+            update(AuditChainHead)
+            .where(AuditChainHead.id == HEAD_ID)
+            .values(seq=AuditChainHead.seq + 1)
+            .execution_options(synchronize_session=False)
+        )
+        if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]
+            # First append on a database created without the migration's head row. A
+            # concurrent creator makes our INSERT fail; then its row exists and we lock it.
+            try:
+                with session.begin_nested():
+                    session.add(AuditChainHead(id=HEAD_ID, seq=1, head_hash=GENESIS_HASH))
+            except IntegrityError:
+                if session.execute(bump).rowcount != 1:  # type: ignore[attr-defined]
+                    raise
+        seq, head_hash = session.execute(
+            select(AuditChainHead.seq, AuditChainHead.head_hash).where(
+                AuditChainHead.id == HEAD_ID
+            )
+        ).one()
+        return int(seq), str(head_hash)
+
+    def append(self, session: Session, record: AuditRecord, *, now: int) -> AuditEvent:
+        """Append `record` as the next link of the chain, in the caller's transaction.
+
+        Raises ValueError for an unknown outcome (a caller bug); database errors propagate
+        (the caller's session turns them into 503 and nothing is issued).
+        """
+        seq, prev_hash = self._lock_head(session)
+        values = _row_values(record, seq=seq, prev_hash=prev_hash, now=now)
+        row = AuditEvent(**values)
+        session.add(row)
+        session.execute(
+            update(AuditChainHead)
+            .where(AuditChainHead.id == HEAD_ID)
+            .values(head_hash=values["hash"])
+            .execution_options(synchronize_session=False)
+        )
+        session.flush()
+        return row
+
+    def verify(self, session: Session) -> VerifyResult:
+        """Walk the chain from seq 1; the result names the first record that does not hold.
+
+        reason: "ok", "missing_record" (a gap: first_bad_seq is the missing seq),
+        "hash_mismatch" (a record's content was changed), "broken_link" (prev_hash is not
+        the previous record's hash), "truncated" (the head is ahead of the last record) or
+        "head_mismatch" (the head's hash is not the last record's).
+        """
+        expected_seq = 1
+        prev_hash = GENESIS_HASH
+        count = 0
+        rows = session.execute(
+            select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=500)
+        ).scalars()
+        for row in rows:
+            values = {name: getattr(row, name) for name in _HASHED_COLUMNS}
+            if row.seq != expected_seq:
+                return VerifyResult(False, count, expected_seq, "missing_record")
+            if record_hash(values) != row.hash:
+                return VerifyResult(False, count, row.seq, "hash_mismatch")
+            if row.prev_hash != prev_hash:
+                return VerifyResult(False, count, row.seq, "broken_link")
+            count += 1
+            prev_hash = row.hash
+            expected_seq += 1
+        head = session.execute(
+            select(AuditChainHead.seq, AuditChainHead.head_hash).where(
+                AuditChainHead.id == HEAD_ID
+            )
+        ).one_or_none()
+        head_seq, head_hash = (0, GENESIS_HASH) if head is None else (int(head[0]), head[1])
+        if head_seq > count:
+            return VerifyResult(False, count, count + 1, "truncated")
+        if head_seq < count:
+            return VerifyResult(False, count, head_seq + 1, "head_mismatch")
+        if head_hash != prev_hash:
+            return VerifyResult(False, count, count, "head_mismatch")
+        return VerifyResult(True, count, None, "ok")
+
+    def tail(self, session: Session, n: int = 20) -> list[AuditEvent]:
+        """The newest `n` records (1 ≤ n ≤ MAX_TAIL), oldest first, like tail(1)."""
+        if not 1 <= n <= MAX_TAIL:
+            raise ValueError(f"n must be between 1 and {MAX_TAIL}")
+        rows = session.execute(
+            select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(n)
+        ).scalars().all()
+        return list(reversed(rows))

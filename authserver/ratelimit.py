@@ -1,0 +1,115 @@
+"""Rate limits per (user, action class) and per agent (shared/STANDARDS.md Part A3: 429).
+
+Fixed windows aligned to multiples of `window` seconds, counted in the shared store
+(`Store.incr`), so every worker and host sees one budget. A request over any limit raises
+`RateLimitedError` (429 `rate_limited`, `Retry-After` = seconds to the end of the window).
+Store failures propagate as `StoreUnavailableError` (503): no store, no token.
+
+Action classes follow Part A1: *read*, *write*, *destructive*. A destructive action is also a
+write, so it spends both the destructive and the write budget: the small destructive limit
+cannot be used to get extra writes, and deletes count toward the write ceiling.
+Every request counts, including rejected ones, and against every budget it touches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import quote
+
+from authserver.errors import RateLimitedError
+from authserver.store import Store
+
+ACTION_CLASSES = ("read", "write", "destructive")
+AGENT = "agent"
+#: Which per-user budgets one request of each action class spends.
+_BUDGETS = {"read": ("read",), "write": ("write",), "destructive": ("destructive", "write")}
+_KEY_PREFIX = "rl:"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    limit: int
+    window: int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.limit, bool) or not isinstance(self.limit, int) or self.limit < 1:
+            raise ValueError("rate limit `limit` must be a positive integer")
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+            raise ValueError("rate limit `window` must be a positive integer (seconds)")
+
+
+READ_LIMIT = RateLimit(limit=120, window=60)
+WRITE_LIMIT = RateLimit(limit=30, window=60)
+DESTRUCTIVE_LIMIT = RateLimit(limit=5, window=60)
+AGENT_LIMIT = RateLimit(limit=300, window=60)
+DEFAULT_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
+    "read": READ_LIMIT,
+    "write": WRITE_LIMIT,
+    "destructive": DESTRUCTIVE_LIMIT,
+    AGENT: AGENT_LIMIT,
+})
+
+
+def _key_part(value: str) -> str:
+    # Percent-encode so a ':' in an id cannot make two keys collide.
+    return quote(value, safe="")
+
+
+class RateLimiter:
+    def __init__(self, store: Store, limits: Mapping[str, RateLimit] = DEFAULT_LIMITS) -> None:
+        missing = set(DEFAULT_LIMITS) - set(limits)
+        unknown = set(limits) - set(DEFAULT_LIMITS)
+        if missing or unknown:
+            raise ValueError(
+                f"rate limits: missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        self.store = store
+        self.limits = MappingProxyType(dict(limits))
+
+    @classmethod
+    def from_settings(cls, store: Store, mapping: Mapping[str, Any]) -> RateLimiter:
+        """Defaults overridden by the `rate_limits` settings table.
+
+        e.g. `{"read": {"limit": 120, "window": 60}}`; unknown names or fields raise ValueError.
+        """
+        limits = dict(DEFAULT_LIMITS)
+        for name, spec in mapping.items():
+            if name not in DEFAULT_LIMITS:
+                raise ValueError(f"rate_limits: unknown limit {name!r}")
+            if not isinstance(spec, Mapping) or set(spec) - {"limit", "window"}:
+                raise ValueError(f"rate_limits.{name}: only `limit` and `window` are allowed")
+            base = DEFAULT_LIMITS[name]
+            limits[name] = RateLimit(
+                limit=spec.get("limit", base.limit), window=spec.get("window", base.window)
+            )
+        return cls(store, limits)
+
+    def _spend(self, key: str, rule: RateLimit, now: int) -> int | None:
+        """Count one request in `rule`'s current window; seconds to wait if over, else None."""
+        count = self.store.incr(f"{key}:{now // rule.window}", ttl=rule.window)
+        if count > rule.limit:
+            return rule.window - (now % rule.window)
+        return None
+
+    def check(self, *, user_id: str, agent_id: str, action_class: str, now: int) -> None:
+        """Count this request; raise RateLimitedError(retry_after) if any budget is spent.
+
+        Raises ValueError for an unknown action class (a caller bug) and StoreUnavailableError
+        (503) if the store cannot answer.
+        """
+        if action_class not in _BUDGETS:
+            raise ValueError(f"unknown action class {action_class!r}")
+        waits: list[int] = []
+        for budget in _BUDGETS[action_class]:
+            key = f"{_KEY_PREFIX}user:{budget}:{_key_part(user_id)}"
+            wait = self._spend(key, self.limits[budget], now)
+            if wait is not None:
+                waits.append(wait)
+        wait = self._spend(f"{_KEY_PREFIX}agent:{_key_part(agent_id)}", self.limits[AGENT], now)
+        if wait is not None:
+            waits.append(wait)
+        if waits:
+            raise RateLimitedError(max(waits))

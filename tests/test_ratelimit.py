@@ -1,0 +1,206 @@
+"""authserver.ratelimit: per (user, action class) and per agent windows in the shared store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from authserver.errors import RateLimitedError
+from authserver.ratelimit import DEFAULT_LIMITS, RateLimit, RateLimiter
+from authserver.store import Store, StoreUnavailableError
+from authserver.store.redis import RedisStore
+
+REDIS_URL = os.environ.get("AUTHSERVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+SMALL = {"read": RateLimit(3, 60), "write": RateLimit(2, 60), "destructive": RateLimit(1, 60),
+         "agent": RateLimit(100, 60)}
+WINDOW_START = 1_800_000_000 - (1_800_000_000 % 60)
+
+
+@pytest.fixture
+def user() -> str:
+    # Unique per test: the Redis database is shared with other test runs.
+    return f"user:{uuid.uuid4().hex}"
+
+
+def _exhaust(limiter: RateLimiter, user: str, action_class: str, n: int, now: int,
+             agent: str = "agent-1") -> None:
+    for _ in range(n):
+        limiter.check(user_id=user, agent_id=agent, action_class=action_class, now=now)
+
+
+def test_within_limit_is_allowed(store: Store, user: str) -> None:
+    _exhaust(RateLimiter(store, SMALL), user, "read", 3, WINDOW_START)
+
+
+def test_read_limit_exceeded_is_rate_limited(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "read", 3, WINDOW_START)
+    with pytest.raises(RateLimitedError) as exc:
+        limiter.check(user_id=user, agent_id="agent-1", action_class="read", now=WINDOW_START)
+    assert (exc.value.error, exc.value.status_code) == ("rate_limited", 429)
+    assert exc.value.headers()["Retry-After"] == "60"
+
+
+def test_retry_after_is_time_to_window_end(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "write", 2, WINDOW_START + 45)
+    with pytest.raises(RateLimitedError) as exc:
+        limiter.check(user_id=user, agent_id="a", action_class="write", now=WINDOW_START + 45)
+    assert exc.value.retry_after == 15
+
+
+def test_classes_have_separate_budgets(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "write", 2, WINDOW_START)
+    _exhaust(limiter, user, "read", 3, WINDOW_START)  # reads unaffected by spent writes
+
+
+def test_users_have_separate_budgets(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "destructive", 1, WINDOW_START)
+    _exhaust(limiter, user + "-other", "destructive", 1, WINDOW_START)
+
+
+def test_destructive_limit_exceeded_is_rate_limited(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "destructive", 1, WINDOW_START)
+    with pytest.raises(RateLimitedError):
+        limiter.check(user_id=user, agent_id="a", action_class="destructive", now=WINDOW_START)
+
+
+def test_destructive_spends_write_budget(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "destructive", 1, WINDOW_START)
+    _exhaust(limiter, user, "write", 1, WINDOW_START)
+    with pytest.raises(RateLimitedError):
+        limiter.check(user_id=user, agent_id="a", action_class="write", now=WINDOW_START)
+
+
+def test_spent_write_budget_blocks_destructive(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "write", 2, WINDOW_START)
+    with pytest.raises(RateLimitedError):
+        limiter.check(user_id=user, agent_id="a", action_class="destructive", now=WINDOW_START)
+
+
+def test_agent_limit_spans_users(store: Store, user: str) -> None:
+    limits = {**SMALL, "agent": RateLimit(4, 30)}
+    limiter = RateLimiter(store, limits)
+    agent = f"agent-{uuid.uuid4().hex}"
+    for i in range(4):
+        limiter.check(user_id=f"{user}-{i}", agent_id=agent, action_class="read",
+                      now=WINDOW_START + 10)
+    with pytest.raises(RateLimitedError) as exc:
+        limiter.check(user_id=f"{user}-9", agent_id=agent, action_class="read",
+                      now=WINDOW_START + 10)
+    assert exc.value.retry_after == 20
+
+
+def test_window_rollover_restores_budget(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "destructive", 1, WINDOW_START + 59)
+    with pytest.raises(RateLimitedError) as exc:
+        limiter.check(user_id=user, agent_id="a", action_class="destructive",
+                      now=WINDOW_START + 59)
+    assert exc.value.retry_after == 1
+    limiter.check(user_id=user, agent_id="a", action_class="destructive", now=WINDOW_START + 60)
+
+
+def test_colon_in_ids_does_not_share_budget(store: Store) -> None:
+    limiter = RateLimiter(store, SMALL)
+    base = uuid.uuid4().hex
+    _exhaust(limiter, f"{base}:x", "destructive", 1, WINDOW_START)
+    _exhaust(limiter, base, "destructive", 1, WINDOW_START)
+
+
+def test_unknown_action_class_is_rejected(store: Store, user: str) -> None:
+    with pytest.raises(ValueError):
+        RateLimiter(store).check(user_id=user, agent_id="a", action_class="delete",
+                                 now=WINDOW_START)
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def test_default_limits_are_named() -> None:
+    assert dict(DEFAULT_LIMITS) == {"read": RateLimit(120, 60), "write": RateLimit(30, 60),
+                                    "destructive": RateLimit(5, 60),
+                                    "agent": RateLimit(300, 60)}
+
+
+def test_from_settings_overrides_defaults(store: Store) -> None:
+    limiter = RateLimiter.from_settings(store, {"destructive": {"limit": 2, "window": 300},
+                                                "read": {"limit": 10}})
+    assert limiter.limits["destructive"] == RateLimit(2, 300)
+    assert limiter.limits["read"] == RateLimit(10, 60)
+    assert limiter.limits["write"] == DEFAULT_LIMITS["write"]
+
+
+@pytest.mark.parametrize("mapping", [
+    {"delete": {"limit": 1}},
+    {"read": {"limit": 0}},
+    {"read": {"limit": 5, "window": -1}},
+    {"read": {"limit": "5"}},
+    {"read": {"limt": 5}},
+    {"read": 5},
+], ids=["unknown_name", "zero_limit", "negative_window", "string_limit", "unknown_field",
+        "not_a_table"])
+def test_from_settings_rejects_bad_config(store: Store, mapping: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RateLimiter.from_settings(store, mapping)
+
+
+# --- shared across processes; fails closed ---------------------------------------------------
+
+
+@pytest.fixture
+def two_redis_stores() -> Iterator[tuple[RedisStore, RedisStore]]:
+    clients = [redis.Redis.from_url(REDIS_URL, decode_responses=True) for _ in range(2)]
+    yield RedisStore(clients[0]), RedisStore(clients[1])
+    for c in clients:
+        c.close()
+
+
+def test_two_instances_share_one_budget(two_redis_stores: tuple[RedisStore, RedisStore],
+                                        user: str) -> None:
+    first, second = (RateLimiter(s, SMALL) for s in two_redis_stores)
+    first.check(user_id=user, agent_id="a", action_class="write", now=WINDOW_START)
+    second.check(user_id=user, agent_id="a", action_class="write", now=WINDOW_START)
+    with pytest.raises(RateLimitedError):
+        first.check(user_id=user, agent_id="a", action_class="write", now=WINDOW_START)
+
+
+_CHILD = """
+import sys, redis
+from authserver.ratelimit import RateLimit, RateLimiter
+from authserver.store.redis import RedisStore
+limits = {"read": RateLimit(10, 60), "write": RateLimit(10, 60),
+          "destructive": RateLimit(10, 60), "agent": RateLimit(1000, 60)}
+limiter = RateLimiter(RedisStore(redis.Redis.from_url(sys.argv[1], decode_responses=True)), limits)
+for _ in range(int(sys.argv[3])):
+    limiter.check(user_id=sys.argv[2], agent_id="a", action_class="read", now=1_799_999_980)
+"""
+
+
+def test_budget_spent_by_other_processes(two_redis_stores: tuple[RedisStore, RedisStore],
+                                         user: str) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD, REDIS_URL, user, "5"])
+             for _ in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    limiter = RateLimiter(two_redis_stores[0], {**SMALL, "read": RateLimit(10, 60)})
+    with pytest.raises(RateLimitedError):
+        limiter.check(user_id=user, agent_id="a", action_class="read", now=1_799_999_980)
+
+
+def test_store_failure_propagates_as_503(user: str) -> None:
+    dead = RedisStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1))
+    with pytest.raises(StoreUnavailableError) as exc:
+        RateLimiter(dead).check(user_id=user, agent_id="a", action_class="read",
+                                now=WINDOW_START)
+    assert (exc.value.error, exc.value.status_code) == ("temporarily_unavailable", 503)
