@@ -1,0 +1,481 @@
+"""RFC 9449 (DPoP) §4.3 proof validation, §8/§9 nonces and §11.1 replay detection.
+
+https://www.rfc-editor.org/rfc/rfc9449#section-4.3 — framework-free: no Flask, no clock (every
+time-dependent function takes `now`), shared state only through `authserver.store.Store`.
+Rule IDs (DPOP-xx) refer to shared/STANDARDS.md §1.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets as _secrets
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from joserfc import jwk as _jwk
+from joserfc import jws as _jws
+from joserfc.errors import JoseError
+from joserfc.jwk import Key, RSAKey
+from joserfc.util import urlsafe_b64decode
+
+from authserver.config import DPOP_FUTURE_SKEW, DPOP_NONCE_TTL, DPOP_PROOF_WINDOW
+from authserver.errors import InvalidDpopProofError, UseDpopNonceError
+from authserver.store import Store
+
+#: Accepted proof algorithms; AS metadata `dpop_signing_alg_values_supported` is this tuple
+#: (DPOP-05, DPOP-28). All asymmetric: a MAC key would have to be shared with us.
+DPOP_SIGNING_ALGS: tuple[str, ...] = ("ES256", "ES384", "PS256", "RS256", "EdDSA")
+PROOF_TYP = "dpop+jwt"
+#: Largest accepted `DPoP` header value. An RSA-4096 proof with `ath` and `nonce` is ~2.1 kB.
+MAX_PROOF_BYTES = 4096
+#: DPOP-12: bound `jti` so a client cannot make us hash or store arbitrary amounts of data.
+MAX_JTI_LENGTH = 128
+#: RSA moduli outside this range are refused: too weak below, too costly to verify above. A
+#: huge public exponent would also make each verification costly (65537 has 17 bits).
+MIN_RSA_KEY_BITS = 2048
+MAX_RSA_KEY_BITS = 4096
+MAX_RSA_E_BITS = 32
+#: Every member that only a private (or symmetric) JWK has (RFC 7518 §6.2.2, §6.3.2, §6.4).
+PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+ASYMMETRIC_KEY_TYPES = frozenset({"EC", "RSA", "OKP"})
+#: Replay entries live under this prefix of the shared store.
+REPLAY_KEY_PREFIX = "dpop:jti:"
+
+#: Nonce layout: version (1) | issued-at (8, big-endian) | random (16) | HMAC-SHA256 tag (16).
+NONCE_RANDOM_BYTES = 16
+NONCE_TAG_BYTES = 16
+MIN_NONCE_SECRET_BYTES = 32
+#: A nonce minted by another instance whose clock runs slightly ahead is still accepted.
+NONCE_FUTURE_SKEW = DPOP_FUTURE_SKEW
+_NONCE_VERSION = b"\x01"
+_NONCE_BODY_BYTES = 1 + 8 + NONCE_RANDOM_BYTES
+_NONCE_KEY_LABEL = b"authserver:dpop-nonce:v1:"
+
+# RFC 7515 §7.1: three base64url segments. Also the token68 syntax RFC 9449 §4.1 requires.
+_COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+#: RFC 3986 pchar and "/" (plus "%", whose triplets are normalized separately). Anything else,
+#: e.g. a space or a non-ASCII character from a decoded path, is percent-encoded as UTF-8.
+_PATH_SAFE = "/:@!$&'()*+,;=%"
+_PERCENT_TRIPLET = re.compile(r"%(..)?", re.DOTALL)
+_HEX_DIGITS = frozenset(string.hexdigits)
+
+
+class _ProofRegistry(_jws.JWSRegistry):
+    """joserfc's default 512-byte header cap would refuse RSA-2048 `jwk` headers."""
+
+    max_header_length = MAX_PROOF_BYTES
+
+
+_REGISTRY = _ProofRegistry()
+
+
+@dataclass(frozen=True)
+class DPoPProof:
+    """A proof that passed every check. `jkt` is the RFC 7638 thumbprint of `jwk`."""
+
+    jkt: str
+    jti: str
+    htm: str
+    htu: str
+    iat: int
+    nonce: str | None
+    ath: str | None
+    jwk: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Compact:
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    signing_input: bytes
+    signature: bytes
+
+
+# --- RFC 7638 thumbprints, `ath`, `htu` ------------------------------------------------------
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint (base64url) of a public JWK. Raises ValueError if invalid."""
+    return import_public_key(jwk).thumbprint()
+
+
+def import_public_key(jwk: Mapping[str, Any]) -> Key:
+    """Import a public JWK with joserfc. Raises ValueError for private, symmetric or bad keys."""
+    if not isinstance(jwk, Mapping):
+        raise ValueError("jwk is not a JSON object")
+    if jwk.get("kty") not in ASYMMETRIC_KEY_TYPES:
+        raise ValueError("jwk kty is not an asymmetric key type")
+    if PRIVATE_JWK_MEMBERS.intersection(jwk):
+        raise ValueError("jwk has private members")
+    try:
+        key = _jwk.import_key(dict(jwk))
+        # joserfc imports lazily: touching the key validates it (e.g. the EC point is on the curve).
+        key.public_key  # noqa: B018
+    except (JoseError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"jwk does not import: {type(e).__name__}") from e
+    if key.is_private:
+        raise ValueError("jwk is a private key")
+    return key
+
+
+def access_token_hash(token: str) -> str:
+    """RFC 9449 §4.2 `ath`: base64url (no padding) of SHA-256 over the ASCII access token."""
+    digest = hashlib.sha256(token.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def normalize_htu(url: str) -> str:
+    """RFC 3986 §6.2.2 and §6.2.3 normal form of an http(s) URI, without query and fragment.
+
+    Lowercases scheme and host, drops the default port, upper-cases percent-encoding hex and
+    decodes unreserved characters (and encodes characters a path may not hold raw), removes dot
+    segments, and turns an empty path into "/". Raises ValueError for anything that is not an
+    absolute http(s) URI.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError("htu scheme is not http or https")
+    host = parts.hostname  # already lower-cased by urlsplit
+    if not host:
+        raise ValueError("htu has no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("htu has userinfo")
+    port = parts.port  # raises ValueError for a non-numeric or out-of-range port
+    authority = f"[{host}]" if ":" in host else host
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        authority = f"{authority}:{port}"
+    path = _remove_dot_segments(_normalize_percent_encoding(quote(parts.path, safe=_PATH_SAFE)))
+    return f"{scheme}://{authority}{path or '/'}"
+
+
+def _normalize_percent_encoding(path: str) -> str:
+    def fix(match: re.Match[str]) -> str:
+        hex_pair = match.group(1)
+        if hex_pair is None or not _HEX_DIGITS.issuperset(hex_pair):
+            raise ValueError("htu has a malformed percent-encoding")
+        char = chr(int(hex_pair, 16))
+        return char if char in _UNRESERVED else "%" + hex_pair.upper()
+
+    return _PERCENT_TRIPLET.sub(fix, path)
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4, for an absolute path."""
+    output: list[str] = []
+    for segment in path.split("/")[1:]:
+        if segment == "..":
+            if output:
+                output.pop()
+        elif segment != ".":
+            output.append(segment)
+    if path.split("/")[-1] in (".", ".."):
+        output.append("")  # "/a/b/.." → "/a/", as §5.2.4 keeps the trailing slash
+    return "/" + "/".join(output) if path else ""
+
+
+# --- §8 nonces ---------------------------------------------------------------------------------
+
+
+class NonceIssuer:
+    """Stateless server nonces (RFC 9449 §8): valid on every instance holding the secret(s).
+
+    A nonce is base64url(version | issued-at | 128 random bits | truncated HMAC-SHA256), so it is
+    unpredictable, 1*NQCHAR, and needs no store. The first secret signs; every secret verifies,
+    which lets secrets rotate without invalidating nonces already handed out. `context`
+    separates issuers that share a secret (the AS and a resource server must not accept each
+    other's nonces, §9).
+    """
+
+    def __init__(
+        self, secrets: Sequence[bytes], ttl: int = DPOP_NONCE_TTL, *, context: bytes = b""
+    ) -> None:
+        if not secrets:
+            raise ValueError("NonceIssuer needs at least one secret")
+        if any(len(secret) < MIN_NONCE_SECRET_BYTES for secret in secrets):
+            raise ValueError(f"nonce secrets must be at least {MIN_NONCE_SECRET_BYTES} bytes")
+        if ttl <= 0:
+            raise ValueError("nonce ttl must be positive")
+        # Derived keys: the configured secret may be shared with other uses (domain separation).
+        self._keys = [
+            hmac.new(secret, _NONCE_KEY_LABEL + context, hashlib.sha256).digest()
+            for secret in secrets
+        ]
+        self.ttl = ttl
+
+    def issue(self, now: int) -> str:
+        body = _NONCE_VERSION + now.to_bytes(8, "big") + _secrets.token_bytes(NONCE_RANDOM_BYTES)
+        raw = body + self._tag(self._keys[0], body)
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+    def is_valid(self, nonce: str, now: int) -> bool:
+        if not isinstance(nonce, str) or len(nonce) > 2 * (_NONCE_BODY_BYTES + NONCE_TAG_BYTES):
+            return False
+        try:
+            raw = urlsafe_b64decode(nonce.encode("ascii"))  # strict: no skipped characters
+        except (binascii.Error, ValueError):
+            return False
+        if len(raw) != _NONCE_BODY_BYTES + NONCE_TAG_BYTES or raw[:1] != _NONCE_VERSION:
+            return False
+        body, tag = raw[:_NONCE_BODY_BYTES], raw[_NONCE_BODY_BYTES:]
+        if not any(hmac.compare_digest(tag, self._tag(key, body)) for key in self._keys):
+            return False
+        issued_at = int.from_bytes(body[1:9], "big")
+        return issued_at - NONCE_FUTURE_SKEW <= now < issued_at + self.ttl
+
+    @staticmethod
+    def _tag(key: bytes, body: bytes) -> bytes:
+        return hmac.new(key, body, hashlib.sha256).digest()[:NONCE_TAG_BYTES]
+
+
+# --- §4.3 checks, in the order validate_proof runs them ---------------------------------------
+
+
+def check_single_header(header_values: Sequence[str]) -> str:
+    """DPOP-01: exactly one `DPoP` header. Zero is the caller's decision, but still refused."""
+    if len(header_values) == 0:
+        raise InvalidDpopProofError("DPoP proof required")
+    if len(header_values) > 1:
+        raise InvalidDpopProofError("Multiple DPoP headers")
+    return header_values[0]
+
+
+def check_proof_size(value: str) -> None:
+    if len(value) > MAX_PROOF_BYTES:
+        raise InvalidDpopProofError("DPoP proof is too large")
+
+
+def parse_compact(value: str) -> _Compact:
+    """DPOP-02: one JWS in compact serialization whose header and payload are JSON objects."""
+    if not _COMPACT_JWS.fullmatch(value):
+        raise InvalidDpopProofError("DPoP proof is not a compact JWS")
+    try:
+        obj = _jws.extract_compact(value.encode("ascii"), registry=_REGISTRY)
+        claims = json.loads(obj.payload)
+        signature = urlsafe_b64decode(obj.segments["signature"])
+    except (JoseError, ValueError, TypeError) as e:
+        raise InvalidDpopProofError("DPoP proof is not a well-formed JWT", debug=repr(e)) from e
+    if not isinstance(obj.protected, dict) or not isinstance(claims, dict):
+        raise InvalidDpopProofError("DPoP proof is not a well-formed JWT")
+    if "crit" in obj.protected:
+        # RFC 7515 §4.1.11: we understand no extension, so any `crit` makes the JWS invalid.
+        raise InvalidDpopProofError("DPoP proof has unsupported critical headers")
+    signing_input = obj.segments["header"] + b"." + obj.segments["payload"]
+    return _Compact(obj.protected, claims, signing_input, signature)
+
+
+def check_typ(header: Mapping[str, Any]) -> None:
+    """DPOP-04: RFC 9449 §4.3 (4) `typ` is exactly `dpop+jwt`."""
+    if header.get("typ") != PROOF_TYP:
+        raise InvalidDpopProofError("DPoP proof typ must be dpop+jwt")
+
+
+def check_alg(header: Mapping[str, Any], algs: Sequence[str]) -> str:
+    """DPOP-05: an asymmetric algorithm on our allowlist (never `none`, never HS*)."""
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algs or alg not in DPOP_SIGNING_ALGS:
+        raise InvalidDpopProofError("DPoP proof alg is not supported")
+    return alg
+
+
+def check_public_jwk(header: Mapping[str, Any]) -> Key:
+    """DPOP-06: `jwk` is present and is a public asymmetric key (no private members, no oct)."""
+    jwk = header.get("jwk")
+    if not isinstance(jwk, dict):
+        raise InvalidDpopProofError("DPoP proof has no jwk header")
+    if jwk.get("kty") == "oct" or "k" in jwk:
+        raise InvalidDpopProofError("DPoP proof jwk must not be a symmetric key")
+    if PRIVATE_JWK_MEMBERS.intersection(jwk):
+        raise InvalidDpopProofError("DPoP proof jwk must not contain private key members")
+    try:
+        return import_public_key(jwk)
+    except ValueError as e:
+        raise InvalidDpopProofError("DPoP proof jwk is not a valid public key",
+                                    debug=str(e)) from e
+
+
+def check_key_fits_alg(key: Key, alg: str) -> None:
+    """DPOP-05/07: the key type and curve match `alg`; RSA moduli are of sane size."""
+    try:
+        _jws.JWSRegistry.algorithms[alg].check_key(key)
+    except (JoseError, ValueError) as e:
+        raise InvalidDpopProofError("DPoP proof jwk does not match alg", debug=repr(e)) from e
+    if isinstance(key, RSAKey):
+        bits = key.public_key.key_size
+        exponent_bits = key.public_key.public_numbers().e.bit_length()
+        if not MIN_RSA_KEY_BITS <= bits <= MAX_RSA_KEY_BITS or exponent_bits > MAX_RSA_E_BITS:
+            raise InvalidDpopProofError("DPoP proof RSA key is not accepted",
+                                        debug=f"n: {bits} bits, e: {exponent_bits} bits")
+
+
+def verify_signature(compact: _Compact, alg: str, key: Key) -> None:
+    """DPOP-07: the signature verifies with the key in the proof's own `jwk` header."""
+    # The algorithm model is called directly (not jws.validate_compact): the allowlist is
+    # already enforced above, and joserfc would otherwise warn on every EdDSA proof.
+    try:
+        ok = _jws.JWSRegistry.algorithms[alg].verify(compact.signing_input, compact.signature, key)
+    except (JoseError, ValueError, TypeError) as e:
+        raise InvalidDpopProofError("DPoP proof signature is invalid", debug=repr(e)) from e
+    if not ok:
+        raise InvalidDpopProofError("DPoP proof signature is invalid")
+
+
+def check_claims(claims: Mapping[str, Any]) -> None:
+    """DPOP-03: `jti`, `htm`, `htu` (strings) and `iat` (a number) are present and well-typed."""
+    jti = claims.get("jti")
+    if not isinstance(jti, str) or not jti:
+        raise InvalidDpopProofError("DPoP proof jti is missing or not a string")
+    if len(jti) > MAX_JTI_LENGTH:
+        raise InvalidDpopProofError("DPoP proof jti is too long")
+    for name in ("htm", "htu"):
+        if not isinstance(claims.get(name), str) or not claims[name]:
+            raise InvalidDpopProofError(f"DPoP proof {name} is missing or not a string")
+    iat = claims.get("iat")
+    if isinstance(iat, bool) or not isinstance(iat, int | float) or not math.isfinite(iat):
+        raise InvalidDpopProofError("DPoP proof iat is missing or not a number")
+    for name in ("nonce", "ath"):
+        if name in claims and not isinstance(claims[name], str):
+            raise InvalidDpopProofError(f"DPoP proof {name} is not a string")
+
+
+def check_htm(htm: str, method: str) -> None:
+    """DPOP-08: `htm` equals the request method; methods are case-sensitive (RFC 9110 §9.1)."""
+    if htm != method:
+        raise InvalidDpopProofError("DPoP proof htm does not match the request method")
+
+
+def check_htu(htu: str, url: str) -> str:
+    """DPOP-09: `htu` equals the external request URI after normalization; returns it."""
+    expected = normalize_htu(url)  # the server's own URL: a failure here is a bug, not a 400
+    try:
+        presented = normalize_htu(htu)
+    except ValueError as e:
+        raise InvalidDpopProofError("DPoP proof htu is not a valid URI", debug=str(e)) from e
+    if presented != expected:
+        raise InvalidDpopProofError("DPoP proof htu does not match the request URI")
+    return presented
+
+
+def check_iat(iat: float, now: int, window: int, future_skew: int) -> None:
+    """DPOP-11: issued within `window` seconds, and at most `future_skew` seconds ahead."""
+    if iat > now + future_skew:
+        raise InvalidDpopProofError("DPoP proof iat is in the future")
+    if iat < now - window:
+        raise InvalidDpopProofError("DPoP proof has expired")
+
+
+def check_nonce(
+    nonce: str | None, nonces: NonceIssuer | None, nonce_required: bool, now: int
+) -> None:
+    """DPOP-10/30/33: a required nonce must be present and currently valid.
+
+    Raises UseDpopNonceError carrying a fresh nonce. A nonce sent where none is required is
+    still checked when we can (a stale one gets a fresh one back); with no issuer it is ignored.
+    """
+    if nonces is None:
+        return
+    if nonce is None:
+        if nonce_required:
+            # §11.3: refusing nonce-less proofs is what stops a downgrade once nonces are on.
+            raise UseDpopNonceError(nonces.issue(now))
+        return
+    if not nonces.is_valid(nonce, now):
+        raise UseDpopNonceError(nonces.issue(now), "DPoP proof nonce is invalid or expired")
+
+
+def check_ath(ath: str | None, access_token: str | None) -> None:
+    """DPOP-03/13: with an access token, `ath` is present and equals its hash."""
+    if access_token is None:
+        return
+    if ath is None:
+        raise InvalidDpopProofError("DPoP proof ath is required with an access token")
+    if not hmac.compare_digest(ath.encode(), access_token_hash(access_token).encode()):
+        raise InvalidDpopProofError("DPoP proof ath does not match the access token")
+
+
+def replay_key(htu: str, jti: str, jkt: str) -> str:
+    """DPOP-12: the store key for one (htu, jti, key) triple; hashed, so its size is fixed."""
+    material = json.dumps([htu, jti, jkt], separators=(",", ":")).encode()
+    return REPLAY_KEY_PREFIX + hashlib.sha256(material).hexdigest()
+
+
+def check_not_replayed(store: Store, key: str, ttl: int) -> None:
+    """DPOP-12: first use records the proof; a second use is refused.
+
+    Runs last, so a proof that fails any other check never occupies the cache. A store error
+    raises StoreUnavailableError (503): an unanswered lookup is never read as "not seen".
+    """
+    if not store.add_if_absent(key, ttl):
+        raise InvalidDpopProofError("DPoP proof replayed")
+
+
+# --- the pipeline ------------------------------------------------------------------------------
+
+
+def validate_proof(
+    header_values: Sequence[str],
+    *,
+    method: str,
+    url: str,
+    now: int,
+    store: Store,
+    nonces: NonceIssuer | None = None,
+    nonce_required: bool = False,
+    access_token: str | None = None,
+    window: int = DPOP_PROOF_WINDOW,
+    future_skew: int = DPOP_FUTURE_SKEW,
+    algs: Sequence[str] = DPOP_SIGNING_ALGS,
+) -> DPoPProof:
+    """Validate the `DPoP` header values of one request (RFC 9449 §4.3) and record the proof.
+
+    `url` is the external request URI (built from the configured issuer, not from Host).
+    `algs` may narrow DPOP_SIGNING_ALGS, never widen it. Returns the proof; raises
+    InvalidDpopProofError, UseDpopNonceError (with a fresh `DPoP-Nonce`) or
+    StoreUnavailableError.
+    """
+    if nonce_required and nonces is None:
+        raise ValueError("nonce_required needs a NonceIssuer")
+    value = check_single_header(header_values)
+    check_proof_size(value)
+    compact = parse_compact(value)
+    check_typ(compact.header)
+    alg = check_alg(compact.header, algs)
+    key = check_public_jwk(compact.header)
+    check_key_fits_alg(key, alg)
+    verify_signature(compact, alg, key)
+    claims = compact.claims
+    check_claims(claims)
+    check_htm(claims["htm"], method)
+    htu = check_htu(claims["htu"], url)
+    check_iat(claims["iat"], now, window, future_skew)
+    nonce: str | None = claims.get("nonce")
+    check_nonce(nonce, nonces, nonce_required, now)
+    ath: str | None = claims.get("ath")
+    check_ath(ath, access_token)
+    jkt = key.thumbprint()
+    # §11.1: the entry must outlive every moment at which this proof could still be accepted.
+    ttl = window + future_skew
+    if nonces is not None and nonce is not None:
+        ttl = max(ttl, nonces.ttl + NONCE_FUTURE_SKEW)
+    check_not_replayed(store, replay_key(htu, claims["jti"], jkt), ttl)
+    return DPoPProof(
+        jkt=jkt,
+        jti=claims["jti"],
+        htm=claims["htm"],
+        htu=htu,
+        iat=int(claims["iat"]),
+        nonce=nonce,
+        ath=ath,
+        jwk=dict(compact.header["jwk"]),
+    )

@@ -1,0 +1,327 @@
+"""RFC 9449 §7 (DPoP-bound access tokens at a resource server) and RFC 9068 §4 (JWT validation).
+
+https://www.rfc-editor.org/rfc/rfc9449#section-7 — framework-free, so any API can use it: our
+gateway, an MCP server, a third-party service that knows only our issuer URL (`jwks_verifier`).
+Errors are `ResourceError`s that render as `WWW-Authenticate: DPoP ...` challenges. Proof checks
+are authserver.dpop's, translated to their resource-server form. Rule IDs refer to
+shared/STANDARDS.md (DPOP-4x, JAT-0x).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import math
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import requests
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, Key
+
+from authserver.config import DPOP_FUTURE_SKEW, DPOP_PROOF_WINDOW, JWT_LEEWAY
+from authserver.dpop import (
+    DPOP_SIGNING_ALGS,
+    DPoPProof,
+    NonceIssuer,
+    import_public_key,
+    validate_proof,
+)
+from authserver.errors import (
+    InvalidDpopProofError,
+    InvalidTokenError,
+    ResourceError,
+    ResourceInvalidDpopProofError,
+    ResourceInvalidRequestError,
+    ResourceUseDpopNonceError,
+    TemporarilyUnavailableError,
+    UseDpopNonceError,
+)
+from authserver.keys import InvalidSignatureError
+from authserver.store import Store
+
+#: RFC 9068 §4 / JAT-01: the only JOSE `typ` values an access token may carry.
+ACCESS_TOKEN_TYPS = ("at+jwt", "application/at+jwt")
+#: What our key ring signs with (authserver.keys.SIGNING_ALG); nothing else is accepted.
+ACCESS_TOKEN_ALGS = ("ES256",)
+JWKS_CACHE_SECONDS = 300
+#: An unknown `kid` refetches the JWKS (a rotation), but at most this often: a flood of
+#: tokens with random `kid`s must not become a flood of requests to the issuer.
+JWKS_MIN_REFETCH_INTERVAL = 30
+JWKS_HTTP_TIMEOUT = 5.0
+MAX_JWKS_BYTES = 64 * 1024
+# RFC 9110 §11.2 token68.
+_TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+class ResourceVerifier:
+    """Verifies `Authorization: DPoP <JWT access token>` plus its `DPoP` proof (RFC 9449 §7).
+
+    `verify_jwt(token, now)` must return signature-verified claims or raise; this class checks
+    the claims (`iss`, `aud`, `exp`/`nbf`/`iat`), the proof, and the key binding. `audience` is
+    this resource's identifier, or a predicate over each `aud` value. Bearer is not supported:
+    every challenge uses the DPoP scheme.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str | Callable[[str], bool],
+        verify_jwt: Callable[[str, int], dict[str, Any]],
+        store: Store,
+        nonces: NonceIssuer | None = None,
+        nonce_required: bool = False,
+        algs: Sequence[str] = DPOP_SIGNING_ALGS,
+        resource_metadata: str | None = None,
+        leeway: int = JWT_LEEWAY,
+        window: int = DPOP_PROOF_WINDOW,
+        future_skew: int = DPOP_FUTURE_SKEW,
+    ) -> None:
+        if not algs or not set(algs) <= set(DPOP_SIGNING_ALGS):
+            raise ValueError(f"algs must be a non-empty subset of {DPOP_SIGNING_ALGS}")
+        if nonce_required and nonces is None:
+            raise ValueError("nonce_required needs a NonceIssuer")
+        self._issuer = issuer
+        self._audience = audience
+        self._verify_jwt = verify_jwt
+        self._store = store
+        self._nonces = nonces
+        self._nonce_required = nonce_required
+        self._algs = tuple(algs)
+        self._leeway = leeway
+        self._window = window
+        self._future_skew = future_skew
+        # DPOP-40/44: every challenge advertises the accepted algs and, with RFC 9728, the PRM.
+        self._challenge: dict[str, Any] = {
+            "scheme": "DPoP",
+            "algs": " ".join(self._algs),
+            "extra_params": {"resource_metadata": resource_metadata} if resource_metadata else {},
+        }
+
+    def verify(
+        self,
+        *,
+        method: str,
+        url: str,
+        authorization: Sequence[str],
+        dpop: Sequence[str],
+        now: int,
+    ) -> dict[str, Any]:
+        """Return the access token's verified claims, or raise a `ResourceError`.
+
+        `url` is the external request URI; `authorization` and `dpop` are every value of those
+        headers. A store failure raises StoreUnavailableError (503), never a pass.
+        """
+        token = self._credentials(authorization)
+        claims = self._token_claims(token, now)
+        proof = self._proof(dpop, method=method, url=url, token=token, now=now)
+        self._check_key_binding(claims, proof)
+        return claims
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def _credentials(self, authorization: Sequence[str]) -> str:
+        if not authorization:
+            # DPOP-41: no credentials → a bare challenge, no error code.
+            raise self._error(InvalidTokenError, None, challenge_only=True)
+        if len(authorization) > 1:
+            raise self._error(ResourceInvalidRequestError, "Multiple Authorization headers")
+        scheme, _, token = authorization[0].strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() == "bearer":
+            # DPOP-42: a DPoP-bound token sent as Bearer is a downgrade; unbound tokens are not
+            # accepted here at all, so the token is refused before it is even parsed.
+            raise self._error(InvalidTokenError, "Bearer scheme not accepted, use DPoP")
+        if scheme.lower() != "dpop":
+            # RFC 6750 §3.1: an unsupported scheme counts as no credentials.
+            raise self._error(InvalidTokenError, None, challenge_only=True)
+        if not _TOKEN68.fullmatch(token):
+            raise self._error(ResourceInvalidRequestError, "Malformed Authorization header")
+        return token
+
+    def _token_claims(self, token: str, now: int) -> dict[str, Any]:
+        try:
+            claims = self._verify_jwt(token, now)
+        except TemporarilyUnavailableError:
+            raise  # our issuer's JWKS is unreachable: 503, not a verdict on the token
+        except Exception as e:  # the contract: verify_jwt raises anything for a bad token
+            raise self._error(InvalidTokenError, "Invalid access token",
+                              debug=type(e).__name__) from e
+        if not isinstance(claims, dict):
+            raise self._error(InvalidTokenError, "Invalid access token")
+        self._check_issuer(claims)
+        self._check_audience(claims)
+        self._check_lifetime(claims, now)
+        self._check_bound(claims)
+        return claims
+
+    def _check_issuer(self, claims: Mapping[str, Any]) -> None:
+        # JAT-05: exact string comparison with the configured issuer.
+        if claims.get("iss") != self._issuer:
+            raise self._error(InvalidTokenError, "Access token issuer not accepted")
+
+    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+        # JAT-05: `aud` must name this resource; a token for another audience is refused.
+        aud = claims.get("aud")
+        values = [aud] if isinstance(aud, str) else aud
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise self._error(InvalidTokenError, "Access token audience is not this resource")
+        expected = self._audience
+        matches = expected if callable(expected) else (lambda value: value == expected)
+        if not any(matches(v) for v in values):
+            raise self._error(InvalidTokenError, "Access token audience is not this resource")
+
+    def _check_lifetime(self, claims: Mapping[str, Any], now: int) -> None:
+        # JAT-03/05: `exp` and `iat` are required; `nbf` is honoured when present.
+        exp, iat = _time_claim(claims, "exp"), _time_claim(claims, "iat")
+        nbf = _time_claim(claims, "nbf") if "nbf" in claims else iat
+        if exp is None or iat is None or nbf is None:
+            raise self._error(InvalidTokenError, "Access token time claims are invalid")
+        if now >= exp + self._leeway:
+            raise self._error(InvalidTokenError, "Access token expired")
+        if max(iat, nbf) > now + self._leeway:
+            raise self._error(InvalidTokenError, "Access token not yet valid")
+
+    def _check_bound(self, claims: Mapping[str, Any]) -> None:
+        # The DPoP scheme carries only DPoP-bound tokens (RFC 9449 §7.1, DPOP-24 `cnf.jkt`).
+        cnf = claims.get("cnf")
+        if not isinstance(cnf, dict) or not isinstance(cnf.get("jkt"), str):
+            raise self._error(InvalidTokenError, "Access token is not DPoP-bound")
+
+    def _proof(self, dpop: Sequence[str], *, method: str, url: str, token: str,
+               now: int) -> DPoPProof:
+        # One implementation of every §4.3 check: authserver.dpop's, in its RS form (§7.1).
+        try:
+            return validate_proof(
+                dpop, method=method, url=url, now=now, store=self._store, nonces=self._nonces,
+                nonce_required=self._nonce_required, access_token=token, window=self._window,
+                future_skew=self._future_skew, algs=self._algs,
+            )
+        except UseDpopNonceError as e:
+            raise ResourceUseDpopNonceError(e.nonce, debug=e.debug, **self._challenge) from e
+        except InvalidDpopProofError as e:
+            raise self._error(ResourceInvalidDpopProofError, e.description, debug=e.debug) from e
+
+    def _check_key_binding(self, claims: Mapping[str, Any], proof: DPoPProof) -> None:
+        # DPOP-14: RFC 9449 §7.1 — the proof key must be the key the token is bound to.
+        if not hmac.compare_digest(proof.jkt.encode(), claims["cnf"]["jkt"].encode()):
+            raise self._error(InvalidTokenError, "DPoP proof key does not match the token")
+
+    def _error(self, cls: type[ResourceError], description: str | None,
+               **kwargs: Any) -> ResourceError:
+        return cls(description, **self._challenge, **kwargs)
+
+
+def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:
+    value = claims.get(name)
+    # json.loads accepts NaN and Infinity, and NaN compares False with everything: refuse them.
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return value
+
+
+# --- a verify_jwt for third parties: our JWKS over HTTP ----------------------------------------
+
+
+class _JwksVerifier:
+    """Verify our JWT access tokens with keys fetched from `jwks_uri` (RFC 9068 §4, JAT-01/02).
+
+    Keys are cached for `cache_seconds`; an unknown `kid` refetches at most once per
+    JWKS_MIN_REFETCH_INTERVAL. A fetch that fails raises TemporarilyUnavailableError (fail
+    closed: stale keys are not used past their cache time). A key set vouches only for tokens
+    whose `iss` is its issuer.
+    """
+
+    def __init__(self, jwks_uri: str, *, issuer: str, cache_seconds: int,
+                 session: requests.Session | None) -> None:
+        self._jwks_uri = jwks_uri
+        self._issuer = issuer
+        self._cache_seconds = cache_seconds
+        self._session = session or requests.Session()
+        self._mutex = threading.Lock()
+        self._keys: dict[str, Key] = {}
+        self._fetched_at: int | None = None
+
+    def __call__(self, token: str, now: int) -> dict[str, Any]:
+        try:
+            obj = jws.extract_compact(token.encode("ascii"))
+        except (JoseError, ValueError) as e:
+            raise InvalidSignatureError("malformed token") from e
+        header = obj.protected
+        if header.get("typ") not in ACCESS_TOKEN_TYPS:
+            raise InvalidSignatureError("unexpected typ")
+        if header.get("alg") not in ACCESS_TOKEN_ALGS:
+            raise InvalidSignatureError("unexpected alg")
+        key = self._key(header.get("kid"), now)
+        try:
+            ok = jws.validate_compact(obj, key, algorithms=list(ACCESS_TOKEN_ALGS))
+            claims = json.loads(obj.payload)
+        except (JoseError, ValueError) as e:
+            raise InvalidSignatureError(type(e).__name__) from e
+        if not ok:
+            raise InvalidSignatureError("bad signature")
+        if not isinstance(claims, dict) or claims.get("iss") != self._issuer:
+            raise InvalidSignatureError("token not issued by this key set's issuer")
+        return claims
+
+    def _key(self, kid: Any, now: int) -> Key:
+        if not isinstance(kid, str):
+            raise InvalidSignatureError("no kid")
+        with self._mutex:
+            fetched_at = self._fetched_at
+            if fetched_at is None or now >= fetched_at + self._cache_seconds:
+                self._refresh(now)
+            elif kid not in self._keys and now >= fetched_at + JWKS_MIN_REFETCH_INTERVAL:
+                self._refresh(now)  # a rotation we have not seen yet
+            key = self._keys.get(kid)
+        if key is None:
+            raise InvalidSignatureError("unknown kid")
+        return key
+
+    def _refresh(self, now: int) -> None:
+        try:
+            response = self._session.get(
+                self._jwks_uri, timeout=JWKS_HTTP_TIMEOUT, allow_redirects=False,
+                headers={"Accept": "application/json"},
+            )
+            if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:
+                raise ValueError(f"JWKS answered {response.status_code}")
+            keys = _signing_keys(response.json())
+        except (requests.RequestException, ValueError, TypeError) as e:
+            raise TemporarilyUnavailableError(
+                "Token issuer keys unavailable", debug=f"jwks fetch: {type(e).__name__}"
+            ) from e
+        self._keys = keys
+        self._fetched_at = now
+
+
+def _signing_keys(jwks: Any) -> dict[str, Key]:
+    """The EC signature keys of a JWKS, by `kid`; other keys are skipped, bad ones refused."""
+    if not isinstance(jwks, dict) or not isinstance(jwks.get("keys"), list):
+        raise ValueError("not a JWKS")
+    keys: dict[str, Key] = {}
+    for entry in jwks["keys"]:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
+            continue
+        kid = entry.get("kid")
+        if entry.get("kty") != "EC" or not isinstance(kid, str):
+            continue
+        key = import_public_key(entry)  # refuses private members
+        if isinstance(key, ECKey):
+            keys[kid] = key
+    return keys
+
+
+def jwks_verifier(
+    jwks_uri: str,
+    *,
+    issuer: str,
+    cache_seconds: int = JWKS_CACHE_SECONDS,
+    session: requests.Session | None = None,
+) -> Callable[[str, int], dict[str, Any]]:
+    """A `verify_jwt` for ResourceVerifier that fetches and caches our JWKS over HTTP."""
+    return _JwksVerifier(jwks_uri, issuer=issuer, cache_seconds=cache_seconds, session=session)
