@@ -55,9 +55,11 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     from authserver.grants.authorization_code import AuthorizationCodeGrant
     from authserver.grants.client_credentials import ClientCredentialsGrant
     from authserver.grants.refresh_token import RefreshTokenGrant
+    from authserver.grants.token_exchange import TokenExchangeGrant
 
     server = AuthorizationServer(services)
-    for grant in (ClientCredentialsGrant, AuthorizationCodeGrant, RefreshTokenGrant):
+    for grant in (ClientCredentialsGrant, AuthorizationCodeGrant, RefreshTokenGrant,
+                  TokenExchangeGrant):
         server.register_grant(grant)
     app.extensions["authserver.oauth"] = server
 
@@ -66,17 +68,25 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app)
     _request_lifecycle(app, services)
 
-    from authserver.http import errors, oauth, ops, web
+    from authserver.http import admin, errors, gateway, oauth, ops, web
 
     errors.init_app(app)
     app.register_blueprint(oauth.bp)
+    app.register_blueprint(gateway.bp)
+    app.register_blueprint(admin.bp)
     app.register_blueprint(ops.ops)
     app.register_blueprint(web.bp)
     return app
 
 
 def build_services(settings: Settings) -> Services:
+    from authserver.audit import AuditLog
+    from authserver.broker.profiles import Platform
+    from authserver.broker.vault import Vault
     from authserver.dpop import NonceIssuer
+    from authserver.identity.federation import Federation
+    from authserver.policy import PolicyEngine
+    from authserver.ratelimit import RateLimiter
 
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     db = Database(settings.database_url)
@@ -94,7 +104,16 @@ def build_services(settings: Settings) -> Services:
         kms=kms,
         keyring=keyring,
         jwks_cache=JwksCache(),
-        nonces=NonceIssuer([_secret_key(settings).encode() + b":dpop-nonce"]),
+        nonces=NonceIssuer([_secret_key(settings).encode()], context=b"token-endpoint"),
+        gateway_nonces=NonceIssuer([_secret_key(settings).encode()], context=b"gateway"),
+        # The app refuses to start on an invalid policy set (PolicyLoadError propagates).
+        policy=PolicyEngine.load(settings.policy_dir),
+        federation=Federation.from_settings(settings.idps, store) if settings.idps else None,
+        rate_limiter=RateLimiter.from_settings(store, settings.rate_limits),
+        audit=AuditLog(),
+        vault=Vault(kms),
+        platforms={name: Platform.from_settings(name, table)
+                   for name, table in settings.platforms.items()},
     )
 
 

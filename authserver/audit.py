@@ -324,3 +324,8 @@ class AuditLog:
             select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(n)
         ).scalars().all()
         return list(reversed(rows))
+
+
+def event_as_dict(event: AuditEvent) -> dict[str, Any]:
+    """An event as plain JSON-ready data (CLI `audit tail`, the admin API, the demo)."""
+    return {name: getattr(event, name) for name in (*_HASHED_COLUMNS, "hash")}

@@ -46,6 +46,7 @@ class Settings:
     secret_key: str = ""
     policy_dir: str = str(DEFAULT_POLICY_DIR)
     registration_token: str = ""
+    admin_token: str = ""
     dpop_nonce: str = "off"  # off | all | per_client
     dpop_required_grants: tuple[str, ...] = ("urn:ietf:params:oauth:grant-type:token-exchange",)
     resources: tuple[str, ...] = ()
@@ -74,6 +75,8 @@ class Settings:
             )
         if not self.kek_file:
             object.__setattr__(self, "kek_file", str(data_dir / "kek.key"))
+        if self.secret_key and len(self.secret_key) < 32:
+            raise ValueError("secret_key must be at least 32 characters")
         if self.dpop_nonce not in ("off", "all", "per_client"):
             raise ValueError("dpop_nonce must be off, all or per_client")
         if not issuer.startswith("https://") and not _is_loopback_http(issuer):

@@ -21,7 +21,8 @@ class Services:
     kms: KMS
     keyring: KeyRing
     jwks_cache: JwksCache
-    nonces: Any = None  # authserver.dpop.NonceIssuer
+    nonces: Any = None  # authserver.dpop.NonceIssuer (token endpoint)
+    gateway_nonces: Any = None  # a separate NonceIssuer: RS nonces are not AS nonces (§9)
     policy: Any = None  # authserver.policy.PolicyEngine
     federation: Any = None  # authserver.identity.federation.Federation
     rate_limiter: Any = None  # authserver.ratelimit.RateLimiter

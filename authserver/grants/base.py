@@ -40,14 +40,19 @@ class GrantMixin:
 
     # --- RFC 9449 §5 -------------------------------------------------------------------------
 
-    def check_dpop(self, client: OAuthClient, *, required: bool = False) -> DPoPProof | None:
-        """Validate the DPoP proof if one is sent; require one where client or grant says so."""
+    def check_dpop(self, client: OAuthClient, *, required: bool = False,
+                   grant_policy: bool = True) -> DPoPProof | None:
+        """Validate the DPoP proof if one is sent; require one where client or grant says so.
+
+        `grant_policy=False` skips the per-grant requirement (the edge mint binds its result to
+        the agent's key, not to the caller's); a client's own `dpop_bound_access_tokens` holds.
+        """
         headers: list[str] = self.request.dpop_headers
         settings = self.services.settings
         required = (
             required
             or client.row.dpop_bound_access_tokens  # DPOP-23
-            or self.GRANT_TYPE in settings.dpop_required_grants
+            or (grant_policy and self.GRANT_TYPE in settings.dpop_required_grants)
         )
         if not headers:
             if required:

@@ -118,7 +118,7 @@ def home() -> Any:
 @bp.route("/login", methods=["GET", "POST"])
 def login() -> Any:
     s = services()
-    idps = sorted(s.federation.names()) if s.federation is not None else []
+    idps = sorted(s.federation.names) if s.federation is not None else []
     nxt = safe_next(request.values.get("next"))
     if request.method == "GET":
         return render_template("login.html", idps=idps, next=nxt,
@@ -205,3 +205,235 @@ def _mandate_lines(details: list[dict[str, Any]]) -> list[str]:
 
 def login_url_for(next_path: str) -> str:
     return url_for("web.login") + "?" + urlencode({"next": next_path})
+
+
+# --- corporate IdP sign-in (OIDC) -------------------------------------------------------------
+
+
+def _provider(name: str) -> Any:
+    federation = services().federation
+    if federation is None or name not in federation.names:
+        abort(404)
+    return federation.get(name)
+
+
+def _callback_uri(name: str) -> str:
+    return f"{services().settings.issuer}/login/{name}/callback"
+
+
+@bp.post("/login/<name>")
+def login_idp(name: str) -> Response:
+    check_csrf()
+    provider = _provider(name)
+    login_hint = request.form.get("login_hint") or None
+    start = provider.begin_login(redirect_uri=_callback_uri(name), now=g.now,
+                                 login_hint=login_hint)
+    session["oidc"] = {"idp": name, "state": start.state, "nonce": start.nonce,
+                       "verifier": start.code_verifier,
+                       "next": safe_next(request.form.get("next"))}
+    return redirect(start.url)
+
+
+@bp.get("/login/<name>/callback")
+def login_idp_callback(name: str) -> Any:
+    from authserver.errors import OAuthError
+    from authserver.identity.users import provision_user
+
+    provider = _provider(name)
+    pending = session.pop("oidc", None)
+    if not isinstance(pending, dict) or pending.get("idp") != name:
+        return render_template("error.html", error="invalid_request",
+                               description="No sign-in is in progress."), 400
+    try:
+        code = provider.verify_callback(request.args.to_dict(), expected_state=pending["state"],
+                                        now=g.now)
+        claims = provider.complete_login(code=code, redirect_uri=_callback_uri(name),
+                                         expected_nonce=pending["nonce"],
+                                         code_verifier=pending["verifier"], now=g.now)
+        user = provision_user(g.db, provider.config, claims, now=g.now)
+    except OAuthError as e:
+        return render_template("error.html", error=e.error, description=e.description), \
+            e.status_code
+    sign_in(user, now=g.now)
+    return redirect(pending.get("next") or url_for("web.home"))
+
+
+# --- connections (the credential broker's user side) ------------------------------------------
+
+
+def _platform(name: str) -> Any:
+    platform = services().platforms.get(name)
+    if platform is None:
+        abort(404)
+    return platform
+
+
+def _session_binding() -> str:
+    if "sb" not in session:
+        session["sb"] = secrets.token_urlsafe(32)
+    return str(session["sb"])
+
+
+def _connection_callback(name: str) -> str:
+    return f"{services().settings.issuer}/connections/{name}/callback"
+
+
+@bp.get("/connections")
+def connections() -> Any:
+    from authserver.broker.connections import user_connections
+
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    mine = {c.platform: c for c in user_connections(g.db, user.id)}
+    rows = [{"name": name, "display_name": p.display_name, "connection": mine.get(name)}
+            for name, p in sorted(services().platforms.items())]
+    return render_template("connections.html", rows=rows)
+
+
+@bp.route("/connections/<name>/connect", methods=["GET", "POST"])
+def connect(name: str) -> Any:
+    """GET (the `connect_uri` an agent hands the user) shows a confirm button; POST starts."""
+    from authserver.broker.connections import start_connect
+
+    platform = _platform(name)
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    if request.method == "GET":
+        return render_template("connect.html", platform=platform)
+    check_csrf()
+    url = start_connect(services().store, platform, user_id=user.id,
+                        session_binding=_session_binding(),
+                        redirect_uri=_connection_callback(name), now=g.now)
+    login_hint = request.form.get("login_hint")
+    if login_hint:
+        url += "&" + urlencode({"login_hint": login_hint})
+    return redirect(url)
+
+
+@bp.get("/connections/<name>/callback")
+def connect_callback(name: str) -> Any:
+    from authserver.broker.connections import finish_connect
+    from authserver.errors import OAuthError
+
+    platform = _platform(name)
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    s = services()
+    if "error" in request.args or not request.args.get("code"):
+        return render_template("error.html", error="access_denied",
+                               description="The platform did not grant access."), 400
+    try:
+        conn = finish_connect(s.db, s.store, s.vault, platform,
+                              state=request.args.get("state", ""),
+                              code=request.args["code"], user_id=user.id,
+                              session_binding=_session_binding(),
+                              redirect_uri=_connection_callback(name), now=g.now)
+    except OAuthError as e:
+        return render_template("error.html", error=e.error, description=e.description), \
+            e.status_code
+    _audit_user_event("connection", "connected", user.id, name, {"connection": conn.id})
+    return redirect(url_for("web.connections"), 303)
+
+
+@bp.post("/connections/<name>/disconnect")
+def disconnect(name: str) -> Any:
+    from authserver.broker.connections import disconnect as broker_disconnect
+
+    platform = _platform(name)
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    check_csrf()
+    s = services()
+    existed = broker_disconnect(s.db, s.store, s.vault, platform, user_id=user.id, now=g.now)
+    _audit_user_event("connection", "disconnected", user.id, name, {"existed": existed})
+    return redirect(url_for("web.connections"), 303)
+
+
+def _audit_user_event(event: str, outcome: str, user_id: str, platform: str | None,
+                      detail: dict[str, Any]) -> None:
+    from authserver.audit import AuditRecord
+    from authserver.observability import correlation_id
+
+    s = services()
+    with s.db.session() as audit_session:
+        s.audit.append(audit_session, AuditRecord(
+            event=event, outcome=outcome, correlation_id=correlation_id(), user_id=user_id,
+            platform=platform, client_ip=request.remote_addr, detail=detail), now=g.now)
+
+
+# --- step-up approvals -------------------------------------------------------------------------
+
+
+@bp.get("/approvals")
+def approvals() -> Any:
+    from authserver.approvals import pending_for_user
+
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    return render_template("approvals.html", approvals=pending_for_user(g.db, user.id, g.now),
+                           describe=_describe_intent)
+
+
+@bp.get("/approvals/<approval_id>")
+def approval(approval_id: str) -> Any:
+    from authserver.models.approvals import Approval
+
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    item = g.db.get(Approval, approval_id) if len(approval_id) <= 64 else None
+    if item is None or item.user_id != user.id:  # only the bound user sees it
+        abort(404)
+    return render_template("approvals.html", approvals=[item], describe=_describe_intent,
+                           single=True)
+
+
+@bp.post("/approvals/<approval_id>")
+def decide(approval_id: str) -> Any:
+    from authserver.approvals import decide_approval
+    from authserver.errors import OAuthError
+
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    check_csrf()
+    decision = request.form.get("decision")
+    if decision not in ("approve", "decline"):
+        abort(400, "decision must be approve or decline")
+    try:
+        item = decide_approval(g.db, approval_id, user_id=user.id,
+                               approve=decision == "approve", now=g.now)
+    except OAuthError as e:
+        return render_template("error.html", error=e.error, description=e.description), \
+            e.status_code
+    _audit_user_event("approval", "approved" if decision == "approve" else "declined",
+                      user.id, item.platform, {"approval_id": item.id, "agent": item.agent_id})
+    return redirect(url_for("web.approvals"), 303)
+
+
+def _describe_intent(intent: dict[str, Any]) -> str:
+    count = int(intent.get("count", 1))
+    what = f"{intent.get('action', '?').replace('_', ' ')} {intent.get('resource', '?')}"
+    return what + (f" ({count} records)" if count > 1 else "")
+
+
+# --- activity ------------------------------------------------------------------------------------
+
+
+@bp.get("/activity")
+def activity() -> Any:
+    from authserver.models.audit import AuditEvent
+
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    events = g.db.scalars(
+        select(AuditEvent).where(AuditEvent.user_id == user.id)
+        .order_by(AuditEvent.seq.desc()).limit(50)
+    ).all()
+    return render_template("activity.html", events=events)

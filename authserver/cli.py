@@ -1,0 +1,284 @@
+"""`authserver …` — serve, demo, db upgrade, keys rotate, clients, users, audit, conformance.
+
+Every command reads the same settings as the server (AUTHSERVER_* variables, AUTHSERVER_CONFIG)
+and prints JSON where it prints data, so scripts can consume it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from authserver.config import Settings
+
+
+def _settings() -> Settings:
+    return Settings.load()
+
+
+def _services(settings: Settings | None = None) -> Any:
+    from authserver.app import build_services
+
+    return build_services(settings or _settings())
+
+
+def _print(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+@click.group()
+def main() -> None:
+    """authserver: an OAuth authorization server for agents acting on behalf of one user."""
+
+
+# --- serve -----------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def serve(host: str, port: int) -> None:
+    """Run a single-process development server (production: gunicorn, see README)."""
+    from werkzeug.serving import run_simple
+
+    from authserver import create_app
+
+    settings = Settings.load({"issuer": f"http://{host}:{port}"} if not _issuer_set() else {})
+    app = create_app(settings)
+    click.echo(f"authserver on {settings.issuer} (data in {settings.data_dir}/)")
+    click.echo(f"  metadata:  {settings.issuer}/.well-known/oauth-authorization-server")
+    click.echo("  register a client:")
+    click.echo(f"    curl -s -X POST {settings.issuer}/register -H 'Content-Type: application/json' \\")
+    click.echo("      -d '{\"grant_types\":[\"client_credentials\"]}'")
+    run_simple(host, port, app, threaded=True, use_reloader=False)
+
+
+def _issuer_set() -> bool:
+    import os
+
+    return "AUTHSERVER_ISSUER" in os.environ
+
+
+# --- db, keys --------------------------------------------------------------------------------
+
+
+@main.group()
+def db() -> None:
+    """Database schema (Alembic)."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply every migration to the configured database."""
+    from authserver.db import Database
+
+    settings = _settings()
+    Database(settings.database_url).upgrade()
+    click.echo("database is at the latest revision")
+
+
+@main.group()
+def keys() -> None:
+    """Signing keys."""
+
+
+@keys.command("rotate")
+@click.option("--overlap", default=None, type=int,
+              help="Seconds the retired key stays published (default: KEY_OVERLAP).")
+def keys_rotate(overlap: int | None) -> None:
+    """Publish a new signing key; the old one verifies until its tokens expire."""
+    from authserver.keys import KEY_OVERLAP
+
+    services = _services()
+    with services.db.session() as session:
+        kid = services.keyring.rotate(session, int(time.time()),
+                                      overlap=KEY_OVERLAP if overlap is None else overlap)
+    _print({"active_kid": kid})
+
+
+# --- clients ---------------------------------------------------------------------------------
+
+
+@main.group()
+def clients() -> None:
+    """OAuth clients."""
+
+
+@clients.command("create")
+@click.option("--metadata", "metadata_json", default="{}",
+              help="RFC 7591 client metadata as JSON.")
+@click.option("--trusted-edge", is_flag=True, help="May mint user assertions (edge exchange).")
+@click.option("--executor", is_flag=True, help="May receive users' platform tokens.")
+@click.option("--allowed-platform", "allowed_platforms", multiple=True,
+              help="Agent allowlist: platforms this client may act on (repeatable).")
+@click.option("--allowed-action", "allowed_actions", multiple=True,
+              help="Agent allowlist: intent actions this client may declare (repeatable).")
+@click.option("--resource", "resources", multiple=True,
+              help="Resource servers this client serves (may introspect their tokens).")
+def clients_create(metadata_json: str, trusted_edge: bool, executor: bool,
+                   allowed_platforms: tuple[str, ...], allowed_actions: tuple[str, ...],
+                   resources: tuple[str, ...]) -> None:
+    """Register a client (admin path: may set trust attributes DCR cannot)."""
+    from authserver.clients import register_client, registration_response, validate_client_metadata
+
+    services = _services()
+    metadata = validate_client_metadata(json.loads(metadata_json),
+                                        scopes=services.settings.scopes)
+    attributes: dict[str, Any] = {}
+    if trusted_edge:
+        attributes["trusted_edge"] = True
+    if executor:
+        attributes["executor"] = True
+    if allowed_platforms:
+        attributes["allowed_platforms"] = list(allowed_platforms)
+    if allowed_actions:
+        attributes["allowed_actions"] = list(allowed_actions)
+    if resources:
+        attributes["resources"] = list(resources)
+    with services.db.session() as session:
+        client, secret = register_client(session, metadata, now=int(time.time()),
+                                         attributes=attributes)
+        body = registration_response(client, secret)
+        body["attributes"] = client.attributes
+    _print(body)
+
+
+@clients.command("list")
+def clients_list() -> None:
+    from sqlalchemy import select
+
+    from authserver.models import Client
+
+    services = _services()
+    with services.db.session() as session:
+        rows = session.scalars(select(Client).order_by(Client.client_id_issued_at))
+        _print([{"client_id": c.client_id, "client_name": c.client_metadata.get("client_name"),
+                 "token_endpoint_auth_method": c.token_endpoint_auth_method,
+                 "grant_types": c.grant_types, "attributes": c.attributes} for c in rows])
+
+
+@clients.command("delete")
+@click.argument("client_id")
+def clients_delete(client_id: str) -> None:
+    """Delete a client: every token it holds stops working on its next use."""
+    from authserver.models import Client
+
+    services = _services()
+    with services.db.session() as session:
+        client = session.get(Client, client_id)
+        if client is None:
+            raise click.ClickException(f"no client {client_id}")
+        session.delete(client)
+    _print({"deleted": client_id})
+
+
+# --- users -----------------------------------------------------------------------------------
+
+
+@main.group()
+def users() -> None:
+    """People."""
+
+
+@users.command("create-local")
+@click.argument("username")
+@click.option("--password", prompt=True, hide_input=True)
+@click.option("--name", default=None)
+@click.option("--email", default=None)
+@click.option("--tenant", default="default")
+def users_create_local(username: str, password: str, name: str | None, email: str | None,
+                       tenant: str) -> None:
+    """A local account (development and demo; production signs people in at the IdP)."""
+    from authserver.local_accounts import create_local_user
+
+    services = _services()
+    with services.db.session() as session:
+        user = create_local_user(session, username, password, name=name, email=email,
+                                 tenant=tenant, now=int(time.time()))
+        _print({"id": user.id, "username": username})
+
+
+@users.command("list")
+def users_list() -> None:
+    from sqlalchemy import select
+
+    from authserver.models import User
+
+    services = _services()
+    with services.db.session() as session:
+        _print([{"id": u.id, "email": u.email, "name": u.name, "tenant": u.tenant,
+                 "active": u.active} for u in session.scalars(select(User))])
+
+
+@users.command("deprovision")
+@click.argument("user_id")
+def users_deprovision(user_id: str) -> None:
+    """The user leaves: every token and assertion dies, downstream grants are revoked."""
+    from authserver.deprovisioning import deprovision
+
+    services = _services()
+    result = deprovision(services, user_id, now=int(time.time()), correlation_id=None)
+    _print(result)
+
+
+# --- audit -----------------------------------------------------------------------------------
+
+
+@main.group()
+def audit() -> None:
+    """The hash-chained audit trail."""
+
+
+@audit.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; exit 1 if any record was changed, removed or reordered."""
+    services = _services()
+    with services.db.session() as session:
+        result = services.audit.verify(session)
+    _print({"ok": result.ok, "count": result.count, "first_bad_seq": result.first_bad_seq,
+            "reason": result.reason})
+    if not result.ok:
+        sys.exit(1)
+
+
+@audit.command("tail")
+@click.option("-n", "count", default=20, show_default=True, type=int)
+def audit_tail(count: int) -> None:
+    """The most recent audit events, newest last."""
+    from authserver.audit import event_as_dict
+
+    services = _services()
+    with services.db.session() as session:
+        events = services.audit.tail(session, count)
+        _print([event_as_dict(e) for e in events])
+
+
+# --- conformance, demo -------------------------------------------------------------------------
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              add_help_option=False)
+@click.pass_context
+def conformance(ctx: click.Context) -> None:
+    """Run the black-box conformance suite (same options as `python -m conformance`)."""
+    from conformance.__main__ import main as conformance_main
+
+    sys.exit(conformance_main(list(ctx.args)))
+
+
+@main.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+              add_help_option=False)
+@click.pass_context
+def demo(ctx: click.Context) -> None:
+    """Play the on-behalf-of story end to end on embedded defaults (see README)."""
+    from authserver.demo.__main__ import main as demo_main
+
+    sys.exit(demo_main(list(ctx.args)))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

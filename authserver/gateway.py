@@ -1,0 +1,245 @@
+"""The credential-blind path (shared/STANDARDS.md Part A5): the agent calls
+`<issuer>/gateway/<platform>/<path>` with its capability token and a DPoP proof (`ath`); the
+broker makes the call with the user's own platform token, which the agent never sees.
+
+Checks, in order: the capability token and its proof (RFC 9449 §7, authserver.resource), that
+the token is still live (user, jti, connection epoch), that the request fits the intent (a
+*read* intent allows only GET/HEAD; the path must be exactly what the intent's resource maps
+to), the per-token write budget (`count`). Then the call, one forced refresh on a 401, a size
+limit, and a response with credentials and hop-by-hop headers stripped and downstream error
+text replaced by a safe summary. Every call is audited with the request's correlation id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time as _time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+import requests
+from sqlalchemy.orm import Session
+
+from authserver.audit import AuditRecord
+from authserver.broker.connections import (
+    connect_uri,
+    connection_epoch,
+    force_refresh,
+    get_access_token,
+)
+from authserver.broker.profiles import Platform, api_request_headers, path_matches_intent
+from authserver.errors import (
+    InvalidTokenError,
+    OAuthError,
+    ResourceForbiddenError,
+    TemporarilyUnavailableError,
+)
+from authserver.intent import INTENT_TYPE, READ
+from authserver.resource import ResourceVerifier
+from authserver.services import Services
+from authserver.tokens import ACCEPTED_AT_TYPS, TokenNotLiveError, check_token_live
+
+log = logging.getLogger(__name__)
+
+SAFE_METHODS = frozenset({"GET", "HEAD"})
+GATEWAY_TIMEOUT = (3.05, 15.0)  # (connect, read) seconds
+MAX_RESPONSE_BYTES = 2 * 1024 * 1024
+MAX_REQUEST_BYTES = 256 * 1024
+#: Response headers worth passing on; everything else (Set-Cookie, auth, hop-by-hop) is dropped.
+PASSED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Location")
+
+
+@dataclass
+class GatewayRequest:
+    platform: str
+    path: str  # after /gateway/<platform>/, with the query string, as sent
+    method: str
+    url: str  # external URL without query (DPoP htu)
+    authorization: list[str]
+    dpop: list[str]
+    body: bytes = b""
+    content_type: str | None = None
+    correlation_id: str | None = None
+    client_ip: str | None = None
+
+
+@dataclass
+class GatewayResponse:
+    status: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Call:
+    """What the audit record says about one call."""
+
+    claims: dict[str, Any] = field(default_factory=dict)
+    intent: dict[str, Any] | None = None
+    status: int | None = None
+
+
+def handle(services: Services, session: Session, req: GatewayRequest, *, now: int
+           ) -> GatewayResponse:
+    """One gateway call. Raises `OAuthError` (rendered by the one error handler) on refusal."""
+    call = _Call()
+    started = _time.perf_counter()
+    try:
+        platform = services.platforms.get(req.platform)
+        if platform is None:
+            raise InvalidTokenError("Unknown platform")
+        call.claims = verify_capability(services, session, req, now=now)
+        call.intent = check_fits_intent(services, platform, req, call.claims, now=now)
+        response = forward(services, platform, req, call.claims, now=now)
+        call.status = response.status
+    except OAuthError as error:
+        _audit(services, req, call, outcome="denied" if error.status_code < 500 else "error",
+               reason=error.error, now=now)
+        raise
+    except Exception:
+        _audit(services, req, call, outcome="error", reason="server_error", now=now)
+        raise
+    _audit(services, req, call, outcome="allowed", reason=None, now=now)
+    from authserver.observability import GATEWAY_CALLS, GATEWAY_LATENCY
+
+    GATEWAY_CALLS.labels(platform=req.platform, method=req.method,
+                         status=str(response.status)).inc()
+    GATEWAY_LATENCY.labels(platform=req.platform).observe(_time.perf_counter() - started)
+    return response
+
+
+def verify_capability(services: Services, session: Session, req: GatewayRequest, *, now: int
+                      ) -> dict[str, Any]:
+    settings = services.settings
+    keyring = services.keyring
+    verifier = ResourceVerifier(
+        issuer=settings.issuer,
+        audience=f"{settings.issuer}/gateway/{req.platform}",
+        verify_jwt=lambda token, t: keyring.verify(token, typ=ACCEPTED_AT_TYPS, now=t),
+        store=services.store,
+        nonces=services.gateway_nonces,
+        nonce_required=settings.dpop_nonce == "all",
+        window=settings.dpop_proof_window,
+    )
+    claims = verifier.verify(method=req.method, url=req.url, authorization=req.authorization,
+                             dpop=req.dpop, now=now)
+    try:
+        check_token_live(session, claims)
+    except TokenNotLiveError as e:
+        raise InvalidTokenError("The access token is no longer valid", debug=e.reason) from e
+    # Disconnect and deprovisioning kill every capability token minted before them.
+    if claims["iat"] <= connection_epoch(services.store, claims["sub"], req.platform):
+        raise InvalidTokenError("The connection behind this token was revoked")
+    if claims.get("platform") != req.platform:
+        raise InvalidTokenError("The token is for another platform")
+    return claims
+
+
+def check_fits_intent(services: Services, platform: Platform, req: GatewayRequest,
+                      claims: dict[str, Any], *, now: int) -> dict[str, Any]:
+    intents = [d for d in claims.get("authorization_details") or []
+               if isinstance(d, dict) and d.get("type") == INTENT_TYPE]
+    if len(intents) != 1:
+        raise ResourceForbiddenError("The token carries no intent")
+    intent = intents[0]
+    action = (intent.get("actions") or [None])[0]
+    resource = intent.get("identifier")
+    if not isinstance(action, str) or not isinstance(resource, str):
+        raise ResourceForbiddenError("The token's intent is malformed")
+    # Reads never write: only safe methods under a read intent (Part A5).
+    if action in READ and req.method not in SAFE_METHODS:
+        raise ResourceForbiddenError("A read intent allows only GET and HEAD")
+    if action not in READ and req.method in SAFE_METHODS:
+        raise ResourceForbiddenError("A write intent does not allow reads")
+    if not path_matches_intent(platform, resource, req.method, req.path):
+        raise ResourceForbiddenError("The request does not match the intent's resource")
+    if action not in READ:
+        count = intent.get("count", 1)
+        uses = services.store.incr(f"capability-writes:{claims['jti']}",
+                                   ttl=max(1, int(claims["exp"]) - now + 60))
+        if not isinstance(count, int) or uses > count:
+            raise ResourceForbiddenError("The intent's record count is used up")
+    return {"action": action, "resource": resource, "count": intent.get("count", 1)}
+
+
+def forward(services: Services, platform: Platform, req: GatewayRequest,
+            claims: dict[str, Any], *, now: int) -> GatewayResponse:
+    s = services
+    user_id = claims["sub"]
+    reconnect = connect_uri(s.settings.issuer, platform.name)
+    token, conn = get_access_token(s.db, s.store, s.vault, platform, user_id=user_id, now=now,
+                                   connect_uri=reconnect)
+    response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req)
+    if response.status_code == 401:
+        # The platform says the token is dead although we thought it fresh: refresh once.
+        token, conn = force_refresh(s.db, s.store, s.vault, platform, user_id=user_id,
+                                    rejected_access_token=token, now=now,
+                                    connect_uri=reconnect)
+        response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req)
+    return _relay(response)
+
+
+def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest
+          ) -> requests.Response:
+    if len(req.body) > MAX_REQUEST_BYTES:
+        raise ResourceForbiddenError("Request body too large")
+    headers = api_request_headers(platform, token)
+    headers["Accept"] = "application/json"
+    if req.correlation_id:
+        headers["X-Request-ID"] = req.correlation_id
+    if req.content_type and req.body:
+        headers["Content-Type"] = req.content_type
+    url = api_base.rstrip("/") + "/" + req.path.lstrip("/")
+    try:
+        response = requests.request(req.method, url, data=req.body or None, headers=headers,
+                                    timeout=GATEWAY_TIMEOUT, allow_redirects=False, stream=True)
+        body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+    except requests.RequestException as e:
+        raise TemporarilyUnavailableError("The platform did not answer",
+                                          debug=f"gateway: {type(e).__name__}") from e
+    if len(body) > MAX_RESPONSE_BYTES:
+        raise TemporarilyUnavailableError("The platform's response is too large")
+    response._content = body  # the streamed body, read once, size-limited
+    return response
+
+
+def _relay(response: requests.Response) -> GatewayResponse:
+    status = response.status_code
+    if 200 <= status < 300 or status == 304:
+        headers = {h: response.headers[h] for h in PASSED_RESPONSE_HEADERS
+                   if h in response.headers and h != "Location"}
+        return GatewayResponse(status, response.content or b"", headers)
+    # Downstream error text never reaches the agent verbatim (it may carry injected
+    # instructions or internals): a status and a generic summary only.
+    import json
+
+    try:
+        summary = HTTPStatus(status).phrase
+    except ValueError:
+        summary = "Platform error"
+    body = json.dumps({"error": "platform_error", "status": status, "summary": summary})
+    return GatewayResponse(status if 400 <= status < 500 else 502, body.encode(),
+                           {"Content-Type": "application/json"})
+
+
+def _audit(services: Services, req: GatewayRequest, call: _Call, *, outcome: str,
+           reason: str | None, now: int) -> None:
+    claims = call.claims
+    act = claims.get("act") or {}
+    with services.db.session() as session:
+        services.audit.append(session, AuditRecord(
+            event="gateway_call",
+            outcome=outcome,
+            reason=reason,
+            correlation_id=req.correlation_id,
+            user_id=claims.get("sub"),
+            agent_id=claims.get("client_id"),
+            actor_chain=[act["sub"]] if "sub" in act else [],
+            platform=req.platform,
+            intent=call.intent,
+            intent_hash=claims.get("intent_hash"),
+            token_jti=claims.get("jti"),
+            client_ip=req.client_ip,
+            detail={"method": req.method, "status": call.status},
+        ), now=now)

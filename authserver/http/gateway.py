@@ -1,0 +1,44 @@
+"""`<issuer>/gateway/<platform>/<path>` (Part A5); the work is in authserver.gateway."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, abort, current_app, g, request
+
+from authserver import gateway
+from authserver.observability import correlation_id
+
+bp = Blueprint("gateway", __name__)
+METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@bp.route("/gateway/<platform>/<path:path>", methods=METHODS)
+def call(platform: str, path: str) -> Response:
+    services = current_app.extensions["authserver"]
+    issuer = services.settings.issuer
+    # The raw request target: Flask's `path` is percent-decoded, and both the DPoP `htu`
+    # comparison and the intent's path match must see exactly what the client sent.
+    raw = (request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+           or request.full_path)
+    raw_path, _, query = raw.partition("?")
+    prefix = f"/gateway/{platform}/"
+    if not raw_path.startswith(prefix):
+        abort(404)
+    # DPoP htu is compared with the external URL (our issuer), never the Host header.
+    url = issuer + raw_path
+    result = gateway.handle(services, g.db, gateway.GatewayRequest(
+        platform=platform,
+        path=raw_path[len(prefix):] + (f"?{query}" if query else ""),
+        method=request.method,
+        url=url,
+        authorization=request.headers.getlist("Authorization"),
+        dpop=request.headers.getlist("DPoP"),
+        body=request.get_data(cache=False),
+        content_type=request.content_type,
+        correlation_id=correlation_id(),
+        client_ip=request.remote_addr,
+    ), now=g.now)
+    response = Response(result.body, status=result.status)
+    for name, value in result.headers.items():
+        response.headers[name] = value
+    response.headers["Cache-Control"] = "no-store"
+    return response
