@@ -1,0 +1,508 @@
+"""RFC 6749 §4.1 + RFC 7636 connect flow, RFC 6749 §6 refresh under a distributed lock, and
+RFC 7009 disconnect, for users' downstream platform grants.
+
+Connecting: `state` is bound to the signed-in user and the browser session that started the
+flow and is single-use. Refreshing: at most one refresh runs per (user, platform) across every
+process and host (a lock in the shared store, with a fencing token stored on the row so a
+writer whose lock expired cannot overwrite newer tokens); waiters re-read and reuse the result.
+A rotated refresh token is committed before the new access token is handed out. A refresh
+answered `invalid_grant` parks the connection as `needs_reconnect` (no retry storm).
+Disconnecting kills capability tokens first (an epoch in the shared store), then our copy,
+then the grant at the platform.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from authserver.broker.oauth_client import (
+    PlatformInvalidGrant,
+    PlatformRejected,
+    PlatformUnavailable,
+    TokenSet,
+    build_authorize_url,
+    exchange_code,
+    refresh,
+    revoke,
+    s256,
+)
+from authserver.broker.profiles import Platform
+from authserver.broker.vault import Vault
+from authserver.db import Database
+from authserver.errors import (
+    ConnectionRequiredError,
+    InvalidGrantError,
+    InvalidRequestError,
+    TemporarilyUnavailableError,
+)
+from authserver.kms import EnvelopeIntegrityError
+from authserver.models.broker import (
+    CONNECTION_ACTIVE,
+    CONNECTION_NEEDS_RECONNECT,
+    Connection,
+)
+from authserver.store import Store
+
+log = logging.getLogger(__name__)
+
+#: Refresh when the access token has less than this many seconds left.
+REFRESH_MARGIN = 60
+#: How long a started connect flow may take (the user signs in at the platform meanwhile).
+CONNECT_STATE_TTL = 600
+STATE_BYTES = 32
+CODE_VERIFIER_BYTES = 48  # 64 characters: RFC 7636 §4.1 allows 43-128
+#: Refresh attempts for transient platform failures, and the backoff between them.
+REFRESH_ATTEMPTS = 3
+BACKOFF_BASE = 0.25  # seconds; doubles per attempt
+BACKOFF_MAX = 2.0
+#: The refresh lock auto-expires after this long. It must exceed the worst refresh:
+#: REFRESH_ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) + backoffs, about 40 s.
+LOCK_TIMEOUT = 60
+#: How long a caller waits for another process's refresh before answering 503.
+LOCK_WAIT = 30
+#: A 401 from the API forces a refresh at most this often per connection.
+FORCE_REFRESH_MIN_INTERVAL = 30
+#: Connection epochs outlive every capability token minted before them many times over.
+CONNECTION_EPOCH_TTL = 30 * 24 * 3600
+CONNECT_PATH = "/connections/{platform}/connect"
+
+Sleep = Callable[[float], None]
+
+
+def connect_uri(issuer: str, platform_name: str) -> str:
+    """Where a user (re)connects a platform; sent with `connection_required`."""
+    return issuer.rstrip("/") + CONNECT_PATH.format(platform=platform_name)
+
+
+def user_connections(session: Session, user_id: str) -> list[Connection]:
+    """The user's connections, for their connections page (no token is decrypted)."""
+    return list(session.scalars(
+        select(Connection).where(Connection.user_id == user_id).order_by(Connection.platform)
+    ))
+
+
+# --- connecting (RFC 6749 §4.1, RFC 7636) ------------------------------------------------------
+
+
+def start_connect(store: Store, platform: Platform, *, user_id: str, session_binding: str,
+                  redirect_uri: str, now: int) -> str:
+    """Begin the code flow for the signed-in `user_id`; returns the platform's authorize URL.
+
+    `session_binding` is a secret tied to the browser session (e.g. its session id): the flow
+    can only be finished by the same user in the same session (RFC 9700 §4.7, CSRF).
+    """
+    if not session_binding or not user_id:
+        raise ValueError("start_connect needs a signed-in user and a session binding")
+    state = secrets.token_urlsafe(STATE_BYTES)
+    code_verifier = secrets.token_urlsafe(CODE_VERIFIER_BYTES)
+    record = {
+        "user_id": user_id,
+        "platform": platform.name,
+        "code_verifier": code_verifier,
+        "session": _digest(session_binding),
+        "redirect_uri": redirect_uri,
+        "created_at": now,
+    }
+    store.set(_state_key(state), json.dumps(record), ttl=CONNECT_STATE_TTL)
+    return build_authorize_url(platform, redirect_uri=redirect_uri, state=state,
+                               code_challenge=s256(code_verifier))
+
+
+def finish_connect(db: Database, store: Store, vault: Vault, platform: Platform, *, state: str,
+                   code: str, user_id: str, session_binding: str, redirect_uri: str,
+                   now: int) -> Connection:
+    """Redeem the platform's code and store the grant (replacing an older one).
+
+    Raises InvalidRequestError for an unknown, expired, replayed or foreign `state`, and
+    InvalidGrantError when the platform refuses the code. The state is spent either way.
+    """
+    record = _claim_state(store, state)
+    _check_state_owner(record, platform, user_id, session_binding, redirect_uri, now)
+    try:
+        tokens = exchange_code(platform, code, str(record["code_verifier"]), redirect_uri)
+    except PlatformInvalidGrant as e:
+        raise InvalidGrantError("The platform did not accept the authorization",
+                                debug=e.debug) from e
+    with store.lock(_lock_name(user_id, platform.name), timeout=LOCK_TIMEOUT,
+                    blocking_timeout=LOCK_WAIT) as fence, db.session() as session:
+        conn = _select(session, user_id, platform.name)
+        if conn is None:
+            conn = Connection(id="con_" + secrets.token_urlsafe(16), user_id=user_id,
+                              platform=platform.name, created_at=now, generation=0)
+            session.add(conn)
+        conn.generation = _next_generation(conn.generation, fence)
+        conn.status = CONNECTION_ACTIVE
+        conn.access_token_ciphertext = vault.seal(user_id, platform.name, "access_token",
+                                                  tokens.access_token)
+        conn.refresh_token_ciphertext = None if tokens.refresh_token is None else vault.seal(
+            user_id, platform.name, "refresh_token", tokens.refresh_token)
+        conn.access_expires_at = None if tokens.expires_in is None else now + tokens.expires_in
+        conn.api_base_url = tokens.api_base_url
+        conn.scope = tokens.scope or " ".join(platform.scopes)
+        conn.updated_at = now
+    log.info("connected user to platform %s", platform.name)
+    return conn
+
+
+def _claim_state(store: Store, state: str) -> dict[str, object]:
+    key = _state_key(state)
+    raw = store.get(key)
+    if raw is None:
+        raise InvalidRequestError("The connection request is unknown or expired",
+                                  debug="connect: unknown or expired state")
+    # Single use even under concurrency: only one caller can add the marker.
+    if not store.add_if_absent(key + ":used", CONNECT_STATE_TTL):
+        raise InvalidRequestError("The connection request was already used",
+                                  debug="connect: state replayed")
+    store.delete(key)
+    record = json.loads(raw)
+    if not isinstance(record, dict):
+        raise InvalidRequestError("The connection request is invalid", debug="connect: record")
+    return record
+
+
+def _check_state_owner(record: Mapping[str, object], platform: Platform, user_id: str,
+                       session_binding: str, redirect_uri: str, now: int) -> None:
+    def reject(reason: str) -> InvalidRequestError:
+        return InvalidRequestError("The connection request does not belong to this session",
+                                   debug=f"connect: {reason}")
+
+    created_at = record.get("created_at")
+    if not isinstance(created_at, int) or now - created_at > CONNECT_STATE_TTL:
+        raise InvalidRequestError("The connection request is unknown or expired",
+                                  debug="connect: state expired")
+    if record.get("platform") != platform.name:
+        raise reject("state was issued for another platform")
+    # The user who finishes must be the user who started, in the same browser session.
+    if not hmac.compare_digest(str(record.get("user_id", "")).encode(), user_id.encode()):
+        raise reject("state was issued to another user")
+    if not hmac.compare_digest(str(record.get("session", "")), _digest(session_binding)):
+        raise reject("state was issued to another session")
+    if record.get("redirect_uri") != redirect_uri:
+        raise reject("redirect_uri differs from the one the flow started with")
+
+
+# --- access tokens, refreshed single-flight (RFC 6749 §6) --------------------------------------
+
+
+def get_access_token(db: Database, store: Store, vault: Vault, platform: Platform, *,
+                     user_id: str, now: int, connect_uri: str, min_ttl: int = REFRESH_MARGIN,
+                     sleep: Sleep = time.sleep) -> tuple[str, Connection]:
+    """The user's live access token at `platform` (refreshed if it has < `min_ttl` s left).
+
+    Raises ConnectionRequiredError (with `connect_uri`) when there is no usable connection or
+    the platform refused the refresh token; TemporarilyUnavailableError when the platform or a
+    dependency is down (after bounded retries) or another refresh did not finish in time.
+    """
+    conn = _load(db, user_id, platform.name)
+    _require_usable(conn, connect_uri)
+    assert conn is not None
+    if _is_fresh(conn, now, min_ttl):
+        return _open(vault, conn, "access_token"), conn
+    return _refresh_single_flight(
+        db, store, vault, platform, user_id=user_id, now=now, connect_uri=connect_uri,
+        sleep=sleep, needs_refresh=lambda c, _current: not _is_fresh(c, now, min_ttl),
+    )
+
+
+def force_refresh(db: Database, store: Store, vault: Vault, platform: Platform, *,
+                  user_id: str, rejected_access_token: str, now: int, connect_uri: str,
+                  sleep: Sleep = time.sleep) -> tuple[str, Connection]:
+    """After the API answered 401 to `rejected_access_token`: refresh, unless someone already
+    has (the stored token differs: return it) or the token was refreshed less than
+    FORCE_REFRESH_MIN_INTERVAL seconds ago (return it as is; the caller must not retry again).
+    Same lock, errors and guarantees as `get_access_token`.
+    """
+    def needs_refresh(conn: Connection, current: str) -> bool:
+        # Compare-and-refresh: only the token that was rejected is worth replacing.
+        return hmac.compare_digest(current.encode(), rejected_access_token.encode()) and \
+            now - conn.updated_at >= FORCE_REFRESH_MIN_INTERVAL
+
+    conn = _load(db, user_id, platform.name)
+    _require_usable(conn, connect_uri)
+    assert conn is not None
+    current = _open(vault, conn, "access_token")
+    if not needs_refresh(conn, current):
+        return current, conn
+    return _refresh_single_flight(db, store, vault, platform, user_id=user_id, now=now,
+                                  connect_uri=connect_uri, sleep=sleep,
+                                  needs_refresh=needs_refresh)
+
+
+def _refresh_single_flight(db: Database, store: Store, vault: Vault, platform: Platform, *,
+                           user_id: str, now: int, connect_uri: str, sleep: Sleep,
+                           needs_refresh: Callable[[Connection, str], bool]
+                           ) -> tuple[str, Connection]:
+    with store.lock(_lock_name(user_id, platform.name), timeout=LOCK_TIMEOUT,
+                    blocking_timeout=LOCK_WAIT) as fence:
+        # Re-read under the lock: the previous holder may have refreshed already.
+        conn = _load(db, user_id, platform.name)
+        _require_usable(conn, connect_uri)
+        assert conn is not None
+        current = _open(vault, conn, "access_token")
+        if not needs_refresh(conn, current):
+            return current, conn
+        if conn.refresh_token_ciphertext is None:
+            # Nothing to refresh with (e.g. non-expiring tokens that the API now rejects).
+            return _park_needs_reconnect(db, vault, conn, fence, now, connect_uri, None)
+        refresh_token = _open(vault, conn, "refresh_token")
+        try:
+            tokens = _refresh_with_retries(platform, refresh_token, sleep)
+        except PlatformInvalidGrant as e:
+            return _park_needs_reconnect(db, vault, conn, fence, now, connect_uri, e)
+        except PlatformUnavailable as e:
+            raise TemporarilyUnavailableError("The platform is temporarily unavailable",
+                                              debug=e.debug) from e
+        return _store_refreshed(db, vault, platform, conn, tokens, fence, now, connect_uri)
+
+
+def _refresh_with_retries(platform: Platform, refresh_token: str, sleep: Sleep) -> TokenSet:
+    for attempt in range(1, REFRESH_ATTEMPTS + 1):
+        try:
+            return refresh(platform, refresh_token)
+        except PlatformUnavailable as e:
+            # With rotating refresh tokens, a request the platform may have processed (timeout
+            # after sending) must not be replayed: reuse detection would revoke the grant.
+            unknown_outcome = e.request_sent and e.status is None
+            if attempt == REFRESH_ATTEMPTS or (
+                unknown_outcome and platform.profile.rotates_refresh_tokens
+            ):
+                raise
+            log.info("refresh at %s failed (%s); retry %d", platform.name, e.debug, attempt)
+            sleep(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)))
+    raise AssertionError("unreachable")
+
+
+def _store_refreshed(db: Database, vault: Vault, platform: Platform, conn: Connection,
+                     tokens: TokenSet, fence: int, now: int, connect_uri: str
+                     ) -> tuple[str, Connection]:
+    values: dict[str, object] = {
+        "access_token_ciphertext": vault.seal(conn.user_id, platform.name, "access_token",
+                                              tokens.access_token),
+        "access_expires_at": None if tokens.expires_in is None else now + tokens.expires_in,
+        "updated_at": now,
+    }
+    # RFC 6749 §6: a new refresh token replaces the old one; none means the old one stays.
+    if tokens.refresh_token is not None:
+        values["refresh_token_ciphertext"] = vault.seal(conn.user_id, platform.name,
+                                                        "refresh_token", tokens.refresh_token)
+    if tokens.api_base_url is not None:
+        values["api_base_url"] = tokens.api_base_url
+    if tokens.scope:
+        values["scope"] = tokens.scope
+    try:
+        # Committed before the lock is released and before the new access token is used: a
+        # rotated refresh token is never lost to a later crash.
+        with db.session() as session:
+            written = _fenced_update(session, conn, fence, values)
+    except Exception:
+        log.error("refreshed tokens for platform %s could not be stored", platform.name)
+        raise
+    latest = _load(db, conn.user_id, platform.name)
+    if not written:
+        # A newer writer (a reconnect, or a refresher after our lock expired) or a disconnect
+        # got there first: theirs is the connection's current state.
+        log.warning("stale refresh result for platform %s discarded", platform.name)
+        _require_usable(latest, connect_uri)
+        assert latest is not None
+        return _open(vault, latest, "access_token"), latest
+    assert latest is not None
+    return tokens.access_token, latest
+
+
+def _park_needs_reconnect(db: Database, vault: Vault, conn: Connection, fence: int, now: int,
+                          connect_uri: str, cause: PlatformInvalidGrant | None
+                          ) -> tuple[str, Connection]:
+    """Mark the connection needs_reconnect (fenced: a stale refresher never logs the user out
+    over a newer writer's tokens) and raise ConnectionRequiredError."""
+    with db.session() as session:
+        written = _fenced_update(session, conn, fence,
+                                 {"status": CONNECTION_NEEDS_RECONNECT, "updated_at": now})
+    if not written:
+        latest = _load(db, conn.user_id, conn.platform)
+        _require_usable(latest, connect_uri)
+        assert latest is not None
+        return _open(vault, latest, "access_token"), latest
+    log.info("platform %s refused the refresh token; connection needs the user",
+             conn.platform)
+    raise ConnectionRequiredError(
+        "The connection to this platform must be renewed by the user",
+        debug="refresh: " + ((cause.debug or "invalid_grant") if cause else "no refresh token"),
+        extra={"connect_uri": connect_uri},
+    ) from cause
+
+
+def _fenced_update(session: Session, conn: Connection, fence: int,
+                   values: Mapping[str, object]) -> bool:
+    """Write `values` only if no newer writer has; returns whether the row was written."""
+    stmt = update(Connection).where(Connection.id == conn.id,
+                                    Connection.status == CONNECTION_ACTIVE)
+    if fence > conn.generation:
+        stmt = stmt.where(Connection.generation < fence).values(generation=fence, **values)
+    else:
+        # The fencing counter is behind the row (the shared store lost it): fall back to a
+        # compare-and-set on the generation read under the lock, until the counter catches up.
+        log.warning("fencing counter behind connection generation; using compare-and-set")
+        stmt = stmt.where(Connection.generation == conn.generation).values(
+            generation=conn.generation + 1, **values)
+    return bool(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+
+def _next_generation(current: int, fence: int) -> int:
+    return fence if fence > current else current + 1
+
+
+# --- disconnecting (RFC 7009) ------------------------------------------------------------------
+
+
+def disconnect(db: Database, store: Store, vault: Vault, platform: Platform, *, user_id: str,
+               now: int) -> bool:
+    """Kill capability tokens minted so far, delete our copy, revoke the grant at the platform.
+
+    Revocation failures at the platform are logged, not raised: our side is already gone.
+    Returns whether a connection existed.
+    """
+    return _disconnect(db, store, vault, platform.name, platform, user_id=user_id, now=now)
+
+
+def revoke_all_for_user(db: Database, store: Store, vault: Vault,
+                        platforms: Mapping[str, Platform], user_id: str, now: int) -> int:
+    """Deprovisioning: disconnect every platform the user connected; returns how many.
+
+    A connection to a platform that is no longer configured is deleted without a call out.
+    """
+    with db.session() as session:
+        names = list(session.scalars(
+            select(Connection.platform).where(Connection.user_id == user_id)))
+    count = 0
+    for name in names:
+        count += _disconnect(db, store, vault, name, platforms.get(name), user_id=user_id,
+                             now=now)
+    return count
+
+
+def connection_epoch(store: Store, user_id: str, platform: str) -> int:
+    """Capability tokens for (user, platform) issued at or before this time are dead (0: none).
+
+    A capability token is valid only if its `iat` is strictly greater than the epoch.
+    """
+    raw = store.get(_epoch_key(user_id, platform))
+    if raw is None:
+        return 0
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise TemporarilyUnavailableError(debug="connection epoch unreadable") from e
+
+
+def _disconnect(db: Database, store: Store, vault: Vault, name: str, platform: Platform | None,
+                *, user_id: str, now: int) -> bool:
+    # First, so that no capability token minted before now works again, whatever fails next.
+    store.set(_epoch_key(user_id, name), str(max(now, connection_epoch(store, user_id, name))),
+              ttl=CONNECTION_EPOCH_TTL)
+    tokens: dict[str, str] = {}
+    with store.lock(_lock_name(user_id, name), timeout=LOCK_TIMEOUT,
+                    blocking_timeout=LOCK_WAIT), db.session() as session:
+        conn = _select(session, user_id, name)
+        if conn is None:
+            return False
+        if platform is not None:
+            tokens = _open_all(vault, conn)
+        session.execute(delete(Connection).where(Connection.id == conn.id))
+    log.info("disconnected user from platform %s", name)
+    if platform is not None:
+        _revoke_at_platform(platform, tokens)
+    return True
+
+
+def _open_all(vault: Vault, conn: Connection) -> dict[str, str]:
+    tokens: dict[str, str] = {}
+    try:
+        tokens["access_token"] = _open(vault, conn, "access_token")
+        if conn.refresh_token_ciphertext is not None:
+            tokens["refresh_token"] = _open(vault, conn, "refresh_token")
+    except EnvelopeIntegrityError:
+        # Deleting must not depend on decrypting: we can still forget what we cannot read.
+        log.error("connection tokens for platform %s did not decrypt; deleting anyway",
+                  conn.platform)
+    return tokens
+
+
+def _revoke_at_platform(platform: Platform, tokens: Mapping[str, str]) -> None:
+    if not platform.profile.supports_revocation:
+        log.info("platform %s has no revocation endpoint; the grant ends when the user "
+                 "removes the app there", platform.name)
+        return
+    for kind in platform.profile.revocable_tokens:
+        token = tokens.get(kind)
+        if token is None:
+            continue
+        try:
+            revoke(platform, token, kind)
+            return
+        except (PlatformUnavailable, PlatformRejected) as e:
+            log.warning("revocation of a %s at %s failed: %s", kind, platform.name, e.debug)
+        except ValueError:
+            log.warning("platform %s has no usable revocation endpoint", platform.name)
+            return
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def _select(session: Session, user_id: str, platform: str) -> Connection | None:
+    return session.scalars(select(Connection).where(
+        Connection.user_id == user_id, Connection.platform == platform)).one_or_none()
+
+
+def _load(db: Database, user_id: str, platform: str) -> Connection | None:
+    with db.session() as session:
+        return _select(session, user_id, platform)
+
+
+def _require_usable(conn: Connection | None, connect_uri: str) -> None:
+    if conn is None:
+        raise ConnectionRequiredError("Connect this platform first",
+                                      debug="broker: no connection",
+                                      extra={"connect_uri": connect_uri})
+    if conn.status != CONNECTION_ACTIVE:
+        raise ConnectionRequiredError("The connection to this platform must be renewed by the user",
+                                      debug=f"broker: connection {conn.status}",
+                                      extra={"connect_uri": connect_uri})
+
+
+def _is_fresh(conn: Connection, now: int, min_ttl: int) -> bool:
+    return conn.access_expires_at is None or conn.access_expires_at - now > min_ttl
+
+
+def _open(vault: Vault, conn: Connection, kind: str) -> str:
+    sealed = conn.access_token_ciphertext if kind == "access_token" else \
+        conn.refresh_token_ciphertext
+    assert sealed is not None
+    return vault.open(conn.user_id, conn.platform, kind, sealed)
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _state_key(state: str) -> str:
+    # Only the hash is a key: a store dump does not reveal live states.
+    return "connect-state:" + _digest(state)
+
+
+def _lock_name(user_id: str, platform: str) -> str:
+    return f"refresh:{user_id}:{platform}"
+
+
+def _epoch_key(user_id: str, platform: str) -> str:
+    return f"conn-epoch:{user_id}:{platform}"

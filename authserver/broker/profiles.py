@@ -1,0 +1,668 @@
+"""RFC 6749 as platforms actually speak it: profiles of the "OAuth zoo", configured platforms,
+and the mapping from intent resources to API paths (shared/STANDARDS.md A1, A5).
+
+A `PlatformProfile` is the data (plus a few small hooks) that says how one provider deviates
+from, or chooses within, RFC 6749: client authentication, scope syntax, extra authorization
+parameters, refresh-token rotation, a missing `expires_in`, instance-scoped API URLs, header
+quirks and revocation. A `Platform` is one configured instance of a profile (our client id,
+endpoints, scopes and resource map). Each shipped profile cites the public documentation its
+quirks come from; re-check them there when a platform changes behaviour.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
+
+ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
+TokenKind = Literal["access_token", "refresh_token"]
+
+# Authorization request parameters we set ourselves; a profile or config may never replace
+# them (RFC 6749 §4.1.1, RFC 7636 §4.3): that would silently drop PKCE or the state binding.
+RESERVED_AUTHORIZE_PARAMS = frozenset(
+    {"response_type", "client_id", "redirect_uri", "state", "code_challenge",
+     "code_challenge_method"}
+)
+
+_PLATFORM_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
+# A placeholder value: RFC 3986 unreserved characters only, so it can never smuggle a path
+# separator, a query delimiter, a fragment or a percent-escape into the API path.
+_VALUE = "[A-Za-z0-9._~-]+"
+_METHOD = re.compile(r"^[A-Z]{1,16}$")
+_ERROR_CODE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+
+@dataclass(frozen=True)
+class PlatformRequest:
+    """One request to a platform's OAuth endpoints (token, revocation, discovery).
+
+    `client_auth`: "profile" = the profile's token-endpoint method; "basic" / "none" force one.
+    """
+
+    method: str
+    url: str
+    data: Mapping[str, str] | None = None
+    json: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    client_auth: Literal["profile", "basic", "none"] = "profile"
+
+
+TokenResponseHook = Callable[[dict[str, Any], str], dict[str, Any]]
+RevocationHook = Callable[["Platform", str, str], PlatformRequest]
+DiscoveryHook = Callable[[Any, "Platform"], "str | None"]
+
+
+def standard_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
+    """RFC 6749 §5.1/§5.2 responses need no translation."""
+    return doc
+
+
+def rfc7009_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """RFC 7009 §2.1: POST token + token_type_hint, authenticated like the token endpoint."""
+    if platform.revocation_url is None:
+        raise ValueError(f"platform {platform.name} has no revocation_url")
+    data = {"token": token}
+    if platform.profile.revocation_token_type_hint:
+        data["token_type_hint"] = kind
+    return PlatformRequest("POST", platform.revocation_url, data=data)
+
+
+@dataclass(frozen=True)
+class PlatformProfile:
+    name: str
+    #: RFC 6749 §2.3.1: how the token (and, by default, revocation) endpoint authenticates us.
+    auth_method: ClientAuthMethod = "client_secret_basic"
+    #: RFC 6749 §3.3 says space; several platforms use commas.
+    scope_separator: str = " "
+    #: The authorization parameter that carries the scopes (Slack: `user_scope` for user tokens).
+    scope_param: str = "scope"
+    extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    #: "form" (RFC 6749 §4.1.3) or "json" (Notion, Atlassian document JSON bodies).
+    token_request_format: Literal["form", "json"] = "form"
+    #: Headers on every token-endpoint request (e.g. GitHub needs Accept: application/json).
+    token_request_headers: Mapping[str, str] = field(default_factory=dict)
+    #: Some platforms want `scope` repeated on refresh (Microsoft identity platform).
+    send_scope_on_refresh: bool = False
+    #: Each refresh returns a new refresh token and invalidates the old one. The broker always
+    #: persists a returned refresh token before using the new access token; this flag also
+    #: forbids retrying a refresh whose outcome is unknown (the old token may be spent, and a
+    #: replay can make the platform revoke the whole grant).
+    rotates_refresh_tokens: bool = False
+    #: Lifetime assumed when a token response has no `expires_in` (conservative); None = the
+    #: platform's tokens do not expire, so only a 401 from the API triggers a refresh.
+    default_expires_in: int | None = 3600
+    #: Token-response member holding a per-grant API host (e.g. Salesforce `instance_url`).
+    instance_url_field: str | None = None
+    #: Path appended to the instance URL to form the API base (e.g. "/services/data/v62.0").
+    instance_api_path: str = ""
+    #: Hosts an instance URL may name (suffix match on a dot boundary); empty = any https host.
+    instance_host_suffixes: tuple[str, ...] = ()
+    #: For platforms that reveal the API base only after the grant (Atlassian): GET this URL
+    #: with the new access token and pass the JSON to `api_base_from_discovery`.
+    api_base_discovery_url: str | None = None
+    api_base_from_discovery: DiscoveryHook | None = None
+    #: Headers the gateway adds to every API call (e.g. Notion-Version).
+    extra_headers: Mapping[str, str] = field(default_factory=dict)
+    supports_revocation: bool = True
+    revocation_token_type_hint: bool = True
+    #: Which of our tokens to revoke, in order of preference; the first success ends it.
+    revocable_tokens: tuple[TokenKind, ...] = ("refresh_token", "access_token")
+    revocation_request: RevocationHook = rfc7009_revocation
+    #: Normalises a parsed token response (success or error) to RFC 6749 §5.1/§5.2 members.
+    token_response_quirks: TokenResponseHook = standard_token_response
+    #: Default endpoints, so a deployment need only configure its client credentials.
+    authorize_url: str | None = None
+    token_url: str | None = None
+    revocation_url: str | None = None
+    api_base_url: str | None = None
+
+
+# --- hooks for the shipped profiles ------------------------------------------------------------
+
+
+def _error_only(code: str) -> dict[str, Any]:
+    return {"error": code}
+
+
+def slack_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
+    """Slack answers HTTP 200 with `ok: false, error: ...` and nests the user token.
+
+    `oauth.v2.access` puts the *bot* token at the top level and the *user* token under
+    `authed_user`; we act for the user, so a code exchange without a user token is refused
+    rather than silently falling back to the bot. A rotated user token's refresh response is
+    flat with `token_type: "user"`.
+    """
+    if doc.get("ok") is False:
+        error = str(doc.get("error", ""))
+        spent = {"invalid_code", "code_already_used", "invalid_refresh_token", "token_revoked",
+                 "token_expired", "invalid_grant_type"}
+        return _error_only("invalid_grant" if error in spent else error or "invalid_request")
+    if grant_type == "authorization_code":
+        user = doc.get("authed_user")
+        if not isinstance(user, dict) or not user.get("access_token"):
+            return _error_only("unsupported_token_type")
+        return {k: user.get(k) for k in ("access_token", "refresh_token", "expires_in", "scope")
+                if user.get(k) is not None} | {"token_type": "Bearer"}
+    if doc.get("token_type") != "user":
+        return _error_only("unsupported_token_type")
+    return {**doc, "token_type": "Bearer"}
+
+
+def github_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
+    """GitHub reports token errors with HTTP 200 and an `error` member."""
+    error = doc.get("error")
+    if error in ("bad_verification_code", "bad_refresh_token", "unverified_user_email"):
+        return _error_only("invalid_grant")
+    if error == "incorrect_client_credentials":
+        return _error_only("invalid_client")
+    return doc
+
+
+def hubspot_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
+    """HubSpot errors carry `status` (e.g. BAD_REFRESH_TOKEN) instead of `error`."""
+    status = doc.get("status")
+    if "access_token" not in doc and isinstance(status, str):
+        if status in ("BAD_REFRESH_TOKEN", "BAD_AUTH_CODE", "EXPIRED_AUTH_CODE"):
+            return _error_only("invalid_grant")
+        if status == "BAD_CLIENT_ID":
+            return _error_only("invalid_client")
+        return _error_only("invalid_request")
+    return doc
+
+
+def microsoft_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
+    """Microsoft uses `interaction_required` / `consent_required` / `login_required` when only
+    the user can restore the grant (MFA, Conditional Access, consent): same as invalid_grant."""
+    if doc.get("error") in ("interaction_required", "consent_required", "login_required"):
+        return _error_only("invalid_grant")
+    return doc
+
+
+def atlassian_api_base(discovered: Any, platform: Platform) -> str | None:
+    """`accessible-resources` lists the sites the grant covers; the API base embeds the cloud
+    id. A grant spanning several sites is ambiguous, so it is refused rather than guessed."""
+    if not isinstance(discovered, list) or len(discovered) != 1:
+        return None
+    cloud_id = discovered[0].get("id") if isinstance(discovered[0], dict) else None
+    if not isinstance(cloud_id, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", cloud_id):
+        return None
+    template = platform.api_base_url or "https://api.atlassian.com/ex/jira/{cloud_id}"
+    return template.replace("{cloud_id}", cloud_id)
+
+
+def google_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """Google's endpoint takes only `token` (no client authentication); revoking the refresh
+    token revokes the whole grant."""
+    url = platform.revocation_url or "https://oauth2.googleapis.com/revoke"
+    return PlatformRequest("POST", url, data={"token": token}, client_auth="none")
+
+
+def hubspot_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """HubSpot: DELETE /oauth/v1/refresh-tokens/{token} (refresh tokens only)."""
+    base = platform.revocation_url or "https://api.hubapi.com/oauth/v1/refresh-tokens"
+    return PlatformRequest("DELETE", f"{base.rstrip('/')}/{quote(token, safe='')}",
+                             client_auth="none")
+
+
+def github_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """GitHub: DELETE /applications/{client_id}/grant, Basic client auth, JSON body; deleting
+    the grant revokes every token of the authorization."""
+    base = platform.revocation_url or "https://api.github.com/applications"
+    return PlatformRequest(
+        "DELETE", f"{base.rstrip('/')}/{quote(platform.client_id, safe='')}/grant",
+        json={"access_token": token}, client_auth="basic",
+        headers={"Accept": "application/vnd.github+json"},
+    )
+
+
+def bearer_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """Slack `auth.revoke` and Linear `/oauth/revoke` take the token as a bearer credential."""
+    if platform.revocation_url is None:
+        raise ValueError(f"platform {platform.name} has no revocation_url")
+    return PlatformRequest("POST", platform.revocation_url,
+                             headers={"Authorization": f"Bearer {token}"}, client_auth="none")
+
+
+# --- the shipped profiles ----------------------------------------------------------------------
+
+PROFILES: dict[str, PlatformProfile] = {
+    # RFC 6749 + RFC 7009 as written: Basic client auth, space-separated scopes, expires_in
+    # honoured (10 minutes assumed when absent), rotation tolerated either way.
+    "generic": PlatformProfile(name="generic", default_expires_in=600),
+    # Salesforce (help.salesforce.com: "OAuth 2.0 Web Server Flow for Web App Integration",
+    # "Revoke OAuth Tokens"): no expires_in (session policy decides; we assume 15 minutes, the
+    # shortest session timeout); the token response carries `instance_url`, the org's API
+    # host; refresh responses normally omit refresh_token (rotation is an opt-in app setting);
+    # POST /services/oauth2/revoke with `token`.
+    "salesforce": PlatformProfile(
+        name="salesforce", auth_method="client_secret_post", default_expires_in=900,
+        instance_url_field="instance_url", instance_api_path="/services/data/v62.0",
+        instance_host_suffixes=("salesforce.com", "force.com", "salesforce.mil"),
+        revocation_token_type_hint=False,
+        authorize_url="https://login.salesforce.com/services/oauth2/authorize",
+        token_url="https://login.salesforce.com/services/oauth2/token",
+        revocation_url="https://login.salesforce.com/services/oauth2/revoke",
+    ),
+    # HubSpot (developers.hubspot.com/docs/api/oauth-quickstart-guide, "OAuth tokens" API):
+    # client credentials in the form body; expires_in 1800; refresh tokens long-lived and
+    # returned unchanged; errors as {"status": "BAD_REFRESH_TOKEN", ...};
+    # revocation is DELETE /oauth/v1/refresh-tokens/{token}.
+    "hubspot": PlatformProfile(
+        name="hubspot", auth_method="client_secret_post", default_expires_in=1800,
+        token_response_quirks=hubspot_token_response, revocable_tokens=("refresh_token",),
+        revocation_request=hubspot_revocation,
+        authorize_url="https://app.hubspot.com/oauth/authorize",
+        token_url="https://api.hubapi.com/oauth/v1/token",
+        revocation_url="https://api.hubapi.com/oauth/v1/refresh-tokens",
+        api_base_url="https://api.hubapi.com",
+    ),
+    # Google (developers.google.com/identity/protocols/oauth2/web-server): a refresh token only
+    # with access_type=offline, and again on re-consent only with prompt=consent; refresh
+    # responses omit refresh_token (keep the old one); revoke at oauth2.googleapis.com/revoke.
+    "google": PlatformProfile(
+        name="google", auth_method="client_secret_post",
+        extra_authorize_params={"access_type": "offline", "prompt": "consent",
+                                "include_granted_scopes": "true"},
+        revocable_tokens=("refresh_token", "access_token"), revocation_request=google_revocation,
+        authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
+        token_url="https://oauth2.googleapis.com/token",
+        revocation_url="https://oauth2.googleapis.com/revoke",
+        api_base_url="https://www.googleapis.com",
+    ),
+    # Microsoft identity platform (learn.microsoft.com/entra/identity-platform/
+    # v2-oauth2-auth-code-flow): `offline_access` scope for a refresh token; refresh tokens are
+    # replaced on every refresh (store the new one); `scope` sent again on refresh;
+    # interaction_required means the user must come back; no token revocation endpoint
+    # (sessions are revoked through Graph revokeSignInSessions, which is not per-grant).
+    # Replace "organizations" with the tenant id in the configured URLs.
+    "microsoft": PlatformProfile(
+        name="microsoft", auth_method="client_secret_post", rotates_refresh_tokens=True,
+        send_scope_on_refresh=True, token_response_quirks=microsoft_token_response,
+        supports_revocation=False,
+        authorize_url="https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize",
+        token_url="https://login.microsoftonline.com/organizations/oauth2/v2.0/token",
+        api_base_url="https://graph.microsoft.com/v1.0",
+    ),
+    # Slack (api.slack.com/authentication/oauth-v2, /authentication/rotation,
+    # /methods/auth.revoke): user scopes go in `user_scope`, comma-separated; errors are HTTP
+    # 200 with ok=false; the user token is nested in `authed_user`; with token rotation on,
+    # tokens last 12 hours and refresh responses carry a refresh token; revoke via auth.revoke
+    # with the token as bearer.
+    "slack": PlatformProfile(
+        name="slack", scope_separator=",", scope_param="user_scope",
+        token_response_quirks=slack_token_response, default_expires_in=None,
+        revocable_tokens=("access_token",), revocation_request=bearer_revocation,
+        authorize_url="https://slack.com/oauth/v2/authorize",
+        token_url="https://slack.com/api/oauth.v2.access",
+        revocation_url="https://slack.com/api/auth.revoke",
+        api_base_url="https://slack.com/api",
+    ),
+    # Atlassian Cloud 3LO (developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/):
+    # audience=api.atlassian.com and prompt=consent on authorize; `offline_access` for a
+    # refresh token; rotating refresh tokens; JSON token requests; the API base is
+    # https://api.atlassian.com/ex/jira/{cloud_id}, the cloud id discovered after the grant
+    # from /oauth/token/accessible-resources; no documented revocation endpoint (users revoke
+    # in their Atlassian account settings).
+    "atlassian": PlatformProfile(
+        name="atlassian", auth_method="client_secret_post", token_request_format="json",
+        extra_authorize_params={"audience": "api.atlassian.com", "prompt": "consent"},
+        rotates_refresh_tokens=True, supports_revocation=False,
+        api_base_discovery_url="https://api.atlassian.com/oauth/token/accessible-resources",
+        api_base_from_discovery=atlassian_api_base,
+        authorize_url="https://auth.atlassian.com/authorize",
+        token_url="https://auth.atlassian.com/oauth/token",
+        api_base_url="https://api.atlassian.com/ex/jira/{cloud_id}",
+    ),
+    # GitHub (docs.github.com: "Authorizing OAuth apps", "Refreshing user access tokens",
+    # REST "Delete an app authorization"): the token response is form-encoded unless we send
+    # Accept: application/json; errors come with HTTP 200; OAuth-app tokens never expire
+    # (GitHub-app user tokens do, 8 h, with rotating refresh tokens); revocation is
+    # DELETE /applications/{client_id}/grant with Basic auth.
+    "github": PlatformProfile(
+        name="github", auth_method="client_secret_post",
+        token_request_headers={"Accept": "application/json"},
+        token_response_quirks=github_token_response, rotates_refresh_tokens=True,
+        default_expires_in=None, revocable_tokens=("access_token",),
+        revocation_request=github_revocation,
+        extra_headers={"Accept": "application/vnd.github+json",
+                       "X-GitHub-Api-Version": "2022-11-28"},
+        authorize_url="https://github.com/login/oauth/authorize",
+        token_url="https://github.com/login/oauth/access_token",
+        revocation_url="https://api.github.com/applications",
+        api_base_url="https://api.github.com",
+    ),
+    # Linear (linear.app/developers/oauth-2-0-authentication): comma-separated scopes; client
+    # credentials in the body; revoke with POST /oauth/revoke and the token as bearer.
+    # Refresh tokens (rotating) are returned for newer apps; older tokens are long-lived.
+    "linear": PlatformProfile(
+        name="linear", auth_method="client_secret_post", scope_separator=",",
+        rotates_refresh_tokens=True, revocable_tokens=("access_token",),
+        revocation_request=bearer_revocation,
+        authorize_url="https://linear.app/oauth/authorize",
+        token_url="https://api.linear.app/oauth/token",
+        revocation_url="https://api.linear.app/oauth/revoke",
+        api_base_url="https://api.linear.app",
+    ),
+    # Notion (developers.notion.com/docs/authorization): no scopes (the user picks pages);
+    # owner=user on authorize; token request is JSON with Basic auth; every API call needs a
+    # Notion-Version header; historically tokens did not expire and there was no revocation
+    # endpoint (the user removes the integration in Notion), so we do not call one.
+    "notion": PlatformProfile(
+        name="notion", token_request_format="json",
+        extra_authorize_params={"owner": "user"}, default_expires_in=None,
+        supports_revocation=False, extra_headers={"Notion-Version": "2022-06-28"},
+        authorize_url="https://api.notion.com/v1/oauth/authorize",
+        token_url="https://api.notion.com/v1/oauth/token",
+        api_base_url="https://api.notion.com/v1",
+    ),
+    # Asana (developers.asana.com/docs/oauth): credentials in the form body; expires_in 3600;
+    # refresh responses carry no refresh_token (keep the old one); revoke with POST
+    # /-/oauth_revoke (token + client credentials in the body) using the refresh token.
+    "asana": PlatformProfile(
+        name="asana", auth_method="client_secret_post", revocable_tokens=("refresh_token",),
+        revocation_token_type_hint=False,
+        authorize_url="https://app.asana.com/-/oauth_authorize",
+        token_url="https://app.asana.com/-/oauth_token",
+        revocation_url="https://app.asana.com/-/oauth_revoke",
+        api_base_url="https://app.asana.com/api/1.0",
+    ),
+}
+
+# Profile fields a deployment may override per platform (plain data only, never hooks).
+_OVERRIDABLE: dict[str, type | tuple[type, ...]] = {
+    "auth_method": str, "scope_separator": str, "scope_param": str,
+    "token_request_format": str, "send_scope_on_refresh": bool, "rotates_refresh_tokens": bool,
+    "default_expires_in": (int, type(None)), "instance_url_field": (str, type(None)),
+    "instance_api_path": str, "instance_host_suffixes": (list, tuple),
+    "supports_revocation": bool, "revocation_token_type_hint": bool,
+    "revocable_tokens": (list, tuple), "extra_authorize_params": dict, "extra_headers": dict,
+    "token_request_headers": dict,
+}
+
+
+# --- configured platforms and the resource map -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResourceRoute:
+    """One entry of a platform's resource map: intent resource pattern → API path template."""
+
+    pattern: str
+    template: str
+    regex: re.Pattern[str]
+    #: None = any method (the gateway still applies read ⇒ GET/HEAD from the intent's action).
+    methods: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Platform:
+    name: str
+    display_name: str
+    profile: PlatformProfile
+    authorize_url: str
+    token_url: str
+    revocation_url: str | None
+    client_id: str
+    client_secret: str = field(repr=False)
+    scopes: tuple[str, ...] = ()
+    api_base_url: str | None = None
+    resource_map: Mapping[str, ResourceRoute] = field(default_factory=dict)
+    #: Per-deployment additions to the profile's authorization parameters.
+    extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, name: str, mapping: Mapping[str, Any]) -> Platform:
+        """Build from one `[platforms.<name>]` table; raises ValueError on any misconfiguration.
+
+        Keys: profile (default "generic"), display_name, authorize_url, token_url,
+        revocation_url, client_id, client_secret, scopes (list), api_base_url, resources
+        (table: pattern → template or {path, methods}), extra_authorize_params (table),
+        profile_overrides (table of plain profile fields).
+        """
+        if not _PLATFORM_NAME.match(name):
+            raise ValueError(f"platform name {name!r} must match {_PLATFORM_NAME.pattern}")
+        known = {"profile", "display_name", "authorize_url", "token_url", "revocation_url",
+                 "client_id", "client_secret", "scopes", "api_base_url", "resources",
+                 "extra_authorize_params", "profile_overrides"}
+        unknown = set(mapping) - known
+        if unknown:
+            raise ValueError(f"platform {name}: unknown settings {sorted(unknown)}")
+        profile_name = str(mapping.get("profile", "generic"))
+        if profile_name not in PROFILES:
+            raise ValueError(f"platform {name}: unknown profile {profile_name!r}")
+        profile = _apply_overrides(PROFILES[profile_name], mapping.get("profile_overrides") or {},
+                                   name)
+        authorize_url = mapping.get("authorize_url") or profile.authorize_url
+        token_url = mapping.get("token_url") or profile.token_url
+        revocation_url = mapping.get("revocation_url") or profile.revocation_url
+        api_base_url = mapping.get("api_base_url") or profile.api_base_url
+        if not authorize_url or not token_url:
+            raise ValueError(f"platform {name}: authorize_url and token_url are required")
+        for url in (authorize_url, token_url, revocation_url, api_base_url):
+            if url is not None:
+                _check_endpoint_url(str(url), name)
+        if profile.supports_revocation and not revocation_url and \
+                profile.revocation_request is rfc7009_revocation:
+            raise ValueError(f"platform {name}: revocation_url is required by its profile")
+        client_id = mapping.get("client_id")
+        client_secret = mapping.get("client_secret")
+        if not isinstance(client_id, str) or not client_id or not isinstance(client_secret, str) \
+                or not client_secret:
+            raise ValueError(f"platform {name}: client_id and client_secret are required")
+        scopes = mapping.get("scopes") or []
+        if not isinstance(scopes, list | tuple) or not all(
+            isinstance(s, str) and s and " " not in s and profile.scope_separator not in s
+            for s in scopes
+        ):
+            raise ValueError(f"platform {name}: scopes must be a list of scope tokens")
+        extra = dict(mapping.get("extra_authorize_params") or {})
+        _check_authorize_params({**profile.extra_authorize_params, **extra}, name)
+        resources = mapping.get("resources") or {}
+        if not isinstance(resources, Mapping):
+            raise ValueError(f"platform {name}: resources must be a table")
+        routes = {pattern: compile_route(pattern, spec, name)
+                  for pattern, spec in resources.items()}
+        return cls(
+            name=name,
+            display_name=str(mapping.get("display_name") or name),
+            profile=profile,
+            authorize_url=str(authorize_url),
+            token_url=str(token_url),
+            revocation_url=None if revocation_url is None else str(revocation_url),
+            client_id=client_id,
+            client_secret=client_secret,
+            scopes=tuple(scopes),
+            api_base_url=None if api_base_url is None else str(api_base_url),
+            resource_map=routes,
+            extra_authorize_params={str(k): str(v) for k, v in extra.items()},
+        )
+
+
+def _apply_overrides(profile: PlatformProfile, overrides: Any, name: str) -> PlatformProfile:
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"platform {name}: profile_overrides must be a table")
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        expected = _OVERRIDABLE.get(key)
+        bool_for_number = isinstance(value, bool) and expected is not bool
+        if expected is None or not isinstance(value, expected) or bool_for_number:
+            raise ValueError(f"platform {name}: profile override {key!r} is not allowed")
+        changes[key] = tuple(value) if isinstance(value, list) else value
+    result = dataclasses.replace(profile, **changes)
+    if result.auth_method not in ("client_secret_basic", "client_secret_post"):
+        raise ValueError(f"platform {name}: auth_method must be client_secret_basic or _post")
+    if result.token_request_format not in ("form", "json"):
+        raise ValueError(f"platform {name}: token_request_format must be form or json")
+    if not set(result.revocable_tokens) <= {"access_token", "refresh_token"}:
+        raise ValueError(f"platform {name}: revocable_tokens takes access_token/refresh_token")
+    if result.default_expires_in is not None and result.default_expires_in <= 0:
+        raise ValueError(f"platform {name}: default_expires_in must be positive")
+    return result
+
+
+def _check_authorize_params(params: Mapping[str, Any], name: str) -> None:
+    clash = RESERVED_AUTHORIZE_PARAMS & set(params)
+    if clash:
+        raise ValueError(f"platform {name}: extra_authorize_params may not set {sorted(clash)}")
+
+
+def _check_endpoint_url(url: str, name: str) -> None:
+    # Tokens and client secrets travel to these URLs: https only (plain http on loopback only,
+    # for development and tests).
+    if not is_allowed_url(url.replace("{cloud_id}", "x")):
+        raise ValueError(f"platform {name}: endpoint {url!r} must be https")
+
+
+def is_allowed_url(url: str, host_suffixes: tuple[str, ...] = ()) -> bool:
+    """True if `url` is an absolute https URL (or http on loopback) with no userinfo, query or
+    fragment, whose host ends with one of `host_suffixes` on a dot boundary (when given)."""
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        _ = parts.port  # raises ValueError on a malformed port
+    except ValueError:
+        return False
+    if not host or parts.username is not None or parts.password is not None \
+            or parts.query or parts.fragment:
+        return False
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
+        return False
+    if host_suffixes and not loopback:
+        return any(host == s or host.endswith("." + s) for s in host_suffixes)
+    return True
+
+
+def compile_route(pattern: str, spec: Any, platform_name: str = "?") -> ResourceRoute:
+    """Validate and compile one resource-map entry; raises ValueError when misconfigured."""
+    if isinstance(spec, str):
+        template, methods = spec, None
+    elif isinstance(spec, Mapping) and isinstance(spec.get("path"), str):
+        template = spec["path"]
+        raw_methods = spec.get("methods")
+        if not isinstance(raw_methods, list | tuple) or not raw_methods or not all(
+            isinstance(m, str) and _METHOD.match(m) for m in raw_methods
+        ):
+            raise ValueError(f"platform {platform_name}: {pattern!r} methods must be a list")
+        methods = frozenset(raw_methods)
+    else:
+        raise ValueError(f"platform {platform_name}: {pattern!r} needs a path template")
+    names = _PLACEHOLDER.findall(pattern)
+    if len(names) != len(set(names)):
+        raise ValueError(f"platform {platform_name}: {pattern!r} repeats a placeholder")
+    if not set(_PLACEHOLDER.findall(template)) <= set(names):
+        raise ValueError(f"platform {platform_name}: {template!r} uses an unknown placeholder")
+    literal = _PLACEHOLDER.sub("", pattern) + _PLACEHOLDER.sub("", template)
+    if "{" in literal or "}" in literal:
+        raise ValueError(f"platform {platform_name}: malformed placeholder in {pattern!r}")
+    filled = _PLACEHOLDER.sub("x", template)
+    if _split_target(filled) is None:
+        raise ValueError(f"platform {platform_name}: {template!r} is not a normalised path")
+    regex_parts: list[str] = []
+    position = 0
+    for match in _PLACEHOLDER.finditer(pattern):
+        regex_parts.append(re.escape(pattern[position:match.start()]))
+        regex_parts.append(f"(?P<{match.group(1)}>{_VALUE})")
+        position = match.end()
+    regex_parts.append(re.escape(pattern[position:]))
+    return ResourceRoute(pattern, template, re.compile("".join(regex_parts)), methods)
+
+
+def _match(platform: Platform, resource: str) -> tuple[ResourceRoute, str] | None:
+    """The one route `resource` fits and the API path it maps to; None if none or ambiguous."""
+    found: dict[str, ResourceRoute] = {}
+    for route in platform.resource_map.values():
+        m = route.regex.fullmatch(resource)
+        if m is None:
+            continue
+        values = m.groupdict()
+        if any(set(v) == {"."} for v in values.values()):
+            continue  # "." and ".." are path navigation, never identifiers
+        path = _fill(route.template, values)
+        found[path] = route
+    if len(found) != 1:
+        return None
+    path, route = next(iter(found.items()))
+    return route, path
+
+
+def _fill(template: str, values: Mapping[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda p: quote(values[p.group(1)], safe=""), template)
+
+
+def resolve_path(platform: Platform, resource: str) -> str | None:
+    """The API path (relative to the API base, may carry a query) an intent resource maps to,
+    or None if it fits no route, or fits several that disagree."""
+    matched = _match(platform, resource)
+    return None if matched is None else matched[1]
+
+
+def path_matches_intent(platform: Platform, intent_resource: str, method: str, path: str) -> bool:
+    """True only if `method path` is exactly the call the intent's resource maps to.
+
+    `path` is the request target after /gateway/<platform>/ (a leading "/" is ignored). The
+    segments are compared after percent-decoding; empty segments ("//"), "." / "..", encoded
+    slashes or backslashes, fragments and malformed escapes never match. The query is compared
+    as a multiset of decoded name=value pairs: nothing added, nothing missing.
+    """
+    matched = _match(platform, intent_resource)
+    if matched is None or not _METHOD.match(method):
+        return False
+    route, expected = matched
+    if route.methods is not None and method not in route.methods:
+        return False
+    want, got = _split_target(expected), _split_target(path)
+    return want is not None and got is not None and want == got
+
+
+def _split_target(target: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]] | None:
+    """Canonical (segments, sorted query pairs) of a relative request target, or None if it is
+    not strictly normalised."""
+    if "#" in target or "\\" in target or any(ord(c) < 0x21 or ord(c) > 0x7E for c in target):
+        return None
+    raw_path, _, raw_query = target.partition("?")
+    if raw_path.startswith("/"):
+        raw_path = raw_path[1:]
+    segments: list[str] = []
+    for raw in raw_path.split("/"):
+        decoded = _strict_unquote(raw)
+        if decoded is None or decoded in ("", ".", "..") or "/" in decoded or "\\" in decoded:
+            return None
+        segments.append(decoded)
+    pairs: list[tuple[str, str]] = []
+    if raw_query:
+        try:
+            raw_pairs = parse_qsl(raw_query, keep_blank_values=True, strict_parsing=True)
+        except ValueError:
+            return None
+        for key, value in raw_pairs:
+            if "%" in key or "%" in value:
+                return None  # double encoding
+            pairs.append((key, value))
+    elif "?" in target:
+        return None  # a dangling "?" is not the same request as none
+    return tuple(segments), tuple(sorted(pairs))
+
+
+def _strict_unquote(segment: str) -> str | None:
+    if re.search(r"%(?![0-9A-Fa-f]{2})", segment):
+        return None
+    decoded = unquote(segment, errors="strict") if "%" in segment else segment
+    if "%" in decoded:
+        return None  # double encoding (%252e → %2e) is a classic traversal bypass
+    return decoded
+
+
+def api_request_headers(platform: Platform, access_token: str) -> dict[str, str]:
+    """Headers for an API call at the platform: the profile's header quirks plus the token."""
+    return {**platform.profile.extra_headers, "Authorization": f"Bearer {access_token}"}
+
+
+def is_error_code(value: object) -> bool:
+    """True for a syntactically plausible OAuth error code (safe to log)."""
+    return isinstance(value, str) and bool(_ERROR_CODE.match(value))
