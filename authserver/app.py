@@ -96,7 +96,7 @@ def build_services(settings: Settings) -> Services:
     keyring = KeyRing(db, kms)
     with db.session() as session:
         keyring.ensure_key(session, int(time.time()))
-    store = create_store(settings.redis_url or None)
+    store = create_store(settings.redis_url or None, settings.redis_key_prefix)
     return Services(
         settings=settings,
         db=db,

@@ -42,6 +42,8 @@ class Settings:
     data_dir: str = "var"
     database_url: str = ""
     redis_url: str = ""
+    #: Namespace for every key in Redis (deployments, or test runs, sharing one Redis).
+    redis_key_prefix: str = "authserver:"
     kek_file: str = ""
     secret_key: str = ""
     policy_dir: str = str(DEFAULT_POLICY_DIR)

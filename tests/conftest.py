@@ -39,8 +39,13 @@ def store(request: pytest.FixtureRequest) -> Iterator[object]:
 
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     client.ping()  # services are required: a dead Redis fails the test, it never skips
-    yield RedisStore(client)
-    client.flushdb()
+    # A key prefix per test, not FLUSHDB: other processes (gunicorn in slow tests, a second
+    # pytest) may share this database.
+    prefix = f"test:{uuid.uuid4().hex}:"
+    yield RedisStore(client, prefix=prefix)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

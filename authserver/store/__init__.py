@@ -56,11 +56,11 @@ class Store(Protocol):
         ...
 
 
-def create_store(redis_url: str | None) -> Store:
+def create_store(redis_url: str | None, prefix: str = "authserver:") -> Store:
     if redis_url:
         from authserver.store.redis import RedisStore
 
-        return RedisStore.from_url(redis_url)
+        return RedisStore.from_url(redis_url, prefix)
     from authserver.store.memory import MemoryStore
 
     return MemoryStore()

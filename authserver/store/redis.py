@@ -26,53 +26,55 @@ return n
 class RedisStore:
     single_process = False
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, prefix: str = KEY_PREFIX) -> None:
         self._r = client
+        self._prefix = prefix
         self._incr = client.register_script(_INCR_WITH_TTL)
 
     @classmethod
-    def from_url(cls, url: str) -> RedisStore:
+    def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> RedisStore:
         return cls(
             redis.Redis.from_url(
                 url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
-            )
+            ),
+            prefix,
         )
 
     def add_if_absent(self, key: str, ttl: int) -> bool:
         try:
-            return bool(self._r.set(KEY_PREFIX + key, "1", nx=True, ex=max(1, int(ttl))))
+            return bool(self._r.set(self._prefix + key, "1", nx=True, ex=max(1, int(ttl))))
         except RedisError as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     def incr(self, key: str, ttl: int) -> int:
         try:
-            return int(self._incr(keys=[KEY_PREFIX + key], args=[max(1, int(ttl))]))
+            return int(self._incr(keys=[self._prefix + key], args=[max(1, int(ttl))]))
         except RedisError as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     def get(self, key: str) -> str | None:
         try:
-            value = self._r.get(KEY_PREFIX + key)
+            value = self._r.get(self._prefix + key)
         except RedisError as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
         return None if value is None else str(value)
 
     def set(self, key: str, value: str, ttl: int | None = None) -> None:
         try:
-            self._r.set(KEY_PREFIX + key, value, ex=None if ttl is None else max(1, int(ttl)))
+            self._r.set(self._prefix + key, value, ex=None if ttl is None else max(1, int(ttl)))
         except RedisError as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     def delete(self, key: str) -> None:
         try:
-            self._r.delete(KEY_PREFIX + key)
+            self._r.delete(self._prefix + key)
         except RedisError as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     @contextmanager
     def lock(self, name: str, *, timeout: float, blocking_timeout: float) -> Iterator[int]:
         lock = self._r.lock(
-            KEY_PREFIX + "lock:" + name, timeout=timeout, blocking_timeout=blocking_timeout
+            self._prefix + "lock:" + name, timeout=timeout, blocking_timeout=blocking_timeout
         )
         try:
             acquired = lock.acquire()
@@ -82,7 +84,7 @@ class RedisStore:
             raise LockTimeoutError(debug=f"lock {name} not acquired in {blocking_timeout}s")
         try:
             try:
-                fence = int(self._r.incr(KEY_PREFIX + "fence:" + name))
+                fence = int(self._r.incr(self._prefix + "fence:" + name))
             except RedisError as e:
                 raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
             yield fence
