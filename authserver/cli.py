@@ -119,9 +119,11 @@ def clients() -> None:
               help="Agent allowlist: intent actions this client may declare (repeatable).")
 @click.option("--resource", "resources", multiple=True,
               help="Resource servers this client serves (may introspect their tokens).")
+@click.option("--dpop-nonce", is_flag=True,
+              help="Require server DPoP nonces from this client (with dpop_nonce=per_client).")
 def clients_create(metadata_json: str, trusted_edge: bool, executor: bool,
                    allowed_platforms: tuple[str, ...], allowed_actions: tuple[str, ...],
-                   resources: tuple[str, ...]) -> None:
+                   resources: tuple[str, ...], dpop_nonce: bool) -> None:
     """Register a client (admin path: may set trust attributes DCR cannot)."""
     from authserver.clients import register_client, registration_response, validate_client_metadata
 
@@ -139,6 +141,8 @@ def clients_create(metadata_json: str, trusted_edge: bool, executor: bool,
         attributes["allowed_actions"] = list(allowed_actions)
     if resources:
         attributes["resources"] = list(resources)
+    if dpop_nonce:
+        attributes["dpop_nonce"] = True
     with services.db.session() as session:
         client, secret = register_client(session, metadata, now=int(time.time()),
                                          attributes=attributes)

@@ -2,7 +2,7 @@
 
 Settings come from `AUTHSERVER_*` environment variables and, optionally, a TOML file named by
 `AUTHSERVER_CONFIG` (its top-level keys are the variable names without the prefix, lower-case;
-tables `idps`, `platforms`, `rate_limits` and `agents` hold structured settings). Environment
+tables `idps`, `platforms` and `rate_limits` hold structured settings). Environment
 beats file; explicit overrides (tests) beat both. Every key is documented in README.md.
 """
 
@@ -65,7 +65,6 @@ class Settings:
     idps: Mapping[str, Any] = field(default_factory=dict)
     platforms: Mapping[str, Any] = field(default_factory=dict)
     rate_limits: Mapping[str, Any] = field(default_factory=dict)
-    agents: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         issuer = self.issuer.rstrip("/")
