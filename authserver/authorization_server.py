@@ -79,6 +79,7 @@ class AuthorizationServer(FlaskAuthorizationServer):
         req.now = g.now
         req.db = g.db
         req.dpop_headers = flask_request.headers.getlist("DPoP")
+        req.client_ip = flask_request.remote_addr
         g.oauth_request = req
         return req
 

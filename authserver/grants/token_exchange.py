@@ -23,7 +23,7 @@ from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 from authserver import approvals
 from authserver.audit import AuditRecord
 from authserver.authorization_server import from_authlib
-from authserver.broker.connections import connect_uri, connection_epoch, get_access_token
+from authserver.broker.connections import connect_uri, get_access_token
 from authserver.clients import (
     CLIENT_ASSERTION_ALGS,
     OAuthClient,
@@ -89,6 +89,8 @@ class Exchange:
     approval_id: str | None = None
     token: AccessToken | None = None
     role: str = "agent"
+    #: The other agent an `actor_token` names in a narrowing exchange (TX-13 `may_act`).
+    designee: str | None = None
 
 
 class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
@@ -100,7 +102,7 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         """Everything happens in `create_token_response`, so that even a failed client
         authentication is audited."""
 
-    def create_token_response(self):  # type: ignore[no-untyped-def]
+    def create_token_response(self) -> Any:
         ex = Exchange(client=None, form=self.request.form)  # type: ignore[arg-type]
         try:
             ex.client = self.authenticate_token_endpoint_client()
@@ -140,6 +142,7 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
 
     def edge_mint(self, ex: Exchange, details: list[dict[str, Any]]) -> Any:
         ex.proof = self.check_dpop(ex.client, grant_policy=False)
+        self.check_requested_token_type(ex)
         self.check_subject_idp_token(ex)
         self.check_actor_is_agent(ex)
         jkt = self.check_agent_key(ex)
@@ -147,13 +150,15 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         self.check_no_target(ex)
         settings = self.services.settings
         ex.act = {"sub": ex.agent_id}
+        # TX-08: the assertion outlives neither its default lifetime nor the IdP token.
+        ttl = _remaining(ex.subject, self.now, settings.user_assertion_ttl)
         ex.token = issue_access_token(
             self.services.keyring, settings.issuer,
             TokenRequestContext(
                 sub=ex.user.id,  # type: ignore[union-attr]
                 client_id=ex.agent_id or "",
                 audience=settings.issuer,
-                ttl=settings.user_assertion_ttl,
+                ttl=ttl,
                 jkt=jkt,
                 act=ex.act,
                 authorization_details=[ex.mandate.to_authorization_details()],
@@ -173,6 +178,8 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         target = self.check_target(ex)
         if target is None:
             return self.narrowed_assertion(ex, details, scope)
+        if ex.designee is not None or ex.form.get("dpop_jkt"):
+            raise InvalidRequestError("actor_token does not name the client")
         ex.platform, executor = target
         ex.intent = self.check_intent(ex, details)
         ex.mandate = self.subject_mandate(ex)
@@ -184,7 +191,7 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         self.check_connection(ex)
         settings = self.services.settings
         gateway = f"{settings.issuer}/gateway/{ex.platform}"
-        ttl = min(settings.capability_token_ttl, int(ex.subject["exp"]) - self.now)
+        ttl = _remaining(ex.subject, self.now, settings.capability_token_ttl)
         ex.token = issue_access_token(
             self.services.keyring, settings.issuer,
             TokenRequestContext(
@@ -192,7 +199,7 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
                 client_id=ex.client.client_id,
                 audience=gateway,
                 scope=scope,
-                ttl=max(ttl, 1),
+                ttl=ttl,
                 jkt=ex.proof.jkt,  # type: ignore[union-attr]
                 act=ex.act,
                 authorization_details=[ex.intent.to_authorization_details(gateway)],
@@ -260,10 +267,7 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             ex.subject["actor_cnf"] = claims.get("cnf")
         else:
             raise InvalidRequestError("Unsupported actor_token_type")
-        agent = self.db.get(Client, ex.agent_id)
-        if agent is None or "urn:ietf:params:oauth:grant-type:token-exchange" not in \
-                agent.grant_types:
-            raise InvalidRequestError("The actor is not an agent allowed to exchange")
+        self.check_is_agent(str(ex.agent_id))
 
     def _verify_agent_assertion(self, token: str) -> str:
         from joserfc import jws, jwt
@@ -331,6 +335,10 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         audiences = [aud] if isinstance(aud, str) else list(aud or [])
         if self.services.settings.issuer not in audiences:
             raise InvalidRequestError("subject_token is not for this server")
+        if int(claims["exp"]) <= self.now:
+            # Our own token: no clock skew to allow for, and TX-08 caps the output at its exp.
+            raise InvalidRequestError("subject_token is invalid, expired or revoked",
+                                      debug="expired")
         if claims["sub"] == claims["client_id"]:
             raise InvalidRequestError("subject_token does not represent a user")
         user = self.db.get(User, claims["sub"])
@@ -365,12 +373,23 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             if ex.form.get("actor_token_type") == TT_JWT:
                 agent = self._verify_agent_assertion(actor_token)
             elif ex.form.get("actor_token_type") == TT_ACCESS_TOKEN:
-                agent = self._verify_our_token(actor_token, what="actor_token")["sub"]
+                named = self._verify_our_token(actor_token, what="actor_token")
+                if named["sub"] != named["client_id"]:
+                    raise InvalidRequestError("actor_token must be the agent's own token")
+                agent = named["sub"]
             else:
                 raise InvalidRequestError("Unsupported actor_token_type")
             if agent != caller:
-                raise InvalidRequestError("actor_token does not name the client")
+                # Naming another agent designates it as the next actor (only when narrowing,
+                # checked by the caller): it goes into `may_act` of the new assertion.
+                self.check_is_agent(agent)
+                ex.designee = agent
         ex.agent_id = caller
+
+    def check_is_agent(self, client_id: str) -> None:
+        agent = self.db.get(Client, client_id)
+        if agent is None or GRANT_TYPE not in agent.grant_types:
+            raise InvalidRequestError("The actor is not an agent allowed to exchange")
 
     def check_requested_token_type(self, ex: Exchange) -> None:
         requested = ex.form.get("requested_token_type")
@@ -411,8 +430,8 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         raise InvalidTargetError("Unknown resource")
 
     def check_intent(self, ex: Exchange, details: list[dict[str, Any]]) -> Intent:
-        intent = parse_intent(ex.form.get("intent"),
-                              [d for d in details if d.get("type") != MANDATE_TYPE] or None)
+        # A mandate only ever comes from the assertion: parse_intent rejects one sent here.
+        intent = parse_intent(ex.form.get("intent"), details or None)
         if intent is None:
             raise InvalidRequestError("An intent is required to reach a platform")
         return intent
@@ -514,19 +533,33 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             raise InvalidAuthorizationDetailsError("A mandate can only be narrowed")
         ex.mandate = narrower
         s = self.services
+        jkt, extra = self.check_designee_key(ex)
         ex.token = issue_access_token(
             s.keyring, s.settings.issuer,
             TokenRequestContext(
                 sub=ex.user.id, client_id=ex.client.client_id,  # type: ignore[union-attr]
                 audience=s.settings.issuer, scope=scope,
-                ttl=max(1, min(s.settings.user_assertion_ttl,
-                               int(ex.subject["exp"]) - self.now)),
-                jkt=ex.proof.jkt,  # type: ignore[union-attr]
-                act=ex.act, authorization_details=[narrower.to_authorization_details()],
+                ttl=_remaining(ex.subject, self.now, s.settings.user_assertion_ttl),
+                jkt=jkt, act=ex.act, authorization_details=[narrower.to_authorization_details()],
+                extra=extra,
             ),
             now=self.now,
         )
         return self.exchange_response(ex.token)
+
+    def check_designee_key(self, ex: Exchange) -> tuple[str, dict[str, Any]]:
+        """TX-13: a narrowed assertion for another agent names it in `may_act` and is bound to
+        that agent's key (`dpop_jkt`), like the edge mint; otherwise to the caller's key."""
+        if ex.designee is None:
+            if ex.form.get("dpop_jkt"):
+                raise InvalidRequestError("dpop_jkt is only for designating another agent")
+            return ex.proof.jkt, {}  # type: ignore[union-attr]
+        jkt = ex.form.get("dpop_jkt")
+        if not isinstance(jkt, str) or len(jkt) != 43:
+            raise InvalidRequestError("dpop_jkt (the designated agent's key) is required")
+        if _act_depth({"sub": ex.designee, "act": ex.act}) > MAX_ACT_DEPTH:
+            raise InvalidRequestError("Delegation chain is too long")
+        return jkt, {"may_act": {"sub": ex.designee, "iss": self.services.settings.issuer}}
 
     def exchange_response(self, token: AccessToken) -> Any:
         status, body, headers = self.token_response(
@@ -559,6 +592,15 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         )
         with s.db.session() as session:
             s.audit.append(session, record, now=self.now)
+
+
+def _remaining(subject: dict[str, Any], now: int, ttl: int) -> int:
+    """TX-08: `ttl`, capped at what is left of the subject token; never past its exp."""
+    left = int(subject.get("exp", now + ttl)) - now
+    if left <= 0:
+        raise InvalidRequestError("subject_token is invalid, expired or revoked",
+                                  debug="expired")
+    return min(ttl, left)
 
 
 def _act_depth(act: dict[str, Any] | None) -> int:
