@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, g
+from flask import Flask, Response, g, request
 
 from authserver.clients import JwksCache
 from authserver.config import SESSION_TTL, Settings
@@ -162,6 +162,13 @@ def _request_lifecycle(app: Flask, services: Services) -> None:
             return render(error)
         finally:
             session.close()
+        return response
+
+    @app.after_request
+    def expose_dpop_headers(response: Response) -> Response:
+        # RFC 9449 §8, §7.1 (DPOP-34): browser clients must be able to read these.
+        if request.path == "/token" or request.path.startswith("/gateway/"):
+            response.headers["Access-Control-Expose-Headers"] = "DPoP-Nonce, WWW-Authenticate"
         return response
 
     @app.teardown_request

@@ -51,6 +51,7 @@ from authserver.models.broker import (
     Connection,
 )
 from authserver.store import Store
+from authserver.observability import PLATFORM_REFRESHES
 
 log = logging.getLogger(__name__)
 
@@ -258,10 +259,13 @@ def _refresh_single_flight(db: Database, store: Store, vault: Vault, platform: P
         try:
             tokens = _refresh_with_retries(platform, refresh_token, sleep)
         except PlatformInvalidGrant as e:
+            PLATFORM_REFRESHES.labels(platform=platform.name, outcome="invalid_grant").inc()
             return _park_needs_reconnect(db, vault, conn, fence, now, connect_uri, e)
         except PlatformUnavailable as e:
+            PLATFORM_REFRESHES.labels(platform=platform.name, outcome="unavailable").inc()
             raise TemporarilyUnavailableError("The platform is temporarily unavailable",
                                               debug=e.debug) from e
+        PLATFORM_REFRESHES.labels(platform=platform.name, outcome="refreshed").inc()
         return _store_refreshed(db, vault, platform, conn, tokens, fence, now, connect_uri)
 
 

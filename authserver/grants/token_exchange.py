@@ -111,16 +111,19 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             body = self._exchange(ex)
         except AuthlibError as authlib_error:
             error = from_authlib(authlib_error)
-            self._audit(ex, outcome="invalid", reason=error.error, detail={"error": error.error})
+            self._audit_failure(ex, outcome="invalid", reason=error.error,
+                                detail={"error": error.error})
             raise error from authlib_error
         except OAuthError as error:
-            self._audit(ex, outcome=_outcome_of(error), reason=_reason_of(error, ex),
-                        detail={"error": error.error})
+            self._audit_failure(ex, outcome=_outcome_of(error), reason=_reason_of(error, ex),
+                                detail={"error": error.error})
             raise
         except Exception:
-            self._audit(ex, outcome="error", reason="server_error", detail={})
+            self._audit_failure(ex, outcome="error", reason="server_error", detail={})
             raise
-        self._audit(ex, outcome="allowed", reason=None,
+        # Success: the record joins the request's transaction, so the token is issued only if
+        # its audit record commits with it.
+        self._audit(ex, self.db, outcome="allowed", reason=None,
                     detail={"issued": "user_assertion" if ex.role == "edge" else
                             ("platform_token" if ex.role == "executor" else "capability")})
         return body
@@ -568,9 +571,17 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
 
     # --- audit -----------------------------------------------------------------------------
 
-    def _audit(self, ex: Exchange, *, outcome: str, reason: str | None,
+    def _audit_failure(self, ex: Exchange, *, outcome: str, reason: str | None,
+                       detail: dict[str, Any]) -> None:
+        """A refused exchange: drop what the request did (its locks too), then record the
+        refusal in a transaction of its own, since the request's own one will not commit."""
+        self.db.rollback()
+        with self.services.db.session() as session:
+            self._audit(ex, session, outcome=outcome, reason=reason, detail=detail)
+
+    def _audit(self, ex: Exchange, session: Any, *, outcome: str, reason: str | None,
                detail: dict[str, Any]) -> None:
-        """One record per exchange, committed in its own transaction before the response."""
+        """One record per exchange, written before the response leaves."""
         s = self.services
         record = AuditRecord(
             event="edge_mint" if ex.role == "edge" else "token_exchange",
@@ -590,8 +601,7 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             client_ip=getattr(self.request, "client_ip", None),
             detail={"client_id": ex.client.client_id if ex.client else None, **detail},
         )
-        with s.db.session() as session:
-            s.audit.append(session, record, now=self.now)
+        s.audit.append(session, record, now=self.now)
 
 
 def _remaining(subject: dict[str, Any], now: int, ttl: int) -> int:

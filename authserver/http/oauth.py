@@ -9,12 +9,19 @@ from flask import Blueprint, Response, current_app, g, json, request
 
 from authserver import introspection
 from authserver.clients import (
+    SUPPORTED_GRANT_TYPES,
     register_client,
     registration_response,
     validate_client_metadata,
 )
-from authserver.errors import InvalidClientMetadataError, InvalidRequestError, InvalidTokenError
+from authserver.errors import (
+    InvalidClientMetadataError,
+    InvalidRequestError,
+    InvalidTokenError,
+    OAuthError,
+)
 from authserver.metadata import authorization_server_metadata, compact
+from authserver.observability import TOKEN_REJECTIONS, TOKENS_ISSUED
 from authserver.services import Services
 
 bp = Blueprint("oauth", __name__)
@@ -38,7 +45,16 @@ def _json(body: Any, status: int = 200, *, no_store: bool = True) -> Response:
 @bp.post("/token")
 def token() -> Any:
     server = current_app.extensions["authserver.oauth"]
-    response = server.create_token_response()
+    grant_type = request.form.get("grant_type", "")
+    grant_label = grant_type if grant_type in SUPPORTED_GRANT_TYPES else "other"
+    try:
+        response = server.create_token_response()
+    except OAuthError as error:
+        TOKEN_REJECTIONS.labels(grant_type=grant_label, error=error.error).inc()
+        raise
+    issued = getattr(g.get("oauth_request"), "issued", None)
+    TOKENS_ISSUED.labels(grant_type=grant_label,
+                         token_type=issued.token_type if issued else "other").inc()
     nonces = services().nonces
     if services().settings.dpop_nonce != "off" and nonces is not None:
         # RFC 9449 §8.2: push a fresh nonce with every successful response.

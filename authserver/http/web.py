@@ -358,11 +358,10 @@ def _audit_user_event(event: str, outcome: str, user_id: str, platform: str | No
     from authserver.audit import AuditRecord
     from authserver.observability import correlation_id
 
-    s = services()
-    with s.db.session() as audit_session:
-        s.audit.append(audit_session, AuditRecord(
-            event=event, outcome=outcome, correlation_id=correlation_id(), user_id=user_id,
-            platform=platform, client_ip=request.remote_addr, detail=detail), now=g.now)
+    # In the request's transaction: the record commits together with the change it records.
+    services().audit.append(g.db, AuditRecord(
+        event=event, outcome=outcome, correlation_id=correlation_id(), user_id=user_id,
+        platform=platform, client_ip=request.remote_addr, detail=detail), now=g.now)
 
 
 # --- step-up approvals -------------------------------------------------------------------------
