@@ -93,7 +93,8 @@ def build_services(settings: Settings) -> Services:
     if settings.auto_migrate:
         db.upgrade()
     kms = LocalKMS(settings.kek_file)
-    keyring = KeyRing(db, kms)
+    previous_keks = tuple(LocalKMS(path) for path in settings.previous_kek_files)
+    keyring = KeyRing(db, kms, previous_keks)
     with db.session() as session:
         keyring.ensure_key(session, int(time.time()))
     store = create_store(settings.redis_url or None, settings.redis_key_prefix)
@@ -111,7 +112,7 @@ def build_services(settings: Settings) -> Services:
         federation=Federation.from_settings(settings.idps, store) if settings.idps else None,
         rate_limiter=RateLimiter.from_settings(store, settings.rate_limits),
         audit=AuditLog(),
-        vault=Vault(kms),
+        vault=Vault(kms, previous_keks),
         platforms={name: Platform.from_settings(name, table)
                    for name, table in settings.platforms.items()},
     )

@@ -45,6 +45,8 @@ class Settings:
     #: Namespace for every key in Redis (deployments, or test runs, sharing one Redis).
     redis_key_prefix: str = "authserver:"
     kek_file: str = ""
+    #: Older KEK files, still accepted for decryption during a KEK rotation.
+    previous_kek_files: tuple[str, ...] = ()
     secret_key: str = ""
     policy_dir: str = str(DEFAULT_POLICY_DIR)
     registration_token: str = ""
@@ -107,7 +109,7 @@ class Settings:
         unknown = set(values) - set(fields)
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
-        for name in ("dpop_required_grants", "resources", "scopes"):
+        for name in ("dpop_required_grants", "resources", "scopes", "previous_kek_files"):
             if name in values and isinstance(values[name], list):
                 values[name] = tuple(values[name])
         return cls(**values)

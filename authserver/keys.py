@@ -36,9 +36,11 @@ class InvalidSignatureError(Exception):
 
 
 class KeyRing:
-    def __init__(self, db: Database, kms: KMS) -> None:
+    def __init__(self, db: Database, kms: KMS, previous: tuple[KMS, ...] = ()) -> None:
         self._db = db
         self._kms = kms
+        # Older KEKs only decrypt, during a KEK rotation (`authserver kms rotate`).
+        self._keks = {k.key_id: k for k in (*previous, kms)}
         self._mutex = threading.Lock()
         self._active: tuple[float, ECKey] | None = None
         self._public: KeySet = KeySet([])
@@ -134,8 +136,10 @@ class KeyRing:
             ).first()
             if row is None:
                 raise RuntimeError("no active signing key; run `authserver db upgrade`")
+            kek_id = json.loads(row.private_jwk_ciphertext).get("kek")
             private = envelope.decrypt(
-                self._kms, row.private_jwk_ciphertext, _AAD + row.kid.encode()
+                self._keks.get(kek_id, self._kms), row.private_jwk_ciphertext,
+                _AAD + row.kid.encode()
             )
         key = ECKey.import_key(json.loads(private))
         with self._mutex:
@@ -145,3 +149,15 @@ class KeyRing:
 
 def _is_unknown_kid(error: Exception) -> bool:
     return isinstance(error, ValueError) or "kid" in str(error).lower() or "key" in str(error).lower()
+
+
+def rewrap_signing_keys(session: Session, old: KMS, new: KMS) -> int:
+    """Re-wrap every stored private signing key from `old` to `new` (KEK rotation)."""
+    changed = 0
+    for row in session.scalars(select(SigningKey)):
+        if json.loads(row.private_jwk_ciphertext).get("kek") == new.key_id:
+            continue
+        row.private_jwk_ciphertext = envelope.rewrap(
+            old, new, row.private_jwk_ciphertext, _AAD + row.kid.encode())
+        changed += 1
+    return changed

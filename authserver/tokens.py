@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from authserver.config import JWT_LEEWAY
 from authserver.keys import InvalidSignatureError, KeyRing
-from authserver.models import Client, Grant, RevokedToken, User
+from authserver.models import AgentRevocation, Client, Grant, RevokedToken, User
 
 ACCESS_TOKEN_TYP = "at+jwt"
 ACCEPTED_AT_TYPS = ("at+jwt", "application/at+jwt")
@@ -138,6 +138,9 @@ def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | N
         )
         if valid_after and claims["iat"] <= valid_after:
             raise TokenNotLiveError("issued before the user's revocation epoch")
+        withdrawn = session.get(AgentRevocation, (claims["sub"], claims["client_id"]))
+        if withdrawn is not None and claims["iat"] <= withdrawn.revoked_before:
+            raise TokenNotLiveError("the user withdrew this agent")
 
 
 def revoke_access_token(session: Session, claims: dict[str, Any]) -> None:

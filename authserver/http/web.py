@@ -436,3 +436,31 @@ def activity() -> Any:
         .order_by(AuditEvent.seq.desc()).limit(50)
     ).all()
     return render_template("activity.html", events=events)
+
+
+# --- agents acting for me --------------------------------------------------------------------
+
+
+@bp.get("/agents")
+def agents() -> Any:
+    from authserver.agents import agents_for_user
+
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    return render_template("agents.html", agents=agents_for_user(g.db, user.id))
+
+
+@bp.post("/agents/<agent_id>/withdraw")
+def withdraw(agent_id: str) -> Any:
+    from authserver.agents import withdraw_agent
+
+    user = current_user()
+    if user is None:
+        return login_redirect()
+    check_csrf()
+    if len(agent_id) > 255:
+        abort(404)
+    withdraw_agent(g.db, user.id, agent_id, now=g.now)
+    _audit_user_event("agent_withdrawn", "revoked", user.id, None, {"agent": agent_id})
+    return redirect(url_for("web.agents"), 303)

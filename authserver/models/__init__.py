@@ -10,6 +10,7 @@ from authserver.models.audit import AuditChainHead, AuditEvent
 from authserver.models.base import Base
 from authserver.models.broker import Connection
 from authserver.models.oauth import (
+    AgentRevocation,
     AuthorizationCode,
     Client,
     Grant,
@@ -20,6 +21,7 @@ from authserver.models.oauth import (
 )
 
 __all__ = [
+    "AgentRevocation",
     "Approval",
     "AuditChainHead",
     "AuditEvent",

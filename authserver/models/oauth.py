@@ -138,3 +138,15 @@ class SigningKey(Base):
     #: Signing stops at `retired_at`; the key stays published until `expires_at`.
     retired_at: Mapped[int | None] = mapped_column(BigInteger)
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class AgentRevocation(Base):
+    """A user withdrew an agent: every token the agent holds for this user, issued at or
+    before `revoked_before`, is dead (the per-(user, agent) revocation epoch)."""
+
+    __tablename__ = "agent_revocations"
+
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    agent_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    revoked_before: Mapped[int] = mapped_column(BigInteger)
