@@ -13,12 +13,14 @@ text replaced by a safe summary. Every call is audited with the request's correl
 from __future__ import annotations
 
 import logging
+import threading
 import time as _time
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
 import requests
+import urllib3
 from sqlalchemy.orm import Session
 
 from authserver.audit import AuditRecord
@@ -28,7 +30,13 @@ from authserver.broker.connections import (
     force_refresh,
     get_access_token,
 )
-from authserver.broker.profiles import Platform, api_request_headers, path_matches_intent
+from authserver.broker.profiles import (
+    Platform,
+    api_request_headers,
+    path_matches_intent,
+    resolve_path,
+)
+from authserver.dpop import DPOP_SIGNING_ALGS
 from authserver.errors import (
     InvalidTokenError,
     OAuthError,
@@ -47,7 +55,24 @@ GATEWAY_TIMEOUT = (3.05, 15.0)  # (connect, read) seconds
 MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 MAX_REQUEST_BYTES = 256 * 1024
 #: Response headers worth passing on; everything else (Set-Cookie, auth, hop-by-hop) is dropped.
-PASSED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Last-Modified", "Location")
+PASSED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Last-Modified")
+#: DPOP-40: every challenge the gateway sends names the proof algorithms it accepts (the
+#: verifier's default list, which is what it is built with below).
+CHALLENGE_ALGS = " ".join(DPOP_SIGNING_ALGS)
+
+
+class _ThreadLocalSessions(threading.local):
+    """One `requests.Session` per worker thread: kept-alive connections to the platforms
+    (a Session is not safe to share between threads). Redirects are never followed."""
+
+    def __init__(self) -> None:
+        self.session = requests.Session()
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
+        return self.session.request(method, url, **kwargs)
+
+
+_HTTP = _ThreadLocalSessions()
 
 
 @dataclass
@@ -88,10 +113,11 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
     try:
         platform = services.platforms.get(req.platform)
         if platform is None:
-            raise InvalidTokenError("Unknown platform")
+            raise InvalidTokenError("Unknown platform", algs=CHALLENGE_ALGS)
         call.claims = verify_capability(services, session, req, now=now)
         call.intent = check_fits_intent(services, platform, req, call.claims, now=now)
-        response = forward(services, platform, req, call.claims, now=now)
+        response = forward(services, platform, req, call.claims, now=now,
+                           target=call.intent["path"])
         call.status = response.status
     except OAuthError as error:
         _audit(services, req, call, outcome="denied" if error.status_code < 500 else "error",
@@ -127,13 +153,19 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
     try:
         check_token_live(session, claims)
     except TokenNotLiveError as e:
-        raise InvalidTokenError("The access token is no longer valid", debug=e.reason) from e
+        raise InvalidTokenError("The access token is no longer valid", debug=e.reason,
+                                algs=CHALLENGE_ALGS) from e
     # Disconnect and deprovisioning kill every capability token minted before them.
     if claims["iat"] <= connection_epoch(services.store, claims["sub"], req.platform):
-        raise InvalidTokenError("The connection behind this token was revoked")
+        raise InvalidTokenError("The connection behind this token was revoked",
+                                algs=CHALLENGE_ALGS)
     if claims.get("platform") != req.platform:
-        raise InvalidTokenError("The token is for another platform")
+        raise InvalidTokenError("The token is for another platform", algs=CHALLENGE_ALGS)
     return claims
+
+
+def _forbidden(description: str) -> ResourceForbiddenError:
+    return ResourceForbiddenError(description, algs=CHALLENGE_ALGS)
 
 
 def check_fits_intent(services: Services, platform: Platform, req: GatewayRequest,
@@ -141,61 +173,78 @@ def check_fits_intent(services: Services, platform: Platform, req: GatewayReques
     intents = [d for d in claims.get("authorization_details") or []
                if isinstance(d, dict) and d.get("type") == INTENT_TYPE]
     if len(intents) != 1:
-        raise ResourceForbiddenError("The token carries no intent")
+        raise _forbidden("The token carries no intent")
     intent = intents[0]
     action = (intent.get("actions") or [None])[0]
     resource = intent.get("identifier")
     if not isinstance(action, str) or not isinstance(resource, str):
-        raise ResourceForbiddenError("The token's intent is malformed")
+        raise _forbidden("The token's intent is malformed")
     # Reads never write: only safe methods under a read intent (Part A5).
     if action in READ and req.method not in SAFE_METHODS:
-        raise ResourceForbiddenError("A read intent allows only GET and HEAD")
+        raise _forbidden("A read intent allows only GET and HEAD")
     if action not in READ and req.method in SAFE_METHODS:
-        raise ResourceForbiddenError("A write intent does not allow reads")
-    if not path_matches_intent(platform, resource, req.method, req.path):
-        raise ResourceForbiddenError("The request does not match the intent's resource")
+        raise _forbidden("A write intent does not allow reads")
+    target = resolve_path(platform, resource)
+    # `req.path` follows "/gateway/<platform>/": a leading "/" is an empty segment ("//").
+    if target is None or req.path.startswith("/") or not path_matches_intent(
+            platform, resource, req.method, req.path):
+        raise _forbidden("The request does not match the intent's resource")
     if action not in READ:
         count = intent.get("count", 1)
         uses = services.store.incr(f"capability-writes:{claims['jti']}",
                                    ttl=max(1, int(claims["exp"]) - now + 60))
         if not isinstance(count, int) or uses > count:
-            raise ResourceForbiddenError("The intent's record count is used up")
-    return {"action": action, "resource": resource, "count": intent.get("count", 1)}
+            raise _forbidden("The intent's record count is used up")
+    # `path` is what is forwarded: the intent's own canonical API path, never the client's
+    # spelling of it (no parser differential between our match and the platform's router).
+    return {"action": action, "resource": resource, "count": intent.get("count", 1),
+            "path": target}
 
 
 def forward(services: Services, platform: Platform, req: GatewayRequest,
-            claims: dict[str, Any], *, now: int) -> GatewayResponse:
+            claims: dict[str, Any], *, now: int, target: str) -> GatewayResponse:
+    """Call `target` (relative to the API base; checked against the intent by the caller)."""
     s = services
     user_id = claims["sub"]
     reconnect = connect_uri(s.settings.issuer, platform.name)
     token, conn = get_access_token(s.db, s.store, s.vault, platform, user_id=user_id, now=now,
                                    connect_uri=reconnect)
-    response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req)
+    response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req,
+                     target)
     if response.status_code == 401:
         # The platform says the token is dead although we thought it fresh: refresh once.
         token, conn = force_refresh(s.db, s.store, s.vault, platform, user_id=user_id,
                                     rejected_access_token=token, now=now,
                                     connect_uri=reconnect)
-        response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req)
+        response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req,
+                         target)
     return _relay(response)
 
 
-def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest
+def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest, target: str
           ) -> requests.Response:
     if len(req.body) > MAX_REQUEST_BYTES:
-        raise ResourceForbiddenError("Request body too large")
+        raise _forbidden("Request body too large")
     headers = api_request_headers(platform, token)
     headers["Accept"] = "application/json"
     if req.correlation_id:
         headers["X-Request-ID"] = req.correlation_id
     if req.content_type and req.body:
         headers["Content-Type"] = req.content_type
-    url = api_base.rstrip("/") + "/" + req.path.lstrip("/")
+    url = api_base.rstrip("/") + "/" + target.lstrip("/")
     try:
-        response = requests.request(req.method, url, data=req.body or None, headers=headers,
-                                    timeout=GATEWAY_TIMEOUT, allow_redirects=False, stream=True)
-        body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
-    except requests.RequestException as e:
+        response = _HTTP.request(req.method, url, data=req.body or None, headers=headers,
+                                 timeout=GATEWAY_TIMEOUT, allow_redirects=False, stream=True)
+        try:
+            body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
+        except BaseException:
+            response.close()
+            raise
+        if len(body) > MAX_RESPONSE_BYTES:
+            response.close()  # drop the connection mid-body; never read the rest
+        else:
+            response.raw.release_conn()  # fully read: the connection may be reused
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
         raise TemporarilyUnavailableError("The platform did not answer",
                                           debug=f"gateway: {type(e).__name__}") from e
     if len(body) > MAX_RESPONSE_BYTES:
@@ -219,8 +268,11 @@ def _relay(response: requests.Response) -> GatewayResponse:
     except ValueError:
         summary = "Platform error"
     body = json.dumps({"error": "platform_error", "status": status, "summary": summary})
-    return GatewayResponse(status if 400 <= status < 500 else 502, body.encode(),
-                           {"Content-Type": "application/json"})
+    # A 401 that survived our refresh is about OUR credential at the platform, not the agent's:
+    # relayed as 401 (and without a challenge, RFC 9110 §15.5.2) it would read as "your token
+    # is bad". Like 3xx and 5xx it becomes 502; other 4xx are relayed.
+    relayed = status if 400 <= status < 500 and status != 401 else 502
+    return GatewayResponse(relayed, body.encode(), {"Content-Type": "application/json"})
 
 
 def _audit(services: Services, req: GatewayRequest, call: _Call, *, outcome: str,

@@ -309,13 +309,27 @@ def test_force_refresh_only_replaces_the_rejected_token(db, store, vault, crm, n
     assert third == second and crm.provider.stats["refresh"] == 1
 
 
+def test_force_refresh_right_after_connecting_refreshes_once(db, store, vault, crm, now):
+    # A token the API rejects minutes after the user connected (revoked or expired early at
+    # the platform) is replaced once; the user is not sent to reconnect.
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    token, _ = get_access_token(db, store, vault, crm.platform, user_id=USER, now=now,
+                                connect_uri=CONNECT_URI)
+    fresh, _ = force_refresh(db, store, vault, crm.platform, user_id=USER,
+                             rejected_access_token=token, now=now + 1, connect_uri=CONNECT_URI)
+    assert fresh != token and crm.provider.stats["refresh"] == 1
+
+
 def test_force_refresh_right_after_a_refresh_does_not_refresh_again(db, store, vault, crm, now):
     connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
     token, _ = get_access_token(db, store, vault, crm.platform, user_id=USER, now=now,
                                 connect_uri=CONNECT_URI)
+    fresh, _ = force_refresh(db, store, vault, crm.platform, user_id=USER,
+                             rejected_access_token=token, now=now + 1, connect_uri=CONNECT_URI)
+    # The API rejects the brand-new token too: no second refresh (no storm), same token back.
     same, _ = force_refresh(db, store, vault, crm.platform, user_id=USER,
-                            rejected_access_token=token, now=now + 1, connect_uri=CONNECT_URI)
-    assert same == token and crm.provider.stats["refresh"] == 0
+                            rejected_access_token=fresh, now=now + 2, connect_uri=CONNECT_URI)
+    assert same == fresh and crm.provider.stats["refresh"] == 1
 
 
 def test_stale_fence_cannot_overwrite_newer_tokens(db, store, vault, crm, now):

@@ -219,20 +219,25 @@ def force_refresh(db: Database, store: Store, vault: Vault, platform: Platform, 
                   user_id: str, rejected_access_token: str, now: int, connect_uri: str,
                   sleep: Sleep = time.sleep) -> tuple[str, Connection]:
     """After the API answered 401 to `rejected_access_token`: refresh, unless someone already
-    has (the stored token differs: return it) or the token was refreshed less than
-    FORCE_REFRESH_MIN_INTERVAL seconds ago (return it as is; the caller must not retry again).
-    Same lock, errors and guarantees as `get_access_token`.
+    has (the stored token differs: return it) or a refresh for this (user, platform) ran less
+    than FORCE_REFRESH_MIN_INTERVAL seconds ago (return the token as is; the caller must not
+    retry again). Same lock, errors and guarantees as `get_access_token`.
     """
-    def needs_refresh(conn: Connection, current: str) -> bool:
+    def is_rejected_one(current: str) -> bool:
         # Compare-and-refresh: only the token that was rejected is worth replacing.
-        return hmac.compare_digest(current.encode(), rejected_access_token.encode()) and \
-            now - conn.updated_at >= FORCE_REFRESH_MIN_INTERVAL
+        return hmac.compare_digest(current.encode(), rejected_access_token.encode())
+
+    def needs_refresh(_conn: Connection, current: str) -> bool:
+        # Called under the lock only. The shared marker bounds forced refreshes (a platform
+        # that rejects every token must not cause a refresh per call).
+        return is_rejected_one(current) and store.add_if_absent(
+            _force_key(user_id, platform.name), ttl=FORCE_REFRESH_MIN_INTERVAL)
 
     conn = _load(db, user_id, platform.name)
     _require_usable(conn, connect_uri)
     assert conn is not None
     current = _open(vault, conn, "access_token")
-    if not needs_refresh(conn, current):
+    if not is_rejected_one(current):
         return current, conn
     return _refresh_single_flight(db, store, vault, platform, user_id=user_id, now=now,
                                   connect_uri=connect_uri, sleep=sleep,
@@ -266,7 +271,10 @@ def _refresh_single_flight(db: Database, store: Store, vault: Vault, platform: P
             raise TemporarilyUnavailableError("The platform is temporarily unavailable",
                                               debug=e.debug) from e
         PLATFORM_REFRESHES.labels(platform=platform.name, outcome="refreshed").inc()
-        return _store_refreshed(db, vault, platform, conn, tokens, fence, now, connect_uri)
+        result = _store_refreshed(db, vault, platform, conn, tokens, fence, now, connect_uri)
+        # A token this fresh is not refreshed again on a 401 (no storm if the API rejects it).
+        store.set(_force_key(user_id, platform.name), str(now), ttl=FORCE_REFRESH_MIN_INTERVAL)
+        return result
 
 
 def _refresh_with_retries(platform: Platform, refresh_token: str, sleep: Sleep) -> TokenSet:
@@ -502,6 +510,10 @@ def _digest(value: str) -> str:
 def _state_key(state: str) -> str:
     # Only the hash is a key: a store dump does not reveal live states.
     return "connect-state:" + _digest(state)
+
+
+def _force_key(user_id: str, platform: str) -> str:
+    return f"broker:force-refresh:{_digest(user_id)}:{platform}"
 
 
 def _lock_name(user_id: str, platform: str) -> str:
