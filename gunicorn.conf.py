@@ -97,3 +97,9 @@ def child_exit(server: Any, worker: Any) -> None:
     from prometheus_client import multiprocess
 
     multiprocess.mark_process_dead(worker.pid)
+
+# gunicorn 27's control socket defaults to one path per user (~/.gunicorn/gunicorn.ctl), so two
+# servers on one host collide; we do not use it. AUTHSERVER_CONTROL_SOCKET=<path> turns it on.
+control_socket_disable = not os.environ.get("AUTHSERVER_CONTROL_SOCKET")
+if os.environ.get("AUTHSERVER_CONTROL_SOCKET"):
+    control_socket = os.environ["AUTHSERVER_CONTROL_SOCKET"]

@@ -31,11 +31,8 @@ class Services:
     platforms: dict[str, Any] = field(default_factory=dict)  # name -> broker Platform
 
     def known_resources(self) -> set[str]:
-        """RFC 8707 resources tokens may be audience-restricted to."""
+        """RFC 8707 resources our own tokens may be audience-restricted to. A platform's API
+        base is not one of them: only the executor exchange names it (for the platform's
+        own token), never as the audience of a token we sign."""
         s = self.settings
-        resources = {s.issuer, *s.resources}
-        for name, platform in self.platforms.items():
-            resources.add(f"{s.issuer}/gateway/{name}")
-            if getattr(platform, "api_base_url", None):
-                resources.add(platform.api_base_url)
-        return resources
+        return {s.issuer, *s.resources, *(f"{s.issuer}/gateway/{name}" for name in self.platforms)}

@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
                    "redirect URL (with code, state, iss)")
     p.add_argument("--subject-token-cmd", help="optional hook for token-exchange checks: prints "
                    "JSON {subject_token, subject_token_type, dpop_private_jwk?, audience?, "
-                   "intents?: {allow, deny, approval}}; run once per check")
+                   "resource?, intents?: {allow, deny, approval, unconnected}, "
+                   "unconnected_audience?, gateway_path?}; run once per check")
     p.add_argument("--resource", help="a resource indicator (RFC 8707) the server accepts")
     p.add_argument("--rate-limit-attempts", type=int, default=0,
                    help="exchanges to send when probing the rate limit (0 = skip that check)")

@@ -27,14 +27,31 @@ def _challenge(resp: object) -> str:
     return str(getattr(resp, "headers", {}).get("WWW-Authenticate", ""))
 
 
+def _nonce_challenge(resp: object) -> str | None:
+    """RFC 9449 §9: the RS's fresh nonce if `resp` is its use_dpop_nonce challenge."""
+    if getattr(resp, "status_code", 0) != 401 or 'error="use_dpop_nonce"' not in _challenge(resp):
+        return None
+    return getattr(resp, "headers", {}).get("DPoP-Nonce") or None
+
+
 def _call(ctx: Context, method: str, url: str, token: str | None, key: DpopKey | None, *,
-          scheme: str = "DPoP", ath: str | None = None) -> object:
-    headers: dict[str, str] = {}
-    if token:
-        headers["Authorization"] = f"{scheme} {token}"
-    if key is not None:
-        headers["DPoP"] = key.proof(method, url.split("?")[0], ath=ath)
-    return ctx.request(method, url, headers=headers)
+          scheme: str = "DPoP", ath: str | None = None, retry_nonce: bool = True) -> object:
+    """Call the gateway; a proof is rebuilt once with the RS nonce after a use_dpop_nonce
+    challenge (RFC 9449 §9), so a refusal comes from the rule under test, not the nonce."""
+    resp: object = None
+    for _ in range(2 if (key is not None and retry_nonce) else 1):
+        headers: dict[str, str] = {}
+        if token:
+            headers["Authorization"] = f"{scheme} {token}"
+        if key is not None:
+            headers["DPoP"] = key.proof(method, url.split("?")[0], ath=ath,
+                                        nonce=ctx.cache.get("rs_nonce"))
+        resp = ctx.request(method, url, headers=headers)
+        nonce = _nonce_challenge(resp)
+        if nonce is None:
+            break
+        ctx.cache["rs_nonce"] = nonce
+    return resp
 
 
 def _setup(ctx: Context) -> tuple[str, str, DpopKey]:
@@ -61,6 +78,68 @@ def no_credentials(ctx: Context) -> Result:
     if "algs=" not in challenge:
         raise Fail("DPoP challenge has no algs parameter (SHOULD)")
     return passed(challenge)
+
+
+@check("A5", "capability token with a bound proof reaches the platform", group=GROUP,
+       needs=NEEDS)
+def forwarded(ctx: Context) -> Result:
+    """The positive control for the refusals below: a correct request gets the platform's
+    answer, so a gateway that refuses everything cannot pass them."""
+    url, token, key = _setup(ctx)
+    resp = _call(ctx, "GET", url, token, key, ath=ath_for(token))
+    status = getattr(resp, "status_code", 0)
+    if status != 200:
+        raise Fail(f"expected 200 from the platform, got {status} {_challenge(resp)!r}".rstrip())
+    leaked = [h for h in ("Authorization", "Set-Cookie")
+              if getattr(resp, "headers", {}).get(h)]
+    if leaked:
+        raise Fail(f"platform headers passed through: {', '.join(leaked)}")
+    return passed(f"GET {url.split('/gateway/', 1)[1]} -> 200")
+
+
+@check("A5", "token without an intent (client_credentials) refused", group=GROUP,
+       needs=(*NEEDS, "dpop"))
+def not_a_capability(ctx: Context) -> Result:
+    """Only capability tokens from an approved exchange open the gateway (A4, A5): a client's
+    own token audience-restricted to the gateway must not reach the platform."""
+    from conformance.checks.token_exchange import subject
+
+    url = _gateway_url(ctx, subject(ctx))
+    key = ctx.dpop_key()
+    resource = url.split("/gateway/", 1)[0] + "/gateway/" + url.split("/gateway/", 1)[1].split(
+        "/", 1)[0]
+    resp = ctx.client_credentials(dpop=key, extra={"resource": resource})
+    body = resp.json() if resp.headers.get("Content-Type", "").startswith(
+        "application/json") else {}
+    if resp.status_code != 200 or "access_token" not in body:
+        return passed(f"not issued ({resp.status_code} {body.get('error', '')})".rstrip())
+    token = str(body["access_token"])
+    answer = _call(ctx, "GET", url, token, key, ath=ath_for(token))
+    status = getattr(answer, "status_code", 0)
+    if status not in (401, 403):
+        raise Fail(f"gateway answered {status} to a token carrying no intent")
+    return passed(f"{status} {_challenge(answer)}".rstrip())
+
+
+@check("DPOP-31", "RS nonce challenge: 401 use_dpop_nonce with DPoP-Nonce", group=GROUP,
+       needs=NEEDS)
+def rs_nonce(ctx: Context) -> Result:
+    url, token, key = _setup(ctx)
+    ctx.cache.pop("rs_nonce", None)
+    resp = _call(ctx, "GET", url, token, key, ath=ath_for(token), retry_nonce=False)
+    if getattr(resp, "status_code", 0) == 200:
+        raise Skip("the gateway does not require DPoP nonces")
+    nonce = _nonce_challenge(resp)
+    if nonce is None:
+        raise Fail(f"proof without nonce: expected 200 or a 401 use_dpop_nonce challenge with a "
+                   f"DPoP-Nonce header, got {getattr(resp, 'status_code', '?')} "
+                   f"{_challenge(resp)!r}")
+    ctx.cache["rs_nonce"] = nonce
+    retry = _call(ctx, "GET", url, token, key, ath=ath_for(token), retry_nonce=False)
+    if getattr(retry, "status_code", 0) != 200:
+        raise Fail(f"proof with the RS nonce: expected 200, got "
+                   f"{getattr(retry, 'status_code', '?')} {_challenge(retry)!r}")
+    return passed("challenge, then 200 with the nonce")
 
 
 @check("DPOP-42", "DPoP token sent as Bearer refused", group=GROUP, needs=NEEDS)
@@ -126,7 +205,8 @@ def two_authorization(ctx: Context) -> Result:
         conn.putrequest("GET", parts.path or "/")
         conn.putheader("Authorization", f"DPoP {token}")
         conn.putheader("Authorization", f"Bearer {token}")
-        conn.putheader("DPoP", key.proof("GET", url, ath=ath_for(token)))
+        conn.putheader("DPoP", key.proof("GET", url, ath=ath_for(token),
+                                         nonce=ctx.cache.get("rs_nonce")))
         conn.endheaders()
         resp = conn.getresponse()
         resp.read()

@@ -115,6 +115,26 @@ def approval(ctx: Context) -> Result:
     return passed("pending, then invalid_grant for a different intent")
 
 
+@check("A3", "no connection to the platform is 403 connection_required", group=GROUP,
+       needs=NEEDS)
+def connection_required(ctx: Context) -> Result:
+    fx = subject(ctx)
+    intent = (fx.get("intents") or {}).get("unconnected")
+    audience = fx.get("unconnected_audience")
+    if not isinstance(intent, dict) or not isinstance(audience, str) or not audience:
+        raise Skip("the subject token fixture names no unconnected platform "
+                   "(unconnected_audience + intents.unconnected)")
+    params = {"subject_token": fx["subject_token"],
+              "subject_token_type": fx.get("subject_token_type", ACCESS_TOKEN),
+              "audience": audience}
+    body = expect_error(exchange(ctx, params, dpop=holder_key(fx), intent=intent), 403,
+                        "connection_required")
+    uri = body.get("connect_uri")
+    if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+        raise Fail(f"connection_required without an absolute connect_uri ({uri!r})")
+    return passed()
+
+
 @check("A3", "rate limit gives 429 rate_limited with Retry-After", group=GROUP, needs=NEEDS)
 def rate_limit(ctx: Context) -> Result:
     if ctx.options.rate_limit_attempts <= 0:

@@ -4,7 +4,8 @@ Every exchange carries a DPoP proof (RFC 9449 §5 applies to every grant) and, w
 advertises agent intents (Part A1), a well-formed `intent`, so a rejection comes from the rule
 under test. Subject tokens come from `--subject-token-cmd`, which prints JSON:
 {"subject_token", "subject_token_type", "dpop_private_jwk"?, "audience"?, "resource"?,
- "intents"?: {"allow", "deny", "approval"}, "gateway_path"?}.
+ "intents"?: {"allow", "deny", "approval", "unconnected"}, "unconnected_audience"?,
+ "gateway_path"?}.
 """
 
 from __future__ import annotations
