@@ -11,7 +11,8 @@ bp = Blueprint("gateway", __name__)
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
-@bp.route("/gateway/<platform>/<path:path>", methods=METHODS)
+# merge_slashes=False: "//" must reach the intent check (and be refused), not be redirected.
+@bp.route("/gateway/<platform>/<path:path>", methods=METHODS, merge_slashes=False)
 def call(platform: str, path: str) -> Response:
     services = current_app.extensions["authserver"]
     issuer = services.settings.issuer
