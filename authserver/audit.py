@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -236,27 +236,27 @@ class AuditLog:
         The UPDATE comes first so the lock is taken before anything is read: concurrent
         appenders in any process queue here until the holder's transaction ends.
         """
+        # One round trip: the head row stays locked until the caller's transaction ends, so
+        # every statement saved here raises the ceiling on appends per second.
         bump = (
             update(AuditChainHead)
             .where(AuditChainHead.id == HEAD_ID)
             .values(seq=AuditChainHead.seq + 1)
+            .returning(AuditChainHead.seq, AuditChainHead.head_hash)
             .execution_options(synchronize_session=False)
         )
-        if session.execute(bump).rowcount == 0:  # type: ignore[attr-defined]
+        head = session.execute(bump).one_or_none()
+        if head is None:
             # First append on a database created without the migration's head row. A
             # concurrent creator makes our INSERT fail; then its row exists and we lock it.
             try:
                 with session.begin_nested():
                     session.add(AuditChainHead(id=HEAD_ID, seq=1, head_hash=GENESIS_HASH))
+                    session.flush()
+                head = (1, GENESIS_HASH)
             except IntegrityError:
-                if session.execute(bump).rowcount != 1:  # type: ignore[attr-defined]
-                    raise
-        seq, head_hash = session.execute(
-            select(AuditChainHead.seq, AuditChainHead.head_hash).where(
-                AuditChainHead.id == HEAD_ID
-            )
-        ).one()
-        return int(seq), str(head_hash)
+                head = session.execute(bump).one()
+        return int(head[0]), str(head[1])
 
     def append(self, session: Session, record: AuditRecord, *, now: int) -> AuditEvent:
         """Append `record` as the next link of the chain, in the caller's transaction.
@@ -283,13 +283,18 @@ class AuditLog:
         reason: "ok", "missing_record" (a gap: first_bad_seq is the missing seq),
         "hash_mismatch" (a record's content was changed), "broken_link" (prev_hash is not
         the previous record's hash), "truncated" (the head is ahead of the last record) or
-        "head_mismatch" (the head's hash is not the last record's).
+        "head_mismatch" (the head's hash is not the last record's, or a record lies past a
+        head that did not move).
+
+        Safe while appends run: the head is read first and only the records it covers are
+        walked. Appends serialise on the head row and a record commits with its head move,
+        so once the head says N, records 1..N are all committed.
         """
-        expected_seq = 1
-        prev_hash = GENESIS_HASH
-        count = 0
+        head_seq, head_hash = self._head(session)
+        expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
         rows = session.execute(
-            select(AuditEvent).order_by(AuditEvent.seq).execution_options(yield_per=500)
+            select(AuditEvent).where(AuditEvent.seq <= head_seq).order_by(AuditEvent.seq)
+            .execution_options(yield_per=500)
         ).scalars()
         for row in rows:
             values = {name: getattr(row, name) for name in _HASHED_COLUMNS}
@@ -302,19 +307,26 @@ class AuditLog:
             count += 1
             prev_hash = row.hash
             expected_seq += 1
+        if head_seq > count:
+            return VerifyResult(False, count, count + 1, "truncated")
+        beyond = session.execute(
+            select(func.min(AuditEvent.seq)).where(AuditEvent.seq > head_seq)
+        ).scalar_one_or_none()
+        # A record past the head is a concurrent append only if the head has moved to it.
+        if beyond is not None and self._head(session)[0] < beyond:
+            return VerifyResult(False, count, head_seq + 1, "head_mismatch")
+        if head_hash != prev_hash:
+            return VerifyResult(False, count, count, "head_mismatch")
+        return VerifyResult(True, count, None, "ok")
+
+    @staticmethod
+    def _head(session: Session) -> tuple[int, str]:
         head = session.execute(
             select(AuditChainHead.seq, AuditChainHead.head_hash).where(
                 AuditChainHead.id == HEAD_ID
             )
         ).one_or_none()
-        head_seq, head_hash = (0, GENESIS_HASH) if head is None else (int(head[0]), head[1])
-        if head_seq > count:
-            return VerifyResult(False, count, count + 1, "truncated")
-        if head_seq < count:
-            return VerifyResult(False, count, head_seq + 1, "head_mismatch")
-        if head_hash != prev_hash:
-            return VerifyResult(False, count, count, "head_mismatch")
-        return VerifyResult(True, count, None, "ok")
+        return (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
 
     def tail(self, session: Session, n: int = 20) -> list[AuditEvent]:
         """The newest `n` records (1 ≤ n ≤ MAX_TAIL), oldest first, like tail(1)."""

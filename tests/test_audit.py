@@ -305,6 +305,38 @@ def test_tail_bounds_n(db: Database) -> None:
 # --- no token in a record --------------------------------------------------------------------
 
 
+def test_verify_during_concurrent_appends_reports_no_tampering(db: Database, now: int) -> None:
+    _append_n(db, 3, now)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        log = AuditLog()
+        try:
+            i = 0
+            while not stop.is_set() and i < 200:
+                with db.session() as s:
+                    log.append(s, _record(1000 + i), now=now)
+                i += 1
+        except BaseException as e:  # reported below, never swallowed
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    results = []
+    try:
+        for _ in range(10):
+            results.append(_verify(db))
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert [r.reason for r in results if not r.ok] == []
+    assert _verify(db).ok
+
+
 def _stored_text(db: Database) -> str:
     with db.session() as s:
         rows = s.execute(select(AuditEvent)).scalars().all()
