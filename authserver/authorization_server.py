@@ -78,7 +78,7 @@ class AuthorizationServer(FlaskAuthorizationServer):
         req = super().create_oauth2_request(request)
         req.now = g.now
         req.db = g.db
-        req.dpop_headers = flask_request.headers.getlist("DPoP")
+        req.dpop_headers = dpop_header_values(flask_request.headers)
         req.client_ip = flask_request.remote_addr
         g.oauth_request = req
         return req
@@ -88,3 +88,9 @@ class AuthorizationServer(FlaskAuthorizationServer):
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         """No Flask signals: we audit and count explicitly."""
+
+
+def dpop_header_values(headers: Any) -> list[str]:
+    """Every `DPoP` header value. Servers join repeated headers with commas; a compact JWS
+    never contains one, so splitting restores the repeats for the DPOP-01 check."""
+    return [part.strip() for value in headers.getlist("DPoP") for part in value.split(",")]

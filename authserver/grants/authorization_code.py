@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import NoReturn
 
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -42,13 +43,16 @@ class AuthorizationCodeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         code = self.db.get(AuthorizationCode, code_hash(code_value))
         if code is None or code.client_id != client.client_id:
             raise InvalidGrantError("Invalid code")
+        if code.used_at is not None:
+            # Checked before expiry: a replay after the code's short lifetime still revokes.
+            self.revoke_reused(code)
         if code.expires_at <= self.now:
             raise InvalidGrantError("The code has expired")
         # RFC 6749 §4.1.3: redirect_uri must be identical to the authorization request's.
         if form.get("redirect_uri") != code.redirect_uri:
             raise InvalidGrantError("redirect_uri does not match the authorization request")
         self.check_pkce(code, form.get("code_verifier"))
-        proof = self.check_dpop(client, required=code.dpop_jkt is not None)
+        proof = self.check_dpop(client)
         # RFC 9449 §10: the code is bound to the key named at the authorization endpoint.
         if code.dpop_jkt is not None and (proof is None or proof.jkt != code.dpop_jkt):
             raise InvalidGrantError("DPoP key does not match the authorization request")
@@ -80,10 +84,15 @@ class AuthorizationCodeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             .values(used_at=self.now)
         )
         if not result.rowcount:  # type: ignore[attr-defined]
-            self.db.rollback()
-            if code.grant_id:
-                refresh_tokens.revoke_grant(self.services.db, code.grant_id, now=self.now)
-            raise InvalidGrantError("The code was already used")
+            self.revoke_reused(code)
+
+    def revoke_reused(self, code: AuthorizationCode) -> NoReturn:
+        """RFC 6749 §4.1.2: deny a reused code and revoke the tokens issued from it."""
+        self.db.rollback()  # reloads `code`: the concurrent redemption may have set grant_id
+        grant_id = code.grant_id
+        if grant_id:
+            refresh_tokens.revoke_grant(self.services.db, grant_id, now=self.now)
+        raise InvalidGrantError("The code was already used")
 
     def create_token_response(self):  # type: ignore[no-untyped-def]
         client = self.request.client

@@ -42,7 +42,7 @@ class RefreshTokenGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         user = self.db.get(User, grant.user_id) if grant.user_id else None
         if grant.user_id and (user is None or not user.active):
             raise InvalidGrantError("The user is no longer active")
-        proof = self.check_dpop(client, required=grant.dpop_jkt is not None)
+        proof = self.check_dpop(client)
         if grant.dpop_jkt is not None and (proof is None or proof.jkt != grant.dpop_jkt):
             raise InvalidGrantError("The refresh token is bound to another DPoP key")
         scope = self.checked_scope(client, self.request.payload.scope or grant.scope,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, g, request
 
 from authserver import gateway
+from authserver.authorization_server import dpop_header_values
 from authserver.observability import correlation_id
 
 bp = Blueprint("gateway", __name__)
@@ -32,7 +33,7 @@ def call(platform: str, path: str) -> Response:
         method=request.method,
         url=url,
         authorization=request.headers.getlist("Authorization"),
-        dpop=request.headers.getlist("DPoP"),
+        dpop=dpop_header_values(request.headers),
         body=request.get_data(cache=False),
         content_type=request.content_type,
         correlation_id=correlation_id(),
