@@ -1,0 +1,191 @@
+"""The edge mint over real HTTP: a trusted edge trades the user's IdP id_token for a user
+assertion bound to the AGENT's key (RFC 8693, RFC 9068, RFC 9449; shared/STANDARDS.md A2, A3).
+Deprovisioning (admin API) kills an already-issued assertion on its next use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from tests.stack import TT_ACCESS_TOKEN, Stack, compact, correlation, make_stack, mandate
+
+USER = "alice"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = make_stack(tmp_path_factory.mktemp("mint"))
+    s.signed_in_and_connected(USER, ("crm",))
+    yield s
+    s.close()
+
+
+def claims_of(stack: Stack, token: str) -> dict[str, Any]:
+    keys = KeySet.import_key_set(requests.get(stack.issuer + "/jwks.json", timeout=10).json())
+    return dict(jwt.decode(token, keys, algorithms=["ES256"]).claims)
+
+
+def assert_error(resp: requests.Response, status: int, error: str) -> dict[str, Any]:
+    body = resp.json()
+    assert resp.status_code == status, (resp.status_code, body)
+    assert body["error"] == error, body
+    assert resp.headers["Cache-Control"] == "no-store"
+    return body  # type: ignore[no-any-return]
+
+
+def mint(stack: Stack, **kw: Any) -> requests.Response:
+    key = kw.pop("key", None) or stack.dpop_key()
+    details = kw.pop("details", mandate())
+    return stack.edge_mint_response(stack.idp_id_token(USER), details,
+                                    dpop_jkt=kw.pop("dpop_jkt", key.dpop_jkt), **kw)
+
+
+def test_edge_mint_binds_assertion_to_agent_key(stack: Stack) -> None:
+    key = stack.dpop_key()
+    resp = mint(stack, key=key)
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["Cache-Control"] == "no-store"
+    body = resp.json()
+    assert body["token_type"] == "DPoP"
+    assert body["issued_token_type"] == TT_ACCESS_TOKEN
+    assert 0 < body["expires_in"] <= 300
+    claims = claims_of(stack, body["access_token"])
+    assert claims["sub"] == stack.user_id(USER)
+    assert claims["client_id"] == stack.agent.client_id
+    assert claims["act"] == {"sub": stack.agent.client_id}
+    assert claims["aud"] == stack.issuer
+    assert claims["exp"] - claims["iat"] <= 300
+    assert claims["cnf"] == {"jkt": key.dpop_jkt}
+    [detail] = claims["authorization_details"]
+    assert detail["type"] == "agent_mandate"
+    assert detail["platforms"] == mandate()[0]["platforms"]
+    assert body["authorization_details"] == claims["authorization_details"]
+
+
+def test_edge_cannot_use_what_it_minted(stack: Stack) -> None:
+    """The edge, with its own key and its own client authentication, is refused."""
+    assertion, _agent_key = stack.edge_mint(USER)
+    edge_key = stack.dpop_key()
+    resp = requests.post(stack.issuer + "/token", auth=(stack.edge_id, stack.edge_secret),
+                         timeout=10, data={
+                             "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+                             "subject_token": assertion, "subject_token_type": TT_ACCESS_TOKEN,
+                             "audience": "crm", "intent": compact({
+                                 "action": "read", "resource": "deal:acme-123", "count": 1,
+                                 "context": {"request": "x", "channel": "chat",
+                                             "environment": "prod"}}),
+                         }, headers={"DPoP": stack.dpop_proof(edge_key)})
+    assert_error(resp, 400, "invalid_request")
+
+
+def test_untrusted_edge_cannot_mint(stack: Stack) -> None:
+    untrusted = stack.register_edge(trusted=False)
+    assert_error(mint(stack, edge=untrusted), 400, "invalid_request")
+
+
+def test_edge_mint_audited(stack: Stack) -> None:
+    cid = correlation()
+    resp = mint(stack, headers={"X-Request-ID": cid})
+    assert resp.status_code == 200
+    [record] = stack.audit_for(cid)
+    assert record["event"] == "edge_mint"
+    assert record["outcome"] == "allowed"
+    assert record["agent_id"] == stack.agent.client_id
+    assert record["detail"]["client_id"] == stack.edge_id
+
+
+def test_missing_dpop_jkt(stack: Stack) -> None:
+    assert_error(mint(stack, dpop_jkt=None), 400, "invalid_request")
+
+
+def test_missing_actor_token(stack: Stack) -> None:
+    assert_error(mint(stack, drop=("actor_token", "actor_token_type")), 400, "invalid_request")
+
+
+def test_actor_token_replayed(stack: Stack) -> None:
+    actor = stack.agent.assertion(stack.issuer)
+    assert mint(stack, actor_token=actor).status_code == 200
+    assert_error(mint(stack, actor_token=actor), 400, "invalid_request")
+
+
+def test_actor_token_signed_by_another_key(stack: Stack) -> None:
+    impostor = stack.register_agent()
+    forged = impostor.assertion(stack.issuer, iss=stack.agent.client_id,
+                                sub=stack.agent.client_id)
+    assert_error(mint(stack, actor_token=forged), 400, "invalid_request")
+
+
+def test_actor_token_expired(stack: Stack) -> None:
+    stale = stack.agent.assertion(stack.issuer, lifetime=-120)
+    assert_error(mint(stack, actor_token=stale), 400, "invalid_request")
+
+
+def test_forged_id_token(stack: Stack) -> None:
+    forged = stack.idp.mint_id_token(USER, aud="chat-edge", sign_with=stack.idp.foreign_key())
+    key = stack.dpop_key()
+    resp = stack.edge_mint_response(forged, mandate(), dpop_jkt=key.dpop_jkt)
+    assert_error(resp, 400, "invalid_request")
+
+
+def test_id_token_for_untrusted_audience(stack: Stack) -> None:
+    token = stack.idp.mint_id_token(USER, aud="some-other-app")
+    key = stack.dpop_key()
+    resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
+    assert_error(resp, 400, "invalid_request")
+
+
+def test_expired_id_token(stack: Stack) -> None:
+    token = stack.idp.mint_id_token(USER, aud="chat-edge", exp_in=-120)
+    key = stack.dpop_key()
+    resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
+    assert_error(resp, 400, "invalid_request")
+
+
+def test_malformed_mandate(stack: Stack) -> None:
+    bad = mandate()
+    bad[0]["platforms"] = []
+    assert_error(mint(stack, details=bad), 400, "invalid_authorization_details")
+
+
+def test_mandate_request_hash_mismatch(stack: Stack) -> None:
+    bad = mandate()
+    bad[0]["request"] = "Something else entirely"
+    assert_error(mint(stack, details=bad), 400, "invalid_authorization_details")
+
+
+def test_mint_for_another_target(stack: Stack) -> None:
+    assert_error(mint(stack, audience="crm"), 400, "invalid_target")
+
+
+def test_mint_unsupported_requested_token_type(stack: Stack) -> None:
+    resp = mint(stack, requested_token_type="urn:ietf:params:oauth:token-type:id_token")
+    assert_error(resp, 400, "invalid_request")
+
+
+# --- revocation epochs (deprovisioning) ---------------------------------------------------------
+
+
+def test_admin_api_requires_the_admin_token(stack: Stack) -> None:
+    resp = requests.post(f"{stack.issuer}/admin/users/{stack.user_id(USER)}/deprovision",
+                         headers={"Authorization": "Bearer wrong"}, timeout=10)
+    assert resp.status_code == 401
+    assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_deprovisioning_kills_issued_assertion(tmp_path: Any) -> None:
+    stack = make_stack(tmp_path)
+    try:
+        stack.signed_in_and_connected("bob", ("crm",))
+        assertion, key = stack.edge_mint("bob")
+        assert stack.agent_exchange(assertion, key).status_code == 200
+        resp = stack.deprovision(stack.user_id("bob"))
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["user_id"] == stack.user_id("bob")
+        assert_error(stack.agent_exchange(assertion, key), 400, "invalid_request")
+    finally:
+        stack.close()
