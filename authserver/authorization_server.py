@@ -49,6 +49,24 @@ def from_authlib(error: AuthlibError) -> errors.OAuthError:
         return cls()
 
 
+#: RFC 8707 §2 / RFC 8693 §2.1: the only token-endpoint parameters that may repeat.
+REPEATABLE_PARAMETERS = ("resource", "audience")
+
+
+def check_parameters(query: Any, form: Any) -> None:
+    """RFC 6749 §3.2: parameters go in the POST body, and none is sent more than once.
+
+    Authlib reads some parameters from the query string and others from the body only, so a
+    query parameter could silently override or shadow what the body says; refuse both.
+    Raises `InvalidRequestError`.
+    """
+    if query:
+        raise errors.InvalidRequestError("Parameters must be sent in the request body")
+    for name in form:
+        if name not in REPEATABLE_PARAMETERS and len(form.getlist(name)) > 1:
+            raise errors.InvalidRequestError("A parameter was sent more than once")
+
+
 class AuthorizationServer(FlaskAuthorizationServer):
     def __init__(self, services: Services) -> None:
         super().__init__()
@@ -75,6 +93,7 @@ class AuthorizationServer(FlaskAuthorizationServer):
         """Grants persist what they issue themselves (grants, refresh tokens)."""
 
     def create_oauth2_request(self, request: Any) -> Any:
+        check_parameters(flask_request.args, flask_request.form)
         req = super().create_oauth2_request(request)
         req.now = g.now
         req.db = g.db

@@ -94,7 +94,7 @@ class AuthorizationCodeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             refresh_tokens.revoke_grant(self.services.db, grant_id, now=self.now)
         raise InvalidGrantError("The code was already used")
 
-    def create_token_response(self):  # type: ignore[no-untyped-def]
+    def create_token_response(self):
         client = self.request.client
         code: AuthorizationCode = self.request.code
         user = self.db.get(User, code.user_id)

@@ -28,7 +28,7 @@ class GrantMixin:
 
     @property
     def services(self) -> Services:
-        return self.server.services  # type: ignore[no-any-return]
+        return self.server.services
 
     @property
     def now(self) -> int:
@@ -36,7 +36,7 @@ class GrantMixin:
 
     @property
     def db(self) -> Session:
-        return self.request.db  # type: ignore[no-any-return]
+        return self.request.db
 
     # --- RFC 9449 §5 -------------------------------------------------------------------------
 

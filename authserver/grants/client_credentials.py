@@ -22,7 +22,7 @@ class ClientCredentialsGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         self.request.resources = self.requested_resources()
         self.check_dpop(client)
 
-    def create_token_response(self):  # type: ignore[no-untyped-def]
+    def create_token_response(self):
         client = self.request.client
         proof = getattr(self.request, "dpop", None)
         token = issue_access_token(

@@ -60,7 +60,7 @@ class RefreshTokenGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         self.request.scope_checked = scope
         self.request.resources = resources or grant.resources
 
-    def create_token_response(self):  # type: ignore[no-untyped-def]
+    def create_token_response(self):
         client = self.request.client
         grant: Grant = self.request.grant
         settings = self.services.settings

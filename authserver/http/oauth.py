@@ -31,7 +31,7 @@ REVOCATION_AUTH_METHODS = [*INTROSPECTION_AUTH_METHODS, "none"]
 
 
 def services() -> Services:
-    return current_app.extensions["authserver"]  # type: ignore[no-any-return]
+    return current_app.extensions["authserver"]
 
 
 def _json(body: Any, status: int = 200, *, no_store: bool = True) -> Response:
