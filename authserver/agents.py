@@ -34,7 +34,8 @@ def agents_for_user(session: Session, user_id: str) -> list[AgentSummary]:
         select(AuditEvent.agent_id, AuditEvent.created_at)
         .where(AuditEvent.user_id == user_id, AuditEvent.agent_id.is_not(None))
     ):
-        seen[agent_id] = max(created, seen.get(agent_id) or 0)
+        if agent_id is not None:
+            seen[agent_id] = max(created, seen.get(agent_id) or 0)
     withdrawn = {
         r.agent_id: r.revoked_before
         for r in session.scalars(select(AgentRevocation).where(AgentRevocation.user_id == user_id))

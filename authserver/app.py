@@ -154,7 +154,7 @@ def _request_lifecycle(app: Flask, services: Services) -> None:
                 session.commit()
             else:
                 session.rollback()
-        except Exception as e:  # noqa: BLE001 - any commit failure means nothing was issued
+        except Exception as e:  # any commit failure means nothing was issued
             session.rollback()
             from authserver.http.errors import render
 

@@ -245,18 +245,19 @@ class AuditLog:
             .returning(AuditChainHead.seq, AuditChainHead.head_hash)
             .execution_options(synchronize_session=False)
         )
-        head = session.execute(bump).one_or_none()
-        if head is None:
-            # First append on a database created without the migration's head row. A
-            # concurrent creator makes our INSERT fail; then its row exists and we lock it.
-            try:
-                with session.begin_nested():
-                    session.add(AuditChainHead(id=HEAD_ID, seq=1, head_hash=GENESIS_HASH))
-                    session.flush()
-                head = (1, GENESIS_HASH)
-            except IntegrityError:
-                head = session.execute(bump).one()
-        return int(head[0]), str(head[1])
+        row = session.execute(bump).one_or_none()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        # First append on a database created without the migration's head row. A concurrent
+        # creator makes our INSERT fail; then its row exists and we lock it.
+        try:
+            with session.begin_nested():
+                session.add(AuditChainHead(id=HEAD_ID, seq=1, head_hash=GENESIS_HASH))
+                session.flush()
+            return 1, GENESIS_HASH
+        except IntegrityError:
+            seq, head_hash = session.execute(bump).one()
+            return int(seq), str(head_hash)
 
     def append(self, session: Session, record: AuditRecord, *, now: int) -> AuditEvent:
         """Append `record` as the next link of the chain, in the caller's transaction.

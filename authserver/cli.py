@@ -52,7 +52,8 @@ def serve(host: str, port: int) -> None:
     click.echo(f"authserver on {settings.issuer} (data in {settings.data_dir}/)")
     click.echo(f"  metadata:  {settings.issuer}/.well-known/oauth-authorization-server")
     click.echo("  register a client:")
-    click.echo(f"    curl -s -X POST {settings.issuer}/register -H 'Content-Type: application/json' \\")
+    click.echo(f"    curl -s -X POST {settings.issuer}/register \\")
+    click.echo("      -H 'Content-Type: application/json' \\")
     click.echo("      -d '{\"grant_types\":[\"client_credentials\"]}'")
     run_simple(host, port, app, threaded=True, use_reloader=False)
 

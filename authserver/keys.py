@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from joserfc import jwt
-from joserfc.errors import JoseError
+from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -148,7 +148,7 @@ class KeyRing:
 
 
 def _is_unknown_kid(error: Exception) -> bool:
-    return isinstance(error, ValueError) or "kid" in str(error).lower() or "key" in str(error).lower()
+    return isinstance(error, InvalidKeyIdError)
 
 
 def rewrap_signing_keys(session: Session, old: KMS, new: KMS) -> int:

@@ -50,8 +50,8 @@ from authserver.models.broker import (
     CONNECTION_NEEDS_RECONNECT,
     Connection,
 )
-from authserver.store import Store
 from authserver.observability import PLATFORM_REFRESHES
+from authserver.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ _DUMMY_HASH = "scrypt:32768:8:1$0000000000000000$" + "0" * 128
 
 
 def services() -> Services:
-    return current_app.extensions["authserver"]  # type: ignore[no-any-return]
+    return current_app.extensions["authserver"]
 
 
 # --- session, CSRF ---------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def services() -> Services:
 
 def current_user() -> User | None:
     if "current_user" in g:
-        return g.current_user  # type: ignore[no-any-return]
+        return g.current_user
     user = None
     uid = session.get("uid")
     if isinstance(uid, str):

@@ -82,7 +82,8 @@ class Grant(Base):
 
 
 class AuthorizationCode(Base):
-    """A code, stored as its hash. `used_at` is kept so reuse can revoke the grant (RFC 6749 §4.1.2)."""
+    """A code, stored as its hash. `used_at` is kept so that reuse can revoke the grant
+    (RFC 6749 §4.1.2)."""
 
     __tablename__ = "authorization_codes"
 

@@ -66,4 +66,4 @@ def create_store(redis_url: str | None, prefix: str = "authserver:") -> Store:
     return MemoryStore()
 
 
-__all__ = ["LockTimeoutError", "Store", "StoreUnavailableError", "create_store", "Iterator"]
+__all__ = ["Iterator", "LockTimeoutError", "Store", "StoreUnavailableError", "create_store"]

@@ -6,6 +6,7 @@ redis-py's `Lock` (token-checked release) plus an INCR fencing counter for locks
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -89,11 +90,9 @@ class RedisStore:
                 raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
             yield fence
         finally:
-            try:
+            # Expired (held past `timeout`) or Redis gone: the fencing token protects writers.
+            with contextlib.suppress(LockError, RedisError):
                 lock.release()
-            except (LockError, RedisError):
-                # Expired (held past `timeout`) or Redis gone: the fencing token protects writers.
-                pass
 
     def ping(self) -> None:
         try:
