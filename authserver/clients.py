@@ -52,6 +52,7 @@ MAX_STRING = 512
 MAX_REDIRECT_URIS = 20
 JWKS_URI_CACHE_SECONDS = 300
 JWKS_URI_TIMEOUT = 3.0
+JWKS_URI_MAX_BYTES = 64 * 1024
 CLIENT_ID_PREFIX = "cli_"  # distinct from user ids ("usr_…"): RFC 9068 §5, DCR-07
 
 _STRING_FIELDS = ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri",
@@ -84,6 +85,19 @@ def is_acceptable_redirect_uri(uri: str) -> bool:
         return parts.hostname in ("127.0.0.1", "::1", "localhost")
     # RFC 8252 §7.1: reverse-DNS private-use schemes only.
     return "." in parts.scheme and parts.scheme.replace(".", "").replace("-", "").isalnum()
+
+
+def _loopback_without_port(uri: str) -> str | None:
+    """`uri` with its port removed if it is an http URI on a loopback IP literal, else None."""
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a malformed port
+    except ValueError:
+        return None
+    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "::1") or "#" in uri:
+        return None
+    host = "[::1]" if parts.hostname == "::1" else "127.0.0.1"
+    return parts._replace(netloc=host).geturl()
 
 
 def validate_client_metadata(raw: Mapping[str, Any], *, scopes: tuple[str, ...]) -> dict[str, Any]:
@@ -134,8 +148,10 @@ def validate_client_metadata(raw: Mapping[str, Any], *, scopes: tuple[str, ...])
         md["jwks"] = _public_jwks(raw["jwks"])
     if "jwks_uri" in raw:
         uri = raw["jwks_uri"]
-        if not isinstance(uri, str) or not (uri.startswith("https://")
-                                            or is_acceptable_redirect_uri(uri)) or "#" in uri:
+        if not isinstance(uri, str) or len(uri) > 2048 or "#" in uri or not (
+            (uri.startswith("https://") and urlsplit(uri).hostname)
+            or _loopback_without_port(uri) is not None
+        ):
             raise InvalidClientMetadataError("jwks_uri must be an https URL")
         md["jwks_uri"] = uri
     if method == "private_key_jwt" and "jwks" not in md and "jwks_uri" not in md:
@@ -251,8 +267,14 @@ class OAuthClient(ClientMixin):
         return " ".join(s for s in scope.split() if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        # RFC 9700 §4.1.3: exact string comparison.
-        return redirect_uri in self.row.redirect_uris
+        # RFC 9700 §4.1.3: exact string comparison, except the port of a loopback IP
+        # redirect URI, which native apps pick at run time (RFC 8252 §7.3).
+        if redirect_uri in self.row.redirect_uris:
+            return True
+        presented = _loopback_without_port(redirect_uri)
+        return presented is not None and any(
+            _loopback_without_port(uri) == presented for uri in self.row.redirect_uris
+        )
 
     def check_client_secret(self, client_secret: str) -> bool:
         return secret_matches(self.row, client_secret)
@@ -284,9 +306,14 @@ class JwksCache:
         if hit and not refresh and time.monotonic() - hit[0] < JWKS_URI_CACHE_SECONDS:
             return hit[1]
         try:
-            resp = self._http.get(uri, timeout=JWKS_URI_TIMEOUT, allow_redirects=False)
+            resp = self._http.get(uri, timeout=JWKS_URI_TIMEOUT, allow_redirects=False,
+                                  stream=True)
             resp.raise_for_status()
-            keyset = KeySet.import_key_set(resp.json())
+            body = resp.raw.read(JWKS_URI_MAX_BYTES + 1, decode_content=True)
+            resp.close()
+            if len(body) > JWKS_URI_MAX_BYTES:
+                raise ValueError("jwks document too large")
+            keyset = KeySet.import_key_set(json.loads(body))
         except (requests.RequestException, JoseError, ValueError, TypeError, KeyError) as e:
             raise InvalidClientError("Client keys could not be retrieved",
                                      debug=f"jwks_uri: {type(e).__name__}") from e

@@ -19,6 +19,8 @@ from authserver.config import PACKAGE_DIR
 from authserver.errors import TemporarilyUnavailableError
 
 MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
+#: pg_advisory_lock key serialising `upgrade` across processes ("authsrv" as an integer).
+MIGRATION_LOCK_KEY = 0x61757468737276
 
 
 class DatabaseUnavailableError(TemporarilyUnavailableError):
@@ -67,10 +69,41 @@ class Database:
             session.close()
 
     def upgrade(self) -> None:
-        """Apply every Alembic migration (`authserver db upgrade`)."""
+        """Apply every Alembic migration (`authserver db upgrade`).
+
+        Serialised across processes (workers starting together on a fresh database): a
+        PostgreSQL advisory lock, or an exclusive lock file next to the SQLite file.
+        """
         from alembic import command
 
-        command.upgrade(alembic_config(self.url), "head")
+        with self._migration_lock():
+            command.upgrade(alembic_config(self.url), "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        if self.engine.dialect.name == "postgresql":
+            from sqlalchemy import text
+
+            with self.engine.connect() as conn:
+                conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                 {"key": MIGRATION_LOCK_KEY})
+            return
+        path = self.url.split("sqlite:///", 1)[-1] if self.url.startswith("sqlite") else ""
+        if not path or path == ":memory:":
+            yield
+            return
+        import fcntl
+
+        with open(path + ".migrate.lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def ping(self) -> None:
         from sqlalchemy import text

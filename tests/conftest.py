@@ -21,6 +21,16 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+def delete_prefixed(redis_url: str, prefix: str) -> None:
+    """Remove a test's keys (each test has its own prefix; never FLUSHDB a shared database)."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=prefix + "*", count=1000))
+    if keys:
+        client.delete(*keys)
+
+
 @pytest.fixture
 def now() -> int:
     return NOW

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import secrets
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from html.parser import HTMLParser
 from typing import Any
@@ -27,7 +28,7 @@ from joserfc.jwk import ECKey, KeySet
 from werkzeug.security import generate_password_hash
 
 from authserver import create_app
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, delete_prefixed
 
 ISSUER = "http://127.0.0.1:8000"
 RESOURCE = "https://api.example.com/mcp"
@@ -57,6 +58,7 @@ def app_config(tmp_path: Any, database_url: str, redis_url: str) -> dict[str, An
         "issuer": ISSUER,
         "database_url": database_url,
         "redis_url": redis_url,
+        "redis_key_prefix": f"test:{uuid.uuid4().hex}:",
         "resources": (RESOURCE,),
     }
 
@@ -68,9 +70,7 @@ def app(app_config: dict[str, Any]) -> Iterator[Flask]:
     services = application.extensions["authserver"]
     services.db.engine.dispose()
     if app_config.get("redis_url"):
-        import redis
-
-        redis.Redis.from_url(app_config["redis_url"]).flushdb()
+        delete_prefixed(app_config["redis_url"], app_config["redis_key_prefix"])
 
 
 @pytest.fixture

@@ -403,9 +403,9 @@ class Stack:
         for app in [self.app, *self.extra_apps]:
             app.extensions["authserver"].db.engine.dispose()
         if self.settings.get("redis_url"):
-            import redis
+            from tests.conftest import delete_prefixed
 
-            redis.Redis.from_url(self.settings["redis_url"]).flushdb()
+            delete_prefixed(self.settings["redis_url"], self.settings["redis_key_prefix"])
 
 
 def correlation() -> str:
@@ -502,6 +502,7 @@ def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
         "secret_key": secrets.token_urlsafe(32),
         "admin_token": admin_token,
         "redis_url": redis_url,
+        "redis_key_prefix": f"test:{uuid.uuid4().hex}:",
         "testing": True,
         "idps": {IDP_NAME: {
             "issuer": idp_url,
