@@ -19,6 +19,9 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import OAuth2Error as AuthlibError
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
 
 from authserver import approvals
 from authserver.audit import AuditRecord
@@ -273,12 +276,8 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         self.check_is_agent(str(ex.agent_id))
 
     def _verify_agent_assertion(self, token: str) -> str:
-        from joserfc import jws, jwt
-        from joserfc.errors import JoseError
-        from joserfc.jwk import KeySet
-
-        from authserver.clients import OAuthClient as _C
-
+        """The agent's own private_key_jwt-style assertion (RFC 7523 §3 claims, `aud` = us,
+        single use): which agent the edge names."""
         try:
             payload = json.loads(jws.extract_compact(token.encode()).payload)
             agent_id = payload["sub"]
@@ -293,7 +292,7 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
                     else self.services.jwks_cache.get(md["jwks_uri"]))
             claims = dict(jwt.decode(token, keys, algorithms=list(CLIENT_ASSERTION_ALGS)).claims)
             check_client_assertion_claims(
-                claims, client=_C(agent), issuer=self.services.settings.issuer,
+                claims, client=OAuthClient(agent), issuer=self.services.settings.issuer,
                 token_endpoint=self.services.settings.token_endpoint, now=self.now)
         except (JoseError, ValueError, KeyError, TypeError, InvalidClientError) as e:
             raise InvalidRequestError("actor_token is not acceptable") from e

@@ -1,0 +1,96 @@
+"""User pages: sign-in hygiene (cookies, CSRF, fixation), deprovisioned sessions, the Agents
+page and withdrawing an agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.http_helpers import (
+    PASSWORD,
+    USERNAME,
+    app,
+    app_config,
+    client,
+    form_with,
+    login,
+    parse_forms,
+    redis_url,
+    user_id,
+)
+from tests.stack import Stack, stack
+
+FIXTURES = (app, app_config, client, redis_url, user_id, stack)
+
+
+def _session_cookie(client: FlaskClient) -> Any:
+    cookie = client.get_cookie("authserver_session")
+    assert cookie is not None
+    return cookie
+
+
+def test_session_cookie_is_httponly_and_samesite(client: FlaskClient, user_id: str) -> None:
+    page = client.get("/login")
+    header = page.headers["Set-Cookie"]
+    assert "HttpOnly" in header and "SameSite=Lax" in header
+
+
+def test_login_without_csrf_token_is_refused(client: FlaskClient, user_id: str) -> None:
+    response = client.post("/login", data={"username": USERNAME, "password": PASSWORD})
+    assert response.status_code == 400
+    assert client.get("/connections").status_code == 302  # still signed out
+
+
+def test_wrong_password_is_refused_without_saying_why(client: FlaskClient, user_id: str) -> None:
+    page = client.get("/login")
+    form = form_with(page.get_data(as_text=True), "username", action="/login")
+    response = client.post("/login", data={"csrf_token": form["fields"]["csrf_token"],
+                                           "username": USERNAME, "password": "wrong"})
+    assert response.status_code == 401
+    assert "Sign-in failed." in response.get_data(as_text=True)
+
+
+def test_signing_in_replaces_the_session(client: FlaskClient, user_id: str) -> None:
+    # Session fixation: nothing set before sign-in (here the CSRF token) survives it.
+    client.get("/login")
+    with client.session_transaction() as before:
+        planted = before["csrf"]
+        before["planted"] = "by an attacker"
+    login(client, USERNAME, PASSWORD)
+    with client.session_transaction() as after:
+        assert after["uid"] == user_id
+        assert after["csrf"] != planted and "planted" not in after
+
+
+def test_deprovisioning_ends_browser_sessions(app: Any, client: FlaskClient,
+                                              user_id: str) -> None:
+    from authserver.deprovisioning import deprovision
+
+    login(client, USERNAME, PASSWORD)
+    assert client.get("/connections").status_code == 200
+    services = app.extensions["authserver"]
+    import time
+
+    deprovision(services, user_id, now=int(time.time()) + 1, correlation_id=None)
+    response = client.get("/connections")
+    assert response.status_code == 302 and "/login" in response.headers["Location"]
+
+
+def test_withdrawing_an_agent_kills_its_tokens_for_that_user(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    browser = stack.signed_in_and_connected("alice")
+    assertion, key = stack.edge_mint("alice")
+    assert stack.agent_exchange(assertion, key).status_code == 200
+    page = browser.get(stack.issuer + "/agents", timeout=10)
+    assert page.status_code == 200 and stack.agent.client_id in page.text
+    forms = [f for f in parse_forms(page.text) if f["action"].endswith("/withdraw")]
+    assert len(forms) == 1
+    stack.shift_clock(monkeypatch, 1)  # epochs are whole seconds: withdraw a second later
+    done = browser.post(stack.issuer + forms[0]["action"],
+                        data={"csrf_token": forms[0]["fields"]["csrf_token"]}, timeout=10)
+    assert done.status_code == 200 and "withdrawn" in done.text
+    again = stack.agent_exchange(assertion, key)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_request"
+    assert any(e["event"] == "agent_withdrawn" for e in stack.audit())
