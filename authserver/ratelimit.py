@@ -1,8 +1,9 @@
 """Rate limits per (user, action class) and per agent (shared/STANDARDS.md Part A3: 429).
 
-Fixed windows aligned to multiples of `window` seconds, counted in the shared store
-(`Store.incr`), so every worker and host sees one budget. A request over any limit raises
-`RateLimitedError` (429 `rate_limited`, `Retry-After` = seconds to the end of the window).
+Sliding-window counters in the shared store (`Store.incr`/`get` on fixed windows, the
+previous one weighted), so every worker and host sees one budget and a burst across a window
+boundary is still limited. A request over any limit raises `RateLimitedError` (429
+`rate_limited`, `Retry-After` = seconds until the request would fit).
 Store failures propagate as `StoreUnavailableError` (503): no store, no token.
 
 Action classes follow Part A1: *read*, *write*, *destructive*. A destructive action is also a
@@ -88,11 +89,21 @@ class RateLimiter:
         return cls(store, limits)
 
     def _spend(self, key: str, rule: RateLimit, now: int) -> int | None:
-        """Count one request in `rule`'s current window; seconds to wait if over, else None."""
-        count = self.store.incr(f"{key}:{now // rule.window}", ttl=rule.window)
-        if count > rule.limit:
-            return rule.window - (now % rule.window)
-        return None
+        """Count one request; seconds to wait if the budget is spent, else None.
+
+        Sliding-window counter: the current fixed window's count plus the previous window's,
+        weighted by how much of it still lies within the last `window` seconds. Plain fixed
+        windows would let 2 x limit through around a boundary.
+        """
+        index, elapsed = divmod(now, rule.window)
+        current = self.store.incr(f"{key}:{index}", ttl=2 * rule.window)
+        previous = int(self.store.get(f"{key}:{index - 1}") or 0)
+        remaining = rule.window - elapsed
+        limit, window = rule.limit, rule.window
+        if current * window + previous * remaining <= limit * window:
+            return None
+        return max(1, _retry_after(current, previous, remaining, limit, window))
+
 
     def check(self, *, user_id: str, agent_id: str, action_class: str, now: int) -> None:
         """Count this request; raise RateLimitedError(retry_after) if any budget is spent.
@@ -113,3 +124,15 @@ class RateLimiter:
             waits.append(wait)
         if waits:
             raise RateLimitedError(max(waits))
+
+
+def _retry_after(current: int, previous: int, remaining: int, limit: int, window: int) -> int:
+    """Seconds until one more request fits, if nothing else arrives meanwhile. `current`
+    counts this (refused) request; the retry will count too. Integer arithmetic only."""
+    if current + 1 <= limit and previous:
+        # Later in this window, once enough of the previous window's tail has slid out.
+        wait = remaining - ((limit - current - 1) * window) // previous
+        if wait < remaining:
+            return wait
+    # In the next window, once this one's weight has fallen enough: the retry counts 1 there.
+    return remaining + -(-(window * (current - limit + 1)) // current)

@@ -44,15 +44,29 @@ def test_read_limit_exceeded_is_rate_limited(store: Store, user: str) -> None:
     with pytest.raises(RateLimitedError) as exc:
         limiter.check(user_id=user, agent_id="agent-1", action_class="read", now=WINDOW_START)
     assert (exc.value.error, exc.value.status_code) == ("rate_limited", 429)
-    assert exc.value.headers()["Retry-After"] == "60"
+    # 4 counted of 3 allowed: the window ends in 60 s; 30 s later a retry fits
+    # (1 + 4 x 30/60 = 3).
+    assert exc.value.headers()["Retry-After"] == "90"
 
 
-def test_retry_after_is_time_to_window_end(store: Store, user: str) -> None:
+def test_retry_after_covers_the_sliding_window(store: Store, user: str) -> None:
     limiter = RateLimiter(store, SMALL)
     _exhaust(limiter, user, "write", 2, WINDOW_START + 45)
     with pytest.raises(RateLimitedError) as exc:
         limiter.check(user_id=user, agent_id="a", action_class="write", now=WINDOW_START + 45)
-    assert exc.value.retry_after == 15
+    # 15 s to the window's end, then 40 s until a retry fits (1 + 3 x 20/60 = 2).
+    assert exc.value.retry_after == 55
+
+
+def test_burst_across_a_window_boundary_is_limited(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, SMALL)
+    _exhaust(limiter, user, "read", 2, WINDOW_START + 59)
+    _exhaust(limiter, user, "read", 1, WINDOW_START + 60)
+    with pytest.raises(RateLimitedError) as exc:
+        limiter.check(user_id=user, agent_id="a", action_class="read", now=WINDOW_START + 60)
+    # 2 now + 2 from the window that just ended (full weight) > 3. Within this window a
+    # retry never fits (3 + tail > 3); at the next boundary it does (1 + 2 x 60/60 = 3).
+    assert exc.value.retry_after == 60
 
 
 def test_classes_have_separate_budgets(store: Store, user: str) -> None:
@@ -99,17 +113,22 @@ def test_agent_limit_spans_users(store: Store, user: str) -> None:
     with pytest.raises(RateLimitedError) as exc:
         limiter.check(user_id=f"{user}-9", agent_id=agent, action_class="read",
                       now=WINDOW_START + 10)
-    assert exc.value.retry_after == 20
+    # 5 counted of 4 in a 30 s window: 20 s to its end, then 12 s (1 + 5 x 18/30 = 4).
+    assert exc.value.retry_after == 32
 
 
-def test_window_rollover_restores_budget(store: Store, user: str) -> None:
+def test_budget_returns_as_the_window_slides(store: Store, user: str) -> None:
     limiter = RateLimiter(store, SMALL)
     _exhaust(limiter, user, "destructive", 1, WINDOW_START + 59)
     with pytest.raises(RateLimitedError) as exc:
         limiter.check(user_id=user, agent_id="a", action_class="destructive",
                       now=WINDOW_START + 59)
-    assert exc.value.retry_after == 1
-    limiter.check(user_id=user, agent_id="a", action_class="destructive", now=WINDOW_START + 60)
+    # 1 s to the boundary, then a whole window: with a limit of 1, the retry fits only once
+    # the refused window has slid out completely.
+    assert exc.value.retry_after == 61
+    # (A probe earlier would count too: refused requests spend the budget.)
+    limiter.check(user_id=user, agent_id="a", action_class="destructive",
+                  now=WINDOW_START + 59 + exc.value.retry_after)
 
 
 def test_colon_in_ids_does_not_share_budget(store: Store) -> None:
