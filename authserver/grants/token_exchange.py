@@ -68,9 +68,6 @@ IDP_TOKEN_TYPES = (TT_ID_TOKEN, TT_JWT)
 #: Nested `act` claims beyond this depth are refused (TX-12 chains stay short and auditable).
 MAX_ACT_DEPTH = 4
 MAX_TOKEN_LENGTH = 8192
-SINGLE_VALUED = ("subject_token", "subject_token_type", "actor_token", "actor_token_type",
-                 "requested_token_type", "scope", "intent", "authorization_details",
-                 "dpop_jkt", "approval_id")
 
 
 @dataclass
@@ -218,10 +215,8 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
     # --- named checks ----------------------------------------------------------------------
 
     def check_parameters(self, ex: Exchange) -> None:
-        form = self.request.payload.datalist
-        for name in SINGLE_VALUED:
-            if len(form.get(name, [])) > 1:
-                raise InvalidRequestError(f"Repeated parameter {name}")
+        # (Repeated parameters were refused before any grant ran: check_parameters in
+        # authserver.authorization_server.)
         # TX-02: subject_token and its type are required.
         if not ex.form.get("subject_token") or not ex.form.get("subject_token_type"):
             raise InvalidRequestError("subject_token and subject_token_type are required")
