@@ -116,6 +116,9 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
             raise InvalidTokenError("Unknown platform", algs=CHALLENGE_ALGS)
         call.claims = verify_capability(services, session, req, now=now)
         call.intent = check_fits_intent(services, platform, req, call.claims, now=now)
+        # Give the request's DB connection back before waiting on the platform (or on the
+        # refresh lock): a burst of calls must not exhaust the pool the refresher needs.
+        session.rollback()
         response = forward(services, platform, req, call.claims, now=now,
                            target=call.intent["path"])
         call.status = response.status
