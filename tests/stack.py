@@ -32,13 +32,14 @@ from authserver.testing.crm import CRM, start_crm
 from authserver.testing.idp import IdP, start_idp
 from authserver.testing.projects import Projects, start_projects
 from authserver.testing.server import ServerThread
+from authserver.testing.settings import CLIENT_ID_AT_PLATFORMS, crm_platform, projects_platform
 
 IDP_NAME = "corp"
 AUTHSERVER_AT_IDP = "authserver"
 EDGE_AT_IDP = "chat-edge"
 #: Nothing listens here: the edge reads the code from the IdP redirect's Location.
 EDGE_REDIRECT_URI = "http://127.0.0.1/edge/oidc/callback"
-AUTHSERVER_AT_PLATFORMS = "authserver"
+AUTHSERVER_AT_PLATFORMS = CLIENT_ID_AT_PLATFORMS
 ALL_ACTIONS = ("read", "create", "update", "delete", "bulk_update", "bulk_delete")
 AGENT_PLATFORMS = ("crm", "projects")
 HTTP_TIMEOUT = 30
@@ -414,46 +415,8 @@ def correlation() -> str:
 
 def platform_settings(crm_url: str, crm_secret: str, projects_url: str, projects_secret: str
                       ) -> dict[str, Any]:
-    return {
-        "crm": {
-            "profile": "generic",
-            "display_name": "Acme CRM",
-            "authorize_url": crm_url + "/oauth/authorize",
-            "token_url": crm_url + "/oauth/token",
-            "revocation_url": crm_url + "/oauth/revoke",
-            "client_id": AUTHSERVER_AT_PLATFORMS,
-            "client_secret": crm_secret,
-            "scopes": ["deals.read", "deals.write"],
-            "api_base_url": crm_url + "/api/v1",
-            "resources": {
-                "deal:{id}": "deals/{id}",
-                "deal:{id}/notes": "deals/{id}/notes",
-                "deals?stage={stage}": "deals?stage={stage}",
-                "deals": "deals",
-            },
-            "profile_overrides": {"rotates_refresh_tokens": True},
-        },
-        "projects": {
-            "profile": "generic",
-            "display_name": "Taskboard",
-            "authorize_url": projects_url + "/oauth2/authorize",
-            "token_url": projects_url + "/oauth2/token",
-            "client_id": AUTHSERVER_AT_PLATFORMS,
-            "client_secret": projects_secret,
-            "scopes": ["boards:read", "tasks:write"],
-            "resources": {
-                "board:{id}": "boards/{id}",
-                "board:{id}/tasks": {"path": "boards/{id}/tasks", "methods": ["GET", "POST"]},
-            },
-            "profile_overrides": {
-                "auth_method": "client_secret_post",
-                "instance_url_field": "instance_url",
-                "instance_api_path": "/api",
-                "supports_revocation": False,
-                "default_expires_in": 300,
-            },
-        },
-    }
+    return {"crm": crm_platform(crm_url, crm_secret),
+            "projects": projects_platform(projects_url, projects_secret, revocation=False)}
 
 
 def make_stack(tmp_path: Path, *, database_url: str | None = None, redis_url: str = "",

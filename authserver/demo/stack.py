@@ -28,6 +28,7 @@ from authserver.testing.crm import CRM, start_crm
 from authserver.testing.idp import IdP, start_idp
 from authserver.testing.projects import WORKSPACE, Projects, start_projects
 from authserver.testing.server import ServerThread
+from authserver.testing.settings import CLIENT_ID_AT_PLATFORMS, crm_platform, projects_platform
 
 IDP_NAME = "corp"
 #: Our client at the IdP (browser sign-in) and the chat edge's own client there.
@@ -36,7 +37,7 @@ EDGE_AT_IDP = "chat-edge"
 #: The edge's redirect URI at the IdP. The edge runs the code flow without a browser and reads
 #: the code from the redirect's Location, so nothing needs to listen here.
 EDGE_REDIRECT_URI = "http://127.0.0.1/chat/oidc/callback"
-AUTHSERVER_AT_PLATFORMS = "authserver"
+AUTHSERVER_AT_PLATFORMS = CLIENT_ID_AT_PLATFORMS
 USERS = ("alice", "bob")
 #: CRM access tokens live long enough for the demo; scenario 4 expires them on purpose.
 CRM_ACCESS_TOKEN_TTL = 300
@@ -168,44 +169,8 @@ def build_config(*, issuer: str, data_dir: Path, idp_url: str, idp_secret: str,
         "default_tenant": "acme",
     }}
     config["platforms"] = {
-        "crm": {
-            "profile": "generic",
-            "display_name": "Acme CRM",
-            "authorize_url": crm_url + "/oauth/authorize",
-            "token_url": crm_url + "/oauth/token",
-            "revocation_url": crm_url + "/oauth/revoke",
-            "client_id": AUTHSERVER_AT_PLATFORMS,
-            "client_secret": crm_secret,
-            "scopes": ["deals.read", "deals.write"],
-            "api_base_url": crm_url + "/api/v1",
-            "resources": {
-                "deal:{id}": "deals/{id}",
-                "deal:{id}/notes": "deals/{id}/notes",
-                "deals?stage={stage}": "deals?stage={stage}",
-                "deals": "deals",
-            },
-            "profile_overrides": {"rotates_refresh_tokens": True},
-        },
-        "projects": {
-            "profile": "generic",
-            "display_name": "Taskboard",
-            "authorize_url": projects_url + "/oauth2/authorize",
-            "token_url": projects_url + "/oauth2/token",
-            "revocation_url": projects_url + "/oauth2/revoke",
-            "client_id": AUTHSERVER_AT_PLATFORMS,
-            "client_secret": projects_secret,
-            "scopes": ["boards:read", "tasks:write"],
-            "resources": {
-                "board:{id}": "boards/{id}",
-                "board:{id}/tasks": {"path": "boards/{id}/tasks", "methods": ["GET", "POST"]},
-            },
-            "profile_overrides": {
-                "auth_method": "client_secret_post",
-                "instance_url_field": "instance_url",
-                "instance_api_path": "/api",
-                "default_expires_in": 300,
-            },
-        },
+        "crm": crm_platform(crm_url, crm_secret),
+        "projects": projects_platform(projects_url, projects_secret, revocation=True),
     }
     return config
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import requests
 from joserfc.jwk import ECKey
 
+from authserver.testing.settings import crm_platform, projects_platform
 from conformance.hooks.common import (
     HTTP_TIMEOUT,
     HookError,
@@ -39,32 +40,9 @@ def platforms(cast: dict[str, Any]) -> dict[str, Any]:
     """The CRM and Taskboard as authserver platforms (Platform.from_settings keys)."""
     crm, projects = cast["crm"], cast["projects"]
     return {
-        "crm": {
-            "profile": "generic", "display_name": "Acme CRM",
-            "authorize_url": crm["url"] + "/oauth/authorize",
-            "token_url": crm["url"] + "/oauth/token",
-            "revocation_url": crm["url"] + "/oauth/revoke",
-            "client_id": crm["client_id"], "client_secret": crm["client_secret"],
-            "scopes": ["deals.read", "deals.write"],
-            "api_base_url": crm["url"] + "/api/v1",
-            "resources": {"deal:{id}": "deals/{id}", "deal:{id}/notes": "deals/{id}/notes",
-                          "deals?stage={stage}": "deals?stage={stage}", "deals": "deals"},
-            "profile_overrides": {"rotates_refresh_tokens": True},
-        },
-        "projects": {
-            "profile": "generic", "display_name": "Taskboard",
-            "authorize_url": projects["url"] + "/oauth2/authorize",
-            "token_url": projects["url"] + "/oauth2/token",
-            "client_id": projects["client_id"], "client_secret": projects["client_secret"],
-            "scopes": ["boards:read", "tasks:write"],
-            "resources": {"board:{id}": "boards/{id}",
-                          "board:{id}/tasks": {"path": "boards/{id}/tasks",
-                                               "methods": ["GET", "POST"]}},
-            "profile_overrides": {"auth_method": "client_secret_post",
-                                  "instance_url_field": "instance_url",
-                                  "instance_api_path": "/api", "supports_revocation": False,
-                                  "default_expires_in": 300},
-        },
+        "crm": crm_platform(crm["url"], crm["client_secret"], client_id=crm["client_id"]),
+        "projects": projects_platform(projects["url"], projects["client_secret"],
+                                      revocation=False, client_id=projects["client_id"]),
     }
 
 
