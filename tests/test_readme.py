@@ -134,3 +134,14 @@ def test_resource_server_example_verifies_a_capability_token(stack: Stack) -> No
         assert status == 401 and 'error="invalid_dpop_proof"' in challenge["WWW-Authenticate"]
     finally:
         delete_prefixed(REDIS_URL, prefix)
+
+
+def test_every_setting_is_documented() -> None:
+    import dataclasses
+
+    from authserver.config import Settings
+
+    internal = {"testing"}  # Flask's test mode, for this test suite only
+    missing = [f.name for f in dataclasses.fields(Settings) if f.name not in internal
+               and f"`{f.name.upper()}`" not in README and f"[{f.name}" not in README]
+    assert missing == []
