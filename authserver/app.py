@@ -104,7 +104,7 @@ def build_services(settings: Settings) -> Services:
         store=store,
         kms=kms,
         keyring=keyring,
-        jwks_cache=JwksCache(),
+        jwks_cache=JwksCache(allow_internal=not settings.issuer.startswith("https://")),
         nonces=NonceIssuer([_secret_key(settings).encode()], context=b"token-endpoint"),
         gateway_nonces=NonceIssuer([_secret_key(settings).encode()], context=b"gateway"),
         # The app refuses to start on an invalid policy set (PolicyLoadError propagates).

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -295,16 +297,25 @@ class OAuthClient(ClientMixin):
 class JwksCache:
     """Fetches clients' `jwks_uri` documents, caching them for a bounded time."""
 
-    def __init__(self, http: requests.Session | None = None) -> None:
+    def __init__(self, http: requests.Session | None = None, *,
+                 allow_internal: bool = False) -> None:
         self._http = http or requests.Session()
         self._mutex = threading.Lock()
         self._cache: dict[str, tuple[float, KeySet]] = {}
+        #: Development only (a loopback issuer): client key URLs may point at internal hosts.
+        self._allow_internal = allow_internal
 
     def get(self, uri: str, *, refresh: bool = False) -> KeySet:
         with self._mutex:
             hit = self._cache.get(uri)
         if hit and not refresh and time.monotonic() - hit[0] < JWKS_URI_CACHE_SECONDS:
             return hit[1]
+        if not self._allow_internal and resolves_to_internal_address(uri):
+            # SSRF: a client must not make us fetch from our own network. (A pre-flight
+            # resolution; the fetch below resolves again, so DNS rebinding stays a residual
+            # risk that an egress proxy should close.)
+            raise InvalidClientError("Client keys could not be retrieved",
+                                     debug="jwks_uri resolves to an internal address")
         try:
             resp = self._http.get(uri, timeout=JWKS_URI_TIMEOUT, allow_redirects=False,
                                   stream=True)
@@ -320,6 +331,20 @@ class JwksCache:
         with self._mutex:
             self._cache[uri] = (time.monotonic(), keyset)
         return keyset
+
+
+def resolves_to_internal_address(uri: str) -> bool:
+    """True if the URI's host is, or resolves to, a loopback, private, link-local, reserved
+    or otherwise non-global address (or does not resolve at all)."""
+    host = urlsplit(uri).hostname
+    if not host:
+        return True
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return True
+    return any(not ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_global
+               for info in infos)
 
 
 def make_private_key_jwt_authenticator(

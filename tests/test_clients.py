@@ -63,3 +63,25 @@ def test_jwks_uri_https_accepted() -> None:
                                    "grant_types": ["client_credentials"],
                                    "jwks_uri": "https://keys.example/jwks"}, scopes=SCOPES)
     assert md["jwks_uri"] == "https://keys.example/jwks"
+
+
+@pytest.mark.parametrize("uri", [
+    "https://127.0.0.1/jwks", "https://10.0.0.5/jwks", "https://169.254.169.254/latest",
+    "https://[::1]/jwks", "https://localhost/jwks", "https://no-such-host.invalid/jwks",
+])
+def test_jwks_uri_pointing_inside_is_not_fetched(uri: str) -> None:
+    from authserver.clients import JwksCache
+    from authserver.errors import InvalidClientError
+
+    class Refuse:
+        def get(self, *a: object, **k: object) -> None:
+            raise AssertionError("must not be fetched")
+
+    with pytest.raises(InvalidClientError):
+        JwksCache(Refuse()).get(uri)  # type: ignore[arg-type]
+
+
+def test_public_address_is_not_internal() -> None:
+    from authserver.clients import resolves_to_internal_address
+
+    assert resolves_to_internal_address("https://8.8.8.8/jwks") is False
