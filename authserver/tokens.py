@@ -12,7 +12,6 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from authserver.config import JWT_LEEWAY
@@ -147,9 +146,3 @@ def revoke_access_token(session: Session, claims: dict[str, Any]) -> None:
     if session.get(RevokedToken, claims["jti"]) is None:
         session.add(RevokedToken(jti=claims["jti"], expires_at=int(claims["exp"])))
 
-
-def purge_revoked(session: Session, now: int) -> int:
-    rows = session.scalars(select(RevokedToken).where(RevokedToken.expires_at < now)).all()
-    for row in rows:
-        session.delete(row)
-    return len(rows)

@@ -203,10 +203,6 @@ def _mandate_lines(details: list[dict[str, Any]]) -> list[str]:
     return describe_mandate(details) if details else []
 
 
-def login_url_for(next_path: str) -> str:
-    return url_for("web.login") + "?" + urlencode({"next": next_path})
-
-
 # --- corporate IdP sign-in (OIDC) -------------------------------------------------------------
 
 

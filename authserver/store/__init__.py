@@ -8,7 +8,6 @@ at start-up). Every backend error is raised as `StoreUnavailableError` (503
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -66,4 +65,4 @@ def create_store(redis_url: str | None, prefix: str = "authserver:") -> Store:
     return MemoryStore()
 
 
-__all__ = ["Iterator", "LockTimeoutError", "Store", "StoreUnavailableError", "create_store"]
+__all__ = ["LockTimeoutError", "Store", "StoreUnavailableError", "create_store"]
