@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from authserver.config import JWT_LEEWAY
@@ -137,9 +138,30 @@ def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | N
         )
         if valid_after and claims["iat"] <= valid_after:
             raise TokenNotLiveError("issued before the user's revocation epoch")
-        withdrawn = session.get(AgentRevocation, (claims["sub"], claims["client_id"]))
-        if withdrawn is not None and claims["iat"] <= withdrawn.revoked_before:
+        # Every agent the token acts through (its client and each actor of `act`): withdrawing
+        # one that delegated stops the agents it delegated to as well.
+        agents = {claims["client_id"], *_actors(claims.get("act"))}
+        withdrawn = session.scalars(select(AgentRevocation.revoked_before).where(
+            AgentRevocation.user_id == claims["sub"], AgentRevocation.agent_id.in_(agents)))
+        if any(claims["iat"] <= revoked_before for revoked_before in withdrawn):
             raise TokenNotLiveError("the user withdrew this agent")
+
+
+#: `act` nesting deeper than this is not from us (token exchange caps chains at 4).
+MAX_ACT_CHAIN = 16
+
+
+def _actors(act: Any) -> list[str]:
+    """The `sub` of every actor in a nested `act` claim (RFC 8693 §4.1); a malformed chain
+    is not live."""
+    actors: list[str] = []
+    while act is not None:
+        if not isinstance(act, dict) or not isinstance(act.get("sub"), str) \
+                or len(actors) >= MAX_ACT_CHAIN:
+            raise TokenNotLiveError("claims")
+        actors.append(act["sub"])
+        act = act.get("act")
+    return actors
 
 
 def revoke_access_token(session: Session, claims: dict[str, Any]) -> None:

@@ -94,3 +94,41 @@ def test_withdrawing_an_agent_kills_its_tokens_for_that_user(
     again = stack.agent_exchange(assertion, key)
     assert again.status_code == 400 and again.json()["error"] == "invalid_request"
     assert any(e["event"] == "agent_withdrawn" for e in stack.audit())
+
+
+def test_withdrawing_an_agent_stops_the_agent_it_delegated_to(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 20, finding 4: A designates B (`may_act`), B narrows the assertion to itself;
+    withdrawing A must stop B too, since A is in the `act` chain of everything B holds."""
+    from tests.stack import TT_JWT
+
+    browser = stack.signed_in_and_connected("alice")
+    assertion, key_a = stack.edge_mint("alice")
+    agent_b, key_b = stack.register_agent(), stack.dpop_key()
+    designated = stack.agent_exchange(
+        assertion, key_a, audience=None, intent=None,
+        actor_token=agent_b.assertion(stack.issuer), actor_token_type=TT_JWT,
+        dpop_jkt=key_b.dpop_jkt)
+    assert designated.status_code == 200, designated.text
+    own = stack.agent_exchange(designated.json()["access_token"], key_b, agent=agent_b,
+                               audience=None, intent=None)
+    assert own.status_code == 200, own.text
+    b_assertion = own.json()["access_token"]
+    capability = stack.agent_exchange(b_assertion, key_b, agent=agent_b)
+    assert capability.status_code == 200, capability.text
+    page = browser.get(stack.issuer + "/agents", timeout=10)
+    [form] = [f for f in parse_forms(page.text)
+              if f["action"].endswith(f"/agents/{stack.agent.client_id}/withdraw")]
+    stack.shift_clock(monkeypatch, 1)  # epochs are whole seconds: withdraw a second later
+    done = browser.post(stack.issuer + form["action"],
+                        data={"csrf_token": form["fields"]["csrf_token"]}, timeout=10)
+    assert done.status_code == 200
+    again = stack.agent_exchange(b_assertion, key_b, agent=agent_b)
+    assert again.status_code == 400 and again.json()["error"] == "invalid_request"
+    assert again.headers["Cache-Control"] == "no-store"
+    # The capability B already holds dies at the gateway as well.
+    cap = capability.json()["access_token"]
+    resp = stack.gateway(cap, key_b, "GET", "crm/deals/acme-123")
+    assert resp.status_code == 401, resp.text
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
