@@ -6,7 +6,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,10 @@ from authserver.store import create_store
 log = logging.getLogger("authserver")
 
 
-def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
+def create_app(config: Settings | Mapping[str, Any] | None = None, *,
+               clock: Callable[[], float] = time.time) -> Flask:
+    """`clock` is the one time source of the app (read once per request as `g.now`); tests
+    pass their own to run at a chosen instant."""
     settings = config if isinstance(config, Settings) else Settings.load(config)
     from authserver import observability
 
@@ -32,7 +35,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # Authlib logs issued tokens at DEBUG; never let that level through.
     logging.getLogger("authlib").setLevel(logging.WARNING)
-    services = build_services(settings)
+    services = build_services(settings, clock)
 
     app = Flask(__name__, template_folder="templates")
     app.config.update(
@@ -66,7 +69,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     # Observability first: hooks run in registration order, so every later log line has the
     # correlation id.
     observability.init_app(app)
-    _request_lifecycle(app, services)
+    _request_lifecycle(app, services, clock)
 
     from authserver.http import admin, errors, gateway, oauth, ops, web
 
@@ -79,7 +82,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None) -> Flask:
     return app
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
     from authserver.audit import AuditLog
     from authserver.broker.profiles import Platform
     from authserver.broker.vault import Vault
@@ -96,7 +99,7 @@ def build_services(settings: Settings) -> Services:
     previous_keks = tuple(LocalKMS(path) for path in settings.previous_kek_files)
     keyring = KeyRing(db, kms, previous_keks)
     with db.session() as session:
-        keyring.ensure_key(session, int(time.time()))
+        keyring.ensure_key(session, int(clock()))
     store = create_store(settings.redis_url or None, settings.redis_key_prefix)
     return Services(
         settings=settings,
@@ -136,12 +139,12 @@ def _secret_key(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def _request_lifecycle(app: Flask, services: Services) -> None:
+def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float]) -> None:
     """One clock reading and one DB session per request; commit before the response leaves."""
 
     @app.before_request
     def open_request() -> None:
-        g.now = int(time.time())
+        g.now = int(clock())
         g.db = services.db.sessionmaker()
 
     @app.after_request

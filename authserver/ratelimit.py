@@ -128,7 +128,14 @@ class RateLimiter:
 
 def _retry_after(current: int, previous: int, remaining: int, limit: int, window: int) -> int:
     """Seconds until one more request fits, if nothing else arrives meanwhile. `current`
-    counts this (refused) request; the retry will count too. Integer arithmetic only."""
+    counts this (refused) request; the retry will count too. Integer arithmetic only.
+
+    This is `Retry-After`: the first instant at which this limiter will accept the retry, so
+    a client that waits exactly that long is not refused again. It is not capped at one
+    window: the counter spreads the previous window's requests evenly over it, so for a small
+    limit the retry may have to wait for the rest of this window and part of the next (limit
+    3 a day, 4 counted at 06:30 UTC: 63,000 s + 43,200 s). Capping it would send clients
+    back too early, to be refused and counted again."""
     if current + 1 <= limit and previous:
         # Later in this window, once enough of the previous window's tail has slid out.
         wait = remaining - ((limit - current - 1) * window) // previous

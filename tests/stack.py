@@ -155,20 +155,16 @@ class Stack:
     clock: Clock = field(default_factory=Clock)
 
     def shift_clock(self, monkeypatch: Any, seconds: int) -> None:
-        """Move the test clock (IdP, client artefacts) and this process's authserver instances
-        (`authserver.app.time`, read once per request) `seconds` ahead."""
-        import authserver.app
-
+        """Move the test clock `seconds` ahead: the IdP, client artefacts and this process's
+        authserver instances (built with `create_app(..., clock=stack.clock)`) all read it."""
         monkeypatch.setattr(self.clock, "offset", self.clock.offset + seconds)
-        monkeypatch.setattr(authserver.app, "time", self.clock)
 
-    def freeze_clock(self, monkeypatch: Any) -> None:
-        """Stop the test clock (and this process's authserver instances) at the current second:
-        a test can then make two requests in one polling window, deterministically."""
-        import authserver.app
-
-        monkeypatch.setattr(self.clock, "frozen", int(_real_time()))
-        monkeypatch.setattr(authserver.app, "time", self.clock)
+    def freeze_clock(self, monkeypatch: Any, at: int | None = None) -> None:
+        """Stop the test clock at `at` (default: the current second): a test can then make
+        several requests at one instant, deterministically, at any time of day."""
+        instant = int(self.clock.time()) if at is None else at
+        monkeypatch.setattr(self.clock, "offset", 0)
+        monkeypatch.setattr(self.clock, "frozen", instant)
 
     def dpop_key(self) -> DPoPKey:
         """A new DPoP key whose proofs are dated by the test clock."""
@@ -391,7 +387,7 @@ class Stack:
         returns its base URL. Its issuer is the stack's (proofs target the issuer's URL)."""
         from authserver import create_app
 
-        app = create_app(self.settings)
+        app = create_app(self.settings, clock=self.clock.time)
         server = ServerThread(app)
         self.servers.append(server)
         self.extra_apps.append(app)
@@ -480,7 +476,7 @@ def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
     if database_url:
         settings["database_url"] = database_url
     settings.update(extra_settings)
-    app = create_app(settings)
+    app = create_app(settings, clock=clock.time)
     deferred.app = app
     as_server.start()
     services = app.extensions["authserver"]

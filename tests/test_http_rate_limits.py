@@ -66,9 +66,12 @@ def shared_stack(tmp_path: Path, postgres_url: str) -> Iterator[Stack]:
     s.close()
 
 
-def test_rate_limited_with_retry_after(tmp_path: Path) -> None:
+def test_rate_limited_with_retry_after(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     stack = make_stack(tmp_path, extra_settings={"rate_limits": RATE_LIMITS})
     try:
+        # Tomorrow 06:30:00 UTC, whatever the wall clock says: Retry-After depends on the time
+        # of day (windows are aligned to UTC days), so the test fixes it.
+        stack.freeze_clock(monkeypatch, at=(int(time.time()) // WINDOW + 1) * WINDOW + 23_400)
         stack.signed_in_and_connected(USER, ("crm",))
         assertion, key = stack.edge_mint(USER)
         for _ in range(READ_LIMIT):
@@ -76,9 +79,14 @@ def test_rate_limited_with_retry_after(tmp_path: Path) -> None:
         cid = correlation()
         resp = stack.agent_exchange(assertion, key, headers={"X-Request-ID": cid})
         assert_error(resp, 429, "rate_limited")
-        assert 0 < int(resp.headers["Retry-After"]) <= WINDOW
+        # 4 counted of 3 a day: the rest of today (63,000 s) and half of tomorrow (43,200 s),
+        # when 1 + 4 x 1/2 = 3 fits (tests/test_ratelimit.py covers other times of day).
+        assert resp.headers["Retry-After"] == "106200"
         [record] = stack.audit_for(cid)
         assert record["outcome"] == "rate_limited"
+        stack.shift_clock(monkeypatch, 106_200)
+        assertion, key = stack.edge_mint(USER)
+        assert stack.agent_exchange(assertion, key).status_code == 200
     finally:
         stack.close()
 

@@ -131,6 +131,39 @@ def test_budget_returns_as_the_window_slides(store: Store, user: str) -> None:
                   now=WINDOW_START + 59 + exc.value.retry_after)
 
 
+DAY = 86_400
+MIDNIGHT = 1_796_083_200  # 2026-12-01T00:00:00Z
+NEW_YEARS_EVE = 1_798_675_200  # 2026-12-31T00:00:00Z
+
+
+@pytest.mark.parametrize(("day", "time_of_day", "expected"), [
+    # Limit 3 a day, 4 counted: nothing fits again today, so the retry waits for the rest of
+    # today plus half of tomorrow (1 + 4 x 1/2 = 3). That is longer than one window whenever
+    # today is less than half over: Retry-After is when the limiter will say yes, not a cap.
+    (MIDNIGHT, 30, DAY - 30 + DAY // 2),
+    (MIDNIGHT, 6 * 3600 + 30 * 60, 106_200),
+    (MIDNIGHT, 11 * 3600 + 59 * 60 + 30, 86_430),
+    (MIDNIGHT, 12 * 3600 + 60, 86_340),
+    (MIDNIGHT, 23 * 3600 + 59 * 60 + 30, 43_230),
+    (NEW_YEARS_EVE, 23 * 3600 + 59 * 60 + 30, 43_230),
+])
+def test_retry_after_is_the_first_instant_a_retry_fits_at_any_time_of_day(
+        store: Store, day: int, time_of_day: int, expected: int) -> None:
+    limiter = RateLimiter(store, {**SMALL, "read": RateLimit(3, DAY)})
+    now = day + time_of_day
+    early, on_time, agent = (f"{kind}:{uuid.uuid4().hex}" for kind in ("user", "user", "agent"))
+    for user in (early, on_time):
+        _exhaust(limiter, user, "read", 3, now, agent)
+        with pytest.raises(RateLimitedError) as exc:
+            limiter.check(user_id=user, agent_id=agent, action_class="read", now=now)
+        assert exc.value.retry_after == expected
+    # One second early is still refused; on time fits.
+    with pytest.raises(RateLimitedError):
+        limiter.check(user_id=early, agent_id=agent, action_class="read",
+                      now=now + expected - 1)
+    limiter.check(user_id=on_time, agent_id=agent, action_class="read", now=now + expected)
+
+
 def test_colon_in_ids_does_not_share_budget(store: Store) -> None:
     limiter = RateLimiter(store, SMALL)
     base = uuid.uuid4().hex
