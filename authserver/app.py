@@ -20,6 +20,7 @@ from authserver.keys import KeyRing
 from authserver.kms import LocalKMS
 from authserver.services import Services
 from authserver.store import create_store
+from authserver.urls import is_loopback_http_url
 
 log = logging.getLogger("authserver")
 
@@ -107,7 +108,7 @@ def build_services(settings: Settings, clock: Callable[[], float] = time.time) -
         store=store,
         kms=kms,
         keyring=keyring,
-        jwks_cache=JwksCache(allow_internal=not settings.issuer.startswith("https://")),
+        jwks_cache=JwksCache(allow_internal=is_loopback_http_url(settings.issuer)),
         nonces=NonceIssuer([_secret_key(settings).encode()], context=b"token-endpoint"),
         gateway_nonces=NonceIssuer([_secret_key(settings).encode()], context=b"gateway"),
         # The app refuses to start on an invalid policy set (PolicyLoadError propagates).

@@ -34,6 +34,7 @@ from authserver.errors import (
 )
 from authserver.models import Client
 from authserver.store import Store
+from authserver.urls import is_https_or_loopback_url, is_loopback_http_url
 
 GRANT_AUTHORIZATION_CODE = "authorization_code"
 GRANT_REFRESH_TOKEN = "refresh_token"
@@ -84,7 +85,7 @@ def is_acceptable_redirect_uri(uri: str) -> bool:
     if parts.scheme == "https":
         return bool(parts.hostname)
     if parts.scheme == "http":
-        return parts.hostname in ("127.0.0.1", "::1", "localhost")
+        return is_loopback_http_url(uri)
     # RFC 8252 §7.1: reverse-DNS private-use schemes only.
     return "." in parts.scheme and parts.scheme.replace(".", "").replace("-", "").isalnum()
 
@@ -150,10 +151,8 @@ def validate_client_metadata(raw: Mapping[str, Any], *, scopes: tuple[str, ...])
         md["jwks"] = _public_jwks(raw["jwks"])
     if "jwks_uri" in raw:
         uri = raw["jwks_uri"]
-        if not isinstance(uri, str) or len(uri) > 2048 or "#" in uri or not (
-            (uri.startswith("https://") and urlsplit(uri).hostname)
-            or _loopback_without_port(uri) is not None
-        ):
+        if not isinstance(uri, str) or len(uri) > 2048 or "#" in uri \
+                or not is_https_or_loopback_url(uri):
             raise InvalidClientMetadataError("jwks_uri must be an https URL")
         md["jwks_uri"] = uri
     if method == "private_key_jwt" and "jwks" not in md and "jwks_uri" not in md:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from authserver.urls import is_https_or_loopback_url
+
 # --- windows and lifetimes (seconds); named so a reviewer finds every number in one place ------
 ACCESS_TOKEN_TTL = 600
 REFRESH_TOKEN_TTL = 30 * 24 * 3600
@@ -82,7 +84,7 @@ class Settings:
             raise ValueError("secret_key must be at least 32 characters")
         if self.dpop_nonce not in ("off", "all", "per_client"):
             raise ValueError("dpop_nonce must be off, all or per_client")
-        if not issuer.startswith("https://") and not _is_loopback_http(issuer):
+        if not is_https_or_loopback_url(issuer):
             raise ValueError("issuer must be https (plain http only on loopback, for development)")
 
     @property
@@ -113,10 +115,6 @@ class Settings:
             if name in values and isinstance(values[name], list):
                 values[name] = tuple(values[name])
         return cls(**values)
-
-
-def _is_loopback_http(url: str) -> bool:
-    return url.startswith(("http://127.0.0.1", "http://localhost", "http://[::1]"))
 
 
 def _parse(raw: str, default: Any) -> Any:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from authserver.urls import is_loopback_host
+
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
 TokenKind = Literal["access_token", "refresh_token"]
 
@@ -530,7 +532,7 @@ def is_allowed_url(url: str, host_suffixes: tuple[str, ...] = ()) -> bool:
     if not host or parts.username is not None or parts.password is not None \
             or parts.query or parts.fragment:
         return False
-    loopback = host in ("127.0.0.1", "localhost", "::1")
+    loopback = is_loopback_host(host)
     if parts.scheme != "https" and not (parts.scheme == "http" and loopback):
         return False
     if host_suffixes and not loopback:

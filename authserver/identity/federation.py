@@ -36,6 +36,7 @@ from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 from authserver.config import JWT_LEEWAY
 from authserver.errors import InvalidRequestError, TemporarilyUnavailableError
 from authserver.store import Store
+from authserver.urls import is_https_or_loopback_url
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,7 @@ def _check_issuer_url(url: str) -> None:
 def _is_allowed_scheme(url: str) -> bool:
     # Plain http only for loopback (tests, the demo): an IdP's keys fetched over http could be
     # swapped by anyone on the path.
-    if url.startswith("https://"):
-        return True
-    host = urlsplit(url).hostname or ""
-    return url.startswith("http://") and host in ("127.0.0.1", "localhost", "::1")
+    return is_https_or_loopback_url(url)
 
 
 # --- the login relying party -----------------------------------------------------------------

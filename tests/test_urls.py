@@ -1,0 +1,137 @@
+"""One "https, or plain http on loopback" rule (authserver/urls.py), used by every place that
+decides it: the issuer setting, IdP issuers and discovered endpoints, platform endpoints, and
+client redirect URIs. A host is loopback only if it is exactly `localhost` or a loopback IP
+literal; `localhost.example.com` is an ordinary DNS name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from authserver.broker.profiles import Platform, is_allowed_url
+from authserver.clients import is_acceptable_redirect_uri
+from authserver.config import Settings
+from authserver.identity.federation import IdPConfig
+from authserver.urls import is_https_or_loopback_url, is_loopback_host, is_loopback_http_url
+
+LOOPBACK = ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000",
+            "http://127.0.0.2", "http://LOCALHOST"]
+NOT_LOOPBACK = [
+    "http://localhost.example.com",  # a prefix match is not loopback
+    "http://127.0.0.1.example.com",
+    "http://localhost@evil.example",  # userinfo: the host is evil.example
+    "http://127.0.0.1@evil.example",
+    "http://evil.example#@localhost",
+    "http://localhostx",
+    "http://127.1",  # numeric shorthands are not literals
+    "http://2130706433",
+    "http://0.0.0.0",
+    "http://[::]",
+    "http://10.0.0.1",
+    "http://localhost.",  # a trailing dot is a DNS lookup, not the loopback name
+    "http://localhost:99999",  # malformed port
+    "ftp://localhost",
+]
+
+
+@pytest.mark.parametrize("host", ["localhost", "LocalHost", "127.0.0.1", "127.255.0.9", "::1",
+                                  "[::1]"])
+def test_loopback_hosts(host):
+    assert is_loopback_host(host)
+
+
+@pytest.mark.parametrize("host", ["", None, "localhost.example.com", "127.0.0.1.example.com",
+                                  "localhost.", "127.1", "0.0.0.0", "::", "::ffff:7f00:1x",
+                                  "example.com", "10.0.0.1"])
+def test_not_loopback_hosts(host):
+    assert not is_loopback_host(host)
+
+
+@pytest.mark.parametrize("url", LOOPBACK)
+def test_loopback_http_urls(url):
+    assert is_loopback_http_url(url)
+    assert is_https_or_loopback_url(url)
+
+
+@pytest.mark.parametrize("url", NOT_LOOPBACK)
+def test_not_loopback_http_urls(url):
+    assert not is_loopback_http_url(url)
+    assert not is_https_or_loopback_url(url)
+
+
+@pytest.mark.parametrize("url", ["https://auth.example.com", "https://localhost.example.com"])
+def test_https_urls(url):
+    assert is_https_or_loopback_url(url)
+    assert not is_loopback_http_url(url)
+
+
+@pytest.mark.parametrize("url", ["https://", "https://user@auth.example.com", "auth.example.com"])
+def test_not_https_urls(url):
+    assert not is_https_or_loopback_url(url)
+
+
+# --- every caller applies the same rule --------------------------------------------------------
+
+
+@pytest.mark.parametrize("issuer", NOT_LOOPBACK)
+def test_issuer_setting_refuses_a_non_loopback_http_issuer(tmp_path: Path, issuer: str):
+    with pytest.raises(ValueError, match="issuer must be https"):
+        Settings(issuer=issuer, data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("issuer", [*LOOPBACK, "https://auth.example.com"])
+def test_issuer_setting_accepts_https_and_loopback(tmp_path: Path, issuer: str):
+    assert Settings(issuer=issuer, data_dir=str(tmp_path)).issuer == issuer
+
+
+@pytest.mark.parametrize("issuer", NOT_LOOPBACK)
+def test_idp_issuer_refuses_a_non_loopback_http_issuer(issuer: str):
+    with pytest.raises(ValueError):
+        IdPConfig(name="corp", issuer=issuer, client_id="authserver", client_secret="s")
+
+
+@pytest.mark.parametrize("issuer", LOOPBACK)
+def test_idp_issuer_accepts_loopback(issuer: str):
+    assert IdPConfig(name="corp", issuer=issuer, client_id="a", client_secret="s").issuer == issuer
+
+
+def _platform(token_url: str) -> Platform:
+    return Platform.from_settings("crm", {
+        "authorize_url": "https://crm.example.com/authorize", "token_url": token_url,
+        "revocation_url": "https://crm.example.com/revoke", "client_id": "c", "client_secret": "s"})
+
+
+@pytest.mark.parametrize("url", NOT_LOOPBACK)
+def test_platform_endpoint_refuses_a_non_loopback_http_url(url: str):
+    assert not is_allowed_url(url)
+    with pytest.raises(ValueError, match="must be https"):
+        _platform(url + "/token")
+
+
+@pytest.mark.parametrize("url", LOOPBACK)
+def test_platform_endpoint_accepts_loopback(url: str):
+    assert is_allowed_url(url + "/token")
+    assert _platform(url + "/token").token_url == url + "/token"
+
+
+@pytest.mark.parametrize("url", NOT_LOOPBACK)
+def test_redirect_uri_refuses_a_non_loopback_http_uri(url: str):
+    assert not is_acceptable_redirect_uri(url + "/cb")
+
+
+@pytest.mark.parametrize("url", LOOPBACK)
+def test_redirect_uri_accepts_loopback(url: str):
+    assert is_acceptable_redirect_uri(url + "/cb")
+
+
+@pytest.mark.parametrize("url", NOT_LOOPBACK)
+def test_jwks_uri_refuses_a_non_loopback_http_uri(url: str):
+    from authserver.clients import validate_client_metadata
+    from authserver.errors import InvalidClientMetadataError
+
+    with pytest.raises(InvalidClientMetadataError):
+        validate_client_metadata({"redirect_uris": ["https://app.example.com/cb"],
+                                  "token_endpoint_auth_method": "private_key_jwt",
+                                  "jwks_uri": url + "/jwks.json"}, scopes=("read",))
