@@ -31,10 +31,16 @@ Several `platforms` entries may name the same platform (RAR-02: separate objects
 control; each entry is the cross-product of its actions and resources). `request` may be left
 out for privacy; `request_hash` is always present and must match `request` when both are.
 
-Resource patterns: a pattern without `*` matches exactly that resource; a pattern ending in a
-single `*` matches every resource that starts with the text before it (`deal:*` matches
-`deal:acme-123` and also `deal:acme-123/notes`; `*` alone matches any resource on the
-platform). `*` anywhere else is rejected. Matching is case-sensitive with no normalisation.
+Resource patterns: a pattern without `*` matches exactly that resource. A `*` stands for whole
+segments, never part of one: it may only be the last character, right after a `:` or `/` (or
+be the whole pattern), and it matches one or more segments separated by `:` or `/`, none of
+them empty, `.` or `..`. So `deal:*` matches `deal:acme-123` and `deal:acme-123/notes` (not
+`deal:`); `deal:acme-123/*` matches `deal:acme-123/notes` but neither `deal:acme-123` nor
+`deal:acme-1234/notes`; `*` alone matches any resource on the platform. A pattern with `*`
+anywhere else (`deal:acme-123*`, which would also grant `deal:acme-1234`, or `deals?stage=*`)
+is rejected when the mandate is parsed, never reinterpreted: the edge that wrote it learns at
+once. One record and everything under it is two patterns: `deal:acme-123`, `deal:acme-123/*`.
+Matching is case-sensitive with no normalisation.
 
 A mandate can only be narrowed by later exchanges (`Mandate.narrows`): same channel and request
 hash, and every grant covered by one grant of the wider mandate.
@@ -78,6 +84,8 @@ _RESOURCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~:/?=&%+@,;!$()\[\]-]*$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")  # platform, channel, environment
 _HASH = re.compile(r"^[A-Za-z0-9_-]{43}$")  # b64url SHA-256, no padding
 _LOCATION = re.compile(r"^https?://[^\s\"<>\\]+$")
+#: Segment separators in a resource: a pattern's `*` may only follow one of these.
+_SEPARATORS = (":", "/")
 # C0 controls other than TAB/LF/CR, DEL, and C1 controls.
 _BAD_TEXT_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
@@ -182,8 +190,9 @@ def _pattern(value: Any, what: str) -> str:
     if text == "*":
         return text
     body = text[:-1] if text.endswith("*") else text
-    if not _RESOURCE.match(body):
-        raise _reject(f"{what}: '*' only as the last character of a resource pattern")
+    if not _RESOURCE.match(body) or (text.endswith("*") and not body.endswith(_SEPARATORS)):
+        raise _reject(f"{what}: '*' only as the last character of a resource pattern, "
+                      "right after ':' or '/'")
     return text
 
 
@@ -351,17 +360,32 @@ def parse_intent(intent_param: str | None,
 
 
 def pattern_matches(pattern: str, resource: str) -> bool:
-    """Exact match, or prefix match for a pattern with one trailing `*` (module docstring)."""
-    if pattern.endswith("*"):
-        return resource.startswith(pattern[:-1])
-    return resource == pattern
+    """Exact match, or, for `prefix*` (`prefix` empty or ending in `:` or `/`, as `_pattern`
+    enforces), `resource` is `prefix` followed by one or more whole segments (module
+    docstring). Fails closed on a pattern `_pattern` would refuse."""
+    if not pattern.endswith("*"):
+        return resource == pattern
+    prefix = pattern[:-1]
+    if prefix and not prefix.endswith(_SEPARATORS):
+        return False
+    if not resource.startswith(prefix):
+        return False
+    rest = resource[len(prefix):]
+    return all(s not in ("", ".", "..") for s in re.split(r"[:/]", rest))
 
 
 def pattern_covers(wider: str, narrower: str) -> bool:
     """True if every resource `narrower` matches is also matched by `wider`."""
-    if wider.endswith("*"):
-        return narrower.startswith(wider[:-1])
-    return narrower == wider
+    if not narrower.endswith("*"):
+        return pattern_matches(wider, narrower)
+    if not wider.endswith("*"):
+        return False
+    # Both `prefix*`: every match of `narrower` extends its prefix by whole segments, so it is
+    # a match of `wider` when `narrower`'s prefix is `wider`'s prefix plus whole segments.
+    wide, narrow = wider[:-1], narrower[:-1]
+    if narrow == wide:
+        return True
+    return narrow.endswith(_SEPARATORS) and pattern_matches(wider, narrow[:-1])
 
 
 @dataclass(frozen=True)

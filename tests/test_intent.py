@@ -20,6 +20,8 @@ from authserver.intent import (
     hash_request_text,
     parse_intent,
     parse_mandate,
+    pattern_covers,
+    pattern_matches,
 )
 
 CONTEXT = {"request": "Move the Acme deal to negotiation", "channel": "chat",
@@ -339,7 +341,8 @@ REQUEST = "Update the Acme deals and read the board"
 
 def grant(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {"platform": "crm", "actions": ["read", "update"],
-                            "resources": ["deal:acme-*", "deals?stage=stale"], "max_count": 5}
+                            "resources": ["deal:acme-123", "deal:acme-123/*", "deals?stage=stale"],
+                            "max_count": 5}
     body.update(overrides)
     return body
 
@@ -377,7 +380,8 @@ def test_mandate_without_request_text_parses() -> None:
 def test_mandate_allows_prefix_pattern() -> None:
     mandate = parse_mandate([mandate_entry()])
     assert mandate.allows("crm", intent(resource="deal:acme-123"))
-    assert mandate.allows("crm", intent(resource="deal:acme-"))
+    assert mandate.allows("crm", intent(resource="deal:acme-123/notes"))
+    assert not mandate.allows("crm", intent(resource="deal:acme-1234"))
     assert mandate.allows("tasks", intent(action="read", resource="board:42"))
 
 
@@ -408,7 +412,7 @@ def test_mandate_allows_ignores_count_and_within_count_checks_it() -> None:
 def test_mandate_narrows_itself_and_a_narrower_grant() -> None:
     wider = parse_mandate([mandate_entry()])
     narrower = parse_mandate([mandate_entry(platforms=[grant(
-        actions=["read"], resources=["deal:acme-123", "deal:acme-9*"], max_count=2)])])
+        actions=["read"], resources=["deal:acme-123", "deal:acme-123/notes/*"], max_count=2)])])
     assert wider.narrows(wider)
     assert narrower.narrows(wider)
     assert not wider.narrows(narrower)
@@ -530,7 +534,8 @@ def test_mandate_rejects_duplicate_actions() -> None:
 def test_describe_mandate_lists_each_grant_and_the_request() -> None:
     lines = describe_mandate([mandate_entry()])
     assert lines == [
-        "crm: read, update on deal:acme-*, deals?stage=stale (up to 5 records at a time)",
+        "crm: read, update on deal:acme-123, deal:acme-123/*, deals?stage=stale "
+        "(up to 5 records at a time)",
         "tasks: read on board:* (up to 1 record at a time)",
         f"Your request (chat): {REQUEST}",
     ]
@@ -540,3 +545,58 @@ def test_describe_mandate_rejects_malformed_mandate() -> None:
     with pytest.raises(InvalidAuthorizationDetailsError) as excinfo:
         describe_mandate([mandate_entry(platforms=[])])
     assert_rejected(excinfo)
+
+
+# --- resource patterns: a `*` stands for whole segments (issue 20, finding 3) -----------------
+
+
+@pytest.mark.parametrize("pattern", ["deal:acme-123*", "deal:acme-*", "deals?stage=*",
+                                     "deal*", "deal:acme-123/no*"])
+def test_mandate_rejects_star_inside_a_segment(pattern: str) -> None:
+    # `deal:acme-123*` would also grant `deal:acme-1234`: refused, never reinterpreted.
+    with pytest.raises(InvalidAuthorizationDetailsError) as excinfo:
+        parse_mandate([mandate_entry(platforms=[grant(resources=[pattern])])])
+    assert_rejected(excinfo)
+
+
+@pytest.mark.parametrize(("pattern", "resource", "expected"), [
+    ("deal:*", "deal:acme-123", True),
+    ("deal:*", "deal:acme-123/notes", True),
+    ("deal:*", "deal:", False),  # `*` stands for at least one segment
+    ("deal:*", "deals:x", False),
+    ("deal:*", "deal:x/../y", False),  # never a dot segment
+    ("deal:*", "deal:x/./y", False),
+    ("deal:*", "deal:x//y", False),  # never an empty segment
+    ("deal:acme-123/*", "deal:acme-123/notes", True),
+    ("deal:acme-123/*", "deal:acme-123", False),
+    ("deal:acme-123/*", "deal:acme-1234/notes", False),
+    ("deal:acme-123", "deal:acme-1234", False),
+    ("*", "deal:acme-123", True),
+    ("*", "..", False),
+])
+def test_pattern_star_matches_whole_segments_only(pattern: str, resource: str,
+                                                  expected: bool) -> None:
+    assert pattern_matches(pattern, resource) is expected
+
+
+@pytest.mark.parametrize(("wider", "narrower", "expected"), [
+    ("deal:*", "deal:acme-123", True),
+    ("deal:*", "deal:acme-123/*", True),
+    ("deal:acme-123/*", "deal:*", False),
+    ("deal:*", "*", False),
+    ("*", "deal:*", True),
+    ("deal:acme-123/*", "deal:acme-123", False),
+    ("deal:*", "deal:x/../y", False),
+])
+def test_pattern_covers_follows_segment_matching(wider: str, narrower: str,
+                                                 expected: bool) -> None:
+    assert pattern_covers(wider, narrower) is expected
+
+
+def test_mandate_for_one_deal_and_its_sub_resources_does_not_reach_a_longer_id() -> None:
+    mandate = parse_mandate([mandate_entry(platforms=[grant(
+        resources=["deal:acme-123", "deal:acme-123/*"])])])
+    assert mandate.allows("crm", intent(resource="deal:acme-123"))
+    assert mandate.allows("crm", intent(resource="deal:acme-123/notes"))
+    assert not mandate.allows("crm", intent(resource="deal:acme-1234"))
+    assert not mandate.allows("crm", intent(resource="deal:acme-1234/notes"))

@@ -284,7 +284,8 @@ def scenario_injection(play: Play) -> ScenarioResult:
     result = ScenarioResult("3", "Prompt injection in a CRM note")
     play.say.scenario(result.key, result.title)
     request = "Summarise the notes on the Acme deal"
-    grants = [Grant("crm", ("read",), (f"deal:{ACME}*",), 1)]
+    # The Acme deal and what lies under it (its notes); never `deal:acme-1234`.
+    grants = [Grant("crm", ("read",), (f"deal:{ACME}", f"deal:{ACME}/*"), 1)]
     play.say.say(f"Alice asks the chat: “{request}”")
     assertion = play.mint(result, "alice", request, grants)
     if assertion is None:
