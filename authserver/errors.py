@@ -193,11 +193,20 @@ class RateLimitedError(OAuthError):
         return {**super().headers(), "Retry-After": str(self.retry_after)}
 
 
+#: `Retry-After` (seconds) on every 503: long enough not to hammer a failing dependency,
+#: short enough that clients come back soon after it recovers.
+RETRY_AFTER_SECONDS = 5
+
+
 class TemporarilyUnavailableError(OAuthError):
-    """A dependency (Redis, database, KMS, policy engine) failed: fail closed with 503."""
+    """A dependency (Redis, database, KMS, policy engine, platform) failed: fail closed with 503
+    and `Retry-After`."""
 
     error = "temporarily_unavailable"
     status_code = 503
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), "Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 class ServerError(OAuthError):

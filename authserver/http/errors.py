@@ -2,7 +2,9 @@
 
 RFC 6749 §5.2 body shape; RFC 6750 §3 / RFC 9449 §7.1 challenges come from the error itself.
 Internals never reach the client: an unexpected exception is logged with the correlation id
-and answered with a generic `server_error`.
+and answered with a generic `server_error`. A dependency failure that escaped as a driver
+exception (the database went away under a per-request session) is `temporarily_unavailable`
+(503) instead, logged as one line without a traceback, and every 503 carries `Retry-After`.
 """
 
 from __future__ import annotations
@@ -10,9 +12,15 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, g, json
+from sqlalchemy import exc as sa_exc
 from werkzeug.exceptions import HTTPException
 
-from authserver.errors import OAuthError, ServerError
+from authserver.errors import (
+    RETRY_AFTER_SECONDS,
+    OAuthError,
+    ServerError,
+    TemporarilyUnavailableError,
+)
 
 log = logging.getLogger("authserver.errors")
 
@@ -25,11 +33,49 @@ def render(error: OAuthError) -> Response:
     return response
 
 
+#: Driver exceptions that mean "the database is unreachable or gave up", not "our bug".
+_DATABASE_FAILURES: tuple[type[BaseException], ...] = (
+    sa_exc.OperationalError,  # connection refused or lost, server shutting down, lock timeout
+    sa_exc.InterfaceError,  # the connection was already closed
+    sa_exc.DisconnectionError,
+    sa_exc.TimeoutError,  # no pooled connection became free in time
+)
+
+
+def _store_failures() -> tuple[type[BaseException], ...]:
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - redis is a dependency
+        return ()
+    return (RedisConnectionError, RedisTimeoutError)
+
+
+_DEPENDENCY_FAILURES = (*_DATABASE_FAILURES, *_store_failures())
+
+
+def dependency_failure(error: BaseException) -> BaseException | None:
+    """The driver exception in `error`'s chain that means a dependency failed, or None."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _DEPENDENCY_FAILURES) or (
+            isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated
+        ):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(OAuthError)
     def handle_oauth_error(error: OAuthError) -> Response:
         g.oauth_error = error
-        if error.status_code >= 500:
+        if isinstance(error, TemporarilyUnavailableError):
+            # An outage answers every request this way: one line each, no traceback.
+            log.warning("dependency unavailable: %s", error.debug or error.error)
+        elif error.status_code >= 500:
             log.error("request failed: %s (%s)", error.error, error.debug or "")
         else:
             log.info("request rejected: %s", error.error,
@@ -48,7 +94,21 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def handle_unexpected(error: Exception) -> Response:
+        failed = dependency_failure(error)
+        if failed is not None:
+            # The type only: a driver message can hold SQL, hosts or connection strings.
+            return handle_oauth_error(TemporarilyUnavailableError(
+                debug=f"database: {type(failed).__name__}"
+                if isinstance(failed, sa_exc.SQLAlchemyError) else
+                f"store: {type(failed).__name__}"))
         log.exception("unexpected error")
         server_error = ServerError()
         g.oauth_error = server_error
         return render(server_error)
+
+    @app.after_request
+    def retry_after_on_503(response: Response) -> Response:
+        # Every 503 (readiness, a route's own answer, an error) tells clients when to retry.
+        if response.status_code == 503 and "Retry-After" not in response.headers:
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
