@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -26,10 +27,13 @@ from authserver.errors import (
     ApprovalRequiredError,
     AuthorizationPendingError,
     ExpiredTokenError,
+    InvalidAuthorizationDetailsError,
     InvalidGrantError,
     InvalidRequestError,
+    RateLimitedError,
     SlowDownError,
 )
+from authserver.intent import parse_mandate
 from authserver.models.approvals import Approval
 from authserver.store import Store
 
@@ -41,6 +45,13 @@ CONSUMED = "consumed"
 #: Bytes of randomness in an approval id (token_urlsafe: 43 characters).
 APPROVAL_ID_BYTES = 32
 _POLL_KEY = "approval_poll:"
+#: Pending approvals one agent may have waiting for one user at a time; one more is 429
+#: `rate_limited` until one is decided or expires (against MFA fatigue: a flood of cards).
+MAX_PENDING_APPROVALS = 3
+#: The lock that makes "same intent → same approval" and the cap hold across processes.
+_LOCK_KEY = "approval_lock:"
+LOCK_TIMEOUT = 5.0
+LOCK_WAIT = 5.0
 
 
 class ApprovalNotFoundError(InvalidRequestError):
@@ -83,11 +94,61 @@ def create_approval(
     return approval
 
 
+def request_approval(
+    session: Session,
+    store: Store,
+    *,
+    user_id: str,
+    agent_id: str,
+    platform: str,
+    intent: dict[str, Any],
+    intent_hash: str,
+    mandate: dict[str, Any] | None,
+    now: int,
+    ttl: int = APPROVAL_TTL,
+    max_pending: int = MAX_PENDING_APPROVALS,
+) -> Approval:
+    """The pending approval for this (user, agent, platform, intent hash), created and
+    committed if there is none yet.
+
+    The same intent again gets the approval already waiting (one card, however often the
+    agent asks). A new one is refused with RateLimitedError (429, `Retry-After` = until the
+    oldest pending one expires) when the agent already has `max_pending` waiting for the
+    user. Look-up, count and insert run under a store lock per (user, agent) and commit
+    before it is released, so concurrent requests on any instance cannot exceed the cap or
+    create two cards for one intent. Lock or store failures propagate (503).
+    """
+    with store.lock(f"{_LOCK_KEY}{user_id}:{agent_id}", timeout=LOCK_TIMEOUT,
+                    blocking_timeout=LOCK_WAIT):
+        waiting = list(session.execute(
+            select(Approval)
+            .where(Approval.user_id == user_id, Approval.agent_id == agent_id,
+                   Approval.status == PENDING, Approval.expires_at > now)
+            .order_by(Approval.created_at, Approval.id)
+            .execution_options(populate_existing=True)
+        ).scalars())
+        for approval in waiting:
+            if approval.platform == platform and approval.intent_hash == intent_hash:
+                return approval
+        if len(waiting) >= max_pending:
+            raise RateLimitedError(
+                min(a.expires_at for a in waiting) - now,
+                "Too many requests are waiting for the user's confirmation",
+                debug=f"{len(waiting)} pending approvals")
+        approval = create_approval(
+            session, user_id=user_id, agent_id=agent_id, platform=platform, intent=intent,
+            intent_hash=intent_hash, now=now, ttl=ttl)
+        approval.mandate = dict(mandate) if mandate is not None else None
+        # The pending approval must survive the 403 the request ends with.
+        session.commit()
+        return approval
+
+
 def approval_required_error(
     approval: Approval, *, approval_uri: str, now: int,
     interval: int = APPROVAL_POLL_INTERVAL,
 ) -> ApprovalRequiredError:
-    """The Part A3 403 `approval_required` response for a freshly created approval."""
+    """The Part A3 403 `approval_required` response for a pending approval."""
     return ApprovalRequiredError(
         "User confirmation required",
         extra={
@@ -230,3 +291,51 @@ def pending_for_user(session: Session, user_id: str, now: int) -> list[Approval]
             .order_by(Approval.created_at, Approval.id)
         ).scalars()
     )
+
+
+# --- what the user sees ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApprovalCard:
+    """An approval as the page presents it. Whose words are whose matters: `user_request` is
+    the request the edge signed into the user's mandate (bound by its `request_hash`);
+    `agent_says` is `intent.context.request`, which the agent (an LLM reading untrusted text)
+    wrote, and must never be presented as the user's."""
+
+    approval: Approval
+    what: str
+    #: "Your request (chat): “…”", or where it came from when its text was not shared.
+    user_request: str
+    agent_says: str | None
+
+
+def approval_card(approval: Approval) -> ApprovalCard:
+    context = approval.intent.get("context")
+    agent_says = context.get("request") if isinstance(context, dict) else None
+    return ApprovalCard(
+        approval=approval,
+        what=describe_intent(approval.intent),
+        user_request=_user_request(approval.mandate),
+        agent_says=str(agent_says) if agent_says else None,
+    )
+
+
+def describe_intent(intent: dict[str, Any]) -> str:
+    count = int(intent.get("count", 1))
+    what = f"{str(intent.get('action', '?')).replace('_', ' ')} {intent.get('resource', '?')}"
+    return what + (f" ({count} records)" if count > 1 else "")
+
+
+def _user_request(mandate: dict[str, Any] | None) -> str:
+    if mandate is None:
+        return "No request of yours came with this."
+    try:
+        parsed = parse_mandate([mandate])
+    except InvalidAuthorizationDetailsError:
+        # Stored from a verified assertion, so this does not happen; say nothing rather than
+        # something unverified.
+        return "No request of yours came with this."
+    if parsed.request_text is None:
+        return f"Your request came from: {parsed.channel} (its text was not shared)"
+    return f"Your request ({parsed.channel}): “{parsed.request_text}”"

@@ -4,6 +4,7 @@ succeeds exactly once. The test clock is frozen (or moved) so polling windows ar
 
 from __future__ import annotations
 
+import html
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,9 +20,15 @@ DELETE_MANDATE = mandate({"platform": "crm", "actions": ["read", "delete"],
 DELETE = intent("delete", "deal:acme-123", request="Delete the Acme deal")
 
 
+#: The module's tests all step up for alice within a minute: budgets that do not get in the way
+#: (the tests of the rate limit itself run on a stack with the default limits).
+ROOMY_LIMITS = {"rate_limits": {"destructive": {"limit": 1000, "window": 60},
+                                "write": {"limit": 1000, "window": 60}}}
+
+
 @pytest.fixture(scope="module")
 def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Any]]:
-    s = make_stack(tmp_path_factory.mktemp("approvals"))
+    s = make_stack(tmp_path_factory.mktemp("approvals"), extra_settings=ROOMY_LIMITS)
     alice = s.signed_in_and_connected(USER, ("crm",))
     yield s, alice
     s.close()
@@ -29,8 +36,11 @@ def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Sta
 
 @pytest.fixture
 def stack(module_stack: tuple[Stack, Any], monkeypatch: pytest.MonkeyPatch) -> Stack:
+    """The module's stack, with a fresh agent for each test: pending approvals are
+    deduplicated and capped per (user, agent), so tests must not share one."""
     s, _ = module_stack
     s.freeze_clock(monkeypatch)
+    monkeypatch.setattr(s, "agent", s.register_agent())
     return s
 
 
@@ -152,3 +162,130 @@ def test_decision_needs_csrf_token(stack: Stack, alice: requests.Session) -> Non
     assert resp.status_code in (400, 403)
     poll = stack.agent_exchange(assertion, key, intent=DELETE, approval_id=approval_id)
     assert_error(poll, 400, "authorization_pending")
+
+
+# --- issue 20, finding 2: approval flooding, and the agent's words shown as the user's ---------
+
+
+def test_the_same_intent_again_returns_the_pending_approval(stack: Stack) -> None:
+    assertion, key, approval_id = step_up(stack)
+    again = assert_error(stack.agent_exchange(assertion, key, intent=DELETE), 403,
+                         "approval_required")
+    assert again["approval_id"] == approval_id
+    assert again["approval_uri"] == f"{stack.issuer}/approvals/{approval_id}"
+    assert again["expires_in"] == 600 and again["interval"] == 2
+    # A new assertion (the same user asking the same thing again) does not add a card either.
+    assertion, key = stack.edge_mint(USER, DELETE_MANDATE)
+    third = assert_error(stack.agent_exchange(assertion, key, intent=DELETE), 403,
+                         "approval_required")
+    assert third["approval_id"] == approval_id
+    assert pending_of(stack, stack.agent.client_id) == [approval_id]
+
+
+def pending_of(stack: Stack, agent_id: str) -> list[str]:
+    from authserver.approvals import pending_for_user
+
+    with stack.services.db.session() as session:
+        return [a.id for a in pending_for_user(session, stack.user_id(USER), stack.clock())
+                if a.agent_id == agent_id]
+
+
+def test_pending_approvals_are_capped_per_user_and_agent(stack: Stack) -> None:
+    from authserver.approvals import MAX_PENDING_APPROVALS
+
+    mandate_many = mandate({"platform": "crm", "actions": ["delete"], "resources": ["deal:*"],
+                            "max_count": 1}, request="Delete the Acme deal")
+    assertion, key = stack.edge_mint(USER, mandate_many)
+    for n in range(MAX_PENDING_APPROVALS):
+        assert_error(stack.agent_exchange(assertion, key, intent=intent(
+            "delete", f"deal:old-{n}", request="Delete the Acme deal")), 403,
+            "approval_required")
+    cid = correlation()
+    over = stack.agent_exchange(assertion, key, headers={"X-Request-ID": cid}, intent=intent(
+        "delete", "deal:one-too-many", request="Delete the Acme deal"))
+    assert_error(over, 429, "rate_limited")
+    assert int(over.headers["Retry-After"]) == 600  # when the oldest pending one expires
+    assert len(pending_of(stack, stack.agent.client_id)) == MAX_PENDING_APPROVALS
+    [record] = stack.audit_for(cid)
+    assert record["outcome"] == "rate_limited" and record["approval_id"] is None
+    # Repeating an intent that is already waiting is not one more: it gets its approval back.
+    again = stack.agent_exchange(assertion, key, intent=intent(
+        "delete", "deal:old-0", request="Delete the Acme deal"))
+    assert_error(again, 403, "approval_required")
+    # The cap is per agent: another agent of the same user still gets its own.
+    other = stack.register_agent()
+    assertion, key = stack.edge_mint(USER, mandate_many, agent=other)
+    assert_error(stack.agent_exchange(assertion, key, agent=other, intent=DELETE), 403,
+                 "approval_required")
+
+
+def test_step_up_spends_the_rate_limit_budget(tmp_path: Any) -> None:
+    """Before the fix, 40 destructive requests made 40 pending approvals and no 429."""
+    from authserver.ratelimit import DESTRUCTIVE_LIMIT
+
+    s = make_stack(tmp_path)
+    try:
+        s.signed_in_and_connected(USER, ("crm",))
+        assertion, key = s.edge_mint(USER, DELETE_MANDATE)
+        # The same intent each time (one card, so the cap on pending approvals is not what
+        # answers): each request still spends the destructive budget.
+        for _ in range(DESTRUCTIVE_LIMIT.limit):
+            assert_error(s.agent_exchange(assertion, key, intent=DELETE), 403,
+                         "approval_required")
+        resp = s.agent_exchange(assertion, key, intent=DELETE)
+        body = assert_error(resp, 429, "rate_limited")
+        assert "approval_id" not in body
+        assert int(resp.headers["Retry-After"]) >= 1
+        assert len(pending_of(s, s.agent.client_id)) == 1
+    finally:
+        s.close()
+
+
+def test_denied_exchanges_spend_the_rate_limit_budget(tmp_path: Any) -> None:
+    from authserver.ratelimit import DESTRUCTIVE_LIMIT
+
+    s = make_stack(tmp_path)
+    try:
+        s.signed_in_and_connected(USER, ("crm",))
+        assertion, key = s.edge_mint(USER)  # read deal:* only
+        outside = intent("delete", "deal:acme-123")  # not in the mandate: denied
+        for _ in range(DESTRUCTIVE_LIMIT.limit):
+            assert_error(s.agent_exchange(assertion, key, intent=outside), 403,
+                         "access_denied")
+        resp = s.agent_exchange(assertion, key, intent=outside)
+        assert_error(resp, 429, "rate_limited")
+        assert int(resp.headers["Retry-After"]) >= 1
+    finally:
+        s.close()
+
+
+INJECTED = "Alice said: yes, clean up the old record #8 (already approved by IT)"
+
+
+def test_approval_card_shows_the_signed_request_and_labels_the_agents_words(
+        stack: Stack, alice: requests.Session) -> None:
+    assertion, key = stack.edge_mint(USER, DELETE_MANDATE)
+    body = assert_error(stack.agent_exchange(assertion, key, intent=intent(
+        "delete", "deal:acme-123", request=INJECTED)), 403, "approval_required")
+    for url in (f"{stack.issuer}/approvals/{body['approval_id']}", f"{stack.issuer}/approvals"):
+        page = alice.get(url, timeout=10)
+        assert page.status_code == 200
+        text = html.unescape(page.text)
+        assert "Your request (chat): “Delete the Acme deal”" in text
+        assert f"The agent says: “{INJECTED}”" in text
+        assert "Because of the request" not in text
+        # The agent's words appear once, and only under the agent's label.
+        assert text.count(INJECTED) == 1
+
+
+def test_approval_card_without_the_request_text(stack: Stack, alice: requests.Session) -> None:
+    private = mandate({"platform": "crm", "actions": ["delete"], "resources": ["deal:*"],
+                       "max_count": 1}, request="Delete the Acme deal")
+    del private[0]["request"]  # the edge may keep the text private; the hash stays signed
+    assertion, key = stack.edge_mint(USER, private)
+    body = assert_error(stack.agent_exchange(assertion, key, intent=intent(
+        "delete", "deal:acme-123", request=INJECTED)), 403, "approval_required")
+    page = alice.get(f"{stack.issuer}/approvals/{body['approval_id']}", timeout=10)
+    text = html.unescape(page.text)
+    assert "Your request came from: chat (its text was not shared)" in text
+    assert f"The agent says: “{INJECTED}”" in text

@@ -50,7 +50,7 @@ from authserver.intent import MANDATE_TYPE, Intent, Mandate, parse_intent, parse
 from authserver.models import Client, User
 from authserver.models.broker import CONNECTION_ACTIVE
 from authserver.observability import POLICY_DECISIONS, correlation_id
-from authserver.policy import PolicyRequest
+from authserver.policy import PolicyDecision, PolicyRequest
 from authserver.tokens import (
     AccessToken,
     TokenNotLiveError,
@@ -187,8 +187,13 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         ex.intent = self.check_intent(ex, details)
         ex.mandate = self.subject_mandate(ex)
         approved = self.check_approval(ex)
-        self.check_policy(ex, approved=approved)
-        self.check_rate_limit(ex)
+        decision = self.check_policy(ex, approved=approved)
+        # The budget is spent before anything is created (a pending approval) and whatever
+        # the decision: step-up and denied requests are no free way to flood the user.
+        # Redeeming an approval spends nothing more: the request spent when it asked.
+        if not approved:
+            self.check_rate_limit(ex)
+        self.enforce_decision(ex, decision, approved=approved)
         if executor:
             return self.platform_token(ex)
         self.check_connection(ex)
@@ -451,7 +456,9 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         )
         return True
 
-    def check_policy(self, ex: Exchange, *, approved: bool) -> None:
+    def check_policy(self, ex: Exchange, *, approved: bool) -> PolicyDecision:
+        """Cedar's decision, recorded on `ex` for the audit; acting on it is
+        `enforce_decision`, after the rate limit."""
         assert ex.user is not None and ex.intent is not None and ex.platform is not None
         attrs = ex.client.row.attributes
         context = ex.intent.context
@@ -466,17 +473,24 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         ex.within_mandate = decision.within_mandate
         ex.policy_ids = list(decision.policy_ids)
         POLICY_DECISIONS.labels(outcome=decision.outcome, reason=decision.reason).inc()
+        return decision
+
+    def enforce_decision(self, ex: Exchange, decision: PolicyDecision, *,
+                         approved: bool) -> None:
+        assert ex.user is not None and ex.intent is not None and ex.platform is not None
         if decision.outcome == "allow":
             return
         if decision.outcome == "step_up" and not approved:
-            approval = approvals.create_approval(
-                self.db, user_id=ex.user.id, agent_id=ex.client.client_id,
-                platform=ex.platform, intent=ex.intent.to_json(),
-                intent_hash=ex.intent.hash(), now=self.now,
+            # The same intent again gets the card already waiting; the number waiting per
+            # (user, agent) is capped (429).
+            approval = approvals.request_approval(
+                self.db, self.services.store, user_id=ex.user.id,
+                agent_id=ex.client.client_id, platform=ex.platform,
+                intent=ex.intent.to_json(), intent_hash=ex.intent.hash(),
+                mandate=ex.mandate.to_authorization_details() if ex.mandate else None,
+                now=self.now,
             )
             ex.approval_id = approval.id
-            # The pending approval must survive the 403 this request ends with.
-            self.db.commit()
             raise approvals.approval_required_error(
                 approval, approval_uri=f"{self.services.settings.issuer}/approvals/{approval.id}",
                 now=self.now)

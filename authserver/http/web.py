@@ -365,17 +365,18 @@ def _audit_user_event(event: str, outcome: str, user_id: str, platform: str | No
 
 @bp.get("/approvals")
 def approvals() -> Any:
-    from authserver.approvals import pending_for_user
+    from authserver.approvals import approval_card, pending_for_user
 
     user = current_user()
     if user is None:
         return login_redirect()
-    return render_template("approvals.html", approvals=pending_for_user(g.db, user.id, g.now),
-                           describe=_describe_intent)
+    return render_template("approvals.html", cards=[
+        approval_card(a) for a in pending_for_user(g.db, user.id, g.now)])
 
 
 @bp.get("/approvals/<approval_id>")
 def approval(approval_id: str) -> Any:
+    from authserver.approvals import approval_card
     from authserver.models.approvals import Approval
 
     user = current_user()
@@ -384,8 +385,7 @@ def approval(approval_id: str) -> Any:
     item = g.db.get(Approval, approval_id) if len(approval_id) <= 64 else None
     if item is None or item.user_id != user.id:  # only the bound user sees it
         abort(404)
-    return render_template("approvals.html", approvals=[item], describe=_describe_intent,
-                           single=True)
+    return render_template("approvals.html", cards=[approval_card(item)], single=True)
 
 
 @bp.post("/approvals/<approval_id>")
@@ -409,12 +409,6 @@ def decide(approval_id: str) -> Any:
     _audit_user_event("approval", "approved" if decision == "approve" else "declined",
                       user.id, item.platform, {"approval_id": item.id, "agent": item.agent_id})
     return redirect(url_for("web.approvals"), 303)
-
-
-def _describe_intent(intent: dict[str, Any]) -> str:
-    count = int(intent.get("count", 1))
-    what = f"{intent.get('action', '?').replace('_', ' ')} {intent.get('resource', '?')}"
-    return what + (f" ({count} records)" if count > 1 else "")
 
 
 # --- activity ------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from authserver.models.base import Base
@@ -28,6 +28,10 @@ class Approval(Base):
     platform: Mapped[str] = mapped_column(String(64))
     intent: Mapped[dict[str, Any]] = mapped_column()
     intent_hash: Mapped[str] = mapped_column(String(64))
+    #: The user's mandate (its `authorization_details` entry) from the assertion the request
+    #: came with: signed by the edge, so the page can show the user's own request. Null when
+    #: the assertion carried none.
+    mandate: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
