@@ -76,8 +76,6 @@ class PolicyRequest:
     intent: Intent
     mandate: Mandate | None
     approved: bool
-    channel: str
-    environment: str
 
 
 @dataclass(frozen=True)
@@ -291,8 +289,12 @@ def _context(request: PolicyRequest, within: bool, approved: bool) -> dict[str, 
             "allowed_platforms": sorted(request.agent_allowed_platforms or ()),
             "allowed_actions": sorted(request.agent_allowed_actions or ()),
         },
-        "channel": request.channel,
-        "environment": request.environment,
+        # The agent's own words about its context (intent.context): never the signed
+        # channel, which is mandate.channel.
+        "agent_declared": {
+            "channel": intent.context.channel,
+            "environment": intent.context.environment,
+        },
         "approved": approved,
     }
 
@@ -311,6 +313,5 @@ def policy_request_from_case(case: Mapping[str, Any]) -> PolicyRequest:
         agent_allowed_platforms=agent.get("allowed_platforms"),
         agent_allowed_actions=agent.get("allowed_actions"),
         platform=req["platform"], intent=intent, mandate=mandate,
-        approved=req.get("approved", False), channel=req.get("channel", "chat"),
-        environment=req.get("environment", "production"),
+        approved=req.get("approved", False),
     )

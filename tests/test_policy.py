@@ -297,3 +297,45 @@ def test_reload_failure_keeps_current_set(tmp_path: Path) -> None:
     with pytest.raises(PolicyLoadError):
         engine.reload()
     assert engine.decide(case_request("read-deal-inside-mandate")).outcome == "allow"
+
+
+# --- issue 20 hardening: what the agent says about its context is named as such --------------
+
+SIGNED_CHANNEL_ONLY = PERMIT_ALL + '''
+@id("deny-outside-chat")
+@reason("wrong_channel")
+forbid (principal, action, resource)
+unless { context.mandate.channel == "chat" };
+'''
+
+
+def test_agent_declared_context_has_a_name_that_says_so(tmp_path: Path) -> None:
+    """`intent.context.channel`/`environment` are chosen by the agent: a policy sees them only
+    as `context.agent_declared.*`; the edge-signed channel is `context.mandate.channel`."""
+    declared = '''
+@id("permit-when-declared")
+permit (principal, action, resource)
+when { context.agent_declared.channel == "chat" &&
+       context.agent_declared.environment == "production" };
+'''
+    engine = PolicyEngine.load(policy_dir(tmp_path, declared))
+    assert engine.decide(case_request("read-deal-inside-mandate")).outcome == "allow"
+
+
+@pytest.mark.parametrize("name", ["channel", "environment"])
+def test_agent_declared_context_is_not_offered_under_a_neutral_name(tmp_path: Path,
+                                                                    name: str) -> None:
+    with pytest.raises(PolicyLoadError):
+        PolicyEngine.load(policy_dir(tmp_path, PERMIT_ALL + f'''
+@id("deny-by-{name}")
+@reason("declared")
+forbid (principal, action, resource) when {{ context.{name} == "x" }};
+'''))
+
+
+def test_signed_channel_is_the_mandates_not_the_agents(tmp_path: Path) -> None:
+    engine = PolicyEngine.load(policy_dir(tmp_path, SIGNED_CHANNEL_ONLY))
+    case = load_case("read-deal-inside-mandate")
+    case["request"]["mandate"]["channel"] = "email"  # the agent still declares "chat"
+    decision = engine.decide(policy_request_from_case(case))
+    assert (decision.outcome, decision.reason) == ("deny", "wrong_channel")

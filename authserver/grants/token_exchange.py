@@ -461,14 +461,12 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         `enforce_decision`, after the rate limit."""
         assert ex.user is not None and ex.intent is not None and ex.platform is not None
         attrs = ex.client.row.attributes
-        context = ex.intent.context
         decision = self.services.policy.decide(PolicyRequest(
             user_id=ex.user.id, tenant=ex.user.tenant, roles=ex.user.roles,
             groups=ex.user.groups, agent_id=ex.client.client_id,
             agent_allowed_platforms=attrs.get("allowed_platforms"),
             agent_allowed_actions=attrs.get("allowed_actions"),
             platform=ex.platform, intent=ex.intent, mandate=ex.mandate, approved=approved,
-            channel=context.channel, environment=context.environment,
         ))
         ex.within_mandate = decision.within_mandate
         ex.policy_ids = list(decision.policy_ids)
