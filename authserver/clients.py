@@ -7,17 +7,20 @@ rfc7523bis audience rule: `aud` is our issuer), and `none` for public clients (P
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import ipaddress
 import json
+import re
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 from authlib.oauth2.rfc6749 import ClientMixin
@@ -290,6 +293,43 @@ class OAuthClient(ClientMixin):
         return grant_type in self.row.grant_types
 
 
+# --- HTTP Basic (RFC 6749 §2.3.1, RFC 7617) ---------------------------------------------------
+
+#: C0 controls, DEL and C1 controls: never part of a client id (RFC 6749 §2.2 VSCHAR), and a NUL
+#: is refused by PostgreSQL text parameters.
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def has_control_characters(value: str) -> bool:
+    return _CONTROL_CHARACTERS.search(value) is not None
+
+
+def check_basic_credentials(authorization: str | None) -> None:
+    """Refuse malformed `Authorization: Basic` credentials before Authlib parses them.
+
+    Authlib's parser raises (and so answers 500) on a header with non-ASCII bytes or
+    credentials that are not UTF-8 after base64 decoding. Anything but
+    `Basic base64(urlencode(client_id) ":" urlencode(secret))` with a UTF-8 payload and a
+    client id without control characters is `invalid_client` (401, `WWW-Authenticate: Basic`).
+    Other schemes, and no header at all, are left to the other client authentication methods.
+    """
+    parts = (authorization or "").split(None, 1)  # as Authlib splits it
+    if not parts or parts[0].lower() != "basic":
+        return
+    failed = InvalidClientError("Client authentication failed")
+    if len(parts) != 2:
+        raise failed
+    try:
+        decoded = base64.b64decode(parts[1].strip().encode("ascii"), validate=True)
+        text = decoded.decode("utf-8")
+    except (UnicodeError, binascii.Error, ValueError) as e:
+        raise failed from e
+    client_id, colon, _secret = text.partition(":")
+    if not colon or not client_id or has_control_characters(text) \
+            or has_control_characters(unquote(client_id)):
+        raise failed
+
+
 # --- private_key_jwt (RFC 7523 §2.2, §3) --------------------------------------------------------
 
 
@@ -364,22 +404,39 @@ def make_private_key_jwt_authenticator(
         if not assertion:
             raise InvalidClientError("Missing client_assertion")
         client = _assertion_client(query_client, assertion, form.get("client_id"))
-        keys = _client_keys(client, jwks_cache)
-        current = now()
-        claims = _verify_client_assertion(assertion, keys, client, jwks_cache)
-        check_client_assertion_claims(
-            claims, client=client, issuer=issuer, token_endpoint=token_endpoint, now=current
-        )
-        # JWTB-05: one use per (client, jti) within the assertion's lifetime.
-        ttl = int(claims["exp"]) - current + JWT_LEEWAY
-        key = "client-assertion:" + hashlib.sha256(
-            json.dumps([client.client_id, claims["jti"]]).encode()
-        ).hexdigest()
-        if not store.add_if_absent(key, ttl=max(ttl, 1)):
-            raise InvalidClientError("client_assertion was already used")
+        verify_client_assertion(assertion, client, issuer=issuer, token_endpoint=token_endpoint,
+                                store=store, jwks_cache=jwks_cache, now=now())
         return client
 
     return authenticate
+
+
+class ClientAssertionReplayedError(InvalidClientError):
+    """The assertion's (client, jti) was already spent, here or at any other endpoint."""
+
+
+def verify_client_assertion(
+    assertion: str, client: OAuthClient, *, issuer: str, token_endpoint: str, store: Store,
+    jwks_cache: JwksCache, now: int,
+) -> dict[str, Any]:
+    """The one private_key_jwt verifier (RFC 7523 §3): signed by one of `client`'s registered
+    keys, the claim checks below, and spent (JWTB-05) in one replay namespace wherever it is
+    presented: client authentication at any endpoint, or an edge's `actor_token` naming the
+    agent. Returns the claims; raises `InvalidClientError` (`ClientAssertionReplayedError` for
+    a second use).
+    """
+    keys = _client_keys(client, jwks_cache)
+    claims = _verify_client_assertion(assertion, keys, client, jwks_cache)
+    check_client_assertion_claims(claims, client=client, issuer=issuer,
+                                  token_endpoint=token_endpoint, now=now)
+    # One use per (client, jti) within the assertion's lifetime.
+    ttl = int(claims["exp"]) - now + JWT_LEEWAY
+    key = "client-assertion:" + hashlib.sha256(
+        json.dumps([client.client_id, claims["jti"]]).encode()
+    ).hexdigest()
+    if not store.add_if_absent(key, ttl=max(ttl, 1)):
+        raise ClientAssertionReplayedError("client_assertion was already used")
+    return claims
 
 
 def _assertion_client(
@@ -402,9 +459,14 @@ def _assertion_client(
 
 def _client_keys(client: OAuthClient, cache: JwksCache) -> KeySet:
     md = client.row.client_metadata
-    if "jwks" in md:
-        return KeySet.import_key_set(md["jwks"])
-    return cache.get(md["jwks_uri"])
+    try:
+        if "jwks" in md:
+            return KeySet.import_key_set(md["jwks"])
+        uri = md["jwks_uri"]
+    except (JoseError, ValueError, KeyError, TypeError) as e:
+        raise InvalidClientError("Client authentication failed",
+                                 debug=f"client keys: {type(e).__name__}") from e
+    return cache.get(uri)
 
 
 def _verify_client_assertion(
@@ -412,14 +474,14 @@ def _verify_client_assertion(
 ) -> dict[str, Any]:
     try:
         return dict(jwt.decode(assertion, keys, algorithms=list(CLIENT_ASSERTION_ALGS)).claims)
-    except (JoseError, ValueError) as e:
+    except (JoseError, ValueError, TypeError) as e:
         if "jwks_uri" in client.row.client_metadata:  # the client may have rotated its keys
             try:
                 fresh = cache.get(client.row.client_metadata["jwks_uri"], refresh=True)
                 return dict(
                     jwt.decode(assertion, fresh, algorithms=list(CLIENT_ASSERTION_ALGS)).claims
                 )
-            except (JoseError, ValueError):
+            except (JoseError, ValueError, TypeError):
                 pass
         raise InvalidClientError("client_assertion signature is invalid") from e
 

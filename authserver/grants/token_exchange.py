@@ -1,4 +1,4 @@
-"""RFC 8693 token exchange, in two roles (shared/DESIGN.md "Two exchanges, two binding rules").
+"""RFC 8693 token exchange, in two roles (docs/architecture.md "Two exchanges").
 
 *Edge mint* — a trusted edge client (admin-set `trusted_edge`) trades the user's IdP token for a
 user assertion: `sub` = our user, `client_id`/`act` = the agent named by `actor_token`,
@@ -19,18 +19,17 @@ from typing import Any
 
 from authlib.oauth2.rfc6749 import OAuth2Error as AuthlibError
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
-from joserfc import jws, jwt
+from joserfc import jws
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet
 
 from authserver import approvals
 from authserver.audit import AuditRecord
 from authserver.authorization_server import from_authlib
 from authserver.broker.connections import connect_uri, get_access_token
 from authserver.clients import (
-    CLIENT_ASSERTION_ALGS,
+    ClientAssertionReplayedError,
     OAuthClient,
-    check_client_assertion_claims,
+    verify_client_assertion,
 )
 from authserver.dpop import DPoPProof
 from authserver.errors import (
@@ -286,21 +285,19 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         agent = self.db.get(Client, agent_id) if isinstance(agent_id, str) else None
         if agent is None:
             raise InvalidRequestError("Unknown actor")
-        md = agent.client_metadata
+        s = self.services
         try:
-            keys = (KeySet.import_key_set(md["jwks"]) if "jwks" in md
-                    else self.services.jwks_cache.get(md["jwks_uri"]))
-            claims = dict(jwt.decode(token, keys, algorithms=list(CLIENT_ASSERTION_ALGS)).claims)
-            check_client_assertion_claims(
-                claims, client=OAuthClient(agent), issuer=self.services.settings.issuer,
-                token_endpoint=self.services.settings.token_endpoint, now=self.now)
-        except (JoseError, ValueError, KeyError, TypeError, InvalidClientError) as e:
-            raise InvalidRequestError("actor_token is not acceptable") from e
-        if not self.services.store.add_if_absent(
-            f"actor-assertion:{agent_id}:{claims['jti']}",
-            ttl=max(1, int(claims["exp"]) - self.now + 60),
-        ):
-            raise InvalidRequestError("actor_token was already used")
+            # The same verifier and replay namespace as client authentication: an assertion
+            # spent at /token or /introspect is spent here too, and the other way round.
+            verify_client_assertion(
+                token, OAuthClient(agent), issuer=s.settings.issuer,
+                token_endpoint=s.settings.token_endpoint, store=s.store,
+                jwks_cache=s.jwks_cache, now=self.now)
+        except ClientAssertionReplayedError as e:
+            raise InvalidRequestError("actor_token was already used", debug=e.debug) from e
+        except InvalidClientError as e:
+            raise InvalidRequestError("actor_token is not acceptable",
+                                      debug=e.debug or e.description) from e
         return str(agent_id)
 
     def check_agent_key(self, ex: Exchange) -> str:
