@@ -1,4 +1,4 @@
-"""Step-up approvals (shared/STANDARDS.md Part A3; polling modelled on OpenID CIBA Core §11).
+"""Step-up approvals (docs/standards.md A3; polling modelled on OpenID CIBA Core §11).
 
 When policy requires the user's confirmation, the token exchange creates a pending approval
 bound to (user, agent, platform, intent hash) and answers 403 `approval_required`. The user

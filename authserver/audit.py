@@ -1,4 +1,4 @@
-"""Audit log: append-only, hash-chained decision records (shared/DESIGN.md "audit").
+"""Audit log: append-only, hash-chained decision records (docs/architecture.md "Audit").
 
 Every exchange, gateway call, approval decision, connection change and deprovisioning writes
 one `AuditEvent` before its response is sent. Each record's `hash` is SHA-256 over the

@@ -2,7 +2,7 @@
 
 https://www.rfc-editor.org/rfc/rfc9449#section-4.3 — framework-free: no Flask, no clock (every
 time-dependent function takes `now`), shared state only through `authserver.store.Store`.
-Rule IDs (DPOP-xx) refer to shared/STANDARDS.md §1.
+Rule IDs (DPOP-xx) are defined in docs/standards.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 RFC 6749 §5.2 (token endpoint), RFC 6750 §3.1 (resource servers), RFC 9449 §5/§7 (DPoP),
 RFC 7591 §3.2.2 (registration), RFC 8707 §2, RFC 9396 §5, and the local codes of
-shared/STANDARDS.md Part A3.
+docs/standards.md A3.
 
 `description` is shown to the client and must be safe to show; `debug` is for logs and audit
 only. Exactly one Flask handler (authserver.http.errors) renders these; anything that is not an

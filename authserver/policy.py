@@ -1,4 +1,4 @@
-"""Cedar policy decision point for token exchange with an intent (STANDARDS A1-A3; DESIGN "policy").
+"""Cedar policy decision point for token exchange with an intent (docs/standards.md A1-A3).
 
 The only module that calls Cedar (cedarpy). `PolicyEngine.load` reads `schema.cedarschema` and
 every `*.cedar` file of a directory, validates them against the schema and checks their

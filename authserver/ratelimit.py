@@ -1,4 +1,4 @@
-"""Rate limits per (user, action class) and per agent (shared/STANDARDS.md Part A3: 429).
+"""Rate limits per (user, action class) and per agent (docs/standards.md A3: 429).
 
 Sliding-window counters in the shared store (`Store.incr`/`get` on fixed windows, the
 previous one weighted), so every worker and host sees one budget and a burst across a window

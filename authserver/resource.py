@@ -3,8 +3,8 @@
 https://www.rfc-editor.org/rfc/rfc9449#section-7 — framework-free, so any API can use it: our
 gateway, an MCP server, a third-party service that knows only our issuer URL (`jwks_verifier`).
 Errors are `ResourceError`s that render as `WWW-Authenticate: DPoP ...` challenges. Proof checks
-are authserver.dpop's, translated to their resource-server form. Rule IDs refer to
-shared/STANDARDS.md (DPOP-4x, JAT-0x).
+are authserver.dpop's, translated to their resource-server form. Rule IDs (DPOP-4x,
+JAT-0x) are defined in docs/standards.md.
 """
 
 from __future__ import annotations

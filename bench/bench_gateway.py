@@ -1,4 +1,4 @@
-"""The gateway's added latency (shared/STANDARDS.md Part A5) over a direct call to the platform.
+"""The gateway's added latency (docs/standards.md A5) over a direct call to the platform.
 
 Usage: python bench/bench_gateway.py [N] [--redis]   (default 500 calls each; embedded store)
 

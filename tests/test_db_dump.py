@@ -1,4 +1,4 @@
-"""A database dump holds no usable credential (DESIGN "No plaintext secrets at rest").
+"""A database dump holds no usable credential (README "Security notes": no secrets at rest).
 
 After every foundation flow has run, every row of every table (found by reflection, so tables
 added later are covered too) is rendered as text and searched for each secret the flows handled.

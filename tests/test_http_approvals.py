@@ -1,4 +1,4 @@
-"""Step-up approvals over real HTTP (shared/STANDARDS.md Part A3; CIBA-style polling): the agent
+"""Step-up approvals over real HTTP (docs/standards.md A3; CIBA-style polling): the agent
 gets `approval_required`, polls, the user decides on the approvals page, the same exchange then
 succeeds exactly once. The test clock is frozen (or moved) so polling windows are exact."""
 

@@ -1,7 +1,7 @@
 """RFC 9449 §8 server nonces at the token endpoint, and proofs from an independent client.
 
 https://www.rfc-editor.org/rfc/rfc9449#section-8 — rule IDs DPOP-10, DPOP-30..34 are
-shared/STANDARDS.md §1.4. Setting `dpop_nonce`: off | all | per_client (client attribute
+defined in docs/standards.md. Setting `dpop_nonce`: off | all | per_client (client attribute
 `dpop_nonce`, set by the admin CLI).
 """
 

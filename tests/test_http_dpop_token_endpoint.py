@@ -1,6 +1,6 @@
 """RFC 9449 §4.3 and §5 at the token endpoint over HTTP: proof rejections and token binding.
 
-https://www.rfc-editor.org/rfc/rfc9449#section-5 — rule IDs (DPOP-xx) are shared/STANDARDS.md §1.
+https://www.rfc-editor.org/rfc/rfc9449#section-5 — rule IDs (DPOP-xx) are in docs/standards.md.
 Every DPOP-01..12 rejection is one test asserting status, error, description and headers.
 Nonces (DPOP-10, -30..-34) are in test_http_dpop_nonces.py, the standing delegation path in
 test_http_dpop_standing_delegation.py.

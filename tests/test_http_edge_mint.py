@@ -1,5 +1,5 @@
 """The edge mint over real HTTP: a trusted edge trades the user's IdP id_token for a user
-assertion bound to the AGENT's key (RFC 8693, RFC 9068, RFC 9449; shared/STANDARDS.md A2, A3).
+assertion bound to the AGENT's key (RFC 8693, RFC 9068, RFC 9449; docs/standards.md A2, A3).
 Deprovisioning (admin API) kills an already-issued assertion on its next use."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rate limits and revocation epochs across instances (shared/STANDARDS.md Part A3: 429
+"""Rate limits and revocation epochs across instances (docs/standards.md A3: 429
 `rate_limited` + Retry-After; 503 when the shared store is down).
 
 Two app instances in this process share Redis and PostgreSQL; a real second process (gunicorn,

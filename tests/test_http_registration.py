@@ -1,4 +1,4 @@
-"""RFC 7591 dynamic client registration over HTTP (DCR-01..07).
+"""RFC 7591 dynamic client registration over HTTP (DCR-01..04, DCR-06, DCR-07).
 
 Open registration by default; with `registration_token` set, an initial access token (RFC 7591
 §3, Bearer) is required. Secrets are returned once and stored only as digests.

@@ -1,4 +1,4 @@
-"""RFC 8693 agent exchange over real HTTP (shared/STANDARDS.md §2 TX-*, Part A1, A3, A4).
+"""RFC 8693 agent exchange over real HTTP (docs/standards.md: the TX rows, A1, A3, A4).
 
 Every response is checked for status, `error` and headers; every outcome writes exactly one
 audit record with the request's correlation id. The stack (tests/stack.py) is real: IdP, CRM,

@@ -1,4 +1,4 @@
-"""Step-up approvals (shared/STANDARDS.md Part A3): one pending confirmation per risky intent."""
+"""Step-up approvals (docs/standards.md A3): one pending confirmation per risky intent."""
 
 from __future__ import annotations
 
