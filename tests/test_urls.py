@@ -77,7 +77,7 @@ def test_not_https_urls(url):
 
 @pytest.mark.parametrize("issuer", NOT_LOOPBACK)
 def test_issuer_setting_refuses_a_non_loopback_http_issuer(tmp_path: Path, issuer: str):
-    with pytest.raises(ValueError, match="issuer must be https"):
+    with pytest.raises(ValueError, match=r"^issuer: must be https"):
         Settings(issuer=issuer, data_dir=str(tmp_path))
 
 
