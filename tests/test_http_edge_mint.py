@@ -189,3 +189,48 @@ def test_deprovisioning_kills_issued_assertion(tmp_path: Any) -> None:
         assert_error(stack.agent_exchange(assertion, key), 400, "invalid_request")
     finally:
         stack.close()
+
+
+# --- issue 20 hardening: the ID token the edge exchanges --------------------------------------
+
+
+def test_id_token_for_our_own_login_client_is_refused(stack: Stack) -> None:
+    """A browser sign-in's ID token (aud = authserver's client id at the IdP) is not the
+    edge's to exchange, even though it is for an audience we trust for login."""
+    from tests.stack import AUTHSERVER_AT_IDP
+
+    token = stack.idp.mint_id_token(USER, aud=AUTHSERVER_AT_IDP)
+    key = stack.dpop_key()
+    cid = correlation()
+    resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt,
+                                    headers={"X-Request-ID": cid})
+    assert_error(resp, 400, "invalid_request")
+    [record] = stack.audit_for(cid)
+    assert record["outcome"] == "invalid"
+
+
+def test_id_token_is_single_use(stack: Stack) -> None:
+    token = stack.idp_id_token(USER)
+    key = stack.dpop_key()
+    first = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
+    assert first.status_code == 200, first.text
+    again = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
+    assert_error(again, 400, "invalid_request")
+
+
+def test_refused_mint_does_not_spend_the_id_token(stack: Stack) -> None:
+    token = stack.idp_id_token(USER)
+    key = stack.dpop_key()
+    assert_error(stack.edge_mint_response(token, mandate(), drop=("dpop_jkt",)), 400,
+                 "invalid_request")
+    ok = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
+    assert ok.status_code == 200, ok.text
+
+
+def test_tenant_not_bound_to_the_idp_is_refused(stack: Stack,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The IdP is configured for tenant "acme" only; a token asserting another is refused."""
+    monkeypatch.setitem(stack.idp.users[USER], "tenant", "globex")
+    key = stack.dpop_key()
+    resp = stack.edge_mint_response(stack.idp_id_token(USER), mandate(), dpop_jkt=key.dpop_jkt)
+    assert_error(resp, 400, "invalid_request")

@@ -415,7 +415,7 @@ def federation(idp: IdP) -> Federation:
 def test_subject_token_from_a_configured_idp(idp: IdP, federation: Federation,
                                              now: int) -> None:
     config, claims = federation.verify_subject_token(
-        idp.mint_id_token("alice", aud=CLIENT_ID), now=now)
+        idp.mint_id_token("alice", aud=EDGE_AUD), now=now)
     assert config.name == "corp"
     assert claims["sub"] == idp.users["alice"]["sub"]
 
@@ -428,13 +428,13 @@ def test_subject_token_for_a_trusted_audience(idp: IdP, federation: Federation,
 
 def test_subject_token_jwt_type_accepts_an_at_jwt(idp: IdP, federation: Federation,
                                                   now: int) -> None:
-    token = idp.mint_id_token("alice", aud=CLIENT_ID, header={"typ": "at+jwt"})
+    token = idp.mint_id_token("alice", aud=EDGE_AUD, header={"typ": "at+jwt"})
     assert federation.verify_subject_token(token, now=now, token_type=JWT_TOKEN_TYPE)
 
 
 def test_subject_token_id_token_type_refuses_an_at_jwt(idp: IdP, federation: Federation,
                                                        now: int) -> None:
-    token = idp.mint_id_token("alice", aud=CLIENT_ID, header={"typ": "at+jwt"})
+    token = idp.mint_id_token("alice", aud=EDGE_AUD, header={"typ": "at+jwt"})
     with pytest.raises(IdentityError) as e:
         federation.verify_subject_token(token, now=now, token_type=ID_TOKEN_TYPE)
     assert e.value.debug == "typ 'at+jwt' not accepted here"
@@ -443,7 +443,7 @@ def test_subject_token_id_token_type_refuses_an_at_jwt(idp: IdP, federation: Fed
 def test_subject_token_unknown_issuer(clock: Clock, federation: Federation, now: int) -> None:
     other, _, thread = start_idp(clock=clock)
     try:
-        token = other.mint_id_token("alice", aud=CLIENT_ID)
+        token = other.mint_id_token("alice", aud=EDGE_AUD)
         with pytest.raises(IdentityError) as e:
             federation.verify_subject_token(token, now=now)
     finally:
@@ -460,7 +460,7 @@ def test_subject_token_claiming_a_trusted_issuer_but_signed_elsewhere(
     other, _, thread = start_idp(clock=clock)
     try:
         # Another IdP's genuine key, but the token claims our trusted issuer and its kid.
-        token = other.mint_id_token("alice", aud=CLIENT_ID, iss=idp.issuer, kid=idp.current_kid,
+        token = other.mint_id_token("alice", aud=EDGE_AUD, iss=idp.issuer, kid=idp.current_kid,
                                     sign_with=other._signing)
         with pytest.raises(IdentityError) as e:
             federation.verify_subject_token(token, now=now)
@@ -478,20 +478,20 @@ def test_subject_token_wrong_aud(idp: IdP, federation: Federation, now: int) -> 
 def test_subject_token_expired(idp: IdP, federation: Federation, now: int) -> None:
     with pytest.raises(IdentityError) as e:
         federation.verify_subject_token(
-            idp.mint_id_token("alice", aud=CLIENT_ID, exp_in=-3600), now=now)
+            idp.mint_id_token("alice", aud=EDGE_AUD, exp_in=-3600), now=now)
     assert e.value.debug == "expired"
 
 
 def test_subject_token_idp_closed_to_machine_tokens(idp: IdP, now: int) -> None:
     federation = Federation([_config(idp, allow_machine_tokens=False)], MemoryStore())
     with pytest.raises(IdentityError) as e:
-        federation.verify_subject_token(idp.mint_id_token("alice", aud=CLIENT_ID), now=now)
+        federation.verify_subject_token(idp.mint_id_token("alice", aud=EDGE_AUD), now=now)
     assert e.value.debug == "idp corp does not accept machine tokens"
 
 
 def test_subject_token_unsupported_type(idp: IdP, federation: Federation, now: int) -> None:
     with pytest.raises(IdentityError) as e:
-        federation.verify_subject_token(idp.mint_id_token("alice", aud=CLIENT_ID), now=now,
+        federation.verify_subject_token(idp.mint_id_token("alice", aud=EDGE_AUD), now=now,
                                         token_type="urn:ietf:params:oauth:token-type:saml2")
     assert e.value.debug == "unsupported subject_token_type " \
                             "'urn:ietf:params:oauth:token-type:saml2'"
@@ -501,6 +501,71 @@ def test_subject_token_not_a_jwt(federation: Federation, now: int) -> None:
     with pytest.raises(IdentityError) as e:
         federation.verify_subject_token("opaque-access-token", now=now)
     assert e.value.debug == "not a compact JWS"
+
+
+def test_subject_token_for_our_own_login_client_is_refused(idp: IdP, federation: Federation,
+                                                         now: int) -> None:
+    """Issue 20 hardening: an ID token for authserver's own login client (a browser sign-in)
+    is not for the edge to exchange."""
+    with pytest.raises(IdentityError) as e:
+        federation.verify_subject_token(idp.mint_id_token("alice", aud=CLIENT_ID), now=now)
+    assert e.value.error == "invalid_request"
+    assert e.value.debug == "aud is our own login client"
+
+
+def test_subject_token_also_for_our_own_login_client_is_refused(
+    idp: IdP, federation: Federation, now: int
+) -> None:
+    token = idp.mint_id_token("alice", aud=[EDGE_AUD, CLIENT_ID], extra={"azp": EDGE_AUD})
+    with pytest.raises(IdentityError) as e:
+        federation.verify_subject_token(token, now=now)
+    assert e.value.debug == "aud is our own login client"
+
+
+def test_our_own_login_client_cannot_be_a_trusted_audience(idp: IdP) -> None:
+    with pytest.raises(ValueError, match="trusted_audiences"):
+        _config(idp, trusted_audiences=(EDGE_AUD, CLIENT_ID))
+
+
+def test_subject_token_is_single_use(idp: IdP, federation: Federation, now: int) -> None:
+    token = idp.mint_id_token("alice", aud=EDGE_AUD)  # no jti: its hash is what is spent
+    _, claims = federation.verify_subject_token(token, now=now)
+    federation.spend_subject_token(token, claims, now=now)
+    _, claims = federation.verify_subject_token(token, now=now)
+    with pytest.raises(IdentityError) as e:
+        federation.spend_subject_token(token, claims, now=now)
+    assert e.value.error == "invalid_request"
+    assert e.value.debug == "subject_token already used"
+
+
+def test_subject_token_single_use_by_jti(idp: IdP, federation: Federation, now: int) -> None:
+    first = idp.mint_id_token("alice", aud=EDGE_AUD, extra={"jti": "j-1"})
+    again = idp.mint_id_token("alice", aud=EDGE_AUD, extra={"jti": "j-1", "auth_time": 1})
+    assert first != again
+    federation.spend_subject_token(first, federation.verify_subject_token(first, now=now)[1],
+                                   now=now)
+    with pytest.raises(IdentityError):
+        federation.spend_subject_token(
+            again, federation.verify_subject_token(again, now=now)[1], now=now)
+
+
+def test_spent_subject_token_is_remembered_until_it_expires(idp: IdP, now: int) -> None:
+    from authserver.identity.federation import ID_TOKEN_LEEWAY
+
+    store = MemoryStore()
+    federation = Federation([_config(idp)], store)
+    token = idp.mint_id_token("alice", aud=EDGE_AUD, exp_in=120)
+    seen: list[int] = []
+    original = store.add_if_absent
+
+    def add_if_absent(key: str, ttl: int) -> bool:
+        seen.append(ttl)
+        return original(key, ttl)
+
+    store.add_if_absent = add_if_absent  # type: ignore[method-assign]
+    federation.spend_subject_token(token, federation.verify_subject_token(token, now=now)[1],
+                                   now=now)
+    assert seen == [120 + ID_TOKEN_LEEWAY]
 
 
 def test_trusted_audiences_are_not_accepted_for_login(idp: IdP, provider: OIDCProvider,

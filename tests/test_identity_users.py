@@ -29,7 +29,8 @@ from authserver.store.memory import MemoryStore
 from authserver.testing.idp import start_idp
 
 ISSUER = "https://login.acme.example"
-CONFIG = IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s")
+CONFIG = IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s",
+                   default_tenant="acme")
 REDIRECT_URI = "http://127.0.0.1:8000/login/callback"
 
 
@@ -79,7 +80,7 @@ def test_jit_user_from_a_real_sign_in(db: Database, now: int) -> None:
     try:
         idp.register_client("rp", "rp-secret", [REDIRECT_URI])
         config = IdPConfig(name="corp", issuer=base_url, client_id="rp",
-                           client_secret="rp-secret")
+                           client_secret="rp-secret", default_tenant="acme")
         provider = OIDCProvider(config, MemoryStore())
         start = provider.begin_login(redirect_uri=REDIRECT_URI, now=now, login_hint="carol")
         location = requests.get(start.url, allow_redirects=False, timeout=5).headers["Location"]
@@ -122,13 +123,45 @@ def test_next_sign_in_updates_attributes(db: Database, now: int) -> None:
 def test_claim_map_reads_the_configured_claim_names(db: Database, now: int) -> None:
     config = IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s",
                        claim_map={"groups": "memberOf", "tenant": "org",
-                                  "email": "upn"})
+                                  "email": "upn"}, tenants=("default", "globex"))
     claims = _claims(groups=None, tenant=None, email=None, memberOf=["finance"], org="globex",
                      upn="alice@globex.example")
     with db.session() as session:
         user = provision_user(session, config, claims, now=now)
         assert (user.groups, user.tenant, user.email) == (["finance"], "globex",
                                                           "alice@globex.example")
+
+
+def test_tenant_outside_the_idps_tenants_is_refused(db: Database, now: int) -> None:
+    """Issue 20 hardening: with several IdPs, one must not assert another's tenant. By
+    default an IdP's users are in its `default_tenant` only."""
+    config = IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s",
+                       default_tenant="acme")
+    with db.session() as session:
+        with pytest.raises(IdentityError) as e:
+            provision_user(session, config, _claims(tenant="globex"), now=now)
+        assert e.value.error == "invalid_request"
+        assert e.value.debug == "tenant 'globex' is not bound to idp corp"
+        assert session.query(User).count() == 0
+        assert provision_user(session, config, _claims(tenant="acme"), now=now).tenant == "acme"
+
+
+def test_tenants_bound_to_an_idp_in_configuration(db: Database, now: int) -> None:
+    config = IdPConfig.from_settings("corp", {
+        "issuer": ISSUER, "client_id": "rp", "client_secret": "s", "default_tenant": "acme",
+        "tenants": ["acme", "acme-emea"]})
+    assert config.tenants == ("acme", "acme-emea")
+    with db.session() as session:
+        assert provision_user(session, config, _claims(tenant="acme-emea"),
+                              now=now).tenant == "acme-emea"
+        with pytest.raises(IdentityError):
+            provision_user(session, config, _claims(sub="00u2bob", tenant="globex"), now=now)
+
+
+def test_default_tenant_must_be_one_of_the_idps_tenants() -> None:
+    with pytest.raises(ValueError, match="default_tenant"):
+        IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s",
+                  default_tenant="acme", tenants=("globex",))
 
 
 def test_missing_tenant_uses_the_default_tenant(db: Database, now: int) -> None:

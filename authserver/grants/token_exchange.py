@@ -151,6 +151,9 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         ex.mandate = parse_mandate(details)
         self.check_no_target(ex)
         settings = self.services.settings
+        # Last check: a mint refused above leaves the IdP token usable for a corrected retry.
+        self.services.federation.spend_subject_token(
+            ex.form["subject_token"], ex.subject, now=self.now)
         ex.act = {"sub": ex.agent_id}
         # TX-08: the assertion outlives neither its default lifetime nor the IdP token.
         ttl = _remaining(ex.subject, self.now, settings.user_assertion_ttl)

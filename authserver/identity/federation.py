@@ -60,6 +60,8 @@ ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES2
                       "ES512")
 #: Nonce replay entries live at least this long, even for an already-expiring ID token.
 NONCE_REPLAY_MIN_TTL = 60
+#: Store key prefix of IdP tokens already exchanged at the edge mint (single use).
+SUBJECT_TOKEN_KEY = "idp-subject-token:"
 
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -112,10 +114,14 @@ class IdPConfig:
     scopes: tuple[str, ...] = DEFAULT_SCOPES
     claim_map: Mapping[str, str] = field(default_factory=lambda: DEFAULT_CLAIM_MAP, hash=False)
     default_tenant: str = "default"
-    #: Audiences accepted for machine tokens besides `client_id` (e.g. the edge's client id
-    #: at the IdP). Never used for the browser login, whose ID token must be for us.
+    #: Audiences accepted for machine tokens (the edge's client id at the IdP). Never our own
+    #: `client_id`: an ID token for our login client is a browser sign-in, not the edge's to
+    #: exchange. Never used for the browser login, whose ID token must be for us.
     trusted_audiences: tuple[str, ...] = ()
     allow_machine_tokens: bool = True
+    #: The tenants this IdP's users may be in (its `tenant` claim must be one of them), so
+    #: that with several IdPs one cannot assert another's tenant. Empty: `default_tenant` only.
+    tenants: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -133,12 +139,21 @@ class IdPConfig:
         object.__setattr__(self, "claim_map", MappingProxyType(merged))
         object.__setattr__(self, "scopes", tuple(self.scopes))
         object.__setattr__(self, "trusted_audiences", tuple(self.trusted_audiences))
+        if self.client_id in self.trusted_audiences:
+            raise ValueError(f"idps.{self.name}: trusted_audiences must not include client_id "
+                             "(our own login client)")
+        tenants = tuple(self.tenants) or (self.default_tenant,)
+        if not all(isinstance(t, str) and t for t in tenants):
+            raise ValueError(f"idps.{self.name}: tenants must be non-empty strings")
+        if self.default_tenant not in tenants:
+            raise ValueError(f"idps.{self.name}: default_tenant must be one of tenants")
+        object.__setattr__(self, "tenants", tenants)
 
     @classmethod
     def from_settings(cls, name: str, mapping: Mapping[str, Any]) -> IdPConfig:
         """Build from one `[idps.<name>]` table; unknown keys are a configuration error."""
         allowed = {"issuer", "client_id", "client_secret", "scopes", "claim_map",
-                   "default_tenant", "trusted_audiences", "allow_machine_tokens"}
+                   "default_tenant", "trusted_audiences", "allow_machine_tokens", "tenants"}
         unknown = set(mapping) - allowed
         if unknown:
             raise ValueError(f"idps.{name}: unknown keys {sorted(unknown)}")
@@ -148,6 +163,9 @@ class IdPConfig:
         audiences = mapping.get("trusted_audiences", ())
         if isinstance(audiences, str):
             audiences = (audiences,)
+        tenants = mapping.get("tenants", ())
+        if isinstance(tenants, str):
+            tenants = (tenants,)
         return cls(
             name=name,
             issuer=str(mapping.get("issuer", "")),
@@ -158,6 +176,7 @@ class IdPConfig:
             default_tenant=str(mapping.get("default_tenant", "default")),
             trusted_audiences=tuple(audiences),
             allow_machine_tokens=bool(mapping.get("allow_machine_tokens", True)),
+            tenants=tuple(tenants),
         )
 
 
@@ -543,7 +562,25 @@ class Federation:
             token, now=now, nonce=None,
             audiences=(config.client_id, *config.trusted_audiences), typs=typs,
         )
+        aud = claims["aud"]
+        if config.client_id in ([aud] if isinstance(aud, str) else aud):
+            # A token that is (also) for our login client is someone's browser sign-in.
+            raise IdentityError("aud is our own login client")
         return config, claims
+
+    def spend_subject_token(self, token: str, claims: Mapping[str, Any], *, now: int) -> None:
+        """Accept a verified subject token once (by `iss` + `jti`, or the token's hash when it
+        has no `jti`), remembered in the shared store until it expires. Raises IdentityError
+        if it was already used; store failures propagate (503)."""
+        provider = self.by_issuer(str(claims.get("iss")))
+        if provider is None:
+            raise IdentityError("claims are not from a configured IdP")
+        jti = claims.get("jti")
+        ident = (json.dumps([claims["iss"], jti]) if isinstance(jti, str) and jti else token)
+        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
+        ttl = max(int(claims["exp"]) + ID_TOKEN_LEEWAY - now, 1)
+        if not provider._store.add_if_absent(SUBJECT_TOKEN_KEY + digest, ttl):
+            raise IdentityError("subject_token already used")
 
 
 # --- named checks (each raises IdentityError with its reason) ---------------------------------

@@ -78,6 +78,9 @@ def mapped_attributes(config: IdPConfig, claims: Mapping[str, Any]) -> dict[str,
     """Our attributes from the IdP's claims through `config.claim_map`. Raises IdentityError."""
     cmap = config.claim_map
     tenant = _optional_str(claims, cmap["tenant"], MAX_TENANT) or config.default_tenant
+    if tenant not in config.tenants:
+        # An IdP speaks only for the tenants configured for it (`[idps.x] tenants`).
+        raise IdentityError(f"tenant {tenant[:64]!r} is not bound to idp {config.name}")
     return {
         "email": _optional_str(claims, cmap["email"], MAX_EMAIL),
         "name": _optional_str(claims, cmap["name"], MAX_NAME),
