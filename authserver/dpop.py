@@ -320,7 +320,13 @@ def check_key_fits_alg(key: Key, alg: str) -> None:
 
 
 def verify_signature(compact: _Compact, alg: str, key: Key) -> None:
-    """DPOP-07: the signature verifies with the key in the proof's own `jwk` header."""
+    """DPOP-07: the signature verifies with the key in the proof's own `jwk` header.
+
+    High-S ECDSA signatures ((r, n - s) for a valid (r, s)) are accepted on purpose: JOSE
+    libraries do not normalise s (about half of requests-oauth2client's ES256 proofs are
+    high-S), so refusing them would refuse honest clients. Malleability gains nothing here:
+    the replay check keys on (htu, jti, jkt), never on the signature bytes.
+    """
     # The algorithm model is called directly (not jws.validate_compact): the allowlist is
     # already enforced above, and joserfc would otherwise warn on every EdDSA proof.
     try:

@@ -597,3 +597,24 @@ def test_store_unavailable_propagates(now: int) -> None:
     with pytest.raises(StoreUnavailableError) as info:
         validate(make_proof(now), now, store=UnavailableStore())
     assert (info.value.error, info.value.status_code) == ("temporarily_unavailable", 503)
+
+
+# --- issue 20: ECDSA malleability (high-S) ------------------------------------------------------
+
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
+def test_high_s_es256_proof_is_accepted_but_its_replay_is_not(now: int) -> None:
+    """Decision: high-S is not refused (JOSE libraries do not normalise s, so about half of
+    honest ES256 proofs are high-S); the other signature of a proof is still a replay,
+    because the replay key is (htu, jti, jkt), not the signature."""
+    proof = make_proof(now, jti="malleable")
+    head, payload, signature = proof.split(".")
+    raw = base64.urlsafe_b64decode(signature + "==")
+    r, s = raw[:32], int.from_bytes(raw[32:], "big")
+    other = f"{head}.{payload}.{b64(r + (P256_ORDER - s).to_bytes(32, 'big'))}"
+    assert other != proof
+    store = MemoryStore()
+    validate(other, now, store=store)  # the twin signature verifies
+    error = rejected(proof, now, store=store)
+    assert "replay" in error.description.lower() or "used" in error.description.lower()

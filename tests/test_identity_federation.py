@@ -538,6 +538,18 @@ def test_subject_token_is_single_use(idp: IdP, federation: Federation, now: int)
     assert e.value.debug == "subject_token already used"
 
 
+def test_subject_token_with_another_signature_is_still_spent(idp: IdP, federation: Federation,
+                                                             now: int) -> None:
+    """ECDSA signatures are malleable ((r, n - s) verifies too): what is spent is the signed
+    content, not the token's bytes."""
+    token = idp.mint_id_token("alice", aud=EDGE_AUD)
+    claims = federation.verify_subject_token(token, now=now)[1]
+    federation.spend_subject_token(token, claims, now=now)
+    head, payload, _ = token.split(".")
+    with pytest.raises(IdentityError):
+        federation.spend_subject_token(f"{head}.{payload}.b3RoZXI", claims, now=now)
+
+
 def test_subject_token_single_use_by_jti(idp: IdP, federation: Federation, now: int) -> None:
     first = idp.mint_id_token("alice", aud=EDGE_AUD, extra={"jti": "j-1"})
     again = idp.mint_id_token("alice", aud=EDGE_AUD, extra={"jti": "j-1", "auth_time": 1})

@@ -569,14 +569,18 @@ class Federation:
         return config, claims
 
     def spend_subject_token(self, token: str, claims: Mapping[str, Any], *, now: int) -> None:
-        """Accept a verified subject token once (by `iss` + `jti`, or the token's hash when it
-        has no `jti`), remembered in the shared store until it expires. Raises IdentityError
-        if it was already used; store failures propagate (503)."""
+        """Accept a verified subject token once (by `iss` + `jti`, or the hash of what it
+        signs when it has no `jti`), remembered in the shared store until it expires. Raises
+        IdentityError if it was already used; store failures propagate (503).
+
+        Not the hash of the whole token: an ECDSA signature is malleable ((r, s) and
+        (r, n - s) both verify), so the same signed content can come with another signature."""
         provider = self.by_issuer(str(claims.get("iss")))
         if provider is None:
             raise IdentityError("claims are not from a configured IdP")
         jti = claims.get("jti")
-        ident = (json.dumps([claims["iss"], jti]) if isinstance(jti, str) and jti else token)
+        ident = (json.dumps([claims["iss"], jti]) if isinstance(jti, str) and jti
+                 else token.rsplit(".", 1)[0])
         digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
         ttl = max(int(claims["exp"]) + ID_TOKEN_LEEWAY - now, 1)
         if not provider._store.add_if_absent(SUBJECT_TOKEN_KEY + digest, ttl):
