@@ -37,6 +37,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     # Authlib logs issued tokens at DEBUG; never let that level through.
     logging.getLogger("authlib").setLevel(logging.WARNING)
     services = build_services(settings, clock)
+    if services.store.single_process:
+        _warn_embedded_store()
 
     app = Flask(__name__, template_folder="templates")
     app.config.update(
@@ -81,6 +83,21 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.register_blueprint(ops.ops)
     app.register_blueprint(web.bp)
     return app
+
+
+_warned_embedded_store = False
+
+
+def _warn_embedded_store() -> None:
+    """Once per process, and only from the server: admin commands and the demo are one process
+    by nature, so there the warning would only be noise."""
+    global _warned_embedded_store
+    if not _warned_embedded_store:
+        _warned_embedded_store = True
+        log.warning(
+            "embedded store in use: replay caches, nonces, locks and rate limits are held in "
+            "this process only; set AUTHSERVER_REDIS_URL before running more than one process"
+        )
 
 
 def build_services(settings: Settings, clock: Callable[[], float] = time.time) -> Services:

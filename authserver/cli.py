@@ -9,15 +9,23 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
-from authserver.config import Settings
+from authserver.config import ConfigError, Settings
+
+#: One help style everywhere: `-h` and `--help` (subcommands inherit it).
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
 
-def _settings() -> Settings:
-    return Settings.load()
+def _settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """The settings, or a one-line error naming the bad one (no traceback)."""
+    try:
+        return Settings.load(overrides)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from e
 
 
 def _services(settings: Settings | None = None) -> Any:
@@ -26,11 +34,25 @@ def _services(settings: Settings | None = None) -> Any:
     return build_services(settings or _settings())
 
 
+def _existing_database(settings: Settings) -> Any:
+    """The configured database for a read-only command: never created, never migrated."""
+    from authserver.db import Database
+
+    url = settings.database_url
+    if url.startswith("sqlite:///"):
+        path = Path(url.split("sqlite:///", 1)[1])
+        if not path.exists():
+            raise click.ClickException(
+                f"no database at {path} (nothing to read yet; `authserver db upgrade` "
+                "creates it)")
+    return Database(url)
+
+
 def _print(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-@click.group()
+@click.group(context_settings=CONTEXT_SETTINGS)
 def main() -> None:
     """authserver: an OAuth authorization server for agents acting on behalf of one user."""
 
@@ -39,15 +61,15 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 def serve(host: str, port: int) -> None:
     """Run a single-process development server (production: gunicorn, see README)."""
     from werkzeug.serving import run_simple
 
     from authserver import create_app
 
-    settings = Settings.load({"issuer": f"http://{host}:{port}"} if not _issuer_set() else {})
+    settings = _settings({"issuer": f"http://{host}:{port}"} if not _issuer_set() else {})
     app = create_app(settings)
     click.echo(f"authserver on {settings.issuer} (data in {settings.data_dir}/)")
     click.echo(f"  metadata:  {settings.issuer}/.well-known/oauth-authorization-server")
@@ -183,12 +205,12 @@ def clients_create(metadata_json: str, trusted_edge: bool, executor: bool,
 
 @clients.command("list")
 def clients_list() -> None:
+    """Every registered client with its grants and trust attributes (never its secret)."""
     from sqlalchemy import select
 
     from authserver.models import Client
 
-    services = _services()
-    with services.db.session() as session:
+    with _existing_database(_settings()).session() as session:
         rows = session.scalars(select(Client).order_by(Client.client_id_issued_at))
         _print([{"client_id": c.client_id, "client_name": c.client_metadata.get("client_name"),
                  "token_endpoint_auth_method": c.token_endpoint_auth_method,
@@ -220,10 +242,10 @@ def users() -> None:
 
 @users.command("create-local")
 @click.argument("username")
-@click.option("--password", prompt=True, hide_input=True)
-@click.option("--name", default=None)
-@click.option("--email", default=None)
-@click.option("--tenant", default="default")
+@click.option("--password", prompt=True, hide_input=True, help="Asked for if not given.")
+@click.option("--name", default=None, help="Display name.")
+@click.option("--email", default=None, help="Email address.")
+@click.option("--tenant", default="default", show_default=True, help="The user's tenant.")
 def users_create_local(username: str, password: str, name: str | None, email: str | None,
                        tenant: str) -> None:
     """A local account (development and demo; production signs people in at the IdP)."""
@@ -238,12 +260,12 @@ def users_create_local(username: str, password: str, name: str | None, email: st
 
 @users.command("list")
 def users_list() -> None:
+    """Every user: internal id (`usr_…`), email, name, tenant and whether still active."""
     from sqlalchemy import select
 
     from authserver.models import User
 
-    services = _services()
-    with services.db.session() as session:
+    with _existing_database(_settings()).session() as session:
         _print([{"id": u.id, "email": u.email, "name": u.name, "tenant": u.tenant,
                  "active": u.active} for u in session.scalars(select(User))])
 
@@ -270,9 +292,10 @@ def audit() -> None:
 @audit.command("verify")
 def audit_verify() -> None:
     """Check the hash chain; exit 1 if any record was changed, removed or reordered."""
-    services = _services()
-    with services.db.session() as session:
-        result = services.audit.verify(session)
+    from authserver.audit import AuditLog
+
+    with _existing_database(_settings()).session() as session:
+        result = AuditLog().verify(session)
     _print({"ok": result.ok, "count": result.count, "first_bad_seq": result.first_bad_seq,
             "reason": result.reason})
     if not result.ok:
@@ -280,15 +303,41 @@ def audit_verify() -> None:
 
 
 @audit.command("tail")
-@click.option("-n", "count", default=20, show_default=True, type=int)
+@click.option("-n", "count", default=20, show_default=True, type=int,
+              help="How many events.")
 def audit_tail(count: int) -> None:
     """The most recent audit events, newest last."""
-    from authserver.audit import event_as_dict
+    from authserver.audit import AuditLog, event_as_dict
 
-    services = _services()
-    with services.db.session() as session:
-        events = services.audit.tail(session, count)
+    with _existing_database(_settings()).session() as session:
+        events = AuditLog().tail(session, count)
         _print([event_as_dict(e) for e in events])
+
+
+# --- config ----------------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """The settings (AUTHSERVER_* variables and the AUTHSERVER_CONFIG file)."""
+
+
+@config.command("check")
+def config_check() -> None:
+    """Check every setting and print the effective configuration, secrets masked.
+
+    Exits 1 with a message naming the setting (AUTHSERVER_X, or the key in the TOML file) if
+    any is unknown, of the wrong type or out of range. Reads nothing else, writes nothing.
+    """
+    _print(_settings().effective())
+
+
+@config.command("reference")
+def config_reference() -> None:
+    """Print the reference of every setting (Markdown, the README's table)."""
+    from authserver.config import reference
+
+    click.echo(reference(), nl=False)
 
 
 # --- conformance, demo -------------------------------------------------------------------------

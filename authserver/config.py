@@ -134,17 +134,17 @@ class Settings:
         default_doc="*(none)*")
     scopes: tuple[str, ...] = _setting(
         ("openid", "profile", "email", "offline_access", "read", "write"), "supported scopes")
-    access_token_ttl: int = _setting(ACCESS_TOKEN_TTL, "seconds (1 to 86400)",
+    access_token_ttl: int = _setting(ACCESS_TOKEN_TTL, "access tokens",
                                      **_TTL, maximum=DAY)
-    refresh_token_ttl: int = _setting(REFRESH_TOKEN_TTL, "seconds (60 to 31622400, a year)",
+    refresh_token_ttl: int = _setting(REFRESH_TOKEN_TTL, "refresh tokens",
                                       minimum=60, maximum=366 * DAY)
     user_assertion_ttl: int = _setting(
-        USER_ASSERTION_TTL, "seconds (1 to 3600); the edge-minted user assertion",
+        USER_ASSERTION_TTL, "the edge-minted user assertion",
         **_TTL, maximum=3600)
     capability_token_ttl: int = _setting(
-        CAPABILITY_TOKEN_TTL, "seconds (1 to 600); the gateway token", **_TTL, maximum=600)
+        CAPABILITY_TOKEN_TTL, "the gateway token", **_TTL, maximum=600)
     dpop_proof_window: int = _setting(
-        DPOP_PROOF_WINDOW, "seconds a proof's `iat` may be old (1 to 600)", **_TTL, maximum=600)
+        DPOP_PROOF_WINDOW, "how old a proof's `iat` may be", **_TTL, maximum=600)
     local_login: bool = _setting(
         True, "allow local accounts; set to `false` in production so people sign in at the "
         "IdP only")
@@ -163,7 +163,7 @@ class Settings:
         "`[platforms.NAME]` (below)", default_doc="*(none)*", secret=True)
     rate_limits: Mapping[str, Any] = _setting(
         {}, "per user × `read`/`write`/`destructive`, and per `agent`: TOML table "  # noqa: RUF001
-        "`[rate_limits]` of `{ limit, window }` (window 1 to 86400 seconds)",
+        "`[rate_limits]` of `{ limit, window }` (window: 1 to 86400 seconds)",
         default_doc="120, 30, 5 and 300 per 60 s")
 
     def __post_init__(self) -> None:
@@ -432,6 +432,12 @@ def reference() -> str:
     lines = ["| key (`AUTHSERVER_…`) | default | meaning |", "|---|---|---|"]
     for f in dataclasses.fields(Settings):
         spec = _spec(f)
-        if not spec.internal:
-            lines.append(f"| `{f.name.upper()}` | {_default_text(f)} | {spec.doc} |")
+        if spec.internal:
+            continue
+        doc = spec.doc
+        if _kind(f) == "integer":
+            doc += f"; seconds, {spec.minimum} to {spec.maximum}"
+        if _kind(f) == "table":
+            doc += "; in the environment, a JSON object"
+        lines.append(f"| `{f.name.upper()}` | {_default_text(f)} | {doc} |")
     return "\n".join(lines) + "\n"

@@ -139,9 +139,13 @@ def test_resource_server_example_verifies_a_capability_token(stack: Stack) -> No
 def test_every_setting_is_documented() -> None:
     import dataclasses
 
-    from authserver.config import Settings
+    from authserver.config import Settings, reference
 
     internal = {"testing"}  # Flask's test mode, for this test suite only
     missing = [f.name for f in dataclasses.fields(Settings) if f.name not in internal
                and f"`{f.name.upper()}`" not in README and f"[{f.name}" not in README]
     assert missing == []
+    # The table is the reference generated from the settings' one definition, row for row
+    # (regenerate it with `authserver config reference`).
+    table = README.split("| key (`AUTHSERVER_…`) |", 1)[1].split("\n\n", 1)[0]
+    assert "| key (`AUTHSERVER_…`) |" + table + "\n" == reference()

@@ -1,20 +1,18 @@
 """Embedded store: correct for ONE process only (the demo and single-process development).
 
 Replay caches, locks and rate limits kept here are invisible to other workers or hosts; run
-more than one process only with `AUTHSERVER_REDIS_URL` set.
+more than one process only with `AUTHSERVER_REDIS_URL` set. The server (`create_app`) warns
+once at start-up when it runs on this store; admin commands and the demo do not.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from authserver.store import LockTimeoutError
-
-log = logging.getLogger(__name__)
 
 
 class MemoryStore:
@@ -26,10 +24,6 @@ class MemoryStore:
         self._mutex = threading.Lock()
         self._locks: dict[str, threading.Lock] = {}
         self._fences: dict[str, int] = {}
-        log.warning(
-            "embedded store in use: replay caches, nonces, locks and rate limits are held in "
-            "this process only; set AUTHSERVER_REDIS_URL before running more than one process"
-        )
 
     def _live(self, key: str) -> str | None:
         item = self._data.get(key)
