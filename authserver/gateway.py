@@ -253,6 +253,10 @@ def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest, ta
     if len(body) > MAX_RESPONSE_BYTES:
         raise TemporarilyUnavailableError("The platform's response is too large")
     response._content = body  # the streamed body, read once, size-limited
+    # The status the answer stands for (Slack says "token_expired" with a 200): a 401 here is
+    # refreshed once like a real one, and an error never passes as a success.
+    response.status_code = platform.profile.api_response_status(
+        response.status_code, response.headers.get("Content-Type", ""), body)
     return response
 
 

@@ -119,16 +119,20 @@ def test_microsoft_interaction_required_is_invalid_grant():
 
 
 def test_atlassian_api_base_from_the_single_accessible_site():
-    atlassian = Platform.from_settings("atlassian", {"profile": "atlassian", "client_id": "c",
-                                                     "client_secret": "s"})
+    # A {cloud_id} template (one site per platform) is filled from the single site; the
+    # default base is the gateway root, the resource map naming the site (issue 19).
+    atlassian = Platform.from_settings("atlassian", {
+        "profile": "atlassian", "client_id": "c", "client_secret": "s",
+        "api_base_url": "https://api.atlassian.com/ex/jira/{cloud_id}"})
     base = atlassian_api_base([{"id": "1324a887-45db", "url": "https://x.atlassian.net"}],
                               atlassian)
     assert base == "https://api.atlassian.com/ex/jira/1324a887-45db"
 
 
 def test_atlassian_api_base_ambiguous_sites_refused():
-    atlassian = Platform.from_settings("atlassian", {"profile": "atlassian", "client_id": "c",
-                                                     "client_secret": "s"})
+    atlassian = Platform.from_settings("atlassian", {
+        "profile": "atlassian", "client_id": "c", "client_secret": "s",
+        "api_base_url": "https://api.atlassian.com/ex/jira/{cloud_id}"})
     assert atlassian_api_base([{"id": "a"}, {"id": "b"}], atlassian) is None
 
 

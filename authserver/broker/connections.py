@@ -34,6 +34,7 @@ from authserver.broker.oauth_client import (
     refresh,
     revoke,
     s256,
+    send_revocation,
 )
 from authserver.broker.profiles import Platform
 from authserver.broker.vault import Vault
@@ -68,6 +69,9 @@ BACKOFF_MAX = 2.0
 #: The refresh lock auto-expires after this long. It must exceed the worst refresh:
 #: REFRESH_ATTEMPTS * (CONNECT_TIMEOUT + READ_TIMEOUT) + backoffs, about 40 s.
 LOCK_TIMEOUT = 60
+#: The longest a refresh with its retries can take (seconds): a rotated refresh token whose
+#: reuse leeway exceeds it may be retried after an unknown outcome.
+REFRESH_RETRY_WINDOW = LOCK_TIMEOUT
 #: How long a caller waits for another process's refresh before answering 503.
 LOCK_WAIT = 30
 #: A 401 from the API forces a refresh at most this often per connection.
@@ -133,6 +137,7 @@ def finish_connect(db: Database, store: Store, vault: Vault, platform: Platform,
     except PlatformInvalidGrant as e:
         raise InvalidGrantError("The platform did not accept the authorization",
                                 debug=e.debug) from e
+    superseded: dict[str, str] = {}
     with store.lock(_lock_name(user_id, platform.name), timeout=LOCK_TIMEOUT,
                     blocking_timeout=LOCK_WAIT) as fence, db.session() as session:
         conn = _select(session, user_id, platform.name)
@@ -140,6 +145,8 @@ def finish_connect(db: Database, store: Store, vault: Vault, platform: Platform,
             conn = Connection(id="con_" + secrets.token_urlsafe(16), user_id=user_id,
                               platform=platform.name, created_at=now, generation=0)
             session.add(conn)
+        elif platform.profile.revoke_superseded_grant:
+            superseded = _open_all(vault, conn)
         conn.generation = _next_generation(conn.generation, fence)
         conn.status = CONNECTION_ACTIVE
         conn.access_token_ciphertext = vault.seal(user_id, platform.name, "access_token",
@@ -151,7 +158,34 @@ def finish_connect(db: Database, store: Store, vault: Vault, platform: Platform,
         conn.scope = tokens.scope or " ".join(platform.scopes)
         conn.updated_at = now
     log.info("connected user to platform %s", platform.name)
+    if superseded:
+        _revoke_superseded(platform, superseded, tokens)
     return conn
+
+
+def _revoke_superseded(platform: Platform, old: Mapping[str, str], new: TokenSet) -> None:
+    """A reconnect replaced a grant: revoke the old one (best effort, after the new one is
+    stored), so a platform that caps live grants per user and app (Salesforce 5, GitHub 10)
+    does not silently revoke the oldest, and a stale grant does not linger."""
+    fresh = {new.access_token, new.refresh_token}
+    old = {kind: token for kind, token in old.items() if token not in fresh}
+    if not old:
+        return
+    hook = platform.profile.superseded_revocation_request
+    if hook is None:
+        _revoke_at_platform(platform, old)
+        return
+    for kind in platform.profile.revocable_tokens:
+        token = old.get(kind)
+        if token is None:
+            continue
+        try:
+            req = hook(platform, token, kind)
+            send_revocation(platform, req)
+            return
+        except (PlatformUnavailable, PlatformRejected) as e:
+            log.warning("revocation of a superseded %s at %s failed: %s", kind,
+                        platform.name, e.debug)
 
 
 def _claim_state(store: Store, state: str) -> dict[str, object]:
@@ -284,10 +318,12 @@ def _refresh_with_retries(platform: Platform, refresh_token: str, sleep: Sleep) 
         except PlatformUnavailable as e:
             # With rotating refresh tokens, a request the platform may have processed (timeout
             # after sending) must not be replayed: reuse detection would revoke the grant.
+            # A documented reuse leeway longer than all our retries (Atlassian: 10 minutes)
+            # makes the replay safe again.
             unknown_outcome = e.request_sent and e.status is None
-            if attempt == REFRESH_ATTEMPTS or (
-                unknown_outcome and platform.profile.rotates_refresh_tokens
-            ):
+            replay_unsafe = platform.profile.rotates_refresh_tokens and \
+                platform.profile.refresh_reuse_grace < REFRESH_RETRY_WINDOW
+            if attempt == REFRESH_ATTEMPTS or (unknown_outcome and replay_unsafe):
                 raise
             log.info("refresh at %s failed (%s); retry %d", platform.name, e.debug, attempt)
             sleep(min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (attempt - 1)))

@@ -86,9 +86,9 @@ def build_authorize_url(platform: Platform, *, redirect_uri: str, state: str,
         "client_id": platform.client_id,
         "redirect_uri": redirect_uri,
         "state": state,
-        "code_challenge": code_challenge,
-        "code_challenge_method": "S256",
     }
+    if profile.pkce:
+        params.update(code_challenge=code_challenge, code_challenge_method="S256")
     if platform.scopes:
         params[profile.scope_param] = profile.scope_separator.join(platform.scopes)
     separator = "&" if "?" in platform.authorize_url else "?"
@@ -97,13 +97,27 @@ def build_authorize_url(platform: Platform, *, redirect_uri: str, state: str,
 
 def exchange_code(platform: Platform, code: str, code_verifier: str,
                   redirect_uri: str) -> TokenSet:
-    """RFC 6749 §4.1.3: redeem an authorization code (with the PKCE verifier)."""
-    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
-            "code_verifier": code_verifier}
-    if platform.profile.send_scope_on_refresh and platform.scopes:
-        data["scope"] = platform.profile.scope_separator.join(platform.scopes)
-    tokens = _token_request(platform, data, "authorization_code")
-    if tokens.api_base_url is None and platform.profile.api_base_discovery_url:
+    """RFC 6749 §4.1.3: redeem an authorization code (with the PKCE verifier, when the profile
+    uses PKCE; as a public client when its PKCE mode is one).
+
+    Raises PlatformRejected when a profile with `refresh_scopes` got no refresh token: the
+    connection would die at the first expiry, so it is refused now.
+    """
+    profile = platform.profile
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    auth = "profile"
+    if profile.pkce:
+        data["code_verifier"] = code_verifier
+        if profile.pkce_public_client:
+            data["client_id"] = platform.client_id
+            auth = "none"
+    if profile.send_scope_on_refresh and platform.scopes:
+        data["scope"] = profile.scope_separator.join(platform.scopes)
+    tokens = _token_request(platform, data, "authorization_code", auth=auth)
+    if profile.refresh_scopes and tokens.refresh_token is None:
+        raise PlatformRejected(debug=f"platform {platform.name}: no refresh token issued (is "
+                               f"{profile.refresh_scopes[0]} allowed for the app?)")
+    if tokens.api_base_url is None and profile.api_base_discovery_url:
         tokens = _with_discovered_api_base(platform, tokens)
     return tokens
 
@@ -124,12 +138,21 @@ def revoke(platform: Platform, token: str, hint: str) -> None:
     """
     if not platform.profile.supports_revocation:
         raise PlatformRejected(debug=f"platform {platform.name}: no revocation support")
-    req = platform.profile.revocation_request(platform, token, hint)
+    send_revocation(platform, platform.profile.revocation_request(platform, token, hint))
+
+
+def send_revocation(platform: Platform, req: PlatformRequest) -> None:
+    """Send one revocation request; returns only if the platform says it revoked."""
     response = _send(platform, req)
-    # RFC 7009 §2.2 says 200; REST-style platforms (HubSpot, GitHub) answer 204.
+    # RFC 7009 §2.2 says 200; REST-style platforms (HubSpot, GitHub) answer 204. Slack answers
+    # 200 whatever happened: the profile judges the body.
+    doc = _parse_body(response)
     if response.status_code in (200, 204):
-        return
-    _raise_for_error(platform, response, _parse_body(response))
+        if platform.profile.revocation_succeeded(doc):
+            return
+        raise PlatformRejected(debug=f"platform {platform.name}: revocation refused "
+                               f"(status {response.status_code})")
+    _raise_for_error(platform, response, doc)
 
 
 # --- internals ---------------------------------------------------------------------------------
@@ -147,8 +170,9 @@ def _client_auth(platform: Platform, mode: str) -> tuple[dict[str, str], dict[st
     return {}, {"client_id": platform.client_id, "client_secret": platform.client_secret}
 
 
-def _token_request(platform: Platform, data: dict[str, str], grant_type: str) -> TokenSet:
-    headers, auth_fields = _client_auth(platform, "profile")
+def _token_request(platform: Platform, data: dict[str, str], grant_type: str, *,
+                   auth: str = "profile") -> TokenSet:
+    headers, auth_fields = _client_auth(platform, auth)
     body = {**data, **auth_fields}
     fmt = platform.profile.token_request_format
     req = PlatformRequest(

@@ -12,6 +12,7 @@ quirks come from; re-check them there when a platform changes behaviour.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,13 @@ class PlatformRequest:
 TokenResponseHook = Callable[[dict[str, Any], str], dict[str, Any]]
 RevocationHook = Callable[["Platform", str, str], PlatformRequest]
 DiscoveryHook = Callable[[Any, "Platform"], "str | None"]
+#: (HTTP status, Content-Type, body bytes) of an API response → the status it stands for.
+ApiStatusHook = Callable[[int, str, bytes], int]
+
+
+def standard_api_status(status: int, content_type: str, body: bytes) -> int:
+    """An RFC 9110 platform means what its status says."""
+    return status
 
 
 def standard_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
@@ -90,11 +98,33 @@ class PlatformProfile:
     token_request_headers: Mapping[str, str] = field(default_factory=dict)
     #: Some platforms want `scope` repeated on refresh (Microsoft identity platform).
     send_scope_on_refresh: bool = False
-    #: Each refresh returns a new refresh token and invalidates the old one. The broker always
-    #: persists a returned refresh token before using the new access token; this flag also
-    #: forbids retrying a refresh whose outcome is unknown (the old token may be spent, and a
-    #: replay can make the platform revoke the whole grant).
+    #: Each refresh returns a new refresh token and invalidates the old one. What it changes:
+    #: only `connections._refresh_with_retries` reads it, and there it forbids retrying a
+    #: refresh whose outcome is unknown (a timeout after the request was sent: the old token
+    #: may be spent, and a replay can make the platform revoke the whole grant), unless
+    #: `refresh_reuse_grace` covers the retries. Persisting a returned refresh token before the
+    #: new access token is used happens for every profile, flag or not.
     rotates_refresh_tokens: bool = False
+    #: Seconds during which a just-rotated refresh token may still be redeemed (Atlassian's
+    #: documented 10-minute leeway): a retry inside it is safe even with rotation. 0 = none.
+    refresh_reuse_grace: int = 0
+    #: A refresh token unused this long dies (Microsoft, Atlassian: 90 days); None = unknown or
+    #: never. Shown on the connections page; refreshing before it keeps the grant alive.
+    refresh_idle_lifetime: int | None = None
+    #: RFC 7636 PKCE on the code flow. Off where the platform's PKCE mode is a one-way switch to
+    #: a public client that rejects a confidential exchange carrying a verifier (Slack).
+    pkce: bool = True
+    #: With `pkce` on, redeem the code as a public client (client_id, no secret).
+    pkce_public_client: bool = False
+    #: Scopes without which the platform issues no refresh token; unless one of them is
+    #: configured, the first is added to the requested scopes (and `platforms check` says so).
+    refresh_scopes: tuple[str, ...] = ()
+    #: On reconnect, revoke the tokens of the superseded grant (platforms that cap live grants
+    #: per user and app silently revoke the oldest instead).
+    revoke_superseded_grant: bool = False
+    #: How to revoke one superseded token without touching the new grant; None = as on
+    #: disconnect (`revocation_request`).
+    superseded_revocation_request: RevocationHook | None = None
     #: Lifetime assumed when a token response has no `expires_in` (conservative); None = the
     #: platform's tokens do not expire, so only a 401 from the API triggers a refresh.
     default_expires_in: int | None = 3600
@@ -115,8 +145,13 @@ class PlatformProfile:
     #: Which of our tokens to revoke, in order of preference; the first success ends it.
     revocable_tokens: tuple[TokenKind, ...] = ("refresh_token", "access_token")
     revocation_request: RevocationHook = rfc7009_revocation
+    #: Whether a 200/204 revocation answer (parsed body) really revoked (Slack: `ok`).
+    revocation_succeeded: Callable[[dict[str, Any]], bool] = lambda _doc: True
     #: Normalises a parsed token response (success or error) to RFC 6749 §5.1/§5.2 members.
     token_response_quirks: TokenResponseHook = standard_token_response
+    #: The HTTP status an API response stands for (Slack answers errors with 200 + ok=false):
+    #: a 401 here makes the gateway refresh once, like a real 401.
+    api_response_status: ApiStatusHook = standard_api_status
     #: Default endpoints, so a deployment need only configure its client credentials.
     authorize_url: str | None = None
     token_url: str | None = None
@@ -129,6 +164,44 @@ class PlatformProfile:
 
 def _error_only(code: str) -> dict[str, Any]:
     return {"error": code}
+
+
+#: Slack Web API error codes (https://docs.slack.dev/reference/methods/auth.revoke, method
+#: pages' "Errors") that mean our token is dead or expired: treated as an HTTP 401.
+_SLACK_AUTH_ERRORS = frozenset({"token_expired", "invalid_auth", "not_authed", "token_revoked",
+                                "account_inactive"})
+_SLACK_FORBIDDEN_ERRORS = frozenset({"missing_scope", "no_permission", "not_allowed_token_type",
+                                     "ekm_access_denied", "access_denied"})
+
+
+def slack_api_status(status: int, content_type: str, body: bytes) -> int:
+    """Slack Web API methods answer HTTP 200 with `{"ok": false, "error": ...}` on failure
+    (https://docs.slack.dev/apis/web-api/#responses): map that to the status it stands for, so
+    `token_expired` triggers the gateway's refresh-on-401 and no error passes as a success."""
+    if status != 200 or not content_type.split(";")[0].strip().lower().endswith("json"):
+        return status
+    try:
+        doc = json.loads(body[:65536]) if body else None
+    except ValueError:
+        return status
+    if not isinstance(doc, dict) or doc.get("ok") is not False:
+        return status
+    error = doc.get("error")
+    if error in _SLACK_AUTH_ERRORS:
+        return 401
+    if error in _SLACK_FORBIDDEN_ERRORS:
+        return 403
+    if error == "ratelimited":
+        return 429
+    if error in ("internal_error", "fatal_error", "service_unavailable", "request_timeout"):
+        return 503
+    return 400
+
+
+def slack_revocation_succeeded(doc: dict[str, Any]) -> bool:
+    """`auth.revoke` answers HTTP 200 either way; only `ok: true` means revoked
+    (https://docs.slack.dev/reference/methods/auth.revoke)."""
+    return doc.get("ok") is True
 
 
 def slack_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
@@ -166,7 +239,11 @@ def github_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any
 
 
 def hubspot_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
-    """HubSpot errors carry `status` (e.g. BAD_REFRESH_TOKEN) instead of `error`."""
+    """HubSpot errors carry the RFC 6749 `error` member and, for compatibility, the legacy
+    `status` (https://developers.hubspot.com/changelog/new-oauth-v3-api-endpoints-and-
+    standardized-error-responses): `error` wins; `status` alone is mapped."""
+    if "access_token" not in doc and is_error_code(doc.get("error")):
+        return _error_only(str(doc["error"]))
     status = doc.get("status")
     if "access_token" not in doc and isinstance(status, str):
         if status in ("BAD_REFRESH_TOKEN", "BAD_AUTH_CODE", "EXPIRED_AUTH_CODE"):
@@ -174,6 +251,16 @@ def hubspot_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, An
         if status == "BAD_CLIENT_ID":
             return _error_only("invalid_client")
         return _error_only("invalid_request")
+    return doc
+
+
+def notion_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]:
+    """Notion errors are `{"object": "error", "status", "code", "message"}` with no `error`
+    member (https://developers.notion.com/reference/status-codes): `code` is the OAuth code
+    (`invalid_grant` for a spent or revoked refresh token)."""
+    if doc.get("object") == "error" and "error" not in doc:
+        code = doc.get("code")
+        return _error_only(str(code) if is_error_code(code) else "invalid_request")
     return doc
 
 
@@ -185,16 +272,33 @@ def microsoft_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, 
     return doc
 
 
+_CLOUD_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+ATLASSIAN_API_GATEWAY = "https://api.atlassian.com/ex"
+
+
 def atlassian_api_base(discovered: Any, platform: Platform) -> str | None:
-    """`accessible-resources` lists the sites the grant covers; the API base embeds the cloud
-    id. A grant spanning several sites is ambiguous, so it is refused rather than guessed."""
-    if not isinstance(discovered, list) or len(discovered) != 1:
+    """`accessible-resources` lists every site the user authorised the app for, each with its
+    cloud id (https://developer.atlassian.com/cloud/oauth/getting-started/making-calls-to-api/).
+
+    The default API base is the gateway root https://api.atlassian.com/ex: the resource map
+    names the product and the site, e.g. `"jira:{cloud_id}/issue/{key}" =
+    "jira/{cloud_id}/rest/api/3/issue/{key}"` or `"confluence:{cloud_id}/page/{id}" =
+    "confluence/{cloud_id}/wiki/api/v2/pages/{id}"`, so the intent chooses the site and
+    Atlassian enforces that the grant covers it. Any number of sites connects. A configured
+    base with a `{cloud_id}` placeholder (one site per platform) is filled only when the grant
+    covers exactly one site: with several it is ambiguous and refused, never guessed.
+    """
+    if not isinstance(discovered, list) or not discovered:
         return None
-    cloud_id = discovered[0].get("id") if isinstance(discovered[0], dict) else None
-    if not isinstance(cloud_id, str) or not re.fullmatch(r"[A-Za-z0-9-]{1,64}", cloud_id):
+    ids = [site.get("id") if isinstance(site, dict) else None for site in discovered]
+    if not all(isinstance(i, str) and _CLOUD_ID.fullmatch(i) for i in ids):
         return None
-    template = platform.api_base_url or "https://api.atlassian.com/ex/jira/{cloud_id}"
-    return template.replace("{cloud_id}", cloud_id)
+    template = platform.api_base_url or ATLASSIAN_API_GATEWAY
+    if "{cloud_id}" not in template:
+        return template
+    if len(set(ids)) != 1:
+        return None
+    return template.replace("{cloud_id}", str(ids[0]))
 
 
 def google_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
@@ -204,11 +308,23 @@ def google_revocation(platform: Platform, token: str, kind: str) -> PlatformRequ
     return PlatformRequest("POST", url, data={"token": token}, client_auth="none")
 
 
-def hubspot_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
-    """HubSpot: DELETE /oauth/v1/refresh-tokens/{token} (refresh tokens only)."""
-    base = platform.revocation_url or "https://api.hubapi.com/oauth/v1/refresh-tokens"
-    return PlatformRequest("DELETE", f"{base.rstrip('/')}/{quote(token, safe='')}",
-                             client_auth="none")
+def notion_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """Notion: POST /v1/oauth/revoke, Basic client auth, JSON `{"token": ...}`, with the
+    Notion-Version header (https://developers.notion.com/reference/revoke-token)."""
+    url = platform.revocation_url or "https://api.notion.com/v1/oauth/revoke"
+    return PlatformRequest("POST", url, json={"token": token}, client_auth="basic",
+                             headers=dict(platform.profile.extra_headers))
+
+
+def linear_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """Linear: POST /oauth/revoke. A refresh token goes in the `refresh_token` form field with
+    our client credentials (access tokens live 24 h, so a bearer revoke of a day-old access
+    token fails); an access token is sent as the bearer credential."""
+    if platform.revocation_url is None:
+        raise ValueError(f"platform {platform.name} has no revocation_url")
+    if kind == "refresh_token":
+        return PlatformRequest("POST", platform.revocation_url, data={"refresh_token": token})
+    return bearer_revocation(platform, token, kind)
 
 
 def github_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
@@ -222,8 +338,20 @@ def github_revocation(platform: Platform, token: str, kind: str) -> PlatformRequ
     )
 
 
+def github_token_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
+    """GitHub: DELETE /applications/{client_id}/token revokes one token and leaves the rest of
+    the authorization (the new grant after a reconnect) alive (REST "Delete an app token",
+    https://docs.github.com/en/rest/apps/oauth-applications; not in our stored copy)."""
+    base = platform.revocation_url or "https://api.github.com/applications"
+    return PlatformRequest(
+        "DELETE", f"{base.rstrip('/')}/{quote(platform.client_id, safe='')}/token",
+        json={"access_token": token}, client_auth="basic",
+        headers={"Accept": "application/vnd.github+json"},
+    )
+
+
 def bearer_revocation(platform: Platform, token: str, kind: str) -> PlatformRequest:
-    """Slack `auth.revoke` and Linear `/oauth/revoke` take the token as a bearer credential."""
+    """Slack `auth.revoke` takes the token as a bearer credential."""
     if platform.revocation_url is None:
         raise ValueError(f"platform {platform.name} has no revocation_url")
     return PlatformRequest("POST", platform.revocation_url,
@@ -231,106 +359,184 @@ def bearer_revocation(platform: Platform, token: str, kind: str) -> PlatformRequ
 
 
 # --- the shipped profiles ----------------------------------------------------------------------
+#
+# Every vendor value below carries the public page it comes from. Where a value is our choice
+# (a conservative default), the comment says so. Re-check the pages when a platform changes.
+
+_DAY = 86400
 
 PROFILES: dict[str, PlatformProfile] = {
     # RFC 6749 + RFC 7009 as written: Basic client auth, space-separated scopes, expires_in
-    # honoured (10 minutes assumed when absent), rotation tolerated either way.
+    # honoured (10 minutes assumed when absent: our choice), rotation tolerated either way.
     "generic": PlatformProfile(name="generic", default_expires_in=600),
-    # Salesforce (help.salesforce.com: "OAuth 2.0 Web Server Flow for Web App Integration",
-    # "Revoke OAuth Tokens"): no expires_in (session policy decides; we assume 15 minutes, the
-    # shortest session timeout); the token response carries `instance_url`, the org's API
-    # host; refresh responses normally omit refresh_token (rotation is an opt-in app setting);
-    # POST /services/oauth2/revoke with `token`.
+    # Salesforce.
     "salesforce": PlatformProfile(
-        name="salesforce", auth_method="client_secret_post", default_expires_in=900,
+        name="salesforce",
+        # Client credentials in the body: https://developer.salesforce.com/docs/atlas.en-us.
+        # 216.0.api_rest.meta/api_rest/intro_understanding_refresh_token_oauth.htm
+        auth_method="client_secret_post",
+        # No expires_in (the session policy decides); 15 minutes, the shortest session
+        # timeout, is our assumption.
+        default_expires_in=900,
+        # `instance_url` names the org's API host (same page); our API version choice.
         instance_url_field="instance_url", instance_api_path="/services/data/v62.0",
         instance_host_suffixes=("salesforce.com", "force.com", "salesforce.mil"),
-        revocation_token_type_hint=False,
+        # A refresh token only with the `refresh_token` (alias `offline_access`) scope, which
+        # the connected app must also allow ("Perform requests on your behalf at any time
+        # (refresh_token, offline_access)"): https://auth0.com/ai/docs/connections/salesforce
+        # (Salesforce's own scopes page is not in our stored copy).
+        refresh_scopes=("refresh_token", "offline_access"),
+        # Rotation is an app setting; when on, "the previous refresh token is automatically
+        # invalidated": https://help.salesforce.com/apex/HTViewHelpDoc?id=
+        # remoteaccess_oauth_refresh_token_flow.htm. We cannot see the setting, so we assume
+        # it is on (never replay a refresh of unknown outcome); a returned refresh token is
+        # stored either way, and a response without one keeps the old token.
+        rotates_refresh_tokens=True,
+        # "Every connected application permits five distinctive approvals per user. Once a
+        # sixth approval is created, the oldest approval is revoked":
+        # https://docs.oracle.com/en/cloud/paas/integration-cloud/sforce-adapter/error-when-
+        # connected-app-attempts-access-your-salesforce-data.html: revoke the superseded grant
+        # on reconnect. /services/oauth2/revoke with `token`: https://developer.salesforce.com/
+        # docs/atlas.en-us.api.meta/api/sforce_api_objects_oauthtoken.htm
+        revoke_superseded_grant=True, revocation_token_type_hint=False,
+        # login.salesforce.com is production. Sandboxes and My Domain orgs override the three
+        # URLs in their [platforms.<name>] table, e.g. https://test.salesforce.com/services/
+        # oauth2/{authorize,token,revoke} or https://MyDomainName.my.salesforce.com/services/
+        # oauth2/... (`authorize_url`, `token_url`, `revocation_url`).
         authorize_url="https://login.salesforce.com/services/oauth2/authorize",
         token_url="https://login.salesforce.com/services/oauth2/token",
         revocation_url="https://login.salesforce.com/services/oauth2/revoke",
     ),
-    # HubSpot (developers.hubspot.com/docs/api/oauth-quickstart-guide, "OAuth tokens" API):
-    # client credentials in the form body; expires_in 1800; refresh tokens long-lived and
-    # returned unchanged; errors as {"status": "BAD_REFRESH_TOKEN", ...};
-    # revocation is DELETE /oauth/v1/refresh-tokens/{token}.
+    # HubSpot: the v1 OAuth endpoints are sunset on 2027-02-16; the date-versioned API is
+    # https://developers.hubspot.com/changelog/v1-oauth-api-deprecation and
+    # https://developers.hubspot.com/docs/api-reference/legacy/authentication/oauth-tokens/v1/
+    # migration-guide (form-encoded bodies, client credentials in the body).
     "hubspot": PlatformProfile(
-        name="hubspot", auth_method="client_secret_post", default_expires_in=1800,
-        token_response_quirks=hubspot_token_response, revocable_tokens=("refresh_token",),
-        revocation_request=hubspot_revocation,
+        name="hubspot", auth_method="client_secret_post",
+        # Access tokens expire after 30 minutes: https://developers.hubspot.com/docs/
+        # api-reference/latest/authentication/manage-oauth-tokens
+        default_expires_in=1800,
+        # Errors carry `error` (RFC 6749) and legacy `status`: https://developers.hubspot.com/
+        # changelog/new-oauth-v3-api-endpoints-and-standardized-error-responses
+        token_response_quirks=hubspot_token_response,
+        # POST /oauth/2026-03/token/revoke replaces DELETE /oauth/v1/refresh-tokens/{token}
+        # (changelog above): form `token` + client credentials, refresh tokens only.
+        revocable_tokens=("refresh_token",),
         authorize_url="https://app.hubspot.com/oauth/authorize",
-        token_url="https://api.hubapi.com/oauth/v1/token",
-        revocation_url="https://api.hubapi.com/oauth/v1/refresh-tokens",
+        token_url="https://api.hubapi.com/oauth/2026-03/token",
+        revocation_url="https://api.hubapi.com/oauth/2026-03/token/revoke",
         api_base_url="https://api.hubapi.com",
     ),
-    # Google (developers.google.com/identity/protocols/oauth2/web-server): a refresh token only
-    # with access_type=offline, and again on re-consent only with prompt=consent; refresh
-    # responses omit refresh_token (keep the old one); revoke at oauth2.googleapis.com/revoke.
+    # Google (https://developers.google.com/identity/protocols/oauth2/web-server).
     "google": PlatformProfile(
         name="google", auth_method="client_secret_post",
+        # A refresh token only with access_type=offline, again on re-consent only with
+        # prompt=consent (#offline); refresh responses omit refresh_token (keep the old one).
         extra_authorize_params={"access_type": "offline", "prompt": "consent",
                                 "include_granted_scopes": "true"},
+        # Unused refresh tokens die after six months; past the per-client and per-user caps
+        # the oldest stop working: https://developers.google.com/identity/protocols/oauth2
+        refresh_idle_lifetime=183 * _DAY,
+        # Revoke at oauth2.googleapis.com/revoke (#tokenrevoke). Revoking a token ends the
+        # app's grant for the account, so a reconnect does NOT revoke the superseded token
+        # (it would kill the new one); Google drops the oldest past its per-client cap instead.
         revocable_tokens=("refresh_token", "access_token"), revocation_request=google_revocation,
         authorize_url="https://accounts.google.com/o/oauth2/v2/auth",
         token_url="https://oauth2.googleapis.com/token",
         revocation_url="https://oauth2.googleapis.com/revoke",
         api_base_url="https://www.googleapis.com",
     ),
-    # Microsoft identity platform (learn.microsoft.com/entra/identity-platform/
-    # v2-oauth2-auth-code-flow): `offline_access` scope for a refresh token; refresh tokens are
-    # replaced on every refresh (store the new one); `scope` sent again on refresh;
-    # interaction_required means the user must come back; no token revocation endpoint
-    # (sessions are revoked through Graph revokeSignInSessions, which is not per-grant).
-    # Replace "organizations" with the tenant id in the configured URLs.
+    # Microsoft identity platform. Replace "organizations" with the tenant id in the
+    # configured URLs.
     "microsoft": PlatformProfile(
-        name="microsoft", auth_method="client_secret_post", rotates_refresh_tokens=True,
-        send_scope_on_refresh=True, token_response_quirks=microsoft_token_response,
+        name="microsoft", auth_method="client_secret_post",
+        # `offline_access` is needed for a refresh token; `scope` is sent again on refresh:
+        # https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow
+        refresh_scopes=("offline_access",), send_scope_on_refresh=True,
+        # "Refresh tokens replace themselves with a fresh token upon every use. The Microsoft
+        # identity platform doesn't revoke old refresh tokens when used"; 90-day lifetime:
+        # https://learn.microsoft.com/entra/identity-platform/refresh-tokens. Each refresh
+        # returns a new token that we store; the old one is not invalidated, so a replayed
+        # refresh is harmless: no rotation flag.
+        refresh_idle_lifetime=90 * _DAY,
+        # interaction_required / consent_required / login_required: only the user can fix it.
+        token_response_quirks=microsoft_token_response,
+        # No per-grant revocation endpoint (Graph revokeSignInSessions ends every session):
+        # same page.
         supports_revocation=False,
         authorize_url="https://login.microsoftonline.com/organizations/oauth2/v2.0/authorize",
         token_url="https://login.microsoftonline.com/organizations/oauth2/v2.0/token",
         api_base_url="https://graph.microsoft.com/v1.0",
     ),
-    # Slack (api.slack.com/authentication/oauth-v2, /authentication/rotation,
-    # /methods/auth.revoke): user scopes go in `user_scope`, comma-separated; errors are HTTP
-    # 200 with ok=false; the user token is nested in `authed_user`; with token rotation on,
-    # tokens last 12 hours and refresh responses carry a refresh token; revoke via auth.revoke
-    # with the token as bearer.
+    # Slack (user tokens).
     "slack": PlatformProfile(
-        name="slack", scope_separator=",", scope_param="user_scope",
-        token_response_quirks=slack_token_response, default_expires_in=None,
+        name="slack",
+        # User scopes go in `user_scope`, comma-separated; the user token is nested in
+        # `authed_user`: https://docs.slack.dev/reference/methods/oauth.v2.access
+        scope_separator=",", scope_param="user_scope",
+        token_response_quirks=slack_token_response,
+        # PKCE is a one-way switch that marks the app a public client
+        # (https://docs.slack.dev/authentication/using-pkce, https://docs.slack.dev/changelog/
+        # 2026/03/30/pkce). Off by default; an app marked PKCE/public sets profile_overrides
+        # pkce = true, and then redeems its codes without the client secret.
+        pkce=False, pkce_public_client=True,
+        # Without rotation tokens never expire; with it they last 12 hours and every refresh
+        # revokes the refresh token used: https://docs.slack.dev/authentication/
+        # using-token-rotation (single-use refresh tokens).
+        default_expires_in=None, rotates_refresh_tokens=True,
+        # Errors are HTTP 200 with ok=false ("Callers should always check the value of the ok
+        # params": https://api.slack.com/methods/oauth.v2.exchange), auth.revoke included
+        # (https://docs.slack.dev/reference/methods/auth.revoke, the token as bearer).
+        api_response_status=slack_api_status, revocation_succeeded=slack_revocation_succeeded,
         revocable_tokens=("access_token",), revocation_request=bearer_revocation,
         authorize_url="https://slack.com/oauth/v2/authorize",
         token_url="https://slack.com/api/oauth.v2.access",
         revocation_url="https://slack.com/api/auth.revoke",
         api_base_url="https://slack.com/api",
     ),
-    # Atlassian Cloud 3LO (developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/):
-    # audience=api.atlassian.com and prompt=consent on authorize; `offline_access` for a
-    # refresh token; rotating refresh tokens; JSON token requests; the API base is
-    # https://api.atlassian.com/ex/jira/{cloud_id}, the cloud id discovered after the grant
-    # from /oauth/token/accessible-resources; no documented revocation endpoint (users revoke
-    # in their Atlassian account settings).
+    # Atlassian Cloud 3LO: https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/
     "atlassian": PlatformProfile(
         name="atlassian", auth_method="client_secret_post", token_request_format="json",
+        # audience=api.atlassian.com and prompt=consent on authorize (same page).
         extra_authorize_params={"audience": "api.atlassian.com", "prompt": "consent"},
-        rotates_refresh_tokens=True, supports_revocation=False,
+        # `offline_access` for a refresh token (same page).
+        refresh_scopes=("offline_access",),
+        # Rotating refresh tokens: 90 days' inactivity expiry, 365 days absolute, and a reused
+        # token is accepted within a 10-minute leeway: https://community.developer.atlassian.
+        # com/t/updated-31-january-2022-action-required-deprecating-persistent-refresh-tokens/
+        # 54172. The leeway makes retrying a refresh of unknown outcome safe.
+        rotates_refresh_tokens=True, refresh_reuse_grace=600,
+        refresh_idle_lifetime=90 * _DAY,
+        # No documented revocation endpoint: users revoke in their Atlassian account settings.
+        supports_revocation=False,
+        # Every site the user authorised, with its cloud id:
+        # https://developer.atlassian.com/cloud/oauth/getting-started/making-calls-to-api/
         api_base_discovery_url="https://api.atlassian.com/oauth/token/accessible-resources",
         api_base_from_discovery=atlassian_api_base,
         authorize_url="https://auth.atlassian.com/authorize",
         token_url="https://auth.atlassian.com/oauth/token",
-        api_base_url="https://api.atlassian.com/ex/jira/{cloud_id}",
+        # Jira at /ex/jira/{cloud_id}, Confluence at /ex/confluence/{cloud_id}: the resource
+        # map chooses (see atlassian_api_base).
+        api_base_url=ATLASSIAN_API_GATEWAY,
     ),
-    # GitHub (docs.github.com: "Authorizing OAuth apps", "Refreshing user access tokens",
-    # REST "Delete an app authorization"): the token response is form-encoded unless we send
-    # Accept: application/json; errors come with HTTP 200; OAuth-app tokens never expire
-    # (GitHub-app user tokens do, 8 h, with rotating refresh tokens); revocation is
-    # DELETE /applications/{client_id}/grant with Basic auth.
+    # GitHub OAuth apps.
     "github": PlatformProfile(
         name="github", auth_method="client_secret_post",
+        # Form-encoded token response unless Accept: application/json; errors with HTTP 200:
+        # https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/authorizing-oauth-apps
         token_request_headers={"Accept": "application/json"},
-        token_response_quirks=github_token_response, rotates_refresh_tokens=True,
-        default_expires_in=None, revocable_tokens=("access_token",),
-        revocation_request=github_revocation,
+        token_response_quirks=github_token_response,
+        # OAuth-app tokens never expire; GitHub-app user tokens last 8 h with rotating refresh
+        # tokens: https://docs.github.com/en/apps/creating-github-apps/authenticating-with-a-
+        # github-app/refreshing-user-access-tokens
+        rotates_refresh_tokens=True, default_expires_in=None,
+        # Disconnect deletes the whole authorization (DELETE /applications/{client_id}/grant):
+        # https://docs.github.com/en/rest/apps/oauth-applications#delete-an-app-authorization
+        revocable_tokens=("access_token",), revocation_request=github_revocation,
+        # Ten tokens per user, app and scope; more revoke the oldest:
+        # https://docs.github.com/en/authentication/keeping-your-account-and-data-secure/
+        # token-expiration-and-revocation. A reconnect revokes the superseded token only.
+        revoke_superseded_grant=True, superseded_revocation_request=github_token_revocation,
         extra_headers={"Accept": "application/vnd.github+json",
                        "X-GitHub-Api-Version": "2022-11-28"},
         authorize_url="https://github.com/login/oauth/authorize",
@@ -338,33 +544,47 @@ PROFILES: dict[str, PlatformProfile] = {
         revocation_url="https://api.github.com/applications",
         api_base_url="https://api.github.com",
     ),
-    # Linear (linear.app/developers/oauth-2-0-authentication): comma-separated scopes; client
-    # credentials in the body; revoke with POST /oauth/revoke and the token as bearer.
-    # Refresh tokens (rotating) are returned for newer apps; older tokens are long-lived.
+    # Linear: https://linear.app/developers/oauth-2-0-authentication
     "linear": PlatformProfile(
         name="linear", auth_method="client_secret_post", scope_separator=",",
-        rotates_refresh_tokens=True, revocable_tokens=("access_token",),
-        revocation_request=bearer_revocation,
+        # Every app uses (rotating) refresh tokens since 2026-04-01 (same page).
+        rotates_refresh_tokens=True,
+        # Access tokens live 24 hours (issue 19; not on the stored page): revoke with the
+        # refresh token in the `refresh_token` form field, the access token as a fallback.
+        revocable_tokens=("refresh_token", "access_token"),
+        revocation_request=linear_revocation,
         authorize_url="https://linear.app/oauth/authorize",
         token_url="https://api.linear.app/oauth/token",
         revocation_url="https://api.linear.app/oauth/revoke",
         api_base_url="https://api.linear.app",
     ),
-    # Notion (developers.notion.com/docs/authorization): no scopes (the user picks pages);
-    # owner=user on authorize; token request is JSON with Basic auth; every API call needs a
-    # Notion-Version header; historically tokens did not expire and there was no revocation
-    # endpoint (the user removes the integration in Notion), so we do not call one.
+    # Notion: https://developers.notion.com/docs/authorization
     "notion": PlatformProfile(
-        name="notion", token_request_format="json",
-        extra_authorize_params={"owner": "user"}, default_expires_in=None,
-        supports_revocation=False, extra_headers={"Notion-Version": "2022-06-28"},
+        name="notion",
+        # JSON token requests with Basic client auth; no scopes (the user picks pages);
+        # owner=user on authorize (same page).
+        token_request_format="json", extra_authorize_params={"owner": "user"},
+        # The token response carries a refresh token, and each refresh returns a new access
+        # AND refresh token: https://developers.notion.com/reference/refresh-a-token. No
+        # lifetime is documented, so only a 401 from the API triggers a refresh.
+        rotates_refresh_tokens=True, default_expires_in=None,
+        # Errors as {object: "error", status, code, message}:
+        # https://developers.notion.com/reference/status-codes
+        token_response_quirks=notion_token_response,
+        # POST /v1/oauth/revoke, Basic auth, JSON {token}:
+        # https://developers.notion.com/reference/revoke-token
+        revocable_tokens=("access_token",), revocation_request=notion_revocation,
+        # Every API call needs Notion-Version (required even on revoke-token, above); the
+        # version we were written against.
+        extra_headers={"Notion-Version": "2022-06-28"},
         authorize_url="https://api.notion.com/v1/oauth/authorize",
         token_url="https://api.notion.com/v1/oauth/token",
+        revocation_url="https://api.notion.com/v1/oauth/revoke",
         api_base_url="https://api.notion.com/v1",
     ),
-    # Asana (developers.asana.com/docs/oauth): credentials in the form body; expires_in 3600;
-    # refresh responses carry no refresh_token (keep the old one); revoke with POST
-    # /-/oauth_revoke (token + client credentials in the body) using the refresh token.
+    # Asana (https://developers.asana.com/docs/oauth): credentials in the form body;
+    # expires_in 3600; refresh responses carry no refresh_token (keep the old one); revoke with
+    # POST /-/oauth_revoke (token + client credentials in the body) using the refresh token.
     "asana": PlatformProfile(
         name="asana", auth_method="client_secret_post", revocable_tokens=("refresh_token",),
         revocation_token_type_hint=False,
@@ -383,7 +603,9 @@ _OVERRIDABLE: dict[str, type | tuple[type, ...]] = {
     "instance_api_path": str, "instance_host_suffixes": (list, tuple),
     "supports_revocation": bool, "revocation_token_type_hint": bool,
     "revocable_tokens": (list, tuple), "extra_authorize_params": dict, "extra_headers": dict,
-    "token_request_headers": dict,
+    "token_request_headers": dict, "pkce": bool, "refresh_reuse_grace": int,
+    "refresh_idle_lifetime": (int, type(None)), "refresh_scopes": (list, tuple),
+    "revoke_superseded_grant": bool, "api_base_discovery_url": (str, type(None)),
 }
 
 
@@ -445,7 +667,8 @@ class Platform:
         api_base_url = mapping.get("api_base_url") or profile.api_base_url
         if not authorize_url or not token_url:
             raise ValueError(f"platform {name}: authorize_url and token_url are required")
-        for url in (authorize_url, token_url, revocation_url, api_base_url):
+        for url in (authorize_url, token_url, revocation_url, api_base_url,
+                    profile.api_base_discovery_url):
             if url is not None:
                 _check_endpoint_url(str(url), name)
         if profile.supports_revocation and not revocation_url and \
@@ -478,7 +701,7 @@ class Platform:
             revocation_url=None if revocation_url is None else str(revocation_url),
             client_id=client_id,
             client_secret=client_secret,
-            scopes=tuple(scopes),
+            scopes=with_refresh_scope(profile, tuple(scopes)),
             api_base_url=None if api_base_url is None else str(api_base_url),
             resource_map=routes,
             extra_authorize_params={str(k): str(v) for k, v in extra.items()},
@@ -504,7 +727,21 @@ def _apply_overrides(profile: PlatformProfile, overrides: Any, name: str) -> Pla
         raise ValueError(f"platform {name}: revocable_tokens takes access_token/refresh_token")
     if result.default_expires_in is not None and result.default_expires_in <= 0:
         raise ValueError(f"platform {name}: default_expires_in must be positive")
+    if result.refresh_reuse_grace < 0 or (result.refresh_idle_lifetime is not None
+                                          and result.refresh_idle_lifetime <= 0):
+        raise ValueError(f"platform {name}: refresh lifetimes must be positive")
+    if not all(isinstance(s, str) and s and " " not in s for s in result.refresh_scopes):
+        raise ValueError(f"platform {name}: refresh_scopes must be scope tokens")
     return result
+
+
+def with_refresh_scope(profile: PlatformProfile, scopes: tuple[str, ...]) -> tuple[str, ...]:
+    """`scopes` plus the profile's refresh scope when none of its refresh scopes is there
+    (without one, Microsoft, Atlassian and Salesforce issue no refresh token and the
+    connection dies at the first expiry)."""
+    if not profile.refresh_scopes or set(profile.refresh_scopes) & set(scopes):
+        return scopes
+    return (*scopes, profile.refresh_scopes[0])
 
 
 def _check_authorize_params(params: Mapping[str, Any], name: str) -> None:
