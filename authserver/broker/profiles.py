@@ -109,7 +109,7 @@ class PlatformProfile:
     #: documented 10-minute leeway): a retry inside it is safe even with rotation. 0 = none.
     refresh_reuse_grace: int = 0
     #: A refresh token unused this long dies (Microsoft, Atlassian: 90 days); None = unknown or
-    #: never. Shown on the connections page; refreshing before it keeps the grant alive.
+    #: never. Documentation only so far: nothing refreshes idle grants before it yet.
     refresh_idle_lifetime: int | None = None
     #: RFC 7636 PKCE on the code flow. Off where the platform's PKCE mode is a one-way switch to
     #: a public client that rejects a confidential exchange carrying a verifier (Slack).
