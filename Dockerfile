@@ -9,14 +9,18 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Only what the runtime needs: never .venv, var/ (local keys, SQLite files) or tests.
-# Built from a throw-away copy so the installed package is the only one on sys.path.
-COPY pyproject.toml README.md /tmp/src/
+# Built from a throw-away copy so the installed package is the only one on sys.path. The
+# wheel carries the Cedar policies (authserver/policies links to policies/, copied beside it)
+# and the conformance suite (`authserver conformance`).
+COPY pyproject.toml README.md requirements.lock /tmp/src/
 COPY authserver /tmp/src/authserver
-# Runtime dependencies only: no [test] extra, no editable install.
-RUN pip install /tmp/src \
+COPY policies /tmp/src/policies
+COPY conformance /tmp/src/conformance
+# Runtime dependencies only, at the locked versions: no extras, no editable install.
+RUN pip install -r /tmp/src/requirements.lock \
+    && pip install --no-deps /tmp/src \
     && rm -rf /tmp/src
 
-COPY policies ./policies
 COPY wsgi.py gunicorn.conf.py docker-entrypoint.sh ./
 RUN chmod 0755 /app/docker-entrypoint.sh
 
@@ -27,9 +31,9 @@ RUN useradd --system --uid 10001 --user-group --home-dir /nonexistent --no-creat
     && chown authserver:authserver /var/lib/authserver \
     && chmod 0700 /var/lib/authserver
 
-# The installed package cannot find policies/ beside itself, so point at the copied folder.
+# POLICY_DIR defaults to the policies inside the installed package; mount your own and set
+# AUTHSERVER_POLICY_DIR to use them instead.
 ENV AUTHSERVER_DATA_DIR=/var/lib/authserver \
-    AUTHSERVER_POLICY_DIR=/app/policies \
     AUTHSERVER_BIND=0.0.0.0:8000 \
     PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus
 

@@ -390,6 +390,11 @@ def conformance(ctx: click.Context) -> None:
 @click.pass_context
 def demo(ctx: click.Context) -> None:
     """Play the on-behalf-of story end to end on embedded defaults (see README)."""
+    from authserver.demo import missing_extra
+
+    missing = missing_extra()  # its agent and edge need the `demo` extra
+    if missing:
+        raise click.ClickException(f"the demo needs {missing}: pip install 'authserver[demo]'")
     from authserver.demo.__main__ import main as demo_main
 
     sys.exit(demo_main(list(ctx.args)))

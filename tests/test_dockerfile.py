@@ -136,3 +136,20 @@ def test_entrypoint_migrates_then_execs_gunicorn() -> None:
     upgrade = lines.index("authserver db upgrade")
     serve = lines.index("exec gunicorn -c gunicorn.conf.py wsgi:app")
     assert upgrade < serve
+
+
+def test_installs_the_locked_versions_then_the_package_alone() -> None:
+    (install,) = [args for args in _args("RUN") if "pip install" in args]
+    assert "pip install -r /tmp/src/requirements.lock" in install
+    assert "pip install --no-deps /tmp/src" in install
+    assert any("requirements.lock" in args.split()[:-1] for args in _args("COPY"))
+
+
+def test_the_wheel_is_built_with_its_policies_and_conformance_suite() -> None:
+    # authserver/policies is a symlink to ../policies: both must sit in the build context.
+    assert (REPO / "authserver" / "policies").is_symlink()
+    copies = {tuple(args.split()) for args in _args("COPY")}
+    assert ("authserver", "/tmp/src/authserver") in copies
+    assert ("policies", "/tmp/src/policies") in copies
+    assert ("conformance", "/tmp/src/conformance") in copies
+    assert "AUTHSERVER_POLICY_DIR" not in _env()

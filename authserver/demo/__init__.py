@@ -10,3 +10,13 @@ scripted agent (deterministic, no LLM) that speaks OAuth through requests-oauth2
 - `scenarios.py`  the five scenarios and what each one expects
 - `narrate.py`    terminal output (colour on a TTY only), summary table, the JSON report
 """
+
+
+def missing_extra() -> str | None:
+    """The first module of the `demo` extra that is not installed, or None."""
+    try:
+        import jwskate  # noqa: F401
+        import requests_oauth2client  # noqa: F401
+    except ImportError as e:
+        return e.name or "the demo extra"
+    return None
