@@ -9,6 +9,7 @@ loudly (never skip).
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -29,6 +30,25 @@ def delete_prefixed(redis_url: str, prefix: str) -> None:
     keys = list(client.scan_iter(match=prefix + "*", count=1000))
     if keys:
         client.delete(*keys)
+
+
+class TestClock:
+    """The app's clock in a test: real time plus an offset the test moves (`advance`).
+    Passed to `create_app(..., clock=...)`; nothing patches the `time` module."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+@pytest.fixture
+def clock() -> TestClock:
+    return TestClock()
 
 
 @pytest.fixture

@@ -64,8 +64,8 @@ def app_config(tmp_path: Any, database_url: str, redis_url: str) -> dict[str, An
 
 
 @pytest.fixture
-def app(app_config: dict[str, Any]) -> Iterator[Flask]:
-    application = create_app(app_config)
+def app(app_config: dict[str, Any], clock: Any) -> Iterator[Flask]:
+    application = create_app(app_config, clock=clock)
     yield application
     services = application.extensions["authserver"]
     services.db.engine.dispose()

@@ -8,13 +8,13 @@ produced), short lifetime.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.conftest import TestClock
 from tests.http_helpers import (  # noqa: F401
     ISSUER,
     REDIRECT_URI,
@@ -353,12 +353,11 @@ def test_code_reuse_is_invalid_grant_and_revokes_what_it_issued(
 
 def test_code_reuse_after_expiry_still_revokes_what_it_issued(
         client: FlaskClient, rp: dict, signed_in: str, pkce: tuple[str, str],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        clock: TestClock) -> None:
     verifier, challenge = pkce
     code = authorize(client, authorization_params(rp, challenge))
     first = redeem(client, rp, code, verifier).get_json()
-    later = time.time() + 120
-    monkeypatch.setattr("authserver.app.time.time", lambda: later)
+    clock.advance(120)
     assert_token_error(redeem(client, rp, code, verifier), 400, "invalid_grant")
     assert introspect(client, rp, first["refresh_token"]) == {"active": False}
 
@@ -411,13 +410,12 @@ def test_missing_redirect_uri_at_the_token_endpoint_is_invalid_grant(
 
 def test_expired_code_is_invalid_grant(client: FlaskClient, rp: dict, signed_in: str,
                                        pkce: tuple[str, str],
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+                                       clock: TestClock) -> None:
     from authserver.config import AUTHORIZATION_CODE_TTL
 
     verifier, challenge = pkce
     code = authorize(client, authorization_params(rp, challenge))
-    later = time.time() + AUTHORIZATION_CODE_TTL + 1
-    monkeypatch.setattr("authserver.app.time.time", lambda: later)
+    clock.advance(AUTHORIZATION_CODE_TTL + 1)
     assert_token_error(redeem(client, rp, code, verifier), 400, "invalid_grant")
 
 

@@ -6,7 +6,6 @@ nothing else: unknown, expired, revoked, or issued to another client.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 
 from authserver.models import Client
+from tests.conftest import TestClock
 from tests.http_helpers import (  # noqa: F401
     ISSUER,
     RESOURCE,
@@ -88,10 +88,9 @@ def test_token_with_forged_signature_is_inactive(client: FlaskClient, rp: dict) 
 
 
 def test_expired_access_token_is_inactive(client: FlaskClient, rp: dict,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+                                          clock: TestClock) -> None:
     token = cc_token(client, rp)
-    later = time.time() + 3600
-    monkeypatch.setattr("authserver.app.time.time", lambda: later)
+    clock.advance(3600)
     assert introspect(client, rp, token) == INACTIVE
 
 

@@ -6,12 +6,12 @@ revokes the whole family: the newest refresh token and every access token of the
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from tests.conftest import TestClock
 from tests.http_helpers import (  # noqa: F401
     RESOURCE,
     STORES,
@@ -140,12 +140,11 @@ def test_missing_refresh_token_is_invalid_request(client: FlaskClient, rp: dict)
 
 
 def test_expired_refresh_token_is_invalid_grant(client: FlaskClient, rp: dict, signed_in: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                clock: TestClock) -> None:
     from authserver.config import REFRESH_TOKEN_TTL
 
     first = code_flow(client, rp)
-    later = time.time() + REFRESH_TOKEN_TTL + 1
-    monkeypatch.setattr("authserver.app.time.time", lambda: later)
+    clock.advance(REFRESH_TOKEN_TTL + 1)
     assert_token_error(refresh(client, rp, first["refresh_token"]), 400, "invalid_grant")
 
 
