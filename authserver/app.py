@@ -24,6 +24,9 @@ from authserver.urls import is_loopback_http_url
 
 log = logging.getLogger("authserver")
 
+#: The largest request body we read, whatever its framing (Content-Length or chunked).
+MAX_BODY_BYTES = 256 * 1024
+
 
 def create_app(config: Settings | Mapping[str, Any] | None = None, *,
                clock: Callable[[], float] = time.time) -> Flask:
@@ -49,7 +52,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         SESSION_COOKIE_NAME="__Host-authserver" if settings.issuer.startswith("https://")
         else "authserver_session",
         PERMANENT_SESSION_LIFETIME=SESSION_TTL,
-        MAX_CONTENT_LENGTH=256 * 1024,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         TESTING=settings.testing,
     )
     app.extensions["authserver"] = services
@@ -82,7 +85,39 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.register_blueprint(admin.bp)
     app.register_blueprint(ops.ops)
     app.register_blueprint(web.bp)
+    app.wsgi_app = BodyLimit(app.wsgi_app, MAX_BODY_BYTES)  # type: ignore[method-assign]
     return app
+
+
+class BodyLimit:
+    """WSGI middleware: a body without Content-Length (chunked) is held to `limit` too.
+
+    Werkzeug checks `max_content_length` against Content-Length, and on a server-terminated
+    stream (`wsgi.input_terminated`: gunicorn, chunked requests on the dev server) it stops
+    reading at the limit and parses the truncated body. So such a body is read here, at most
+    `limit + 1` bytes, and handed on with the Content-Length it has: over the limit, Werkzeug
+    then answers 413 through the one error handler; within it, the request is unchanged.
+    """
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if environ.get("CONTENT_LENGTH") in (None, "") and environ.get("wsgi.input_terminated"):
+            import io
+
+            stream = environ["wsgi.input"]
+            body = bytearray()
+            while len(body) <= self.limit:
+                chunk = stream.read(min(64 * 1024, self.limit + 1 - len(body)))
+                if not chunk:
+                    break
+                body += chunk
+            environ["wsgi.input"] = io.BytesIO(bytes(body))
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)  # the body now has a known length
+        return self.app(environ, start_response)
 
 
 _warned_embedded_store = False
@@ -159,6 +194,15 @@ def _secret_key(settings: Settings) -> str:
 
 def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float]) -> None:
     """One clock reading and one DB session per request; commit before the response leaves."""
+
+    @app.before_request
+    def refuse_control_characters() -> None:
+        # Before any lookup: a NUL would otherwise reach PostgreSQL (issue 13, item 4). The
+        # gateway forwards its bodies, so only its query string is read here.
+        from authserver.authorization_server import check_parameter_characters
+
+        check_parameter_characters(
+            request.args, *(() if request.blueprint == "gateway" else (request.form,)))
 
     @app.before_request
     def open_request() -> None:

@@ -15,7 +15,12 @@ from flask import g
 from flask import request as flask_request
 
 from authserver import errors
-from authserver.clients import OAuthClient, make_private_key_jwt_authenticator
+from authserver.clients import (
+    OAuthClient,
+    check_basic_credentials,
+    has_control_characters,
+    make_private_key_jwt_authenticator,
+)
 from authserver.models import Client
 from authserver.services import Services
 
@@ -67,6 +72,21 @@ def check_parameters(query: Any, form: Any) -> None:
             raise errors.InvalidRequestError("A parameter was sent more than once")
 
 
+def check_parameter_characters(*sources: Any) -> None:
+    """Refuse, at the boundary, parameters no valid request carries (any route).
+
+    A NUL in any parameter name or value (PostgreSQL refuses it in text, so it could only ever
+    fail deeper down), and any control character in `client_id` (RFC 6749 §2.2: VSCHAR).
+    `sources` are multi-dicts (query string, form). Raises `InvalidRequestError`.
+    """
+    for source in sources:
+        for name, values in source.lists():
+            if "\x00" in name or any("\x00" in value for value in values):
+                raise errors.InvalidRequestError("A parameter contains a NUL character")
+            if name == "client_id" and any(has_control_characters(v) for v in values):
+                raise errors.InvalidRequestError("client_id contains a control character")
+
+
 class AuthorizationServer(FlaskAuthorizationServer):
     def __init__(self, services: Services) -> None:
         super().__init__()
@@ -84,7 +104,8 @@ class AuthorizationServer(FlaskAuthorizationServer):
         )
 
     def _load_client(self, client_id: str) -> OAuthClient | None:
-        if not isinstance(client_id, str) or len(client_id) > 255:
+        if not isinstance(client_id, str) or len(client_id) > 255 \
+                or has_control_characters(client_id):
             return None
         row = g.db.get(Client, client_id)
         return OAuthClient(row) if row is not None else None
@@ -94,6 +115,8 @@ class AuthorizationServer(FlaskAuthorizationServer):
 
     def create_oauth2_request(self, request: Any) -> Any:
         check_parameters(flask_request.args, flask_request.form)
+        check_parameter_characters(flask_request.args, flask_request.form)
+        check_basic_credentials(flask_request.headers.get("Authorization"))
         req = super().create_oauth2_request(request)
         req.now = g.now
         req.db = g.db
@@ -101,6 +124,13 @@ class AuthorizationServer(FlaskAuthorizationServer):
         req.client_ip = flask_request.remote_addr
         g.oauth_request = req
         return req
+
+    def get_token_grant(self, request: Any) -> Any:
+        # RFC 6749 §5.2: a missing required parameter is invalid_request; Authlib would say
+        # unsupported_grant_type.
+        if not request.payload.grant_type:
+            raise errors.InvalidRequestError("Missing grant_type")
+        return super().get_token_grant(request)
 
     def handle_error_response(self, request: Any, error: AuthlibError) -> Any:
         raise from_authlib(error) from error

@@ -37,7 +37,9 @@ def _normalise_url(url: str) -> str:
 class Database:
     def __init__(self, url: str) -> None:
         self.url = _normalise_url(url)
-        kwargs: dict[str, Any] = {"future": True}
+        # hide_parameters: a driver error never carries parameter values (client ids, token
+        # hashes) into a log line or an exception message.
+        kwargs: dict[str, Any] = {"future": True, "hide_parameters": True}
         if self.url.startswith("sqlite"):
             path = self.url.split("sqlite:///", 1)[-1]
             if path and path != ":memory:":

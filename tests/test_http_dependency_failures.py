@@ -53,10 +53,18 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
-def assert_unavailable(response: Any) -> None:
+#: User routes answer with an HTML page (same status and headers), API routes with JSON.
+PAGE_ROUTES = ("/authorize", "/login")
+
+
+def assert_unavailable(response: Any, *, page: bool = False) -> None:
     assert response.status_code == 503, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    assert response.get_json()["error"] == "temporarily_unavailable"
+    if page:
+        assert response.mimetype == "text/html"
+        assert "temporarily_unavailable" in response.get_data(as_text=True)
+    else:
+        assert response.mimetype == "application/json"
+        assert response.get_json()["error"] == "temporarily_unavailable"
     assert response.headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
     assert response.headers["Cache-Control"] == "no-store"
     text = response.get_data(as_text=True)
@@ -103,7 +111,7 @@ def test_database_down_is_503_with_retry_after(
         response = client.open(path, method=method, **kwargs)
     finally:
         logging.getLogger().removeHandler(handler)
-    assert_unavailable(response)
+    assert_unavailable(response, page=path in PAGE_ROUTES)
     # One line per request, no traceback at ERROR, nothing that could carry SQL parameters.
     assert not [r for r in handler.records if r.levelno >= logging.ERROR]
     assert not [r for r in handler.records if r.exc_info]
@@ -162,7 +170,7 @@ def test_store_failure_is_503_with_retry_after(
     def store_down() -> Any:
         raise StoreUnavailableError(debug="redis: ConnectionError")
 
-    assert_unavailable(client.get("/store-down"))
+    assert_unavailable(client.get("/store-down"), page=True)  # not an API path: a page
 
 
 def test_every_temporarily_unavailable_error_carries_retry_after() -> None:
