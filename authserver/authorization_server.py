@@ -110,6 +110,21 @@ class AuthorizationServer(FlaskAuthorizationServer):
         row = g.db.get(Client, client_id)
         return OAuthClient(row) if row is not None else None
 
+    def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:
+        """Authlib's client authentication between the token endpoint's two budgets (every
+        grant authenticates here): per client address before, per client after. The client's
+        is counted only once it has authenticated, so nobody can spend another client's
+        budget by presenting its id. 429 `rate_limited` + Retry-After."""
+        from authserver.ratelimit import TOKEN, TOKEN_ADDRESS
+
+        limiter = self.services.rate_limiter
+        if endpoint == "token":
+            limiter.hit(TOKEN_ADDRESS, flask_request.remote_addr or "unknown", now=int(g.now))
+        client = super().authenticate_client(request, methods, endpoint)
+        if endpoint == "token":
+            limiter.hit(TOKEN, client.get_client_id(), now=int(g.now))
+        return client
+
     def save_token(self, token: Any, request: Any) -> None:
         """Grants persist what they issue themselves (grants, refresh tokens)."""
 

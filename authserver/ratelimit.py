@@ -10,6 +10,10 @@ Action classes follow Part A1: *read*, *write*, *destructive*. A destructive act
 write, so it spends both the destructive and the write budget: the small destructive limit
 cannot be used to get extra writes, and deletes count toward the write ceiling.
 Every request counts, including rejected ones, and against every budget it touches.
+
+The same counters throttle the front door (`hit`): sign-in attempts per account and per
+client address, dynamic registration per address, and the token endpoint per authenticated
+client and per address (every grant).
 """
 
 from __future__ import annotations
@@ -46,11 +50,28 @@ READ_LIMIT = RateLimit(limit=120, window=60)
 WRITE_LIMIT = RateLimit(limit=30, window=60)
 DESTRUCTIVE_LIMIT = RateLimit(limit=5, window=60)
 AGENT_LIMIT = RateLimit(limit=300, window=60)
+#: Front-door budgets (`RateLimiter.hit`), by the subject they count.
+SIGN_IN_ACCOUNT = "sign_in_account"  # local sign-in attempts per username
+SIGN_IN_ADDRESS = "sign_in_address"  # sign-in attempts (local and IdP) per client address
+REGISTER = "register"  # POST /register per client address
+TOKEN = "token"  # /token requests per authenticated client, every grant
+TOKEN_ADDRESS = "token_address"  # /token requests per client address, before authentication
+SIGN_IN_ACCOUNT_LIMIT = RateLimit(limit=10, window=900)
+SIGN_IN_ADDRESS_LIMIT = RateLimit(limit=300, window=900)
+REGISTER_LIMIT = RateLimit(limit=20, window=3600)
+TOKEN_LIMIT = RateLimit(limit=1200, window=60)
+TOKEN_ADDRESS_LIMIT = RateLimit(limit=6000, window=60)
+REQUEST_LIMITS = (SIGN_IN_ACCOUNT, SIGN_IN_ADDRESS, REGISTER, TOKEN, TOKEN_ADDRESS)
 DEFAULT_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
     "read": READ_LIMIT,
     "write": WRITE_LIMIT,
     "destructive": DESTRUCTIVE_LIMIT,
     AGENT: AGENT_LIMIT,
+    SIGN_IN_ACCOUNT: SIGN_IN_ACCOUNT_LIMIT,
+    SIGN_IN_ADDRESS: SIGN_IN_ADDRESS_LIMIT,
+    REGISTER: REGISTER_LIMIT,
+    TOKEN: TOKEN_LIMIT,
+    TOKEN_ADDRESS: TOKEN_ADDRESS_LIMIT,
 })
 
 
@@ -61,14 +82,12 @@ def _key_part(value: str) -> str:
 
 class RateLimiter:
     def __init__(self, store: Store, limits: Mapping[str, RateLimit] = DEFAULT_LIMITS) -> None:
-        missing = set(DEFAULT_LIMITS) - set(limits)
+        """`limits` overrides DEFAULT_LIMITS by name; an unknown name raises ValueError."""
         unknown = set(limits) - set(DEFAULT_LIMITS)
-        if missing or unknown:
-            raise ValueError(
-                f"rate limits: missing {sorted(missing)}, unknown {sorted(unknown)}"
-            )
+        if unknown:
+            raise ValueError(f"rate limits: unknown {sorted(unknown)}")
         self.store = store
-        self.limits = MappingProxyType(dict(limits))
+        self.limits = MappingProxyType({**DEFAULT_LIMITS, **limits})
 
     @classmethod
     def from_settings(cls, store: Store, mapping: Mapping[str, Any]) -> RateLimiter:
@@ -104,6 +123,15 @@ class RateLimiter:
             return None
         return max(1, _retry_after(current, previous, remaining, limit, window))
 
+    def hit(self, name: str, subject: str, *, now: int) -> None:
+        """Count one request against the front-door budget `name` (REQUEST_LIMITS) of
+        `subject` (a username, a client address, a client id); raise RateLimitedError
+        (retry_after) once it is spent, StoreUnavailableError if the store cannot answer."""
+        if name not in REQUEST_LIMITS:
+            raise ValueError(f"unknown request limit {name!r}")
+        wait = self._spend(f"{_KEY_PREFIX}{name}:{_key_part(subject)}", self.limits[name], now)
+        if wait is not None:
+            raise RateLimitedError(wait)
 
     def check(self, *, user_id: str, agent_id: str, action_class: str, now: int) -> None:
         """Count this request; raise RateLimitedError(retry_after) if any budget is spent.

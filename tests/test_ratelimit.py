@@ -183,7 +183,26 @@ def test_unknown_action_class_is_rejected(store: Store, user: str) -> None:
 def test_default_limits_are_named() -> None:
     assert dict(DEFAULT_LIMITS) == {"read": RateLimit(120, 60), "write": RateLimit(30, 60),
                                     "destructive": RateLimit(5, 60),
-                                    "agent": RateLimit(300, 60)}
+                                    "agent": RateLimit(300, 60),
+                                    "sign_in_account": RateLimit(10, 900),
+                                    "sign_in_address": RateLimit(300, 900),
+                                    "register": RateLimit(20, 3600),
+                                    "token": RateLimit(1200, 60),
+                                    "token_address": RateLimit(6000, 60)}
+
+
+def test_front_door_budget_is_per_subject_and_shared(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, {"sign_in_account": RateLimit(2, 60)})
+    for _ in range(2):
+        limiter.hit("sign_in_account", user, now=WINDOW_START)
+    with pytest.raises(RateLimitedError) as exc:
+        limiter.hit("sign_in_account", user, now=WINDOW_START)
+    # 3 counted of 2: the rest of this window (60 s), then until 3 x (60 - t)/60 + 1 <= 2 (40 s).
+    assert exc.value.retry_after == 60 + 40
+    limiter.hit("sign_in_account", user + "-other", now=WINDOW_START)
+    limiter.hit("sign_in_address", user, now=WINDOW_START)  # another budget, same subject
+    with pytest.raises(ValueError):
+        limiter.hit("read", user, now=WINDOW_START)
 
 
 def test_from_settings_overrides_defaults(store: Store) -> None:

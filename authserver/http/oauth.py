@@ -22,6 +22,7 @@ from authserver.errors import (
 )
 from authserver.metadata import authorization_server_metadata, compact
 from authserver.observability import TOKEN_REJECTIONS, TOKENS_ISSUED
+from authserver.ratelimit import REGISTER
 from authserver.services import Services
 
 bp = Blueprint("oauth", __name__)
@@ -103,6 +104,7 @@ def revoke() -> Response:
 @bp.post("/register")
 def register() -> Response:
     s = services()
+    s.rate_limiter.hit(REGISTER, request.remote_addr or "unknown", now=g.now)
     expected = s.settings.registration_token
     if expected:
         # RFC 7591 §3: an initial access token, presented as a Bearer token.
