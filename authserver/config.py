@@ -40,7 +40,11 @@ DPOP_NONCE_TTL = 300
 JWT_LEEWAY = 30
 APPROVAL_TTL = 600
 APPROVAL_POLL_INTERVAL = 2
+#: Browser sessions (authserver/sessions.py): absolute lifetime from sign-in, idle lifetime
+#: from the last request, and how often a request refreshes "last used" in the store.
 SESSION_TTL = 8 * 3600
+SESSION_IDLE_TTL = 30 * 60
+SESSION_TOUCH_INTERVAL = 60
 
 DAY = 24 * 3600
 #: Upper bound of a rate-limit window: anything longer is a typo (minutes meant as seconds…).

@@ -12,6 +12,7 @@ from authserver.broker.connections import revoke_all_for_user, user_connections
 from authserver.identity.users import deprovision_user
 from authserver.models import Grant
 from authserver.services import Services
+from authserver.sessions import end_all_sessions
 
 
 def deprovision(services: Services, user_id: str, *, now: int,
@@ -26,6 +27,7 @@ def deprovision(services: Services, user_id: str, *, now: int,
     with s.db.session() as session:
         # The epoch (DB and shared store) first: from here on every token issued so far fails.
         deprovision_user(session, s.store, user_id, now=now)
+        end_all_sessions(s.store, user_id)  # signed out at once, on every instance
         session.execute(update(Grant).where(Grant.user_id == user_id,
                                             Grant.revoked_at.is_(None)).values(revoked_at=now))
         platforms = sorted(c.platform for c in user_connections(session, user_id))
