@@ -75,10 +75,18 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     # Observability first: hooks run in registration order, so every later log line has the
     # correlation id.
     observability.init_app(app)
+    from authserver.http import browser
+
+    # Security headers: registered before the commit hook, so they also reach the response
+    # that hook may substitute (after_request hooks run in reverse order).
+    browser.init_app(app, https=settings.issuer.startswith("https://"))
     _request_lifecycle(app, services, clock)
 
+    from authserver import sessions
     from authserver.http import admin, errors, gateway, oauth, ops, web
 
+    # Browser sessions live in the shared store; the cookie carries only their id.
+    sessions.init_app(app, services.store, clock)
     errors.init_app(app)
     app.register_blueprint(oauth.bp)
     app.register_blueprint(gateway.bp)

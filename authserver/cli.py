@@ -77,7 +77,10 @@ def serve(host: str, port: int) -> None:
     click.echo(f"    curl -s -X POST {settings.issuer}/register \\")
     click.echo("      -H 'Content-Type: application/json' \\")
     click.echo("      -d '{\"grant_types\":[\"client_credentials\"]}'")
-    run_simple(host, port, app, threaded=True, use_reloader=False)
+    from authserver.http.browser import BannerlessRequestHandler
+
+    run_simple(host, port, app, threaded=True, use_reloader=False,
+               request_handler=BannerlessRequestHandler)
 
 
 def _issuer_set() -> bool:

@@ -21,6 +21,7 @@ from authserver.errors import (
     ServerError,
     TemporarilyUnavailableError,
 )
+from authserver.http.browser import is_page_request, render_error_page
 
 log = logging.getLogger("authserver.errors")
 
@@ -68,6 +69,14 @@ def dependency_failure(error: BaseException) -> BaseException | None:
     return None
 
 
+def _answer(error: OAuthError) -> Response:
+    """JSON on the API routes; an HTML page (same status and headers) on the user routes."""
+    if is_page_request():
+        return render_error_page(error.status_code, error.error, error.description,
+                                 error.headers())
+    return render(error)
+
+
 def init_app(app: Flask) -> None:
     @app.errorhandler(OAuthError)
     def handle_oauth_error(error: OAuthError) -> Response:
@@ -80,10 +89,16 @@ def init_app(app: Flask) -> None:
         else:
             log.info("request rejected: %s", error.error,
                      extra={"error": error.error, "debug": error.debug or ""})
-        return render(error)
+        return _answer(error)
 
     @app.errorhandler(HTTPException)
     def handle_http_exception(error: HTTPException) -> Response:
+        if is_page_request():  # a person at a browser: a page, with a way back
+            response = render_error_page(error.code or 500, error.name or "error",
+                                         error.description)
+            if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
+                response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
+            return response
         # Routing errors (404, 405): plain JSON, no OAuth code to invent.
         response = Response(json.dumps({"error": (error.name or "error").lower()
                                         .replace(" ", "_")}),
@@ -104,7 +119,7 @@ def init_app(app: Flask) -> None:
         log.exception("unexpected error")
         server_error = ServerError()
         g.oauth_error = server_error
-        return render(server_error)
+        return _answer(server_error)
 
     @app.after_request
     def retry_after_on_503(response: Response) -> Response:

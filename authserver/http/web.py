@@ -1,17 +1,23 @@
 """User pages: sign in, the authorization endpoint's consent, connections, approvals, activity.
 
-Browser sessions are Flask's signed cookies (HttpOnly, SameSite=Lax, Secure and `__Host-`
-on https). Every form carries a per-session CSRF token. Signing in replaces the whole session
-(no fixation). Which user is signed in is answered by one function, `current_user()`; how a
-person proves it (local accounts for development, or a corporate IdP) sits behind it.
+Browser sessions are server-side (authserver/sessions.py): the cookie (HttpOnly,
+SameSite=Lax, Secure and `__Host-` on https) carries only a random session id. Every form
+carries a per-session CSRF token. Signing in starts a new session under a new id (no
+fixation); signing out, "sign out everywhere" and deprovisioning end sessions in the store.
+After sign-in the browser goes only to a path on our own origin (`safe_redirect_path`).
+Sign-in attempts are throttled per account and per client address (authserver/ratelimit.py).
+Which user is signed in is answered by one function, `current_user()`; how a person proves
+it (local accounts for development, or a corporate IdP) sits behind it.
+Security headers and error pages are set in one place, authserver/http/browser.py.
 """
 
 from __future__ import annotations
 
 import hmac
+import re
 import secrets
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 from flask import (
     Blueprint,
@@ -21,6 +27,7 @@ from flask import (
     redirect,
     render_template,
     request,
+    send_from_directory,
     session,
     url_for,
 )
@@ -35,8 +42,11 @@ from authserver.authorize import (
     validate_authorization_request,
 )
 from authserver.errors import AccessDeniedError
+from authserver.http.browser import allow_form_targets
 from authserver.models import User
+from authserver.ratelimit import SIGN_IN_ACCOUNT, SIGN_IN_ADDRESS
 from authserver.services import Services
+from authserver.sessions import end_all_sessions, end_session, rotate_session
 
 bp = Blueprint("web", __name__)
 
@@ -68,11 +78,10 @@ def current_user() -> User | None:
 
 
 def sign_in(user: User, *, now: int) -> None:
-    session.clear()  # a fresh session: nothing from before sign-in survives (fixation)
+    rotate_session()  # a new id, and nothing from before sign-in survives (fixation)
     session["uid"] = user.id
     session["auth_time"] = now
     session["csrf"] = secrets.token_urlsafe(32)
-    session.permanent = True
     g.current_user = user
 
 
@@ -89,11 +98,39 @@ def check_csrf() -> None:
         abort(400, "CSRF token missing or invalid")
 
 
+#: Longest `next` we keep (an /authorize request with authorization_details can be long).
+MAX_NEXT_LENGTH = 8192
+#: Printable ASCII without space and backslash: browsers drop tabs and newlines inside a URL
+#: and read '\\' as '/', so "/\t/evil" and "/\\evil" would both become "//evil".
+_PATH_CHARACTERS = re.compile(r"[\x21-\x5b\x5d-\x7e]+")
+
+
+def _is_own_path(value: str) -> bool:
+    if not _PATH_CHARACTERS.fullmatch(value) or not value.startswith("/") \
+            or value.startswith("//"):
+        return False
+    parts = urlsplit(value)
+    return not parts.scheme and not parts.netloc
+
+
+def safe_redirect_path(value: str | None, default: str) -> str:
+    """`value` if it is a path on our own origin, else `default`: never an open redirector
+    (RFC 9700 §4.11). Parsed, not prefix-matched: no scheme, no authority, no backslash, no
+    control character or whitespace; and its path is still one of ours after one and after
+    two percent-decodings (so "/%2F/evil", "/%5Cevil", "/%09/evil" and "/%252F%252Fevil" are
+    refused, whoever decodes them later). The query may hold anything percent-encoded."""
+    if not value or len(value) > MAX_NEXT_LENGTH or not _is_own_path(value):
+        return default
+    path = urlsplit(value).path
+    for _ in range(2):
+        path = unquote(path)
+        if not _is_own_path(path):
+            return default
+    return value
+
+
 def safe_next(value: str | None) -> str:
-    """Only same-origin relative paths: never an open redirector (RFC 9700 §4.11)."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return url_for("web.home")
+    return safe_redirect_path(value, url_for("web.home"))
 
 
 def login_redirect() -> Response:
@@ -102,10 +139,19 @@ def login_redirect() -> Response:
 
 @bp.app_context_processor
 def template_helpers() -> dict[str, Any]:
-    return {"csrf_token": csrf_token, "current_user": current_user()}
+    # Error pages skip the signed-in header: they must render even when the database is down.
+    return {"csrf_token": csrf_token,
+            "current_user": None if g.get("error_page") else current_user()}
 
 
 # --- sign in ---------------------------------------------------------------------------------
+
+
+@bp.get("/favicon.ico")
+def favicon() -> Any:
+    assert current_app.static_folder is not None
+    return send_from_directory(current_app.static_folder, "favicon.ico",
+                               mimetype="image/vnd.microsoft.icon", max_age=86400)
 
 
 @bp.get("/")
@@ -120,6 +166,7 @@ def login() -> Any:
     s = services()
     idps = sorted(s.federation.names) if s.federation is not None else []
     nxt = safe_next(request.values.get("next"))
+    _allow_idp_targets(idps)
     if request.method == "GET":
         return render_template("login.html", idps=idps, next=nxt,
                                local_login=s.settings.local_login)
@@ -128,6 +175,9 @@ def login() -> Any:
         abort(404)
     username = request.form.get("username", "")
     password = request.form.get("password", "")
+    # Counted before the password is checked (and every attempt counts): a spent budget
+    # answers 429 even for the right password, so guessing learns nothing.
+    _throttle_sign_in(username)
     user = g.db.scalars(
         select(User).where(User.idp_issuer == "local", User.idp_subject == username)
     ).first()
@@ -143,8 +193,42 @@ def login() -> Any:
 @bp.post("/logout")
 def logout() -> Response:
     check_csrf()
-    session.clear()
+    end_session()  # the record is deleted: a copy of the cookie is worthless from now on
     return redirect(url_for("web.login"))
+
+
+@bp.post("/logout/everywhere")
+def logout_everywhere() -> Response:
+    """End every session of the signed-in user, on every device and instance."""
+    check_csrf()
+    user = current_user()
+    if user is not None:
+        end_all_sessions(services().store, user.id)
+    end_session()
+    return redirect(url_for("web.login"))
+
+
+def _throttle_sign_in(username: str | None) -> None:
+    """Raises RateLimitedError (429 page, Retry-After) once a budget is spent."""
+    limiter = services().rate_limiter
+    limiter.hit(SIGN_IN_ADDRESS, request.remote_addr or "unknown", now=g.now)
+    if username is not None:
+        limiter.hit(SIGN_IN_ACCOUNT, username, now=g.now)
+
+
+def _allow_idp_targets(idps: list[str]) -> None:
+    """The sign-in page's IdP buttons POST to us, and we redirect to the IdP's authorization
+    endpoint: CSP form-action must name it (Chromium checks redirects after a form POST)."""
+    from authserver.errors import OAuthError
+
+    federation = services().federation
+    for name in idps:
+        provider = federation.get(name)
+        try:
+            endpoint = provider.metadata(now=g.now)["authorization_endpoint"]
+        except OAuthError:
+            continue  # the IdP is unreachable: its button fails (503) until it is back
+        allow_form_targets(endpoint)
 
 
 # --- RFC 6749 §4.1.1 authorization endpoint --------------------------------------------------
@@ -177,6 +261,7 @@ def authorize() -> Any:
         if request.method == "POST":
             abort(400, "Sign in first")
         return login_redirect()
+    allow_form_targets(req.redirect_uri)  # both decisions redirect there
     if request.method == "GET":
         return render_template(
             "consent.html",
@@ -220,6 +305,7 @@ def _callback_uri(name: str) -> str:
 @bp.post("/login/<name>")
 def login_idp(name: str) -> Response:
     check_csrf()
+    _throttle_sign_in(None)
     provider = _provider(name)
     login_hint = request.form.get("login_hint") or None
     start = provider.begin_login(redirect_uri=_callback_uri(name), now=g.now,
@@ -251,7 +337,7 @@ def login_idp_callback(name: str) -> Any:
         return render_template("error.html", error=e.error, description=e.description), \
             e.status_code
     sign_in(user, now=g.now)
-    return redirect(pending.get("next") or url_for("web.home"))
+    return redirect(safe_next(pending.get("next")))
 
 
 # --- connections (the credential broker's user side) ------------------------------------------
@@ -281,6 +367,8 @@ def connections() -> Any:
     user = current_user()
     if user is None:
         return login_redirect()
+    # Connect buttons POST to us and we redirect to the platform (CSP form-action).
+    allow_form_targets(*(p.authorize_url for p in services().platforms.values()))
     mine = {c.platform: c for c in user_connections(g.db, user.id)}
     rows = [{"name": name, "display_name": p.display_name, "connection": mine.get(name)}
             for name, p in sorted(services().platforms.items())]
@@ -296,6 +384,7 @@ def connect(name: str) -> Any:
     user = current_user()
     if user is None:
         return login_redirect()
+    allow_form_targets(platform.authorize_url)  # the POST redirects there
     if request.method == "GET":
         return render_template("connect.html", platform=platform)
     check_csrf()

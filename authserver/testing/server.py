@@ -12,7 +12,10 @@ class ServerThread:
     """`with ServerThread(app) as base_url: ...` or `.start()` / `.stop()`."""
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True)
+        from authserver.http.browser import BannerlessRequestHandler
+
+        self._server: BaseWSGIServer = make_server(
+            host, port, app, threaded=True, request_handler=BannerlessRequestHandler)
         self.port = self._server.server_port
         self.base_url = f"http://{host}:{self.port}"
         self._thread = threading.Thread(
