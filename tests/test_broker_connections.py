@@ -7,6 +7,7 @@ Every test runs on the embedded store and Redis, and on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from authserver.broker.connections import (
     revoke_all_for_user,
     start_connect,
 )
+from authserver.broker.profiles import Platform
 from authserver.broker.vault import Vault
 from authserver.db import Database
 from authserver.errors import (
@@ -46,6 +48,7 @@ from tests.broker_fake import (
     running_crm,
     running_projects,
 )
+from tests.conftest import NOW
 
 CONNECT_URI = "http://127.0.0.1:8000/connections/crm/connect"
 USER = "u-alice"
@@ -344,6 +347,161 @@ def test_stale_fence_cannot_overwrite_newer_tokens(db, store, vault, crm, now):
     assert written is False
     row = _row(db)
     assert row is not None and row.updated_at == now
+
+
+# --- the refresh margin, bounded by the token's own lifetime ---------------------------------
+
+
+@pytest.mark.parametrize(("configured", "lifetime", "margin"), [
+    (60, 5, 2), (60, 12, 6), (60, 3600, 60), (60, 70, 35), (60, 1, 0), (60, 0, 0),
+    (60, -30, 0), (0, 3600, 0), (300, 3600, 300)])
+def test_refresh_margin_is_at_most_half_the_lifetime(configured, lifetime, margin):
+    assert connections.refresh_margin(configured, NOW, NOW + lifetime) == margin
+
+
+def _crm_settings(**extra):
+    return {"authorize_url": "https://crm.example.com/authorize",
+            "token_url": "https://crm.example.com/token",
+            "revocation_url": "https://crm.example.com/revoke",
+            "client_id": "c", "client_secret": "s", **extra}
+
+
+def test_refresh_margin_setting_defaults_to_sixty_seconds():
+    assert Platform.from_settings("crm", _crm_settings()).refresh_margin == 60
+    assert Platform.from_settings("crm", _crm_settings(refresh_margin=0)).refresh_margin == 0
+    assert Platform.from_settings("crm", _crm_settings(refresh_margin=3600)).refresh_margin \
+        == 3600
+
+
+@pytest.mark.parametrize("value", [-1, 3601, "60", 1.5, True, None, [60]])
+def test_refresh_margin_setting_is_validated(value):
+    with pytest.raises(ValueError, match="platform crm: refresh_margin must be a whole number"):
+        Platform.from_settings("crm", _crm_settings(refresh_margin=value))
+
+
+def _with_margin(platform, margin):
+    return dataclasses.replace(platform, refresh_margin=margin)
+
+
+def _refreshes_at(db, store, vault, platform, provider, instants):
+    """Refresh count at the platform after one get_access_token at each instant, in order."""
+    counts = []
+    for instant in instants:
+        get_access_token(db, store, vault, platform, user_id=USER, now=instant,
+                         connect_uri=CONNECT_URI)
+        counts.append(provider.stats["refresh"])
+    return counts
+
+
+@pytest.mark.parametrize(("ttl", "stale_after"), [(5, 3), (12, 6), (3600, 3540)])
+def test_token_is_fresh_until_the_margin_bounded_by_half_its_lifetime(db, store, vault, crm, now,
+                                                                      ttl, stale_after):
+    # 5 s and 12 s tokens are shorter than the default 60 s margin: they must still be used
+    # for the first half of their life, not refreshed on every call (issue 16).
+    crm.provider.access_token_ttl = ttl
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    counts = _refreshes_at(db, store, vault, crm.platform, crm.provider,
+                           [now, now + stale_after - 1, now + stale_after,
+                            now + stale_after, now + stale_after + ttl - stale_after - 1])
+    # Fresh, fresh (last second before the margin), refreshed, the new token is fresh, and
+    # it in turn is still fresh one second before its own margin.
+    assert counts == [0, 0, 1, 1, 1]
+    get_access_token(db, store, vault, crm.platform, user_id=USER,
+                     now=now + 2 * stale_after, connect_uri=CONNECT_URI)
+    assert crm.provider.stats["refresh"] == 2  # exactly one refresh per expiry
+    assert crm.provider.stats["refresh_reuse"] == 0
+
+
+def test_configured_margin_applies_to_long_lived_tokens(db, store, vault, crm, now):
+    crm.provider.access_token_ttl = 3600
+    platform = _with_margin(crm.platform, 300)
+    connect(db, store, vault, platform, user_id=USER, login_hint="alice", now=now)
+    assert _refreshes_at(db, store, vault, platform, crm.provider,
+                         [now + 3299, now + 3300]) == [0, 1]
+
+
+def test_zero_margin_uses_the_token_until_its_last_second(db, store, vault, crm, now):
+    crm.provider.access_token_ttl = 12
+    platform = _with_margin(crm.platform, 0)
+    connect(db, store, vault, platform, user_id=USER, login_hint="alice", now=now)
+    assert _refreshes_at(db, store, vault, platform, crm.provider,
+                         [now + 11, now + 12]) == [0, 1]
+
+
+def test_obtained_time_is_stored_with_the_token(db, store, vault, crm, now):
+    crm.provider.access_token_ttl = 12
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    row = _row(db)
+    assert row is not None and (row.access_obtained_at, row.access_expires_at) == (now, now + 12)
+    get_access_token(db, store, vault, crm.platform, user_id=USER, now=now + 7,
+                     connect_uri=CONNECT_URI)
+    row = _row(db)
+    assert row is not None
+    assert (row.access_obtained_at, row.access_expires_at) == (now + 7, now + 19)
+
+
+def test_rows_from_before_the_column_use_updated_at(db, store, vault, crm, now):
+    crm.provider.access_token_ttl = 12
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    with db.session() as session:
+        session.execute(update(Connection).values(access_obtained_at=None))
+    assert _refreshes_at(db, store, vault, crm.platform, crm.provider,
+                         [now + 5, now + 6]) == [0, 1]
+
+
+def _fifty_at_once(db, store, vault, platform, instant):
+    barrier = threading.Barrier(50)
+    results: list[str] = []
+    errors: list[BaseException] = []
+    mutex = threading.Lock()
+
+    def call() -> None:
+        barrier.wait()
+        try:
+            token, _ = get_access_token(db, store, vault, platform, user_id=USER, now=instant,
+                                        connect_uri=CONNECT_URI)
+            with mutex:
+                results.append(token)
+        except BaseException as e:  # collected and asserted below
+            with mutex:
+                errors.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    return results
+
+
+@pytest.mark.parametrize("ttl", [5, 12, 3600])
+def test_fifty_threads_one_refresh_per_expiry(db, store, vault, crm, now, ttl):
+    crm.provider.access_token_ttl = ttl
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    margin = min(60, ttl // 2)
+    instant = now
+    for expiry in (1, 2, 3):
+        instant += ttl - margin  # the first second the current token counts as stale
+        results = _fifty_at_once(db, store, vault, crm.platform, instant)
+        assert len(results) == 50 and len(set(results)) == 1
+        assert crm.provider.stats["refresh"] == expiry
+    assert crm.provider.stats["refresh_reuse"] == 0 and crm.provider.stats["active_grants"] == 1
+
+
+def test_tokens_stale_on_arrival_cost_one_refresh_per_second(db, store, vault, crm, now):
+    # A platform that answers with tokens that are already stale (expires_in 0): the waiters
+    # take the token refreshed while they waited, and callers arriving in the same second use
+    # it too, instead of refreshing again in turn; no call waits on more than one refresh.
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    crm.provider.access_token_ttl = 0
+    results = _fifty_at_once(db, store, vault, crm.platform, now + LATER)
+    assert len(set(results)) == 1
+    assert crm.provider.stats["refresh"] == 1 and crm.provider.stats["refresh_reuse"] == 0
+    # A second later the next wave refreshes once more (bounded: one per second).
+    again = _fifty_at_once(db, store, vault, crm.platform, now + LATER + 1)
+    assert len(set(again)) == 1 and again[0] != results[0]
+    assert crm.provider.stats["refresh"] == 2 and crm.provider.stats["refresh_reuse"] == 0
 
 
 # --- disconnecting ----------------------------------------------------------------------------

@@ -2,9 +2,12 @@
 RFC 7009 disconnect, for users' downstream platform grants.
 
 Connecting: `state` is bound to the signed-in user and the browser session that started the
-flow and is single-use. Refreshing: at most one refresh runs per (user, platform) across every
-process and host (a lock in the shared store, with a fencing token stored on the row so a
-writer whose lock expired cannot overwrite newer tokens); waiters re-read and reuse the result.
+flow and is single-use. Refreshing: a token is stale `refresh_margin` seconds before it expires
+(the platform's setting, at most half the token's own lifetime, so a 12 s token is not stale
+the moment it arrives). At most one refresh runs per (user, platform) across every process and
+host (a lock in the shared store, with a fencing token stored on the row so a writer whose lock
+expired cannot overwrite newer tokens); a waiter that finds the tokens rewritten while it
+waited uses them, so no call ever waits on, or causes, more than one refresh.
 A rotated refresh token is committed before the new access token is handed out. A refresh
 answered `invalid_grant` parks the connection as `needs_reconnect` (no retry storm).
 Disconnecting kills capability tokens first (an epoch in the shared store), then our copy,
@@ -56,8 +59,6 @@ from authserver.store import Store
 
 log = logging.getLogger(__name__)
 
-#: Refresh when the access token has less than this many seconds left.
-REFRESH_MARGIN = 60
 #: How long a started connect flow may take (the user signs in at the platform meanwhile).
 CONNECT_STATE_TTL = 600
 STATE_BYTES = 32
@@ -74,6 +75,9 @@ LOCK_TIMEOUT = 60
 REFRESH_RETRY_WINDOW = LOCK_TIMEOUT
 #: How long a caller waits for another process's refresh before answering 503.
 LOCK_WAIT = 30
+#: A token is used for at least this many seconds after it was obtained, however soon the
+#: platform says it expires.
+MIN_TOKEN_AGE = 1
 #: A 401 from the API forces a refresh at most this often per connection.
 FORCE_REFRESH_MIN_INTERVAL = 30
 #: Connection epochs outlive every capability token minted before them many times over.
@@ -154,6 +158,7 @@ def finish_connect(db: Database, store: Store, vault: Vault, platform: Platform,
         conn.refresh_token_ciphertext = None if tokens.refresh_token is None else vault.seal(
             user_id, platform.name, "refresh_token", tokens.refresh_token)
         conn.access_expires_at = None if tokens.expires_in is None else now + tokens.expires_in
+        conn.access_obtained_at = now
         conn.api_base_url = tokens.api_base_url
         conn.scope = tokens.scope or " ".join(platform.scopes)
         conn.updated_at = now
@@ -230,9 +235,10 @@ def _check_state_owner(record: Mapping[str, object], platform: Platform, user_id
 
 
 def get_access_token(db: Database, store: Store, vault: Vault, platform: Platform, *,
-                     user_id: str, now: int, connect_uri: str, min_ttl: int = REFRESH_MARGIN,
+                     user_id: str, now: int, connect_uri: str,
                      sleep: Sleep = time.sleep) -> tuple[str, Connection]:
-    """The user's live access token at `platform` (refreshed if it has < `min_ttl` s left).
+    """The user's live access token at `platform`, refreshed first if it is stale (it has no
+    more than `refresh_margin` seconds left).
 
     Raises ConnectionRequiredError (with `connect_uri`) when there is no usable connection or
     the platform refused the refresh token; TemporarilyUnavailableError when the platform or a
@@ -241,11 +247,19 @@ def get_access_token(db: Database, store: Store, vault: Vault, platform: Platfor
     conn = _load(db, user_id, platform.name)
     _require_usable(conn, connect_uri)
     assert conn is not None
-    if _is_fresh(conn, now, min_ttl):
+    if _is_fresh(platform, conn, now):
         return _open(vault, conn, "access_token"), conn
+    seen_generation = conn.generation
+
+    def needs_refresh(latest: Connection, _current: str) -> bool:
+        # Compare-and-refresh: only the stale tokens this call saw. If anyone wrote new ones
+        # while we waited for the lock (a refresh, a reconnect), this call uses those: it
+        # never waits on a second refresh, even for tokens that are stale on arrival.
+        return latest.generation == seen_generation and not _is_fresh(platform, latest, now)
+
     return _refresh_single_flight(
         db, store, vault, platform, user_id=user_id, now=now, connect_uri=connect_uri,
-        sleep=sleep, needs_refresh=lambda c, _current: not _is_fresh(c, now, min_ttl),
+        sleep=sleep, needs_refresh=needs_refresh,
     )
 
 
@@ -337,6 +351,7 @@ def _store_refreshed(db: Database, vault: Vault, platform: Platform, conn: Conne
         "access_token_ciphertext": vault.seal(conn.user_id, platform.name, "access_token",
                                               tokens.access_token),
         "access_expires_at": None if tokens.expires_in is None else now + tokens.expires_in,
+        "access_obtained_at": now,
         "updated_at": now,
     }
     # RFC 6749 §6: a new refresh token replaces the old one; none means the old one stays.
@@ -528,8 +543,28 @@ def _require_usable(conn: Connection | None, connect_uri: str) -> None:
                                       extra={"connect_uri": connect_uri})
 
 
-def _is_fresh(conn: Connection, now: int, min_ttl: int) -> bool:
-    return conn.access_expires_at is None or conn.access_expires_at - now > min_ttl
+def refresh_margin(configured: int, obtained_at: int, expires_at: int) -> int:
+    """Seconds before `expires_at` from which a token counts as stale: the platform's
+    `configured` margin, but at most half the token's own lifetime (`expires_at - obtained_at`),
+    so a token is always usable for the first half of its life. Never negative."""
+    return max(0, min(configured, (expires_at - obtained_at) // 2))
+
+
+def _is_fresh(platform: Platform, conn: Connection, now: int) -> bool:
+    """Whether the stored access token is still good for use at `now`: it has more than its
+    refresh margin left, or has no known expiry (then only a 401 from the API replaces it), or
+    was obtained less than MIN_TOKEN_AGE ago (a platform answering with tokens that are
+    already expiring costs at most one refresh per MIN_TOKEN_AGE, never one per call)."""
+    if conn.access_expires_at is None:
+        return True
+    obtained_at = conn.access_obtained_at if conn.access_obtained_at is not None \
+        else conn.updated_at
+    if now - obtained_at < MIN_TOKEN_AGE:
+        return True
+    margin = refresh_margin(platform.refresh_margin, obtained_at, conn.access_expires_at)
+    return conn.access_expires_at - now > margin
+
+
 
 
 def _open(vault: Vault, conn: Connection, kind: str) -> str:

@@ -41,6 +41,10 @@ class Connection(Base):
     refresh_token_ciphertext: Mapped[str | None] = mapped_column(Text)
     #: NULL when the platform's tokens do not expire (and the profile has no default lifetime).
     access_expires_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: When the current access token was obtained (connect or refresh): with
+    #: `access_expires_at` it gives the token's own lifetime, which bounds the refresh margin.
+    #: NULL only for rows written before this column existed (then `updated_at` stands in).
+    access_obtained_at: Mapped[int | None] = mapped_column(BigInteger)
     #: The API base for this grant when the platform returns or lets us discover one
     #: (e.g. Salesforce `instance_url`, Atlassian cloud id); NULL → the platform's configured one.
     api_base_url: Mapped[str | None] = mapped_column(Text)
