@@ -3,11 +3,16 @@
 broker makes the call with the user's own platform token, which the agent never sees.
 
 Checks, in order: the capability token and its proof (RFC 9449 §7, authserver.resource), that
-the token is still live (user, jti, connection epoch), that the request fits the intent (a
-*read* intent allows only GET/HEAD; the path must be exactly what the intent's resource maps
-to), the per-token write budget (`count`). Then the call, one forced refresh on a 401, a size
-limit, and a response with credentials and hop-by-hop headers stripped and downstream error
-text replaced by a safe summary. Every call is audited with the request's correlation id.
+the token is still live (user, jti, connection epoch), that the request fits the intent (the
+method is one of the action's own, `intent.ACTION_METHODS`: read GET/HEAD, create POST,
+update and bulk_update PATCH/PUT, and only delete and bulk_delete DELETE; the platform's route
+may narrow that; a GET/HEAD carries no body; the path must be exactly what the intent's
+resource maps to), the per-token write budget (`count`). Then the call; after a 401 one forced
+refresh, and the call is resent only if its method is idempotent (RFC 9110 §9.2.2: a POST or
+PATCH the platform may have acted on is never sent twice); a size limit, and a response with
+credentials and hop-by-hop headers stripped and downstream error text replaced by a safe
+summary. Every call is audited with the request's correlation id, the method asked for and the
+method forwarded (none when refused), and how many times it was sent.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from authserver.broker.connections import (
 )
 from authserver.broker.profiles import (
     Platform,
+    allowed_methods,
     api_request_headers,
     path_matches_intent,
     resolve_path,
@@ -43,7 +49,7 @@ from authserver.errors import (
     ResourceForbiddenError,
     TemporarilyUnavailableError,
 )
-from authserver.intent import INTENT_TYPE, READ
+from authserver.intent import ACTION_METHODS, INTENT_TYPE, READ
 from authserver.resource import ResourceVerifier
 from authserver.services import Services
 from authserver.tokens import ACCEPTED_AT_TYPS, TokenNotLiveError, check_token_live
@@ -51,6 +57,10 @@ from authserver.tokens import ACCEPTED_AT_TYPS, TokenNotLiveError, check_token_l
 log = logging.getLogger(__name__)
 
 SAFE_METHODS = frozenset({"GET", "HEAD"})
+#: RFC 9110 §9.2.2: sending these twice has the effect of sending them once, so after a 401
+#: and a refresh the call may be resent. POST and PATCH are never resent: the platform may have
+#: acted on the first one although it answered 401.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 GATEWAY_TIMEOUT = (3.05, 15.0)  # (connect, read) seconds
 MAX_RESPONSE_BYTES = 2 * 1024 * 1024
 MAX_REQUEST_BYTES = 256 * 1024
@@ -103,6 +113,9 @@ class _Call:
     claims: dict[str, Any] = field(default_factory=dict)
     intent: dict[str, Any] | None = None
     status: int | None = None
+    #: The method sent to the platform (None: nothing was sent) and how many times.
+    forwarded_method: str | None = None
+    attempts: int = 0
 
 
 def handle(services: Services, session: Session, req: GatewayRequest, *, now: int
@@ -120,7 +133,7 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
         # refresh lock): a burst of calls must not exhaust the pool the refresher needs.
         session.rollback()
         response = forward(services, platform, req, call.claims, now=now,
-                           target=call.intent["path"])
+                           target=call.intent["path"], call=call)
         call.status = response.status
     except OAuthError as error:
         _audit(services, req, call, outcome="denied" if error.status_code < 500 else "error",
@@ -182,14 +195,24 @@ def check_fits_intent(services: Services, platform: Platform, req: GatewayReques
     resource = intent.get("identifier")
     if not isinstance(action, str) or not isinstance(resource, str):
         raise _forbidden("The token's intent is malformed")
-    # Reads never write: only safe methods under a read intent (Part A5).
-    if action in READ and req.method not in SAFE_METHODS:
-        raise _forbidden("A read intent allows only GET and HEAD")
-    if action not in READ and req.method in SAFE_METHODS:
-        raise _forbidden("A write intent does not allow reads")
+    # Each action only its own methods (Part A5): reads never write, and nothing but a
+    # destructive intent (delete, bulk_delete) ever sends DELETE.
+    own = ACTION_METHODS.get(action)
+    if own is None:
+        raise _forbidden("The token's intent is malformed")
+    if req.method not in own:
+        raise _forbidden(f"A {action!r} intent does not allow {req.method} "
+                         f"(only {', '.join(sorted(own))})")
+    if req.method in SAFE_METHODS and req.body:
+        raise _forbidden(f"A {req.method} request carries no body")
     target = resolve_path(platform, resource)
+    if target is None:
+        raise _forbidden("The request does not match the intent's resource")
+    # The platform's route may narrow the action's methods (e.g. PATCH but no PUT).
+    if req.method not in allowed_methods(platform, resource, action):
+        raise _forbidden(f"The platform does not allow {req.method} on this resource")
     # `req.path` follows "/gateway/<platform>/": a leading "/" is an empty segment ("//").
-    if target is None or req.path.startswith("/") or not path_matches_intent(
+    if req.path.startswith("/") or not path_matches_intent(
             platform, resource, req.method, req.path):
         raise _forbidden("The request does not match the intent's resource")
     if action not in READ:
@@ -205,38 +228,51 @@ def check_fits_intent(services: Services, platform: Platform, req: GatewayReques
 
 
 def forward(services: Services, platform: Platform, req: GatewayRequest,
-            claims: dict[str, Any], *, now: int, target: str) -> GatewayResponse:
-    """Call `target` (relative to the API base; checked against the intent by the caller)."""
+            claims: dict[str, Any], *, now: int, target: str, call: _Call | None = None
+            ) -> GatewayResponse:
+    """Call `target` (relative to the API base; checked against the intent by the caller).
+
+    `call`, when given, records the method sent and how many times (for the audit)."""
+    if len(req.body) > MAX_REQUEST_BYTES:
+        raise _forbidden("Request body too large")
     s = services
+    call = call if call is not None else _Call()
     user_id = claims["sub"]
     reconnect = connect_uri(s.settings.issuer, platform.name)
     token, conn = get_access_token(s.db, s.store, s.vault, platform, user_id=user_id, now=now,
                                    connect_uri=reconnect)
+    call.forwarded_method = req.method
+    call.attempts += 1
     response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req,
                      target)
     if response.status_code == 401:
-        # The platform says the token is dead although we thought it fresh: refresh once.
+        # The platform says the token is dead although we thought it fresh: refresh once, so
+        # the next call works. Resend only an idempotent request; a POST or PATCH may already
+        # have taken effect, and its 401 is relayed as 502 like any 401 that outlives a refresh.
         token, conn = force_refresh(s.db, s.store, s.vault, platform, user_id=user_id,
                                     rejected_access_token=token, now=now,
                                     connect_uri=reconnect)
-        response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req,
-                         target)
+        if req.method in IDEMPOTENT_METHODS:
+            call.attempts += 1
+            response = _send(platform, conn.api_base_url or platform.api_base_url or "", token,
+                             req, target)
     return _relay(response)
 
 
 def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest, target: str
           ) -> requests.Response:
-    if len(req.body) > MAX_REQUEST_BYTES:
-        raise _forbidden("Request body too large")
     headers = api_request_headers(platform, token)
     headers["Accept"] = "application/json"
     if req.correlation_id:
         headers["X-Request-ID"] = req.correlation_id
-    if req.content_type and req.body:
+    # A read never carries a body to the platform (check_fits_intent refuses one; this holds
+    # for any other caller too).
+    payload = b"" if req.method in SAFE_METHODS else req.body
+    if req.content_type and payload:
         headers["Content-Type"] = req.content_type
     url = api_base.rstrip("/") + "/" + target.lstrip("/")
     try:
-        response = _HTTP.request(req.method, url, data=req.body or None, headers=headers,
+        response = _HTTP.request(req.method, url, data=payload or None, headers=headers,
                                  timeout=GATEWAY_TIMEOUT, allow_redirects=False, stream=True)
         try:
             body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
@@ -300,5 +336,6 @@ def _audit(services: Services, req: GatewayRequest, call: _Call, *, outcome: str
             intent_hash=claims.get("intent_hash"),
             token_jti=claims.get("jti"),
             client_ip=req.client_ip,
-            detail={"method": req.method, "status": call.status},
+            detail={"method": req.method, "forwarded_method": call.forwarded_method,
+                    "attempts": call.attempts, "status": call.status},
         ), now=now)

@@ -63,6 +63,23 @@ WRITE: frozenset[str] = frozenset(ACTIONS) - READ
 DESTRUCTIVE: frozenset[str] = frozenset({"delete", "bulk_delete"})
 BULK: frozenset[str] = frozenset({"bulk_update", "bulk_delete"})
 
+#: The HTTP methods each action may use at the gateway (docs/standards.md A5). A platform's route
+#: may narrow these (`broker.profiles.allowed_methods`), never widen them. Only destructive
+#: actions may DELETE: otherwise an `update` capability could delete its record, dodging the
+#: destructive step-up, the mandate's actions and the destructive rate limit. A bulk update is
+#: an update of several records at once, so it takes PATCH/PUT like `update`; a platform whose
+#: batch endpoint wants POST cannot be mapped for it (refused rather than widened).
+ACTION_METHODS: dict[str, frozenset[str]] = {
+    "read": frozenset({"GET", "HEAD"}),
+    "create": frozenset({"POST"}),
+    "update": frozenset({"PATCH", "PUT"}),
+    "delete": frozenset({"DELETE"}),
+    "bulk_update": frozenset({"PATCH", "PUT"}),
+    "bulk_delete": frozenset({"DELETE"}),
+}
+#: Every method some action may use: what a platform's route may list.
+GATEWAY_METHODS: frozenset[str] = frozenset().union(*ACTION_METHODS.values())
+
 INTENT_TYPE = "agent_intent"
 MANDATE_TYPE = "agent_mandate"
 

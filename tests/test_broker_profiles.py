@@ -10,6 +10,7 @@ from authserver.broker.oauth_client import build_authorize_url
 from authserver.broker.profiles import (
     PROFILES,
     Platform,
+    allowed_methods,
     api_request_headers,
     atlassian_api_base,
     github_token_response,
@@ -19,6 +20,8 @@ from authserver.broker.profiles import (
     resolve_path,
     slack_token_response,
 )
+from authserver.intent import ACTION_METHODS, DESTRUCTIVE
+from authserver.testing.settings import crm_platform, projects_platform
 
 SHIPPED = ("generic", "salesforce", "hubspot", "google", "microsoft", "slack", "atlassian",
            "github", "linear", "notion", "asana")
@@ -325,3 +328,67 @@ def test_mismatch_ambiguous_routes():
         resources={"deal:{id}": "deals/{id}", "deal:{key}": "legacy/{key}"}))
     assert resolve_path(platform, "deal:1") is None
     assert not path_matches_intent(platform, "deal:1", "GET", "deals/1")
+
+
+# --- methods: each action its own, a route may only narrow (issue 20, finding 1) --------------
+
+
+@pytest.mark.parametrize("method", ["OPTIONS", "TRACE", "CONNECT", "PROPFIND"])
+def test_settings_route_method_no_action_may_use_is_refused(method):
+    with pytest.raises(ValueError) as excinfo:
+        Platform.from_settings("crm", _settings(resources={
+            "deal:{id}": {"path": "deals/{id}", "methods": ["GET", method]}}))
+    message = str(excinfo.value)
+    assert message.startswith("platform crm: ")
+    assert "'deal:{id}'" in message and method in message
+
+
+def test_settings_route_with_duplicate_methods_is_refused():
+    with pytest.raises(ValueError) as excinfo:
+        Platform.from_settings("crm", _settings(resources={
+            "deal:{id}": {"path": "deals/{id}", "methods": ["GET", "GET"]}}))
+    assert str(excinfo.value).startswith("platform crm: 'deal:{id}' methods")
+
+
+@pytest.mark.parametrize(("action", "methods"), [
+    ("read", {"GET", "HEAD"}), ("create", {"POST"}), ("update", {"PATCH", "PUT"}),
+    ("delete", {"DELETE"}), ("bulk_update", {"PATCH", "PUT"}), ("bulk_delete", {"DELETE"}),
+])
+def test_route_without_methods_allows_each_actions_own_methods(crm, action, methods):
+    assert allowed_methods(crm, "deal:acme-123", action) == methods
+
+
+def test_route_methods_narrow_each_actions_methods():
+    platform = Platform.from_settings("crm", _settings(resources={
+        "deal:{id}": {"path": "deals/{id}", "methods": ["GET", "PATCH", "DELETE"]}}))
+    assert allowed_methods(platform, "deal:acme-123", "read") == {"GET"}
+    assert allowed_methods(platform, "deal:acme-123", "update") == {"PATCH"}
+    assert allowed_methods(platform, "deal:acme-123", "delete") == {"DELETE"}
+    assert allowed_methods(platform, "deal:acme-123", "create") == set()
+
+
+def test_allowed_methods_for_unmapped_resource_or_unknown_action_is_empty(crm):
+    assert allowed_methods(crm, "invoice:1", "read") == set()
+    assert allowed_methods(crm, "deal:acme-123", "admin") == set()
+
+
+def test_only_destructive_actions_may_send_delete():
+    for action, methods in ACTION_METHODS.items():
+        assert ("DELETE" in methods) == (action in DESTRUCTIVE), action
+    assert not ACTION_METHODS["read"] & {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@pytest.mark.parametrize("settings", [
+    crm_platform("http://127.0.0.1:1", "s"),
+    projects_platform("http://127.0.0.1:1", "s", revocation=True),
+], ids=["crm", "projects"])
+def test_shipped_test_platforms_declare_methods_on_every_route(settings):
+    platform = Platform.from_settings("p", settings)
+    assert platform.resource_map
+    assert all(route.methods is not None for route in platform.resource_map.values())
+
+
+def test_shipped_crm_mapping_never_deletes_a_collection():
+    platform = Platform.from_settings("crm", crm_platform("http://127.0.0.1:1", "s"))
+    assert allowed_methods(platform, "deals", "bulk_delete") == set()
+    assert allowed_methods(platform, "deal:acme-123", "update") == {"PATCH"}

@@ -334,6 +334,99 @@ def test_user_assertion_is_not_a_gateway_token(stack):
     assert 'error="invalid_token"' in challenge(resp)
 
 
+# --- each action its own methods (issue 20, finding 1) ---------------------------------------
+
+
+def _new_deal(stack: Stack, deal_id: str) -> None:
+    stack.crm.deals[deal_id] = {"name": f"Deal {deal_id}", "owner": "alice", "stage": "open",
+                                "amount": 1_000}
+
+
+def _refused_without_reaching_the_crm(stack: Stack, recorder: PlatformRecorder,
+                                      resp: requests.Response, description: str) -> None:
+    assert resp.status_code == 403
+    assert resp.json()["error"] == "insufficient_scope"
+    assert description in resp.json()["error_description"]
+    www = challenge(resp)
+    assert www.startswith("DPoP ") and 'error="insufficient_scope"' in www and ALGS in www
+
+
+@pytest.mark.parametrize("actions", [("read", "update"), ("read", "update", "delete")],
+                         ids=["delete-outside-mandate", "delete-inside-mandate"])
+def test_update_capability_cannot_delete(stack, recorder, actions):
+    deal = f"hooli-{len(actions)}"
+    _new_deal(stack, deal)
+    request = f"Move {deal} to negotiation"
+    token, key = capability(stack, "alice", intent("update", f"deal:{deal}", request=request),
+                            details=write_mandate(actions=actions, request=request))
+    cid = correlation()
+    seen = len(recorder.api_calls)
+    resp = call(stack, token, key, "DELETE", f"deals/{deal}", headers={"X-Request-ID": cid})
+    _refused_without_reaching_the_crm(stack, recorder, resp,
+                                      "A 'update' intent does not allow DELETE")
+    assert len(recorder.api_calls) == seen
+    assert deal in stack.crm.deals
+    [event] = stack.audit_for(cid)
+    assert (event["event"], event["outcome"], event["reason"]) == \
+        ("gateway_call", "denied", "insufficient_scope")
+    assert event["detail"]["method"] == "DELETE"
+    assert event["detail"]["forwarded_method"] is None
+    # The capability is still good for what it was minted for, once.
+    resp = call(stack, token, key, "PATCH", f"deals/{deal}", json={"stage": "negotiation"})
+    assert resp.status_code == 200
+    assert stack.crm.deals[deal]["stage"] == "negotiation"
+
+
+def test_honest_delete_needs_confirmation_where_update_is_allowed(stack):
+    request = "Delete the hooli-9 deal"
+    assertion, key = stack.edge_mint("alice", write_mandate(actions=("update", "delete"),
+                                                            request=request))
+    resp = stack.agent_exchange(assertion, key, intent=intent("delete", "deal:hooli-9",
+                                                              request=request))
+    assert resp.status_code == 403
+    assert resp.json()["error"] == "approval_required"
+
+
+def test_put_is_refused_where_the_crm_route_lists_only_patch(stack, recorder):
+    _new_deal(stack, "hooli-put")
+    request = "Replace the hooli-put deal"
+    token, key = capability(stack, "alice", intent("update", "deal:hooli-put", request=request),
+                            details=write_mandate(request=request))
+    seen = len(recorder.api_calls)
+    resp = call(stack, token, key, "PUT", "deals/hooli-put", json={"stage": "lost"})
+    _refused_without_reaching_the_crm(stack, recorder, resp,
+                                      "The platform does not allow PUT on this resource")
+    assert len(recorder.api_calls) == seen
+    assert stack.crm.deals["hooli-put"]["stage"] == "open"
+
+
+def test_read_with_a_body_is_refused(stack, alice_read, recorder):
+    token, key = alice_read
+    seen = len(recorder.api_calls)
+    resp = call(stack, token, key, "GET", "deals/acme-123", data=b'{"stage": "lost"}',
+                headers={"Content-Type": "application/json"})
+    _refused_without_reaching_the_crm(stack, recorder, resp, "A GET request carries no body")
+    assert len(recorder.api_calls) == seen
+
+
+def test_audit_records_the_method_forwarded(stack, recorder):
+    _new_deal(stack, "hooli-audit")
+    request = "Move hooli-audit to won"
+    token, key = capability(stack, "alice", intent("update", "deal:hooli-audit",
+                                                   request=request),
+                            details=write_mandate(request=request))
+    cid = correlation()
+    resp = call(stack, token, key, "PATCH", "deals/hooli-audit", json={"stage": "won"},
+                headers={"X-Request-ID": cid})
+    assert resp.status_code == 200
+    assert (recorder.api_calls[-1].method, recorder.api_calls[-1].request_id) == ("PATCH", cid)
+    event = next(e for e in stack.audit_for(cid) if e["event"] == "gateway_call")
+    assert event["outcome"] == "allowed"
+    assert event["intent"]["action"] == "update"
+    assert event["detail"] == {"method": "PATCH", "forwarded_method": "PATCH", "attempts": 1,
+                               "status": 200}
+
+
 # --- correlation and audit --------------------------------------------------------------------
 
 

@@ -71,6 +71,46 @@ def test_case(engine: PolicyEngine, path: Path) -> None:
         assert list(decision.policy_ids) == expect["policy_ids"]
 
 
+PERMITTED_CASES = [p for p in CASE_FILES if p.parent.name != "DENY"]
+
+
+@pytest.mark.parametrize("path", PERMITTED_CASES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_case_pins_the_methods_its_capability_allows_at_the_gateway(path: Path) -> None:
+    """The method-action rule (issue 20, finding 1): each allowed or confirmable case says
+    which HTTP methods its capability may use, and the gateway's own check agrees, on a route
+    that does not narrow them. Cedar decides the action; the gateway holds it to its methods."""
+    from types import SimpleNamespace
+
+    from authserver import gateway
+    from authserver.broker.profiles import Platform
+    from authserver.errors import ResourceForbiddenError
+    from authserver.intent import GATEWAY_METHODS
+    from authserver.store.memory import MemoryStore
+
+    case = json.loads(path.read_text())
+    intent = case["request"]["intent"]
+    platform = Platform.from_settings("p", {
+        "authorize_url": "https://p.example/authorize", "token_url": "https://p.example/token",
+        "revocation_url": "https://p.example/revoke", "client_id": "c", "client_secret": "s",
+        "resources": {intent["resource"]: "records/r"}})
+    services = SimpleNamespace(store=MemoryStore(clock=lambda: 0.0))
+    allowed = []
+    for method in sorted(GATEWAY_METHODS):
+        claims = {"jti": f"j-{method}", "exp": 60, "authorization_details": [
+            {"type": "agent_intent", "actions": [intent["action"]],
+             "identifier": intent["resource"], "count": intent.get("count", 1)}]}
+        req = gateway.GatewayRequest(platform="p", path="records/r", method=method,
+                                     url="https://as.example/gateway/p/records/r",
+                                     authorization=[], dpop=[])
+        try:
+            gateway.check_fits_intent(services, platform, req, claims, now=0)  # type: ignore[arg-type]
+        except ResourceForbiddenError:
+            continue
+        allowed.append(method)
+    assert allowed == case["expect"]["gateway_methods"]
+    assert ("DELETE" in allowed) == (intent["action"] in ("delete", "bulk_delete"))
+
+
 def test_default_set_loads_with_annotated_ids(engine: PolicyEngine) -> None:
     assert "deny-outside-mandate" in engine.policy_ids
     assert "confirm-destructive" in engine.policy_ids

@@ -149,3 +149,22 @@ def test_every_setting_is_documented() -> None:
     # (regenerate it with `authserver config reference`).
     table = README.split("| key (`AUTHSERVER_…`) |", 1)[1].split("\n\n", 1)[0]
     assert "| key (`AUTHSERVER_…`) |" + table + "\n" == reference()
+
+
+def test_platform_example_configures_and_declares_methods_on_every_route() -> None:
+    import tomllib
+
+    from authserver.broker.profiles import Platform, allowed_methods
+
+    block = re.search(r"Structured settings live in the TOML file:\n\n```toml\n(.*?)```",
+                      README, re.S)
+    assert block, "README TOML example not found"
+    platforms = tomllib.loads(block.group(1))["platforms"]
+    assert platforms
+    for name, table in platforms.items():
+        platform = Platform.from_settings(name, table)
+        assert platform.resource_map
+        assert all(route.methods is not None for route in platform.resource_map.values())
+    crm = Platform.from_settings("crm", platforms["crm"])
+    assert allowed_methods(crm, "deal:006x", "update") == {"PATCH"}
+    assert allowed_methods(crm, "deal:006x", "delete") == {"DELETE"}

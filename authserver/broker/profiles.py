@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
+from authserver.intent import ACTION_METHODS, GATEWAY_METHODS
 from authserver.urls import is_loopback_host
 
 ClientAuthMethod = Literal["client_secret_basic", "client_secret_post"]
@@ -619,14 +620,9 @@ class ResourceRoute:
     pattern: str
     template: str
     regex: re.Pattern[str]
-    #: None = any method (the gateway still applies read ⇒ GET/HEAD from the intent's action).
+    #: None = no narrowing: each action's own methods (`intent.ACTION_METHODS`). Otherwise a
+    #: subset of `intent.GATEWAY_METHODS` that narrows them (`allowed_methods`).
     methods: frozenset[str] | None = None
-
-
-#: Seconds before expiry at which the broker refreshes a platform's access token by default
-#: (`[platforms.<name>] refresh_margin`); a token is never stale before half its lifetime.
-DEFAULT_REFRESH_MARGIN = 60
-MAX_REFRESH_MARGIN = 3600
 
 
 @dataclass(frozen=True)
@@ -644,9 +640,6 @@ class Platform:
     resource_map: Mapping[str, ResourceRoute] = field(default_factory=dict)
     #: Per-deployment additions to the profile's authorization parameters.
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
-    #: Refresh an access token this many seconds before it expires, but never earlier than
-    #: halfway through its own lifetime (`connections.refresh_margin`).
-    refresh_margin: int = DEFAULT_REFRESH_MARGIN
 
     @classmethod
     def from_settings(cls, name: str, mapping: Mapping[str, Any]) -> Platform:
@@ -655,14 +648,13 @@ class Platform:
         Keys: profile (default "generic"), display_name, authorize_url, token_url,
         revocation_url, client_id, client_secret, scopes (list), api_base_url, resources
         (table: pattern → template or {path, methods}), extra_authorize_params (table),
-        profile_overrides (table of plain profile fields), refresh_margin (seconds, an
-        integer 0..MAX_REFRESH_MARGIN; default DEFAULT_REFRESH_MARGIN).
+        profile_overrides (table of plain profile fields).
         """
         if not _PLATFORM_NAME.match(name):
             raise ValueError(f"platform name {name!r} must match {_PLATFORM_NAME.pattern}")
         known = {"profile", "display_name", "authorize_url", "token_url", "revocation_url",
                  "client_id", "client_secret", "scopes", "api_base_url", "resources",
-                 "extra_authorize_params", "profile_overrides", "refresh_margin"}
+                 "extra_authorize_params", "profile_overrides"}
         unknown = set(mapping) - known
         if unknown:
             raise ValueError(f"platform {name}: unknown settings {sorted(unknown)}")
@@ -715,17 +707,7 @@ class Platform:
             api_base_url=None if api_base_url is None else str(api_base_url),
             resource_map=routes,
             extra_authorize_params={str(k): str(v) for k, v in extra.items()},
-            refresh_margin=_check_refresh_margin(
-                mapping.get("refresh_margin", DEFAULT_REFRESH_MARGIN), name),
         )
-
-
-def _check_refresh_margin(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) \
-            or not 0 <= value <= MAX_REFRESH_MARGIN:
-        raise ValueError(f"platform {name}: refresh_margin must be a whole number of seconds "
-                         f"from 0 to {MAX_REFRESH_MARGIN}")
-    return value
 
 
 def _apply_overrides(profile: PlatformProfile, overrides: Any, name: str) -> PlatformProfile:
@@ -806,9 +788,18 @@ def compile_route(pattern: str, spec: Any, platform_name: str = "?") -> Resource
         raw_methods = spec.get("methods")
         if not isinstance(raw_methods, list | tuple) or not raw_methods or not all(
             isinstance(m, str) and _METHOD.match(m) for m in raw_methods
-        ):
-            raise ValueError(f"platform {platform_name}: {pattern!r} methods must be a list")
+        ) or len(set(raw_methods)) != len(raw_methods):
+            raise ValueError(f"platform {platform_name}: {pattern!r} methods must be a list "
+                             "of distinct upper-case HTTP methods")
         methods = frozenset(raw_methods)
+        # A route may only narrow what the actions allow, never add a method none of them may
+        # use (the gateway would refuse it anyway; refusing here says so at start-up).
+        unusable = methods - GATEWAY_METHODS
+        if unusable:
+            per_action = "; ".join(f"{action}: {', '.join(sorted(allowed))}"
+                                   for action, allowed in ACTION_METHODS.items())
+            raise ValueError(f"platform {platform_name}: {pattern!r} methods {sorted(unusable)} "
+                             f"are not allowed for any action ({per_action})")
     else:
         raise ValueError(f"platform {platform_name}: {pattern!r} needs a path template")
     names = _PLACEHOLDER.findall(pattern)
@@ -859,6 +850,18 @@ def resolve_path(platform: Platform, resource: str) -> str | None:
     or None if it fits no route, or fits several that disagree."""
     matched = _match(platform, resource)
     return None if matched is None else matched[1]
+
+
+def allowed_methods(platform: Platform, resource: str, action: str) -> frozenset[str]:
+    """The methods an intent (`action` on `resource`) may use: the action's own methods
+    (`intent.ACTION_METHODS`), narrowed by the route's `methods` when it lists some. Empty for
+    an unknown action or a resource that fits no route (or several that disagree)."""
+    matched = _match(platform, resource)
+    own = ACTION_METHODS.get(action, frozenset())
+    if matched is None:
+        return frozenset()
+    route = matched[0]
+    return own if route.methods is None else own & route.methods
 
 
 def path_matches_intent(platform: Platform, intent_resource: str, method: str, path: str) -> bool:

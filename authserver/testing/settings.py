@@ -25,11 +25,13 @@ def crm_platform(base_url: str, client_secret: str,
         "client_secret": client_secret,
         "scopes": ["deals.read", "deals.write"],
         "api_base_url": base_url + "/api/v1",
+        # Each route lists the methods the CRM serves there; the gateway allows the intersection
+        # with the intent's action (read: GET/HEAD, update: PATCH/PUT, delete: DELETE, ...).
         "resources": {
-            "deal:{id}": "deals/{id}",
-            "deal:{id}/notes": "deals/{id}/notes",
-            "deals?stage={stage}": "deals?stage={stage}",
-            "deals": "deals",
+            "deal:{id}": {"path": "deals/{id}", "methods": ["GET", "HEAD", "PATCH", "DELETE"]},
+            "deal:{id}/notes": {"path": "deals/{id}/notes", "methods": ["GET", "HEAD"]},
+            "deals?stage={stage}": {"path": "deals?stage={stage}", "methods": ["GET", "HEAD"]},
+            "deals": {"path": "deals", "methods": ["GET", "HEAD"]},
         },
         "profile_overrides": {"rotates_refresh_tokens": True},
     }
@@ -48,7 +50,7 @@ def projects_platform(base_url: str, client_secret: str, *, revocation: bool,
         "client_secret": client_secret,
         "scopes": ["boards:read", "tasks:write"],
         "resources": {
-            "board:{id}": "boards/{id}",
+            "board:{id}": {"path": "boards/{id}", "methods": ["GET", "HEAD"]},
             "board:{id}/tasks": {"path": "boards/{id}/tasks", "methods": ["GET", "POST"]},
         },
         "profile_overrides": {

@@ -1,0 +1,194 @@
+"""authserver.gateway without HTTP: the request must fit the intent's action (method), the
+platform's route (narrowing) and carry no body on a read; a platform 401 is retried only for
+idempotent methods (issue 20, finding 1 and the hardening). The HTTP path, with the real CRM,
+is in tests/test_http_gateway.py."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import requests
+
+from authserver import gateway
+from authserver.broker.profiles import Platform
+from authserver.errors import ResourceForbiddenError
+from authserver.intent import INTENT_TYPE
+from authserver.store.memory import MemoryStore
+
+NOW = 1_700_000_000
+ISSUER = "https://as.example.com"
+
+
+def _platform(resources: dict[str, Any] | None = None) -> Platform:
+    return Platform.from_settings("crm", {
+        "authorize_url": "https://crm.example/oauth/authorize",
+        "token_url": "https://crm.example/oauth/token",
+        "revocation_url": "https://crm.example/oauth/revoke",
+        "client_id": "cid", "client_secret": "secret",
+        "api_base_url": "https://crm.example/api",
+        "resources": resources or {"deal:{id}": "deals/{id}", "deals": "deals"},
+    })
+
+
+def _claims(action: str, resource: str = "deal:acme-123", count: int = 1) -> dict[str, Any]:
+    return {"jti": f"jti-{action}-{resource}", "exp": NOW + 60, "sub": "u-alice",
+            "authorization_details": [{"type": INTENT_TYPE, "actions": [action],
+                                       "identifier": resource, "count": count}]}
+
+
+def _request(method: str, path: str = "deals/acme-123", body: bytes = b""
+             ) -> gateway.GatewayRequest:
+    return gateway.GatewayRequest(platform="crm", path=path, method=method,
+                                  url=f"{ISSUER}/gateway/crm/{path}", authorization=[],
+                                  dpop=[], body=body,
+                                  content_type="application/json" if body else None)
+
+
+@pytest.fixture
+def services() -> Any:
+    return SimpleNamespace(store=MemoryStore(clock=lambda: float(NOW)))
+
+
+def _fits(services: Any, action: str, method: str, *, path: str = "deals/acme-123",
+          resource: str = "deal:acme-123", body: bytes = b"",
+          platform: Platform | None = None) -> dict[str, Any]:
+    return gateway.check_fits_intent(services, platform or _platform(),
+                                     _request(method, path, body), _claims(action, resource),
+                                     now=NOW)
+
+
+def _assert_forbidden(excinfo: pytest.ExceptionInfo[ResourceForbiddenError],
+                      description: str) -> None:
+    error = excinfo.value
+    assert (error.status_code, error.error) == (403, "insufficient_scope")
+    assert description in (error.description or "")
+    www = error.headers()["WWW-Authenticate"]
+    assert www.startswith("DPoP ") and 'error="insufficient_scope"' in www and 'algs="' in www
+
+
+# --- each action has its own methods ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("action", "method", "path", "resource"), [
+    ("read", "GET", "deals/acme-123", "deal:acme-123"),
+    ("read", "HEAD", "deals/acme-123", "deal:acme-123"),
+    ("create", "POST", "deals", "deals"),
+    ("update", "PATCH", "deals/acme-123", "deal:acme-123"),
+    ("update", "PUT", "deals/acme-123", "deal:acme-123"),
+    ("bulk_update", "PATCH", "deals", "deals"),
+    ("delete", "DELETE", "deals/acme-123", "deal:acme-123"),
+    ("bulk_delete", "DELETE", "deals", "deals"),
+])
+def test_each_action_may_use_its_own_methods(services, action, method, path, resource):
+    fitted = _fits(services, action, method, path=path, resource=resource)
+    assert (fitted["action"], fitted["path"]) == (action, path)
+
+
+@pytest.mark.parametrize("action", ["update", "create", "bulk_update"])
+def test_a_write_that_is_not_destructive_cannot_delete(services, action):
+    # The finding: an `update deal:acme-123` capability was accepted for DELETE.
+    with pytest.raises(ResourceForbiddenError) as excinfo:
+        _fits(services, action, "DELETE")
+    _assert_forbidden(excinfo, f"A {action!r} intent does not allow DELETE")
+
+
+@pytest.mark.parametrize(("action", "method"), [
+    ("create", "PATCH"), ("create", "PUT"), ("update", "POST"), ("delete", "PATCH"),
+    ("delete", "POST"), ("bulk_delete", "PUT"), ("bulk_update", "POST"),
+])
+def test_a_write_cannot_use_another_writes_method(services, action, method):
+    with pytest.raises(ResourceForbiddenError) as excinfo:
+        _fits(services, action, method)
+    _assert_forbidden(excinfo, f"A {action!r} intent does not allow {method}")
+
+
+def test_a_refused_method_spends_no_write_budget(services):
+    with pytest.raises(ResourceForbiddenError):
+        _fits(services, "update", "DELETE")
+    assert _fits(services, "update", "PATCH")["action"] == "update"
+
+
+# --- a route may only narrow --------------------------------------------------------------------
+
+
+def test_method_the_route_does_not_list_is_refused(services):
+    platform = _platform({"deal:{id}": {"path": "deals/{id}", "methods": ["GET", "PATCH"]}})
+    assert _fits(services, "update", "PATCH", platform=platform)["path"] == "deals/acme-123"
+    with pytest.raises(ResourceForbiddenError) as excinfo:
+        _fits(services, "update", "PUT", platform=platform)
+    _assert_forbidden(excinfo, "The platform does not allow PUT on this resource")
+
+
+def test_route_listing_delete_still_refuses_delete_to_an_update(services):
+    platform = _platform({"deal:{id}": {"path": "deals/{id}", "methods": ["PATCH", "DELETE"]}})
+    with pytest.raises(ResourceForbiddenError) as excinfo:
+        _fits(services, "update", "DELETE", platform=platform)
+    _assert_forbidden(excinfo, "A 'update' intent does not allow DELETE")
+
+
+# --- a read carries no body ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_read_with_a_body_is_refused(services, method):
+    with pytest.raises(ResourceForbiddenError) as excinfo:
+        _fits(services, "read", method, body=b'{"stage": "lost"}')
+    _assert_forbidden(excinfo, f"A {method} request carries no body")
+
+
+# --- a platform 401: refresh, and resend only what is idempotent ------------------------------
+
+
+class _FakePlatformCalls:
+    """Stands in for the broker and the platform: every send answers 401 first, then 200."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[tuple[str, str, bytes]] = []
+        self.refreshes = 0
+        conn = SimpleNamespace(api_base_url=None)
+        monkeypatch.setattr(gateway, "get_access_token",
+                            lambda *a, **k: ("old-token", conn))
+        monkeypatch.setattr(gateway, "force_refresh", self._refresh)
+        monkeypatch.setattr(gateway, "_send", self._send)
+
+    def _refresh(self, *args: Any, **kwargs: Any) -> tuple[str, Any]:
+        self.refreshes += 1
+        return "new-token", SimpleNamespace(api_base_url=None)
+
+    def _send(self, platform: Any, api_base: str, token: str, req: gateway.GatewayRequest,
+              target: str) -> requests.Response:
+        self.sent.append((req.method, token, req.body))
+        response = requests.Response()
+        response.status_code = 401 if token == "old-token" else 200
+        response._content = b"{}"
+        return response
+
+
+def _forward(method: str, body: bytes = b"") -> gateway.GatewayResponse:
+    services = SimpleNamespace(settings=SimpleNamespace(issuer=ISSUER), db=None, store=None,
+                               vault=None)
+    return gateway.forward(services, _platform(), _request(method, body=body),  # type: ignore[arg-type]
+                           _claims("read"), now=NOW, target="deals/acme-123")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE"])
+def test_idempotent_call_is_resent_once_after_a_refresh(monkeypatch, method):
+    fake = _FakePlatformCalls(monkeypatch)
+    response = _forward(method)
+    assert response.status == 200
+    assert [(m, t) for m, t, _ in fake.sent] == [(method, "old-token"), (method, "new-token")]
+    assert fake.refreshes == 1
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_non_idempotent_write_is_never_resent_after_a_401(monkeypatch, method):
+    fake = _FakePlatformCalls(monkeypatch)
+    response = _forward(method, body=b'{"stage": "lost"}')
+    # The token is refreshed for the next call, but the write went out once only: the agent
+    # sees 502, as for any 401 from the platform that outlives our refresh.
+    assert [(m, t) for m, t, _ in fake.sent] == [(method, "old-token")]
+    assert fake.refreshes == 1
+    assert response.status == 502
+    assert response.headers == {"Content-Type": "application/json"}
