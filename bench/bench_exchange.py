@@ -212,7 +212,8 @@ def configure(wd: Path, issuer: str, db_url: str, prefix: str
         }},
         "platforms": {"crm": platform_settings(crm_url, crm_secret, "http://127.0.0.1:9",
                                                "unused")["crm"]},
-        "rate_limits": {"read": UNLIMITED, "agent": UNLIMITED},
+        "rate_limits": {"read": UNLIMITED, "agent": UNLIMITED, "token": UNLIMITED,
+                        "token_address": UNLIMITED},
     }
     path = wd / "authserver.toml"
     path.write_text(toml(settings))

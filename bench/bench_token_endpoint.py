@@ -128,6 +128,20 @@ def _row(result: WrkResult, dpop: bool) -> dict[str, Any]:
     return row
 
 
+#: The benchmark measures the endpoint, not its throttle: one client from one address sends
+#: far more than the default /token budgets (authserver/ratelimit.py) allow.
+UNLIMITED = {"limit": 100_000_000, "window": 60}
+NO_TOKEN_LIMITS = {"token": UNLIMITED, "token_address": UNLIMITED}
+
+
+def _no_token_limits(wd: Path) -> str:
+    path = wd / "authserver.toml"
+    path.write_text("[rate_limits]\n" + "".join(
+        f"{name} = {{ limit = {v['limit']}, window = {v['window']} }}\n"
+        for name, v in NO_TOKEN_LIMITS.items()), encoding="utf-8")
+    return str(path)
+
+
 def scenario_pg_redis(duration: int, workers: int) -> dict[str, Any]:
     with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd:
         port = free_port()
@@ -138,6 +152,7 @@ def scenario_pg_redis(duration: int, workers: int) -> dict[str, Any]:
             "AUTHSERVER_REDIS_KEY_PREFIX": prefix,
             "AUTHSERVER_DATABASE_URL": db_url,
             "AUTHSERVER_SECRET_KEY": secrets.token_urlsafe(32),
+            "AUTHSERVER_CONFIG": _no_token_limits(wd),
         }
         # Migrate and create the signing key once, before the workers race to.
         authserver_cli(["clients", "list"], env)
@@ -155,6 +170,7 @@ def scenario_sqlite(duration: int) -> dict[str, Any]:
             "AUTHSERVER_DATA_DIR": str(wd / "data"),
             "AUTHSERVER_ISSUER": f"http://127.0.0.1:{port}",
             "AUTHSERVER_SECRET_KEY": secrets.token_urlsafe(32),
+            "AUTHSERVER_CONFIG": _no_token_limits(wd),
         }
         authserver_cli(["clients", "list"], env)
         # -w 1: the embedded store is per process (the replay cache must be shared).
@@ -213,7 +229,8 @@ def in_process_cost(n: int = IN_PROCESS_REQUESTS) -> list[dict[str, Any]]:
     with workdir() as wd, open(os.devnull, "w") as devnull:
         issuer = "http://127.0.0.1:8000"
         app = create_app({"issuer": issuer, "data_dir": str(wd / "data"),
-                          "secret_key": secrets.token_urlsafe(32)})
+                          "secret_key": secrets.token_urlsafe(32),
+                          "rate_limits": NO_TOKEN_LIMITS})
         logging.getLogger("authserver.store.memory").setLevel(logging.ERROR)
         configure_logging("INFO", stream=devnull)
         client = app.test_client()

@@ -71,6 +71,10 @@ def test_gunicorn_serves_registration_tokens_and_introspection(gunicorn: str) ->
     metadata = requests.get(f"{issuer}/.well-known/oauth-authorization-server", timeout=5)
     assert metadata.status_code == 200
     assert metadata.json()["issuer"] == issuer
+    # One Server header, and no version in it (gunicorn names itself only; the app sends none).
+    page = requests.get(f"{issuer}/login", timeout=5)
+    assert page.raw.headers.getlist("Server") == ["gunicorn"]
+    assert page.headers["X-Frame-Options"] == "DENY"
 
     registered = requests.post(f"{issuer}/register", timeout=5,
                                json={"grant_types": ["client_credentials"]})
