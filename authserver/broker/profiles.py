@@ -625,6 +625,12 @@ class ResourceRoute:
     methods: frozenset[str] | None = None
 
 
+#: Seconds before expiry at which the broker refreshes a platform's access token by default
+#: (`[platforms.<name>] refresh_margin`); a token is never stale before half its lifetime.
+DEFAULT_REFRESH_MARGIN = 60
+MAX_REFRESH_MARGIN = 3600
+
+
 @dataclass(frozen=True)
 class Platform:
     name: str
@@ -640,6 +646,9 @@ class Platform:
     resource_map: Mapping[str, ResourceRoute] = field(default_factory=dict)
     #: Per-deployment additions to the profile's authorization parameters.
     extra_authorize_params: Mapping[str, str] = field(default_factory=dict)
+    #: Refresh an access token this many seconds before it expires, but never earlier than
+    #: halfway through its own lifetime (`connections.refresh_margin`).
+    refresh_margin: int = DEFAULT_REFRESH_MARGIN
 
     @classmethod
     def from_settings(cls, name: str, mapping: Mapping[str, Any]) -> Platform:
@@ -648,13 +657,14 @@ class Platform:
         Keys: profile (default "generic"), display_name, authorize_url, token_url,
         revocation_url, client_id, client_secret, scopes (list), api_base_url, resources
         (table: pattern → template or {path, methods}), extra_authorize_params (table),
-        profile_overrides (table of plain profile fields).
+        profile_overrides (table of plain profile fields), refresh_margin (seconds, an
+        integer 0..MAX_REFRESH_MARGIN; default DEFAULT_REFRESH_MARGIN).
         """
         if not _PLATFORM_NAME.match(name):
             raise ValueError(f"platform name {name!r} must match {_PLATFORM_NAME.pattern}")
         known = {"profile", "display_name", "authorize_url", "token_url", "revocation_url",
                  "client_id", "client_secret", "scopes", "api_base_url", "resources",
-                 "extra_authorize_params", "profile_overrides"}
+                 "extra_authorize_params", "profile_overrides", "refresh_margin"}
         unknown = set(mapping) - known
         if unknown:
             raise ValueError(f"platform {name}: unknown settings {sorted(unknown)}")
@@ -707,7 +717,17 @@ class Platform:
             api_base_url=None if api_base_url is None else str(api_base_url),
             resource_map=routes,
             extra_authorize_params={str(k): str(v) for k, v in extra.items()},
+            refresh_margin=_check_refresh_margin(
+                mapping.get("refresh_margin", DEFAULT_REFRESH_MARGIN), name),
         )
+
+
+def _check_refresh_margin(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) \
+            or not 0 <= value <= MAX_REFRESH_MARGIN:
+        raise ValueError(f"platform {name}: refresh_margin must be a whole number of seconds "
+                         f"from 0 to {MAX_REFRESH_MARGIN}")
+    return value
 
 
 def _apply_overrides(profile: PlatformProfile, overrides: Any, name: str) -> PlatformProfile:
