@@ -27,7 +27,7 @@ import requests
 import sqlalchemy as sa
 
 from authserver.demo.stack import to_toml
-from authserver.testing.platforms import DEFAULT_ACCESS_TOKEN_TTL
+from authserver.models.broker import Connection
 from authserver.testing.server import free_port
 from tests.conftest import REDIS_URL
 from tests.gateway_helpers import (
@@ -42,8 +42,6 @@ from tests.stack import Stack, intent, make_stack
 
 REPO = Path(__file__).resolve().parent.parent
 CALLS = 50
-#: Shorter than the broker's refresh margin (60 s): the stored token counts as expiring.
-EXPIRING_TTL = 30
 GUNICORN_START_DEADLINE = 60.0  # seconds; a readiness deadline, not a timing assertion
 HTTP_TIMEOUT = 60
 
@@ -102,9 +100,13 @@ def _request(issuer: str, token: str, key: Any) -> tuple[str, dict[str, str]]:
 def test_fifty_calls_over_two_processes_refresh_once(two_processes):
     stack, issuer_b = two_processes
     recorder = PlatformRecorder.install(stack.crm)
-    stack.crm.access_token_ttl = EXPIRING_TTL  # the grant's first token is about to expire
     stack.signed_in_and_connected("alice", ("crm",))
-    stack.crm.access_token_ttl = DEFAULT_ACCESS_TOKEN_TTL
+    # Our copy of the grant's first token counts as expired in both processes (whatever their
+    # clocks say: the gunicorn process reads the wall clock)...
+    with stack.services.db.session() as session:
+        session.execute(sa.update(Connection).values(
+            access_obtained_at=Connection.access_obtained_at - 3600,
+            access_expires_at=Connection.access_obtained_at - 3600))
 
     token_a, key_a = capability(stack, "alice", intent("read", "deal:acme-123"))
     key_b = stack.dpop_key()
