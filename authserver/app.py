@@ -16,8 +16,8 @@ from authserver.clients import JwksCache
 from authserver.config import SESSION_TTL, Settings
 from authserver.db import Database
 from authserver.errors import OAuthError, TemporarilyUnavailableError
-from authserver.keys import KeyRing
-from authserver.kms import LocalKMS
+from authserver.keys import KeyRing, check_secret_key
+from authserver.kms import KEKError, LocalKMS
 from authserver.services import Services
 from authserver.store import create_store
 from authserver.urls import is_loopback_http_url
@@ -156,11 +156,20 @@ def build_services(settings: Settings, clock: Callable[[], float] = time.time) -
     db = Database(settings.database_url)
     if settings.auto_migrate:
         db.upgrade()
-    kms = LocalKMS(settings.kek_file)
-    previous_keks = tuple(LocalKMS(path) for path in settings.previous_kek_files)
+    with db.session() as session:
+        stored = KeyRing.has_stored_keys(session)
+    if stored and not Path(settings.kek_file).exists():
+        # A new KEK could open nothing stored: refuse rather than start "ready" and fail
+        # every token request.
+        raise KEKError(f"key-encryption key file {settings.kek_file} does not exist, but the "
+                       "database already holds keys wrapped by a KEK: restore that file")
+    kms = LocalKMS(settings.kek_file, create=not stored)
+    previous_keks = tuple(LocalKMS(path, create=False) for path in settings.previous_kek_files)
     keyring = KeyRing(db, kms, previous_keks)
     with db.session() as session:
+        keyring.check_keks(session, int(clock()))
         keyring.ensure_key(session, int(clock()))
+        check_secret_key(session, _secret_key(settings), int(clock()))
     store = create_store(settings.redis_url or None, settings.redis_key_prefix)
     return Services(
         settings=settings,

@@ -7,6 +7,8 @@ until they expire. Private JWKs are stored envelope-encrypted (authserver.kms).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 import time
@@ -16,12 +18,14 @@ from joserfc import jwt
 from joserfc.errors import InvalidKeyIdError, JoseError
 from joserfc.jwk import ECKey, KeySet
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from authserver import kms as envelope
+from authserver.config import ConfigError
 from authserver.db import Database
-from authserver.kms import KMS
-from authserver.models import SigningKey
+from authserver.kms import KMS, EnvelopeIntegrityError, KEKError, describe
+from authserver.models import KeyCheck, SigningKey
 
 SIGNING_ALG = "ES256"
 #: How long a retired key stays published: the longest-lived token we sign, plus leeway.
@@ -46,6 +50,31 @@ class KeyRing:
         self._public: KeySet = KeySet([])
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    @staticmethod
+    def has_stored_keys(session: Session) -> bool:
+        """Whether the database already holds signing keys (wrapped by some KEK)."""
+        return session.scalars(select(SigningKey.kid).limit(1)).first() is not None
+
+    def check_keks(self, session: Session, now: int) -> None:
+        """Prove at start-up that the configured KEKs open every signing key still in use.
+
+        Raises `KEKError` naming the KEK file: an instance with the wrong KEK would otherwise
+        report ready and fail every token request.
+        """
+        rows = session.scalars(select(SigningKey).where(
+            (SigningKey.expires_at.is_(None)) | (SigningKey.expires_at > now)))
+        for row in rows:
+            try:
+                kek_id = json.loads(row.private_jwk_ciphertext).get("kek")
+                envelope.decrypt(self._keks.get(kek_id, self._kms), row.private_jwk_ciphertext,
+                                 _AAD + row.kid.encode())
+            except (EnvelopeIntegrityError, ValueError, AttributeError) as e:
+                known = ", ".join(describe(k) for k in self._keks.values())
+                raise KEKError(
+                    f"{describe(self._kms)} does not open signing key {row.kid} stored in the "
+                    f"database (tried: {known}); configure the KEK this database was created "
+                    "with, or list it in previous_kek_files during a KEK rotation") from e
 
     def ensure_key(self, session: Session, now: int) -> None:
         """Create the first signing key if there is none (first start)."""
@@ -145,6 +174,40 @@ class KeyRing:
         with self._mutex:
             self._active = (time.monotonic(), key)
         return key
+
+
+#: The fixed label whose HMAC under SECRET_KEY is its check value (key_checks.value).
+SECRET_KEY_CHECK_LABEL = b"authserver:secret-key-check:v1"
+
+
+def secret_key_check_value(secret: str) -> str:
+    """A check value that identifies `secret` without revealing it (128 bits of an HMAC)."""
+    return hmac.new(secret.encode(), SECRET_KEY_CHECK_LABEL, hashlib.sha256).hexdigest()[:32]
+
+
+def check_secret_key(session: Session, secret: str, now: int) -> None:
+    """Store SECRET_KEY's check value on the first start; refuse to start when it differs.
+
+    Every instance of a deployment must share SECRET_KEY: with another one, its browser
+    sessions and DPoP nonces fail at every other instance (as `use_dpop_nonce` loops).
+    Raises `ConfigError` (the message names the setting, never a value).
+    """
+    value = secret_key_check_value(secret)
+    row = session.get(KeyCheck, "secret_key")
+    if row is None:
+        try:
+            with session.begin_nested():
+                session.add(KeyCheck(name="secret_key", value=value, created_at=now))
+            return
+        except IntegrityError:  # another instance stored it first: compare with theirs
+            row = session.get(KeyCheck, "secret_key", populate_existing=True)
+            if row is None:
+                raise
+    if not hmac.compare_digest(row.value, value):
+        raise ConfigError(
+            "secret_key (AUTHSERVER_SECRET_KEY) differs from the one this database was first "
+            "started with: every instance of a deployment must use the same secret_key (set "
+            "it explicitly; a generated one belongs to one data dir)")
 
 
 def _is_unknown_kid(error: Exception) -> bool:

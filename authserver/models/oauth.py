@@ -141,6 +141,18 @@ class SigningKey(Base):
     expires_at: Mapped[int | None] = mapped_column(BigInteger)
 
 
+class KeyCheck(Base):
+    """A check value of a deployment-wide secret, never the secret: HMAC-SHA256 of a fixed
+    label. Written by the first instance to start; an instance whose secret differs refuses
+    to start (its sessions and DPoP nonces would fail at every other instance)."""
+
+    __tablename__ = "key_checks"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
 class AgentRevocation(Base):
     """A user withdrew an agent: every token the agent holds for this user, issued at or
     before `revoked_before`, is dead (the per-(user, agent) revocation epoch)."""
