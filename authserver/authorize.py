@@ -31,6 +31,7 @@ from authserver.errors import (
 )
 from authserver.grants.authorization_code import code_hash
 from authserver.models import AuthorizationCode, Client, User
+from authserver.urls import match_resource
 
 _B64URL = re.compile(r"^[A-Za-z0-9_-]+$")
 SINGLE_VALUED = ("client_id", "redirect_uri", "response_type", "scope", "state",
@@ -131,13 +132,16 @@ def validate_authorization_request(
             len(client.get_allowed_scope(scope).split()) != len(scopes):
         raise fail(InvalidScopeError("The requested scope is not allowed"))
 
-    resources = list(dict.fromkeys(params.get("resource") or []))
-    for resource in resources:
+    resources = []
+    for resource in params.get("resource") or []:
         parts = urlsplit(resource)
         if not parts.scheme or not parts.netloc or "#" in resource:
             raise fail(InvalidTargetError("resource must be an absolute URI"))
-        if resource not in known_resources:
+        registered = match_resource(resource, known_resources)  # RFC 3986 §6 comparison
+        if registered is None:
             raise fail(InvalidTargetError("Unknown resource"))
+        resources.append(registered)
+    resources = list(dict.fromkeys(resources))
 
     dpop_jkt = one("dpop_jkt")
     if dpop_jkt is not None and (len(dpop_jkt) != 43 or not _B64URL.match(dpop_jkt)):
@@ -161,12 +165,10 @@ def _authorization_details(raw: str | None, fail: Any) -> list[dict[str, Any]]:
     from authserver.intent import parse_mandate
 
     try:
-        value = json.loads(raw)
-        mandate = parse_mandate(value)
+        # The raw text, so it is parsed strictly (no duplicate members), like `intent`.
+        mandate = parse_mandate(raw)
     except InvalidAuthorizationDetailsError as e:
         raise fail(e) from e
-    except ValueError as e:
-        raise fail(InvalidAuthorizationDetailsError("authorization_details is not JSON")) from e
     return [mandate.to_authorization_details()]
 
 

@@ -15,6 +15,7 @@ from authserver.tokens import (
     revoke_access_token,
     verify_access_token,
 )
+from authserver.urls import normalize_resource
 
 INACTIVE: dict[str, Any] = {"active": False}
 _AT_MEMBERS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "jti", "cnf",
@@ -27,8 +28,10 @@ def may_see(caller: Client, claims: dict[str, Any]) -> bool:
         return True
     aud = claims.get("aud")
     audiences = {aud} if isinstance(aud, str) else set(aud or [])
-    served = set(caller.attributes.get("resources") or [])
-    return bool(audiences & served)
+    served = {normalize_resource(r) for r in caller.attributes.get("resources") or []
+              if isinstance(r, str)}
+    served.discard(None)
+    return any(isinstance(a, str) and normalize_resource(a) in served for a in audiences)
 
 
 def introspect(session: Session, keyring: KeyRing, issuer: str, caller: Client, token: str,

@@ -35,4 +35,20 @@ class Services:
         base is not one of them: only the executor exchange names it (for the platform's
         own token), never as the audience of a token we sign."""
         s = self.settings
-        return {s.issuer, *s.resources, *(f"{s.issuer}/gateway/{name}" for name in self.platforms)}
+        return {s.issuer, *s.resources, *(f"{s.issuer}/gateway/{name}" for name in self.platforms),
+                *self.registered_resources()}
+
+    def registered_resources(self) -> set[str]:
+        """The resources admin-registered resource-server clients serve (their `resources`
+        attribute, which DCR cannot set): read from the database on each call, so a resource
+        server added with `authserver clients create --resource URI` takes effect on every
+        instance without a restart."""
+        from sqlalchemy import select
+
+        from authserver.models import Client
+
+        with self.db.session() as session:
+            rows = session.scalars(
+                select(Client.attributes).where(Client.attributes["resources"].is_not(None)))
+            return {r for attrs in rows for r in (attrs or {}).get("resources") or []
+                    if isinstance(r, str)}

@@ -10,6 +10,7 @@ anyone can point anywhere), never by DNS resolution, and never in a numeric shor
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from urllib.parse import SplitResult, urlsplit
 
 
@@ -57,3 +58,45 @@ def _split(url: str) -> SplitResult | None:
     if parts.username is not None or parts.password is not None:
         return None
     return parts
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalize_resource(uri: str) -> str | None:
+    """The comparison form of an RFC 8707 resource indicator, or None if it is not one (an
+    absolute http(s) URI with a host, no userinfo, no fragment).
+
+    RFC 3986 §6.2.2-6.2.3: scheme and host lower-cased, a default port dropped, an empty path
+    is "/". One further rule of ours: a single trailing "/" on a non-empty path is not
+    significant, so `https://mcp.example.com/mcp/` names the same resource as
+    `https://mcp.example.com/mcp` (clients disagree about it, and no server of ours serves two
+    different APIs at the two). The query is kept as it is; percent-encoding is not decoded.
+    """
+    parts = _split(uri)
+    if parts is None or parts.scheme.lower() not in _DEFAULT_PORTS or not parts.hostname \
+            or "#" in uri:
+        return None
+    scheme = parts.scheme.lower()
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
+    path = parts.path or "/"
+    if len(path) > 1 and path.endswith("/"):
+        path = path[:-1]
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{scheme}://{netloc}{path}{query}"
+
+
+def match_resource(uri: str, known: Iterable[str]) -> str | None:
+    """The entry of `known` that names the same resource as `uri` (`normalize_resource`), so
+    tokens carry the resource as it was registered; None if there is none."""
+    wanted = normalize_resource(uri)
+    if wanted is None:
+        return None
+    for entry in sorted(known):
+        if normalize_resource(entry) == wanted:
+            return entry
+    return None

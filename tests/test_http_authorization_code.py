@@ -119,6 +119,18 @@ def test_resource_in_the_request_becomes_the_audience(client: FlaskClient, rp: d
     assert decode_access_token(client, response.get_json()["access_token"])[1]["aud"] == RESOURCE
 
 
+def test_resource_spelled_differently_is_the_registered_resource(
+        client: FlaskClient, rp: dict, signed_in: str, pkce: tuple[str, str]) -> None:
+    """RFC 3986 §6 comparison at /authorize and /token: an uppercase host at one and a
+    trailing slash at the other still name the registered resource, which becomes `aud`."""
+    verifier, challenge = pkce
+    upper = RESOURCE.replace("api.example.com", "API.EXAMPLE.COM")
+    code = authorize(client, authorization_params(rp, challenge, resource=upper))
+    response = redeem(client, rp, code, verifier, resource=RESOURCE + "/")
+    assert response.status_code == 200, response.get_json()
+    assert decode_access_token(client, response.get_json()["access_token"])[1]["aud"] == RESOURCE
+
+
 def test_token_request_resource_not_authorized_is_invalid_target(
         client: FlaskClient, rp: dict, signed_in: str, pkce: tuple[str, str]) -> None:
     verifier, challenge = pkce

@@ -169,3 +169,23 @@ def test_repeated_resource_is_allowed(client: FlaskClient, cc_client: dict) -> N
     assert response.status_code == 200, response.get_json()
     claims = decode_access_token(client, response.get_json()["access_token"])[1]
     assert claims["aud"] == [RESOURCE, ISSUER]
+
+
+@pytest.mark.parametrize("spelling", [
+    RESOURCE.replace("https://api.example.com", "HTTPS://API.EXAMPLE.COM"),  # scheme, host
+    RESOURCE + "/",  # one trailing slash
+    RESOURCE.replace("api.example.com", "api.example.com:443"),  # the default port
+])
+def test_resource_matches_after_rfc3986_normalisation(client: FlaskClient, cc_client: dict,
+                                                      spelling: str) -> None:
+    response = cc(client, cc_client, scope="read", resource=spelling)
+    assert response.status_code == 200, response.get_json()
+    claims = decode_access_token(client, response.get_json()["access_token"])[1]
+    assert claims["aud"] == RESOURCE  # the registered form, whatever the spelling
+
+
+def test_a_different_path_is_still_invalid_target(client: FlaskClient, cc_client: dict) -> None:
+    assert_token_error(cc(client, cc_client, resource=RESOURCE + "/tools"), 400,
+                       "invalid_target")
+    assert_token_error(cc(client, cc_client, resource=RESOURCE.upper()), 400,
+                       "invalid_target")  # the path is case-sensitive

@@ -178,3 +178,21 @@ def test_missing_token_parameter_is_invalid_request(client: FlaskClient, rp: dic
     response = client.post("/introspect", data={},
                            headers=basic_auth(rp["client_id"], rp["client_secret"]))
     assert_token_error(response, 400, "invalid_request")
+
+
+def test_an_admin_registered_resource_server_needs_no_config_change(
+        app: Flask, client: FlaskClient, rp: dict) -> None:
+    """Issue 14: a resource server registered with `--resource` (the admin-only `resources`
+    attribute) is a known resource at once, without AUTHSERVER_RESOURCES or a restart, and
+    may introspect the tokens issued for it (under any RFC 3986 spelling of its URI)."""
+    new = "https://tools.example.net/mcp"
+    assert token_request(client, rp, grant_type="client_credentials",
+                         resource=new).get_json()["error"] == "invalid_target"
+    rs = register_client(client, grant_types=["client_credentials"])
+    with app.extensions["authserver"].db.session() as session:
+        session.execute(update(Client).where(Client.client_id == rs["client_id"])
+                        .values(attributes={"resources": [new]}))
+    token = cc_token(client, rp, resource="HTTPS://Tools.Example.NET/mcp/")
+    body = introspect(client, rs, token)
+    assert body["active"] is True and body["aud"] == new
+    assert introspect(client, confidential_client(client), token) == INACTIVE

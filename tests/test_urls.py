@@ -135,3 +135,43 @@ def test_jwks_uri_refuses_a_non_loopback_http_uri(url: str):
         validate_client_metadata({"redirect_uris": ["https://app.example.com/cb"],
                                   "token_endpoint_auth_method": "private_key_jwt",
                                   "jwks_uri": url + "/jwks.json"}, scopes=("read",))
+
+
+# --- RFC 8707 resource comparison (RFC 3986 §6.2.2-6.2.3, issue 14) ---------------------------
+
+from authserver.urls import match_resource, normalize_resource  # noqa: E402
+
+
+@pytest.mark.parametrize(("given", "normal"), [
+    ("https://api.example.com/mcp", "https://api.example.com/mcp"),
+    ("HTTPS://API.Example.COM/mcp", "https://api.example.com/mcp"),  # scheme and host
+    ("https://api.example.com:443/mcp", "https://api.example.com/mcp"),  # default port
+    ("http://127.0.0.1:80/x", "http://127.0.0.1/x"),
+    ("https://api.example.com:8443/mcp", "https://api.example.com:8443/mcp"),
+    ("https://api.example.com", "https://api.example.com/"),  # empty path is "/"
+    ("https://api.example.com/", "https://api.example.com/"),
+    ("https://api.example.com/mcp/", "https://api.example.com/mcp"),  # one trailing slash
+    ("https://api.example.com/MCP", "https://api.example.com/MCP"),  # the path keeps its case
+    ("https://api.example.com/mcp?v=1", "https://api.example.com/mcp?v=1"),
+    ("https://[::1]:443/a", "https://[::1]/a"),
+])
+def test_resource_normalisation(given: str, normal: str) -> None:
+    assert normalize_resource(given) == normal
+
+
+@pytest.mark.parametrize("bad", [
+    "https://api.example.com/mcp#frag", "urn:example:api", "ftp://api.example.com/",
+    "https://user@api.example.com/", "https:///path", "https://api.example.com:99999/",
+    "/relative",
+])
+def test_not_a_resource_indicator(bad: str) -> None:
+    assert normalize_resource(bad) is None
+
+
+def test_match_resource_returns_the_registered_form() -> None:
+    known = {"https://api.example.com/mcp", "https://other.example.com/"}
+    assert match_resource("HTTPS://api.EXAMPLE.com:443/mcp/", known) == \
+        "https://api.example.com/mcp"
+    assert match_resource("https://other.example.com", known) == "https://other.example.com/"
+    assert match_resource("https://api.example.com/mcp/x", known) is None
+    assert match_resource("https://api.example.com/mcp//", known) is None  # only one slash

@@ -13,6 +13,7 @@ from authserver.dpop import DPoPProof, validate_proof
 from authserver.errors import InvalidDpopProofError, InvalidScopeError, InvalidTargetError
 from authserver.services import Services
 from authserver.tokens import AccessToken
+from authserver.urls import match_resource
 
 TOKEN_RESPONSE_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
                           ("Pragma", "no-cache")]
@@ -77,15 +78,18 @@ class GrantMixin:
     # --- RFC 8707 ----------------------------------------------------------------------------
 
     def requested_resources(self) -> list[str]:
+        """The requested resources as registered (RFC 3986 normalised comparison,
+        `authserver.urls.normalize_resource`), so `aud` is always the registered form."""
         values: list[str] = self.request.payload.datalist.get("resource", [])
         for value in values:
             parts = urlsplit(value)
             if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
                 raise InvalidTargetError("resource must be an absolute URI without a fragment")
-        unknown = set(values) - self.services.known_resources()
-        if unknown:
+        known = self.services.known_resources() if values else set()
+        matched = [match_resource(value, known) for value in values]
+        if any(m is None for m in matched):
             raise InvalidTargetError("The requested resource is not served by this server")
-        return list(dict.fromkeys(values))
+        return list(dict.fromkeys(m for m in matched if m is not None))
 
     def audience_for(self, resources: list[str]) -> str | list[str]:
         # RFC 9068 §3: a token always has an audience; ours by default.
