@@ -347,6 +347,17 @@ def _details_list(value: Any) -> list[dict[str, Any]]:
     return value
 
 
+def loads_authorization_details(text: str) -> list[dict[str, Any]]:
+    """The raw `authorization_details` parameter, parsed as strictly as `intent`: at most
+    MAX_JSON_CHARS, no duplicate member at any depth (RFC 8259 §4: a parser that kept the
+    first value would disagree with us), no NaN/Infinity, and a non-empty array of objects
+    with a string `type` (RAR-01). Raises InvalidAuthorizationDetailsError otherwise.
+
+    Every endpoint that receives the parameter parses it with this (or hands the text to
+    `parse_intent`/`parse_mandate`, which do), never with a bare `json.loads`."""
+    return _details_list(text)
+
+
 def parse_intent(intent_param: str | None,
                  authorization_details: list[dict[str, Any]] | str | None) -> Intent | None:
     """Parse the intent from the `intent` parameter and/or `authorization_details`.

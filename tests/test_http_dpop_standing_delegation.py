@@ -170,6 +170,8 @@ MALFORMED = {
         {"platform": "crm", "actions": ["read"], "resources": ["deal:*"], "max_count": True}]}]),
     "unknown-member": json.dumps([{**_VALID, "locations": ["https://crm.example.com"]}]),
     "duplicate-member": '[{"type": "agent_mandate", "type": "agent_mandate"}]',
+    # Both values valid: a parser keeping the first would disagree with one keeping the last.
+    "duplicate-member-both-valid": json.dumps([_VALID])[:-2] + ', "channel": "email"}]',
 }
 
 

@@ -18,6 +18,7 @@ from authserver.intent import (
     IntentContext,
     describe_mandate,
     hash_request_text,
+    loads_authorization_details,
     parse_intent,
     parse_mandate,
     pattern_covers,
@@ -600,3 +601,31 @@ def test_mandate_for_one_deal_and_its_sub_resources_does_not_reach_a_longer_id()
     assert mandate.allows("crm", intent(resource="deal:acme-123/notes"))
     assert not mandate.allows("crm", intent(resource="deal:acme-1234"))
     assert not mandate.allows("crm", intent(resource="deal:acme-1234/notes"))
+
+
+# --- strict JSON for authorization_details as for intent (issue 20, finding 5) ----------------
+
+
+@pytest.mark.parametrize("text", [
+    '[{"type": "agent_mandate", "type": "agent_intent"}]',
+    '[{"type": "agent_mandate", "channel": "chat", "channel": "email"}]',
+    '[{"type": "agent_mandate", "platforms": [{"max_count": 1, "max_count": 5}]}]',
+    '[{"type": "agent_mandate", "max_count": NaN}]',
+])
+def test_authorization_details_text_is_parsed_strictly(text: str) -> None:
+    with pytest.raises(InvalidAuthorizationDetailsError) as excinfo:
+        loads_authorization_details(text)
+    assert_rejected(excinfo)
+
+
+def test_authorization_details_text_parses_to_its_entries() -> None:
+    entries = [mandate_entry()]
+    assert loads_authorization_details(json.dumps(entries)) == entries
+
+
+def test_mandate_text_with_a_duplicate_member_is_rejected_even_when_both_values_are_valid(
+        ) -> None:
+    text = json.dumps([mandate_entry()])[:-2] + ', "channel": "email"}]'
+    with pytest.raises(InvalidAuthorizationDetailsError) as excinfo:
+        parse_mandate(text)
+    assert_rejected(excinfo)
