@@ -152,6 +152,12 @@ def test_malformed_mandate(stack: Stack) -> None:
     assert_error(mint(stack, details=bad), 400, "invalid_authorization_details")
 
 
+def test_mint_without_mandate_says_it_needs_one(stack: Stack) -> None:
+    """A trusted edge's IdP token without an agent_mandate is not read as an agent exchange."""
+    body = assert_error(mint(stack, details=None), 400, "invalid_request")
+    assert "agent_mandate" in body["error_description"], body
+
+
 def test_mandate_request_hash_mismatch(stack: Stack) -> None:
     bad = mandate()
     bad[0]["request"] = "Something else entirely"

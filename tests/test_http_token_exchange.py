@@ -199,6 +199,17 @@ def test_unsupported_subject_token_type(stack: Stack, minted: Any) -> None:
     assert_error(resp, 400, "invalid_request")
 
 
+@pytest.mark.parametrize("subject_token_type", [TT_JWT, "urn:ietf:params:oauth:token-type:saml2"])
+def test_unsupported_subject_token_type_names_the_one_accepted(stack: Stack, minted: Any,
+                                                               subject_token_type: str) -> None:
+    """A client that defaults to `...:jwt` learns which type the agent exchange takes."""
+    assertion, key = minted
+    body = assert_error(stack.agent_exchange(assertion, key,
+                                             subject_token_type=subject_token_type),
+                        400, "invalid_request")
+    assert TT_ACCESS_TOKEN in body["error_description"], body
+
+
 def test_unknown_audience(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     assert_error(stack.agent_exchange(assertion, key, audience="warehouse"), 400,

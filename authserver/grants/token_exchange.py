@@ -139,7 +139,12 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             ex.role = "edge"
             return self.edge_mint(ex, details)
         if subject_type != TT_ACCESS_TOKEN:
-            raise InvalidRequestError("Unsupported subject_token_type for this client")
+            if ex.client.row.attributes.get("trusted_edge") and subject_type in IDP_TOKEN_TYPES:
+                raise InvalidRequestError("The edge mint needs authorization_details with one "
+                                          "agent_mandate")
+            # Say which type is accepted: clients that default to `...:jwt` get no further.
+            raise InvalidRequestError(f"Unsupported subject_token_type: the agent exchange "
+                                      f"takes {TT_ACCESS_TOKEN} (the user assertion)")
         return self.agent_exchange(ex, details)
 
     def edge_mint(self, ex: Exchange, details: list[dict[str, Any]]) -> Any:
