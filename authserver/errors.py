@@ -222,6 +222,8 @@ class ResourceError(OAuthError):
 
     `scheme` is the scheme the client attempted (`DPoP` or `Bearer`); with `challenge_only`
     (no credentials presented) the challenge carries no `error` (RFC 6750 §3.1, RFC 9449 §7.1).
+    `also` is a further challenge, without an error, for a scheme the resource also accepts
+    (RFC 9449 §7.2: one field may carry several challenges, RFC 9110 §11.6.1).
     """
 
     scheme: str = "DPoP"
@@ -234,6 +236,7 @@ class ResourceError(OAuthError):
         algs: str = "",
         extra_params: dict[str, str] | None = None,
         challenge_only: bool = False,
+        also: str = "",
         **kwargs: Any,
     ) -> None:
         super().__init__(description, **kwargs)
@@ -241,6 +244,7 @@ class ResourceError(OAuthError):
         self.algs = algs
         self.extra_params = dict(extra_params or {})
         self.challenge_only = challenge_only
+        self.also = also
 
     def challenge(self) -> str:
         params: list[tuple[str, str]] = []
@@ -252,7 +256,8 @@ class ResourceError(OAuthError):
         if self.scheme == "DPoP" and self.algs:
             params.append(("algs", self.algs))
         rendered = ", ".join(f'{k}="{v}"' for k, v in params)
-        return f"{self.scheme} {rendered}".strip()
+        challenge = f"{self.scheme} {rendered}".strip()
+        return f"{challenge}, {self.also}" if self.also else challenge
 
     def body(self) -> dict[str, Any]:
         return {} if self.challenge_only else super().body()

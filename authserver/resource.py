@@ -42,6 +42,7 @@ from authserver.errors import (
 )
 from authserver.keys import InvalidSignatureError
 from authserver.store import Store
+from authserver.urls import normalize_resource
 
 #: RFC 9068 §4 / JAT-01: the only JOSE `typ` values an access token may carry.
 ACCESS_TOKEN_TYPS = ("at+jwt", "application/at+jwt")
@@ -62,8 +63,12 @@ class ResourceVerifier:
 
     `verify_jwt(token, now)` must return signature-verified claims or raise; this class checks
     the claims (`iss`, `aud`, `exp`/`nbf`/`iat`), the proof, and the key binding. `audience` is
-    this resource's identifier, or a predicate over each `aud` value. Bearer is not supported:
-    every challenge uses the DPoP scheme.
+    this resource's identifier (compared after RFC 3986 normalisation,
+    `authserver.urls.normalize_resource`), or a predicate over each `aud` value.
+
+    With `allow_bearer`, `Authorization: Bearer <token>` is accepted too, but only for a token
+    that is not DPoP-bound (no `cnf`); a DPoP-bound token sent as Bearer is refused (RFC 9449
+    §7.2), and every challenge offers both schemes. Without it, every challenge is DPoP's.
     """
 
     def __init__(
@@ -80,6 +85,7 @@ class ResourceVerifier:
         leeway: int = JWT_LEEWAY,
         window: int = DPOP_PROOF_WINDOW,
         future_skew: int = DPOP_FUTURE_SKEW,
+        allow_bearer: bool = False,
     ) -> None:
         if not algs or not set(algs) <= set(DPOP_SIGNING_ALGS):
             raise ValueError(f"algs must be a non-empty subset of {DPOP_SIGNING_ALGS}")
@@ -95,11 +101,19 @@ class ResourceVerifier:
         self._leeway = leeway
         self._window = window
         self._future_skew = future_skew
-        # DPOP-40/44: every challenge advertises the accepted algs and, with RFC 9728, the PRM.
+        self._allow_bearer = allow_bearer
+        extra = {"resource_metadata": resource_metadata} if resource_metadata else {}
+        bearer = ResourceError(challenge_only=True, scheme="Bearer", extra_params=extra)
+        dpop = ResourceError(challenge_only=True, scheme="DPoP", algs=" ".join(self._algs),
+                             extra_params=extra)
+        # DPOP-40/44: every challenge advertises the accepted algs and, with RFC 9728, the PRM;
+        # with allow_bearer, the scheme not attempted follows as a bare challenge (§7.2).
         self._challenge: dict[str, Any] = {
-            "scheme": "DPoP",
-            "algs": " ".join(self._algs),
-            "extra_params": {"resource_metadata": resource_metadata} if resource_metadata else {},
+            "scheme": "DPoP", "algs": " ".join(self._algs), "extra_params": extra,
+            "also": bearer.challenge() if allow_bearer else "",
+        }
+        self._bearer_challenge: dict[str, Any] = {
+            "scheme": "Bearer", "extra_params": extra, "also": dpop.challenge(),
         }
 
     def verify(
@@ -116,15 +130,24 @@ class ResourceVerifier:
         `url` is the external request URI; `authorization` and `dpop` are every value of those
         headers. A store failure raises StoreUnavailableError (503), never a pass.
         """
-        token = self._credentials(authorization)
-        claims = self._token_claims(token, now)
+        scheme, token = self._credentials(authorization)
+        if scheme == "bearer":
+            claims = self._token_claims(token, now, self._bearer_challenge)
+            if "cnf" in claims:
+                # DPOP-42: RFC 9449 §7.2, a DPoP-bound token is never accepted as a bearer token.
+                raise InvalidTokenError("DPoP-bound access token sent with the Bearer scheme, "
+                                        "use DPoP", **self._bearer_challenge)
+            return claims
+        claims = self._token_claims(token, now, self._challenge)
+        self._check_bound(claims)
         proof = self._proof(dpop, method=method, url=url, token=token, now=now)
         self._check_key_binding(claims, proof)
         return claims
 
     # --- steps ------------------------------------------------------------------------------
 
-    def _credentials(self, authorization: Sequence[str]) -> str:
+    def _credentials(self, authorization: Sequence[str]) -> tuple[str, str]:
+        """(scheme in lower case, token)."""
         if not authorization:
             # DPOP-41: no credentials → a bare challenge, no error code.
             raise self._error(InvalidTokenError, None, challenge_only=True)
@@ -132,59 +155,71 @@ class ResourceVerifier:
             raise self._error(ResourceInvalidRequestError, "Multiple Authorization headers")
         scheme, _, token = authorization[0].strip().partition(" ")
         token = token.strip()
-        if scheme.lower() == "bearer":
-            # DPOP-42: a DPoP-bound token sent as Bearer is a downgrade; unbound tokens are not
-            # accepted here at all, so the token is refused before it is even parsed.
+        if scheme.lower() == "bearer" and not self._allow_bearer:
+            # DPOP-42: this resource takes DPoP-bound tokens only, so Bearer is a downgrade and
+            # the token is refused before it is even parsed.
             raise self._error(InvalidTokenError, "Bearer scheme not accepted, use DPoP")
-        if scheme.lower() != "dpop":
+        if scheme.lower() not in ("bearer", "dpop"):
             # RFC 6750 §3.1: an unsupported scheme counts as no credentials.
             raise self._error(InvalidTokenError, None, challenge_only=True)
+        challenge = self._bearer_challenge if scheme.lower() == "bearer" else self._challenge
         if not _TOKEN68.fullmatch(token):
-            raise self._error(ResourceInvalidRequestError, "Malformed Authorization header")
-        return token
+            raise ResourceInvalidRequestError("Malformed Authorization header", **challenge)
+        return scheme.lower(), token
 
-    def _token_claims(self, token: str, now: int) -> dict[str, Any]:
+    def _token_claims(self, token: str, now: int, challenge: dict[str, Any]) -> dict[str, Any]:
+        """Signature, `iss`, `aud` and lifetime; errors in `challenge`'s scheme."""
         try:
             claims = self._verify_jwt(token, now)
         except TemporarilyUnavailableError:
             raise  # our issuer's JWKS is unreachable: 503, not a verdict on the token
         except Exception as e:  # the contract: verify_jwt raises anything for a bad token
-            raise self._error(InvalidTokenError, "Invalid access token",
-                              debug=type(e).__name__) from e
+            raise InvalidTokenError("Invalid access token", debug=type(e).__name__,
+                                    **challenge) from e
         if not isinstance(claims, dict):
-            raise self._error(InvalidTokenError, "Invalid access token")
-        self._check_issuer(claims)
-        self._check_audience(claims)
-        self._check_lifetime(claims, now)
-        self._check_bound(claims)
+            raise InvalidTokenError("Invalid access token", **challenge)
+        problem = (self._issuer_problem(claims) or self._audience_problem(claims)
+                   or self._lifetime_problem(claims, now))
+        if problem:
+            raise InvalidTokenError(problem, **challenge)
         return claims
 
-    def _check_issuer(self, claims: Mapping[str, Any]) -> None:
+    def _issuer_problem(self, claims: Mapping[str, Any]) -> str | None:
         # JAT-05: exact string comparison with the configured issuer.
         if claims.get("iss") != self._issuer:
-            raise self._error(InvalidTokenError, "Access token issuer not accepted")
+            return "Access token issuer not accepted"
+        return None
 
-    def _check_audience(self, claims: Mapping[str, Any]) -> None:
+    def _audience_problem(self, claims: Mapping[str, Any]) -> str | None:
         # JAT-05: `aud` must name this resource; a token for another audience is refused.
         aud = claims.get("aud")
         values = [aud] if isinstance(aud, str) else aud
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-            raise self._error(InvalidTokenError, "Access token audience is not this resource")
+            return "Access token audience is not this resource"
         expected = self._audience
-        matches = expected if callable(expected) else (lambda value: value == expected)
-        if not any(matches(v) for v in values):
-            raise self._error(InvalidTokenError, "Access token audience is not this resource")
+        if callable(expected):
+            matches = expected
+        else:
+            wanted = normalize_resource(expected) or expected
 
-    def _check_lifetime(self, claims: Mapping[str, Any], now: int) -> None:
+            def matches(value: str) -> bool:
+                return value == expected or normalize_resource(value) == wanted
+
+        if not any(matches(v) for v in values):
+            return "Access token audience is not this resource"
+        return None
+
+    def _lifetime_problem(self, claims: Mapping[str, Any], now: int) -> str | None:
         # JAT-03/05: `exp` and `iat` are required; `nbf` is honoured when present.
         exp, iat = _time_claim(claims, "exp"), _time_claim(claims, "iat")
         nbf = _time_claim(claims, "nbf") if "nbf" in claims else iat
         if exp is None or iat is None or nbf is None:
-            raise self._error(InvalidTokenError, "Access token time claims are invalid")
+            return "Access token time claims are invalid"
         if now >= exp + self._leeway:
-            raise self._error(InvalidTokenError, "Access token expired")
+            return "Access token expired"
         if max(iat, nbf) > now + self._leeway:
-            raise self._error(InvalidTokenError, "Access token not yet valid")
+            return "Access token not yet valid"
+        return None
 
     def _check_bound(self, claims: Mapping[str, Any]) -> None:
         # The DPoP scheme carries only DPoP-bound tokens (RFC 9449 §7.1, DPOP-24 `cnf.jkt`).

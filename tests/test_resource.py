@@ -444,3 +444,84 @@ def test_jwks_unreachable_fails_closed_with_503(now: int) -> None:
                        ECKey.generate_key("P-256"))
     with pytest.raises(TemporarilyUnavailableError):
         verify(token, now)
+
+
+# --- allow_bearer: RFC 6750 for tokens that are not DPoP-bound (RFC 9449 §7.2, issue 14) ------
+
+BOTH_BARE = f'Bearer resource_metadata="{PRM}", DPoP resource_metadata="{PRM}", {ALGS}'
+
+
+def bearer(token: str) -> dict[str, list[str]]:
+    return {"authorization": [f"Bearer {token}"], "dpop": []}
+
+
+def bearer_verifier(jwks: Any, **kwargs: Any) -> ResourceVerifier:
+    return make_verifier(jwks, allow_bearer=True, resource_metadata=PRM, **kwargs)
+
+
+def test_bearer_accepted_for_an_unbound_token(jwks: Any, now: int) -> None:
+    claims = bearer_verifier(jwks).verify(method="GET", url=URL, now=now,
+                                          **bearer(mint(jwks, now, None)))
+    assert claims["sub"] == "user-1" and "cnf" not in claims
+
+
+def test_dpop_still_accepted_when_bearer_is_allowed(jwks: Any, client_key: DPoPKey,
+                                                    now: int) -> None:
+    token = mint(jwks, now, client_key.dpop_jkt)
+    assert bearer_verifier(jwks).verify(method="GET", url=URL, now=now,
+                                        **request(token, client_key))["cnf"]
+
+
+def test_bearer_refused_for_a_dpop_bound_token(jwks: Any, client_key: DPoPKey,
+                                               now: int) -> None:
+    """RFC 9449 §7.2: a DPoP-bound token sent as Bearer is invalid_token, in the Bearer
+    challenge the client attempted, followed by the DPoP challenge it must use."""
+    error = refused(bearer_verifier(jwks), bearer(mint(jwks, now, client_key.dpop_jkt)), now,
+                    InvalidTokenError, 401,
+                    'Bearer error="invalid_token", error_description="DPoP-bound access token '
+                    f'sent with the Bearer scheme, use DPoP", resource_metadata="{PRM}", '
+                    f'DPoP resource_metadata="{PRM}", {ALGS}')
+    assert error.body()["error"] == "invalid_token"
+
+
+def test_bearer_errors_use_the_bearer_challenge(jwks: Any, now: int) -> None:
+    refused(bearer_verifier(jwks), bearer(mint(jwks, now, None, aud="https://other.example")),
+            now, InvalidTokenError, 401,
+            'Bearer error="invalid_token", error_description="Access token audience is not '
+            f'this resource", resource_metadata="{PRM}", DPoP resource_metadata="{PRM}", {ALGS}')
+
+
+def test_bearer_expired_token_is_invalid_token(jwks: Any, now: int) -> None:
+    token = mint(jwks, now - 120, None)
+    refused(bearer_verifier(jwks), bearer(token), now, InvalidTokenError, 401,
+            'Bearer error="invalid_token", error_description="Access token expired", '
+            f'resource_metadata="{PRM}", DPoP resource_metadata="{PRM}", {ALGS}')
+
+
+def test_no_credentials_offers_both_schemes(jwks: Any, now: int) -> None:
+    error = refused(bearer_verifier(jwks), {"authorization": [], "dpop": []}, now,
+                    InvalidTokenError, 401,
+                    f'DPoP resource_metadata="{PRM}", {ALGS}, Bearer resource_metadata="{PRM}"')
+    assert error.body() == {}
+
+
+def test_unbound_token_with_the_dpop_scheme_is_still_refused(jwks: Any, client_key: DPoPKey,
+                                                             now: int) -> None:
+    refused(bearer_verifier(jwks), request(mint(jwks, now, None), client_key), now,
+            InvalidTokenError, 401,
+            f'DPoP error="invalid_token", error_description="Access token is not DPoP-bound", '
+            f'resource_metadata="{PRM}", {ALGS}, Bearer resource_metadata="{PRM}"')
+
+
+def test_malformed_bearer_is_invalid_request(jwks: Any, now: int) -> None:
+    refused(bearer_verifier(jwks), {"authorization": ["Bearer a b"], "dpop": []}, now,
+            ResourceInvalidRequestError, 400,
+            'Bearer error="invalid_request", error_description="Malformed Authorization '
+            f'header", resource_metadata="{PRM}", DPoP resource_metadata="{PRM}", {ALGS}')
+
+
+@pytest.mark.parametrize("spelling", ["HTTPS://RS.EXAMPLE.COM/api", AUDIENCE + "/",
+                                      "https://rs.example.com:443/api"])
+def test_audience_compared_after_normalisation(spelling: str, jwks: Any, now: int) -> None:
+    token = mint(jwks, now, None, aud=spelling)
+    assert bearer_verifier(jwks).verify(method="GET", url=URL, now=now, **bearer(token))
