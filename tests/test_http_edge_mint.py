@@ -85,7 +85,8 @@ def test_edge_cannot_use_what_it_minted(stack: Stack) -> None:
 
 def test_untrusted_edge_cannot_mint(stack: Stack) -> None:
     untrusted = stack.register_edge(trusted=False)
-    assert_error(mint(stack, edge=untrusted), 400, "invalid_request")
+    body = assert_error(mint(stack, edge=untrusted), 400, "invalid_request")
+    assert "trusted edge" in body["error_description"], body
 
 
 def test_edge_mint_audited(stack: Stack) -> None:

@@ -139,7 +139,10 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             ex.role = "edge"
             return self.edge_mint(ex, details)
         if subject_type != TT_ACCESS_TOKEN:
-            if ex.client.row.attributes.get("trusted_edge") and subject_type in IDP_TOKEN_TYPES:
+            if subject_type in IDP_TOKEN_TYPES:
+                if not ex.client.row.attributes.get("trusted_edge"):
+                    raise InvalidRequestError("Only a client registered as a trusted edge may "
+                                              "exchange an IdP token")
                 raise InvalidRequestError("The edge mint needs authorization_details with one "
                                           "agent_mandate")
             # Say which type is accepted: clients that default to `...:jwt` get no further.
