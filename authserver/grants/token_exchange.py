@@ -140,11 +140,12 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             return self.edge_mint(ex, details)
         if subject_type != TT_ACCESS_TOKEN:
             if subject_type in IDP_TOKEN_TYPES:
-                if not ex.client.row.attributes.get("trusted_edge"):
+                if ex.client.row.attributes.get("trusted_edge"):
+                    raise InvalidRequestError("The edge mint needs authorization_details with "
+                                              "one agent_mandate")
+                if any(d.get("type") == MANDATE_TYPE for d in details):
                     raise InvalidRequestError("Only a client registered as a trusted edge may "
-                                              "exchange an IdP token")
-                raise InvalidRequestError("The edge mint needs authorization_details with one "
-                                          "agent_mandate")
+                                              "mint user assertions")
             # Say which type is accepted: clients that default to `...:jwt` get no further.
             raise InvalidRequestError(f"Unsupported subject_token_type: the agent exchange "
                                       f"takes {TT_ACCESS_TOKEN} (the user assertion)")
