@@ -166,11 +166,11 @@ def test_store_failure_is_503_with_retry_after(
 ) -> None:
     from authserver.store import StoreUnavailableError
 
-    @app.get("/store-down")  # the store's own failures are already typed
+    @app.get("/admin/store-down")  # an API path (JSON errors); store failures are typed
     def store_down() -> Any:
         raise StoreUnavailableError(debug="redis: ConnectionError")
 
-    assert_unavailable(client.get("/store-down"), page=True)  # not an API path: a page
+    assert_unavailable(client.get("/admin/store-down"))
 
 
 def test_every_temporarily_unavailable_error_carries_retry_after() -> None:
