@@ -238,9 +238,12 @@ def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float
                 session.rollback()
         except Exception as e:  # any commit failure means nothing was issued
             session.rollback()
-            from authserver.http.errors import render
+            from authserver.http.errors import dependency_failure, render
 
-            log.error("commit failed: %s", type(e).__name__)
+            if dependency_failure(e) is not None:  # an outage: one line per request, no more
+                log.warning("commit failed: %s", type(e).__name__)
+            else:
+                log.error("commit failed: %s", type(e).__name__)
             error: OAuthError = TemporarilyUnavailableError()
             return render(error)
         finally:

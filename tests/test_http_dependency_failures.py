@@ -132,15 +132,24 @@ def test_database_down_at_readyz_is_503_with_retry_after(
 def test_commit_failure_is_503_with_retry_after(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    registered = confidential_client(client)
+    # The request's own session is committed after the view, when the response is a success.
+    @app.get("/admin/commit-probe")  # an API path: JSON errors
+    def commit_probe() -> Any:
+        return {}
 
     def fail_commit(self: Any) -> None:
         raise sa.exc.OperationalError("COMMIT", {"secret": "hunter2"}, Exception("gone"))
 
     monkeypatch.setattr(sa.orm.Session, "commit", fail_commit)
-    response = client.post("/token", data={"grant_type": "client_credentials"},
-                           headers=auth_for(registered)[0])
+    handler = _Records()
+    logging.getLogger().addHandler(handler)
+    try:
+        response = client.get("/admin/commit-probe")
+    finally:
+        logging.getLogger().removeHandler(handler)
     assert_unavailable(response)
+    assert not [r for r in handler.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not [r for r in handler.records if "hunter2" in r.getMessage()]
 
 
 def test_kms_failure_is_503_with_retry_after(
