@@ -153,6 +153,25 @@ def test_malformed_mandate(stack: Stack) -> None:
     assert_error(mint(stack, details=bad), 400, "invalid_authorization_details")
 
 
+@pytest.mark.parametrize("duplicate", ["channel", "type"])
+def test_mandate_with_a_duplicate_member_is_refused(stack: Stack, duplicate: str) -> None:
+    """RFC 8259 §4: with a repeated member, a parser keeping the first value would read another
+    mandate than the one we sign; refused as strictly as a duplicate in `intent`."""
+    good = compact(mandate())
+    member = f'"{duplicate}":'
+    at = good.index(member)
+    value = '"email"' if duplicate == "channel" else '"agent_mandate"'
+    raw = good[:at] + member + value + "," + good[at:]
+    key = stack.dpop_key()
+    resp = stack.edge_mint_response(stack.idp_id_token(USER), None, dpop_jkt=key.dpop_jkt,
+                                    authorization_details=raw)
+    assert_error(resp, 400, "invalid_authorization_details")
+    # The same mandate without the repeated member mints.
+    resp = stack.edge_mint_response(stack.idp_id_token(USER), None, dpop_jkt=key.dpop_jkt,
+                                    authorization_details=good)
+    assert resp.status_code == 200, resp.text
+
+
 def test_mint_without_mandate_says_it_needs_one(stack: Stack) -> None:
     """A trusted edge's IdP token without an agent_mandate is not read as an agent exchange."""
     body = assert_error(mint(stack, details=None), 400, "invalid_request")

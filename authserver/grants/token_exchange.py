@@ -45,7 +45,14 @@ from authserver.errors import (
     UnauthorizedClientError,
 )
 from authserver.grants.base import GrantMixin
-from authserver.intent import MANDATE_TYPE, Intent, Mandate, parse_intent, parse_mandate
+from authserver.intent import (
+    MANDATE_TYPE,
+    Intent,
+    Mandate,
+    loads_authorization_details,
+    parse_intent,
+    parse_mandate,
+)
 from authserver.models import Client, User
 from authserver.models.broker import CONNECTION_ACTIVE
 from authserver.observability import POLICY_DECISIONS, correlation_id
@@ -246,13 +253,8 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         raw = ex.form.get("authorization_details")
         if raw is None:
             return []
-        try:
-            value = json.loads(raw)
-        except ValueError as e:
-            raise InvalidAuthorizationDetailsError("authorization_details is not JSON") from e
-        if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
-            raise InvalidAuthorizationDetailsError("authorization_details must be an array")
-        return value
+        # The one strict parser (no duplicate members, RAR-01 shape), as for `intent`.
+        return loads_authorization_details(raw)
 
     def check_subject_idp_token(self, ex: Exchange) -> None:
         """Edge mint: the user's token from a configured corporate IdP (JIT provisioning)."""
