@@ -50,7 +50,8 @@ from authserver.errors import (
     TemporarilyUnavailableError,
 )
 from authserver.intent import ACTION_METHODS, INTENT_TYPE, READ
-from authserver.resource import ResourceVerifier
+from authserver.resource import ResourceVerifier, protected_resource_metadata_url
+from authserver.resource import protected_resource_metadata as _prm_document
 from authserver.services import Services
 from authserver.tokens import ACCEPTED_AT_TYPS, TokenNotLiveError, check_token_live
 
@@ -155,14 +156,18 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
                       ) -> dict[str, Any]:
     settings = services.settings
     keyring = services.keyring
+    resource = f"{settings.issuer}/gateway/{req.platform}"
+    # RFC 9728 §5.1: every 401 names the resource's metadata.
+    prm = {"resource_metadata": protected_resource_metadata_url(resource)}
     verifier = ResourceVerifier(
         issuer=settings.issuer,
-        audience=f"{settings.issuer}/gateway/{req.platform}",
+        audience=resource,
         verify_jwt=lambda token, t: keyring.verify(token, typ=ACCEPTED_AT_TYPS, now=t),
         store=services.store,
         nonces=services.gateway_nonces,
         nonce_required=settings.dpop_nonce == "all",
         window=settings.dpop_proof_window,
+        resource_metadata=prm["resource_metadata"],
     )
     claims = verifier.verify(method=req.method, url=req.url, authorization=req.authorization,
                              dpop=req.dpop, now=now)
@@ -170,14 +175,24 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
         check_token_live(session, claims)
     except TokenNotLiveError as e:
         raise InvalidTokenError("The access token is no longer valid", debug=e.reason,
-                                algs=CHALLENGE_ALGS) from e
+                                algs=CHALLENGE_ALGS, extra_params=prm) from e
     # Disconnect and deprovisioning kill every capability token minted before them.
     if claims["iat"] <= connection_epoch(services.store, claims["sub"], req.platform):
         raise InvalidTokenError("The connection behind this token was revoked",
-                                algs=CHALLENGE_ALGS)
+                                algs=CHALLENGE_ALGS, extra_params=prm)
     if claims.get("platform") != req.platform:
-        raise InvalidTokenError("The token is for another platform", algs=CHALLENGE_ALGS)
+        raise InvalidTokenError("The token is for another platform", algs=CHALLENGE_ALGS,
+                                extra_params=prm)
     return claims
+
+
+def protected_resource_metadata(services: Services, platform: str) -> dict[str, Any]:
+    """RFC 9728 document of `<issuer>/gateway/<platform>`: our tokens only, DPoP-bound."""
+    issuer = services.settings.issuer
+    return _prm_document(
+        f"{issuer}/gateway/{platform}", authorization_servers=[issuer], dpop_required=True,
+        resource_name=services.platforms[platform].display_name,
+        authorization_details_types=[INTENT_TYPE])
 
 
 def _forbidden(description: str) -> ResourceForbiddenError:

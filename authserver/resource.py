@@ -16,6 +16,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 from joserfc import jws
@@ -249,6 +250,50 @@ class ResourceVerifier:
     def _error(self, cls: type[ResourceError], description: str | None,
                **kwargs: Any) -> ResourceError:
         return cls(description, **self._challenge, **kwargs)
+
+
+# --- RFC 9728 Protected Resource Metadata -------------------------------------------------------
+
+PRM_WELL_KNOWN = "/.well-known/oauth-protected-resource"
+
+
+def protected_resource_metadata_url(resource: str) -> str:
+    """RFC 9728 §3.1: the metadata URL of `resource`, the well-known segment inserted between
+    the host and the resource's path (`https://h/mcp` → `https://h/.well-known/
+    oauth-protected-resource/mcp`); a root path adds nothing after it."""
+    parts = urlsplit(resource)
+    if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
+        raise ValueError("resource must be an absolute http(s) URL without a fragment")
+    path = parts.path.rstrip("/")
+    return urlunsplit((parts.scheme, parts.netloc, PRM_WELL_KNOWN + path, parts.query, ""))
+
+
+def protected_resource_metadata(
+    resource: str,
+    *,
+    authorization_servers: Sequence[str],
+    dpop_required: bool,
+    dpop_algs: Sequence[str] = DPOP_SIGNING_ALGS,
+    scopes: Sequence[str] | None = None,
+    resource_name: str | None = None,
+    authorization_details_types: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The RFC 9728 §2 document for `resource` (serve it as JSON at
+    `protected_resource_metadata_url(resource)`); tokens travel in the header only."""
+    doc: dict[str, Any] = {
+        "resource": resource,
+        "authorization_servers": list(authorization_servers),
+        "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": list(dpop_algs),
+        "dpop_bound_access_tokens_required": dpop_required,
+    }
+    if scopes:
+        doc["scopes_supported"] = list(scopes)
+    if resource_name:
+        doc["resource_name"] = resource_name
+    if authorization_details_types:
+        doc["authorization_details_types_supported"] = list(authorization_details_types)
+    return doc
 
 
 def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:

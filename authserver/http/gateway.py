@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, abort, current_app, g, request
+from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 
 from authserver import gateway
 from authserver.authorization_server import dpop_header_values
@@ -10,6 +10,17 @@ from authserver.observability import correlation_id
 
 bp = Blueprint("gateway", __name__)
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+@bp.get("/.well-known/oauth-protected-resource/gateway/<platform>")
+def protected_resource_metadata(platform: str) -> Response:
+    """RFC 9728 §3: the metadata of the resource `<issuer>/gateway/<platform>`."""
+    services = current_app.extensions["authserver"]
+    if platform not in services.platforms:
+        abort(404)
+    response = jsonify(gateway.protected_resource_metadata(services, platform))
+    response.headers["Cache-Control"] = "public, max-age=300"
+    return response
 
 
 # merge_slashes=False: "//" must reach the intent check (and be refused), not be redirected.
