@@ -144,6 +144,7 @@ def _warn_embedded_store() -> None:
 
 
 def build_services(settings: Settings, clock: Callable[[], float] = time.time) -> Services:
+    from authserver import refresh_tokens
     from authserver.audit import AuditLog
     from authserver.broker.profiles import Platform
     from authserver.broker.vault import Vault
@@ -180,6 +181,7 @@ def build_services(settings: Settings, clock: Callable[[], float] = time.time) -
         jwks_cache=JwksCache(allow_internal=is_loopback_http_url(settings.issuer)),
         nonces=NonceIssuer([_secret_key(settings).encode()], context=b"token-endpoint"),
         gateway_nonces=NonceIssuer([_secret_key(settings).encode()], context=b"gateway"),
+        refresh_successor_key=refresh_tokens.successor_key(_secret_key(settings)),
         # The app refuses to start on an invalid policy set (PolicyLoadError propagates).
         policy=PolicyEngine.load(settings.policy_dir),
         federation=Federation.from_settings(settings.idps, store) if settings.idps else None,

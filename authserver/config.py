@@ -30,6 +30,10 @@ from authserver.urls import is_https_or_loopback_url
 ACCESS_TOKEN_TTL = 600
 REFRESH_TOKEN_TTL = 30 * 24 * 3600
 REFRESH_TOKEN_IDLE_TTL = 7 * 24 * 3600
+#: How long after a rotation the same client may present the rotated refresh token again and
+#: get the same successor back (a lost token response, issue 13 item 6); 0 turns it off.
+#: 30 s covers a client's read timeout plus a retry with backoff; see README, "Refresh tokens".
+REFRESH_TOKEN_REUSE_INTERVAL = 30
 AUTHORIZATION_CODE_TTL = 60
 USER_ASSERTION_TTL = 300
 CAPABILITY_TOKEN_TTL = 60
@@ -142,6 +146,12 @@ class Settings:
                                      **_TTL, maximum=DAY)
     refresh_token_ttl: int = _setting(REFRESH_TOKEN_TTL, "refresh tokens",
                                       minimum=60, maximum=366 * DAY)
+    refresh_token_reuse_interval: int = _setting(
+        REFRESH_TOKEN_REUSE_INTERVAL,
+        "for this long after a rotation, the same client (its credentials and DPoP key) "
+        "presenting the rotated refresh token again gets the same successor back: a lost "
+        "response is retried, not taken for theft (see *Refresh tokens* below); 0 turns it off",
+        minimum=0, maximum=300)
     user_assertion_ttl: int = _setting(
         USER_ASSERTION_TTL, "the edge-minted user assertion",
         **_TTL, maximum=3600)

@@ -29,6 +29,9 @@ class Services:
     audit: Any = None  # authserver.audit.AuditLog
     vault: Any = None  # authserver.broker.vault.Vault
     platforms: dict[str, Any] = field(default_factory=dict)  # name -> broker Platform
+    #: Derives rotated refresh tokens' successors (refresh_tokens.successor_key); without it
+    #: the refresh grant refuses to rotate (server_error).
+    refresh_successor_key: bytes | None = None
 
     def known_resources(self) -> set[str]:
         """RFC 8707 resources our own tokens may be audience-restricted to. A platform's API

@@ -115,6 +115,11 @@ class RefreshToken(Base):
     issued_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
     rotated_at: Mapped[int | None] = mapped_column(BigInteger)
+    #: Set by the rotation: the hash of the successor it issued (the successor itself is
+    #: derived again from this token on a retry, never stored) and the thumbprint of the DPoP
+    #: key that asked for it (NULL: none). See refresh_tokens.retry_successor.
+    successor_hash: Mapped[str | None] = mapped_column(String(64))
+    rotated_jkt: Mapped[str | None] = mapped_column(String(64))
 
 
 class RevokedToken(Base):

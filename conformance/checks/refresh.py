@@ -1,4 +1,5 @@
-"""Refresh tokens: RFC 9700 §4.14.2 rotation and reuse detection (BCP-06), RFC 9449 §5 binding."""
+"""Refresh tokens: RFC 9700 §4.14.2 rotation and reuse detection (BCP-06), a retried rotation
+(BCP-07), RFC 9449 §5 binding."""
 
 from __future__ import annotations
 
@@ -52,16 +53,42 @@ def rotation(ctx: Context) -> Result:
 
 @check("BCP-06", "reuse of a rotated refresh token revokes the family", group=GROUP, needs=NEEDS)
 def reuse(ctx: Context) -> Result:
+    # The old token is presented after its successor was used, so no reuse interval (BCP-07)
+    # can make it a retry: whoever presents it is not the client that went on refreshing.
     client, first = _grant(ctx)
     second = expect_token(_refresh(ctx, client, first["refresh_token"]))
     new_rt = second.get("refresh_token")
     if not new_rt or new_rt == first["refresh_token"]:
         raise Skip("refresh tokens are not rotated")
+    newest = expect_token(_refresh(ctx, client, new_rt)).get("refresh_token") or new_rt
     expect_error(_refresh(ctx, client, first["refresh_token"]), 400, "invalid_grant")
-    resp = _refresh(ctx, client, new_rt)
+    resp = _refresh(ctx, client, newest)
     if resp.status_code == 200:
         raise Fail("after reuse was detected, the newest refresh token still works")
     expect_error(resp, 400, "invalid_grant")
+    return passed()
+
+
+@check("BCP-07", "a retried rotation never yields a second successor", group=GROUP,
+       needs=(*NEEDS, "dpop"))
+def retry(ctx: Context) -> Result:
+    # A client that lost a refresh response retries with the old token and the same DPoP key:
+    # the answer is that rotation's successor again (a reuse interval) or invalid_grant (none),
+    # never another refresh token.
+    key = ctx.dpop_key()
+    client, first = _grant(ctx, dpop=key)
+    lost = expect_token(_refresh(ctx, client, first["refresh_token"], dpop=key))
+    successor = lost.get("refresh_token")
+    if not successor or successor == first["refresh_token"]:
+        raise Skip("refresh tokens are not rotated")
+    resp = _refresh(ctx, client, first["refresh_token"], dpop=key)
+    if resp.status_code != 200:
+        expect_error(resp, 400, "invalid_grant")
+        raise Skip("no reuse interval: a retried rotation is treated as reuse")
+    again = expect_token(resp).get("refresh_token")
+    if again != successor:
+        raise Fail("a retried rotation returned a different refresh token")
+    expect_token(_refresh(ctx, client, successor, dpop=key))
     return passed()
 
 
