@@ -1,4 +1,4 @@
-"""The credential-blind path (shared/STANDARDS.md Part A5): the agent calls
+"""The credential-blind path (docs/standards.md A5): the agent calls
 `<issuer>/gateway/<platform>/<path>` with its capability token and a DPoP proof (`ath`); the
 broker makes the call with the user's own platform token, which the agent never sees.
 

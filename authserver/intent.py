@@ -1,49 +1,13 @@
-"""RFC 9396 (RAR) types `agent_intent` and `agent_mandate`: STANDARDS Part A1 and A2.
+"""RFC 9396 (RAR) types `agent_intent` and `agent_mandate` (docs/standards.md A1, A2).
 
-**Intent** (what the agent asks to do now). Two equivalent wire forms; both may be sent only if
-they agree (RAR-04: anything malformed or unknown -> `invalid_authorization_details`):
-
-- form parameter `intent`:
-  `{"action": A, "resource": R, "count": N, "context": {"request": S, "channel": S,
-  "environment": S}}` (`count` optional, default 1);
-- an `authorization_details` entry:
-  `{"type": "agent_intent", "actions": [A], "identifier": R, "locations": [URI, ...],
-  "count": N, "context": {...}}` (`locations` and `count` optional).
-
-`A` is one of ACTIONS; `R` is a platform-scoped target (`deal:acme-123`, `deals?stage=stale`,
-`board:42`) that never contains `*`; `count` is an integer in 1..MAX_COUNT (JSON booleans and
-floats are rejected). The intent hash is SHA-256 over the canonical JSON of the parameter form
-(sorted keys, no spaces, UTF-8, no Unicode normalisation per RAR-13), base64url without padding;
-approvals and audit refer to it. `locations` is not part of the hash: the AS, not the agent,
-decides where the capability is valid (RAR-07).
-
-**Mandate** (what the user's request allows; minted by the trusted edge before any LLM runs and
-carried in the user assertion's `authorization_details`). Exactly one entry:
-
-    {"type": "agent_mandate",
-     "platforms": [{"platform": "crm", "actions": ["read"], "resources": ["deal:*"],
-                    "max_count": 1}, ...],
-     "channel": "chat",
-     "request": "What's the latest on the Acme deal?",      # optional, <= MAX_REQUEST_CHARS
-     "request_hash": "<b64url SHA-256 of the request's UTF-8 bytes>"}
-
-Several `platforms` entries may name the same platform (RAR-02: separate objects for finer
-control; each entry is the cross-product of its actions and resources). `request` may be left
-out for privacy; `request_hash` is always present and must match `request` when both are.
-
-Resource patterns: a pattern without `*` matches exactly that resource. A `*` stands for whole
-segments, never part of one: it may only be the last character, right after a `:` or `/` (or
-be the whole pattern), and it matches one or more segments separated by `:` or `/`, none of
-them empty, `.` or `..`. So `deal:*` matches `deal:acme-123` and `deal:acme-123/notes` (not
-`deal:`); `deal:acme-123/*` matches `deal:acme-123/notes` but neither `deal:acme-123` nor
-`deal:acme-1234/notes`; `*` alone matches any resource on the platform. A pattern with `*`
-anywhere else (`deal:acme-123*`, which would also grant `deal:acme-1234`, or `deals?stage=*`)
-is rejected when the mandate is parsed, never reinterpreted: the edge that wrote it learns at
-once. One record and everything under it is two patterns: `deal:acme-123`, `deal:acme-123/*`.
-Matching is case-sensitive with no normalisation.
-
-A mandate can only be narrowed by later exchanges (`Mandate.narrows`): same channel and request
-hash, and every grant covered by one grant of the wider mandate.
+The intent is what the agent asks to do now: the `intent` form parameter or an `agent_intent`
+`authorization_details` entry, which may both be sent only if they agree. The mandate is what
+the user's request allows, minted by the trusted edge into the user assertion. Their wire
+formats, limits, the intent hash, `request_hash`, resource patterns and narrowing are in
+docs/wire-formats.md; anything malformed or unknown is `invalid_authorization_details` (RAR-04).
+Each mandate grant is the cross-product of its actions and resources, and several may name
+one platform (RAR-02). Matching and hashing are case-sensitive with no Unicode normalisation
+(RAR-13).
 """
 
 from __future__ import annotations

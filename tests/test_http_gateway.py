@@ -1,4 +1,4 @@
-"""The gateway over real HTTP (shared/STANDARDS.md Part A4-A5, RFC 9449 §7, DPOP-13/14/40-43).
+"""The gateway over real HTTP (docs/standards.md A4-A5, RFC 9449 §7, DPOP-13/14/40-43).
 
 One stack for the module (SQLite, embedded store): the IdP, Acme CRM and authserver on
 loopback; alice and bob have connected the CRM through the user pages. Every capability token

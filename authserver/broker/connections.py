@@ -565,8 +565,6 @@ def _is_fresh(platform: Platform, conn: Connection, now: int) -> bool:
     return conn.access_expires_at - now > margin
 
 
-
-
 def _open(vault: Vault, conn: Connection, kind: str) -> str:
     sealed = conn.access_token_ciphertext if kind == "access_token" else \
         conn.refresh_token_ciphertext

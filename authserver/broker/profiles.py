@@ -1,5 +1,5 @@
 """RFC 6749 as platforms actually speak it: profiles of the "OAuth zoo", configured platforms,
-and the mapping from intent resources to API paths (shared/STANDARDS.md A1, A5).
+and the mapping from intent resources to API paths (docs/standards.md A1, A5).
 
 A `PlatformProfile` is the data (plus a few small hooks) that says how one provider deviates
 from, or chooses within, RFC 6749: client authentication, scope syntax, extra authorization
