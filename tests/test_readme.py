@@ -1,4 +1,8 @@
-"""The README is true: its commands exist and run, and its code examples work as written."""
+"""The README and its guides are true: commands exist and run, code examples work as written.
+
+A code block marked `<!-- readme-example: NAME -->` (README.md) or `<!-- example: NAME -->`
+(the guides in docs/) is run by a test here; `test_every_marked_example_is_run` keeps it so.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import io
 import re
 import shlex
 import stat
+import textwrap
 import uuid
 from pathlib import Path
 from typing import Any
@@ -32,10 +37,35 @@ ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
 
 
-def example(name: str) -> str:
-    match = re.search(rf"<!-- readme-example: {name} -->\n```python\n(.*?)```", README, re.S)
-    assert match, f"README example {name!r} not found"
-    return match.group(1)
+GUIDES = ("docs/edge.md", "docs/platforms.md", "docs/policies.md", "docs/operating.md",
+          "docs/user-pages.md")
+_MARKER = r"<!-- (?:readme-)?example: ([a-z0-9-]+) -->"
+
+
+def example(name: str, doc: str = "README.md", lang: str = "python") -> str:
+    """The code of the block marked `name` in `doc` (indented blocks in lists are dedented)."""
+    text = README if doc == "README.md" else (ROOT / doc).read_text()
+    match = re.search(rf"<!-- (?:readme-)?example: {name} -->\n( *)```{lang}\n(.*?)\n\1```",
+                      text, re.S)
+    assert match, f"{doc} example {name!r} ({lang}) not found"
+    return textwrap.dedent(match.group(2)) + "\n"
+
+
+def run_example(name: str, doc: str = "README.md", **names: Any) -> tuple[dict[str, Any], str]:
+    """Execute a Python example with `names` defined; returns its namespace and its output."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(example(name, doc), names)
+    return names, out.getvalue()
+
+
+def test_every_marked_example_is_run() -> None:
+    source = Path(__file__).read_text()
+    for doc in ("README.md", *GUIDES):
+        names = re.findall(_MARKER, (ROOT / doc).read_text())
+        assert names or doc == "README.md", f"{doc} has no runnable example"
+        for name in names:
+            assert f'"{name}"' in source, f"{doc} example {name!r} is run by no test"
 
 
 def section_commands(heading: str) -> list[str]:
@@ -168,3 +198,219 @@ def test_platform_example_configures_and_declares_methods_on_every_route() -> No
     crm = Platform.from_settings("crm", platforms["crm"])
     assert allowed_methods(crm, "deal:006x", "update") == {"PATCH"}
     assert allowed_methods(crm, "deal:006x", "delete") == {"DELETE"}
+
+
+# --- docs/edge.md: from the user's sign-in to the agent's assertion ---------------------------
+
+
+def doc_commands(doc: str, name: str) -> list[list[str]]:
+    """The `authserver ...` commands of a marked bash block (a command may span lines)."""
+    lines = [line for line in example(name, doc, "bash").splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    commands = re.split(r"\n(?=authserver )", "\n".join(lines))
+    return [shlex.split(command.split("  #", 1)[0]) for command in commands]
+
+
+def test_edge_guide_registration_commands_run(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setenv("AUTHSERVER_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("AUTHSERVER_CONFIG", raising=False)
+    created = []
+    for args in doc_commands("docs/edge.md", "register-edge-and-agent"):
+        assert args[0] == "authserver"
+        result = CliRunner().invoke(cli, args[1:], catch_exceptions=False)
+        assert result.exit_code == 0, (args, result.output)
+        created.append(json.loads(result.output))
+    edge, agent = created
+    assert edge["attributes"]["trusted_edge"] is True
+    assert "client_credentials" in agent["grant_types"]
+    assert agent["attributes"]["allowed_platforms"] == ["crm"]
+
+
+def test_edge_guide_mints_the_assertion_the_readme_agent_uses(stack: Stack) -> None:
+    """docs/edge.md end to end: the agent names itself with its client_credentials token, the
+    edge mints, and the README's agent example reads the deal with that assertion."""
+    stack.signed_in_and_connected("alice")
+    agent_id, agent_secret = stack.register(
+        {"client_name": "sales agent", "token_endpoint_auth_method": "client_secret_basic",
+         "grant_types": [GRANT_TOKEN_EXCHANGE, "client_credentials"]},
+        {"allowed_platforms": ["crm"], "allowed_actions": ["read"]})
+    names, _ = run_example("agent-names-itself", "docs/edge.md", ISSUER=stack.issuer,
+                           AGENT_ID=agent_id, AGENT_SECRET=agent_secret)
+    names, _ = run_example("edge-mint", "docs/edge.md", **names, EDGE_ID=stack.edge_id,
+                           EDGE_SECRET=stack.edge_secret, id_token=stack.idp_id_token("alice"))
+    _, out = run_example("agent", ISSUER=stack.issuer, AGENT_ID=agent_id,
+                         AGENT_SECRET=agent_secret, dpop_key=names["dpop_key"],
+                         assertion=names["assertion"])
+    assert out.strip() == "200 Acme Corp renewal"
+
+
+def test_edge_guide_signed_actor_token_mints_too(stack: Stack) -> None:
+    stack.signed_in_and_connected("alice")
+    names, _ = run_example("agent-signs-actor-token", "docs/edge.md", ISSUER=stack.issuer,
+                           AGENT_ID=stack.agent.client_id, AGENT_KEY=stack.agent.private_jwk)
+    names, _ = run_example("edge-mint", "docs/edge.md", **names, EDGE_ID=stack.edge_id,
+                           EDGE_SECRET=stack.edge_secret, id_token=stack.idp_id_token("alice"))
+    exchange = stack.agent_exchange(names["assertion"], names["dpop_key"])
+    assert exchange.status_code == 200, exchange.text
+
+
+# --- docs/platforms.md ---------------------------------------------------------------------------
+
+
+def _platform_tables(name: str) -> dict[str, Any]:
+    import tomllib
+
+    return dict(tomllib.loads(example(name, "docs/platforms.md", "toml"))["platforms"])
+
+
+def test_platform_guide_examples_pass_platforms_check(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    config = tmp_path / "authserver.toml"
+    config.write_text(example("generic-platform", "docs/platforms.md", "toml")
+                      + example("profiled-platform", "docs/platforms.md", "toml"))
+    monkeypatch.setenv("AUTHSERVER_CONFIG", str(config))
+    monkeypatch.setenv("AUTHSERVER_DATA_DIR", str(tmp_path / "data"))
+    for name in ("crm", "hubspot"):
+        result = CliRunner().invoke(cli, ["platforms", "check", name], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.output) == {"platform": name, "ok": True, "findings": []}
+    keys = set(_platform_tables("generic-platform")["crm"])
+    assert keys == {"profile", "display_name", "authorize_url", "token_url", "revocation_url",
+                    "api_base_url", "client_id", "client_secret", "scopes", "refresh_margin",
+                    "extra_authorize_params", "profile_overrides", "resources"}
+
+
+def test_platform_guide_generic_example_connects_and_reads(stack: Stack,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generic example, pointed at the test CRM, is what the broker and gateway run."""
+    from authserver.broker.profiles import Platform
+
+    running = stack.settings["platforms"]["crm"]
+    crm_base = running["token_url"].removesuffix("/oauth/token")
+    table = _platform_tables("generic-platform")["crm"]
+    table = {**table, "client_id": running["client_id"], "client_secret": running["client_secret"],
+             **{k: v.replace("https://crm.example.com", crm_base) for k, v in table.items()
+                if isinstance(v, str) and v.startswith("https://crm.example.com")}}
+    platform = Platform.from_settings("crm", table)
+    assert platform.refresh_margin == 60 and platform.extra_authorize_params == {
+        "prompt": "consent"}
+    monkeypatch.setitem(stack.services.platforms, "crm", platform)
+    stack.signed_in_and_connected("alice")
+    assertion, key = stack.edge_mint("alice")
+    exchange = stack.agent_exchange(assertion, key)
+    assert exchange.status_code == 200, exchange.text
+    deal = stack.gateway(exchange.json()["access_token"], key, "GET", "crm/deals/acme-123")
+    assert (deal.status_code, deal.json()["name"]) == (200, "Acme Corp renewal")
+
+
+# --- docs/policies.md ----------------------------------------------------------------------------
+
+
+def test_policy_guide_step_up_recipe(tmp_path: Path) -> None:
+    """The recipe, done as the guide says on a copy of the shipped policies: the new case is
+    STEP_UP by confirm-crm-write, and the check names exactly the cases the guide lists."""
+    import shutil
+
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", policies)
+    (policies / "crm.cedar").write_text(example("confirm-crm-write", "docs/policies.md", "cedar"))
+    (policies / "cases" / "STEP_UP" / "crm-update-needs-confirmation.json").write_text(
+        example("crm-update-case", "docs/policies.md", "json"))
+    # The check reports the cases the guide lists, with their new decisions; update them so.
+    import json
+
+    _, out = run_example("check-policy-cases", "docs/policies.md", POLICY_DIR=str(policies))
+    failures = [line for line in out.splitlines() if line.startswith("FAIL")]
+    guide = (ROOT / "docs" / "policies.md").read_text()
+    assert failures and all(f"   {line}\n" in guide for line in failures), out
+    assert "ok   STEP_UP/crm-update-needs-confirmation step_up ['confirm-crm-write']" in out
+    for line in failures:
+        _, where, outcome, ids = line.split(" ", 3)
+        old = policies / "cases" / f"{where}.json"
+        case = json.loads(old.read_text())
+        case["expect"]["policy_ids"] = json.loads(ids.replace("'", '"'))
+        old.unlink()
+        new_dir = {"step_up": "STEP_UP", "allow": "ALLOW", "deny": "DENY"}[outcome]
+        (policies / "cases" / new_dir / old.name).write_text(json.dumps(case))
+    _, out = run_example("check-policy-cases", "docs/policies.md", POLICY_DIR=str(policies))
+    assert out.splitlines()[-1] == "0 failed", out
+    # Approved, the same intent is allowed.
+    from authserver.policy import PolicyEngine, policy_request_from_case
+
+    case = json.loads(example("crm-update-case", "docs/policies.md", "json"))
+    case["request"]["approved"] = True
+    assert PolicyEngine.load(policies).decide(policy_request_from_case(case)).outcome == "allow"
+
+
+def test_policy_guide_default_allows_a_one_record_update_without_approval() -> None:
+    import json
+
+    from authserver.policy import PolicyEngine, policy_request_from_case
+
+    case = json.loads(example("crm-update-case", "docs/policies.md", "json"))
+    decision = PolicyEngine.load(ROOT / "policies").decide(policy_request_from_case(case))
+    assert (decision.outcome, list(decision.policy_ids)) == (
+        "allow", ["permit-write-within-mandate"])
+
+
+# --- docs/operating.md and docs/user-pages.md ---------------------------------------------------
+
+
+def test_operating_guide_finds_and_deprovisions_a_user(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setenv("AUTHSERVER_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("AUTHSERVER_CONFIG", raising=False)
+    runner = CliRunner()
+    created = runner.invoke(cli, ["users", "create-local", "carol", "--password", "pw",
+                                  "--email", "carol@example.com"])
+    assert created.exit_code == 0, created.output
+    listing, deprovision = doc_commands("docs/operating.md", "deprovision")
+    listed = runner.invoke(cli, listing[1:], catch_exceptions=False)
+    assert listed.exit_code == 0, listed.output
+    [carol] = [u for u in json.loads(listed.output) if u["email"] == "carol@example.com"]
+    assert carol["id"].startswith("usr_") and carol["active"] is True
+    args = [carol["id"] if a == "USER_ID" else a for a in deprovision]
+    result = runner.invoke(cli, args[1:], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["user_id"] == carol["id"]
+    listed = runner.invoke(cli, listing[1:], catch_exceptions=False)
+    assert [u["active"] for u in json.loads(listed.output) if u["id"] == carol["id"]] == [False]
+
+
+def test_operating_guide_claim_map_reads_the_idps_role_claim() -> None:
+    import tomllib
+
+    from authserver.identity.federation import IdPConfig
+    from authserver.identity.users import mapped_attributes
+
+    table = tomllib.loads(example("claim-map", "docs/operating.md", "toml"))["idps"]["corp"]
+    config = IdPConfig.from_settings("corp", table)
+    claims = {"email": "a@example.com", "role": "sales", "groups": ["emea"], "org": "acme"}
+    attributes = mapped_attributes(config, claims)
+    assert (attributes["roles"], attributes["groups"], attributes["tenant"]) == (
+        ["sales"], ["emea"], "acme")
+    # Without the map, `roles` is read and `role` ignored.
+    default = IdPConfig.from_settings("corp", {k: v for k, v in table.items()
+                                               if k != "claim_map"})
+    assert mapped_attributes(default, claims)["roles"] == []
+
+
+def test_user_pages_guide_signs_in_and_connects(stack: Stack) -> None:
+    from tests.stack import IDP_NAME
+
+    assert IDP_NAME == "corp"
+    _, out = run_example("browser", "docs/user-pages.md", ISSUER=stack.issuer,
+                         USERNAME="alice")
+    assert out.split() == ["/connections", "/connections", "200"]
+    assert stack.user_id("alice")  # signed in: the user exists
+    from authserver.broker.connections import user_connections
+
+    with stack.services.db.session() as session:
+        assert [c.platform for c in user_connections(session, stack.user_id("alice"))] == ["crm"]
