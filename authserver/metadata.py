@@ -1,4 +1,5 @@
-"""RFC 8414 authorization server metadata (also served as OpenID discovery, MCP-03)."""
+"""RFC 8414 authorization server metadata, also served as OpenID Connect Discovery 1.0 (MCP-03):
+the members OIDC requires are present and `scope=openid` yields an ID token."""
 
 from __future__ import annotations
 
@@ -47,6 +48,10 @@ def authorization_server_metadata(services: Services) -> dict[str, Any]:
         "authorization_details_types_supported": list(AUTHORIZATION_DETAILS_TYPES),
         "authorization_response_iss_parameter_supported": True,
         "access_token_signing_alg_values_supported": [SIGNING_ALG],
+        # OIDC Discovery §3 (the same document is /.well-known/openid-configuration):
+        # scope=openid issues an ID token at the token endpoint, `sub` is the user id.
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": [SIGNING_ALG],
         "token_exchange_token_types_supported": list(TOKEN_TYPES_SUPPORTED),
         "protected_resources": sorted(
             f"{issuer}/gateway/{name}" for name in services.platforms

@@ -467,3 +467,38 @@ def test_client_without_refresh_grant_gets_no_refresh_token(client: FlaskClient,
     code = authorize(client, authorization_params(registered, challenge))
     body = redeem(client, registered, code, verifier).get_json()
     assert "refresh_token" not in body
+
+
+# --- OpenID Connect: scope=openid yields an ID token (issue 14, item 4) -------------------------
+
+
+def test_openid_scope_yields_an_id_token(client: FlaskClient, rp: dict, signed_in: str,
+                                         pkce: tuple[str, str]) -> None:
+    """OIDC Core §3.1.3.3/§2: iss, sub, aud = the client, exp, iat, auth_time and the request's
+    nonce; signed with a key from our JWKS (ES256, typ JWT, never at+jwt)."""
+    from joserfc import jwt
+    from joserfc.jwk import KeySet
+
+    verifier, challenge = pkce
+    code = authorize(client, authorization_params(rp, challenge, scope="openid read",
+                                                  nonce="n-0S6_WzA2Mj"))
+    body = redeem(client, rp, code, verifier).get_json()
+    keys = KeySet.import_key_set(client.get("/jwks.json").get_json())
+    decoded = jwt.decode(body["id_token"], keys, algorithms=["ES256"])
+    assert decoded.header["typ"] == "JWT"
+    claims = decoded.claims
+    assert claims["iss"] == ISSUER and claims["sub"] == signed_in
+    assert claims["aud"] == rp["client_id"] and claims["azp"] == rp["client_id"]
+    assert claims["nonce"] == "n-0S6_WzA2Mj"
+    header, access = decode_access_token(client, body["access_token"])
+    assert claims["iat"] == access["iat"] and claims["exp"] > claims["iat"]
+    assert claims["auth_time"] == access["auth_time"]
+    assert "scope" not in claims and "cnf" not in claims
+    assert header["typ"] == "at+jwt"  # the ID token's typ differs: never taken as one
+
+
+def test_no_openid_scope_no_id_token(client: FlaskClient, rp: dict, signed_in: str,
+                                     pkce: tuple[str, str]) -> None:
+    verifier, challenge = pkce
+    code = authorize(client, authorization_params(rp, challenge, scope="read"))
+    assert "id_token" not in redeem(client, rp, code, verifier).get_json()

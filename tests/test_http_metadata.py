@@ -72,3 +72,13 @@ def test_jwks_publishes_public_signing_keys_only(client: FlaskClient) -> None:
     for key in keys:
         assert key["kty"] == "EC" and key["alg"] == "ES256" and key["kid"]
         assert "d" not in key
+
+
+def test_openid_configuration_is_valid_oidc_discovery(client: FlaskClient) -> None:
+    """OIDC Discovery §3: the REQUIRED members, since scope=openid issues an ID token."""
+    doc = client.get("/.well-known/openid-configuration").get_json()
+    assert doc["subject_types_supported"] == ["public"]
+    assert doc["id_token_signing_alg_values_supported"] == ["ES256"]
+    assert "openid" in doc["scopes_supported"]
+    assert {"issuer", "authorization_endpoint", "token_endpoint", "jwks_uri",
+            "response_types_supported"} <= set(doc)

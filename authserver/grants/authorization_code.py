@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
@@ -21,6 +21,9 @@ from authserver.errors import (
 from authserver.grants.base import GrantMixin
 from authserver.models import AuthorizationCode, Grant, User
 from authserver.tokens import TokenRequestContext, issue_access_token
+
+#: An ID token states a sign-in; it is consumed at once (OIDC Core §3.1.3.7), so it is short.
+ID_TOKEN_TTL = 300
 
 
 def code_hash(code: str) -> str:
@@ -136,4 +139,20 @@ class AuthorizationCodeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             ),
             now=self.now,
         )
-        return self.token_response(token, refresh_token=refresh)
+        extra = None
+        if "openid" in code.scope.split():
+            extra = {"id_token": self.id_token(user.id, code)}
+        return self.token_response(token, refresh_token=refresh, extra=extra)
+
+    def id_token(self, user_id: str, code: AuthorizationCode) -> str:
+        """OIDC Core §2 / §3.1.3.3: the ID token of this sign-in, for this client only. `typ`
+        JWT, never at+jwt, so no resource of ours takes it as an access token (JAT-01)."""
+        s = self.services.settings
+        claims: dict[str, Any] = {
+            "iss": s.issuer, "sub": user_id, "aud": code.client_id, "azp": code.client_id,
+            "iat": self.now, "exp": self.now + min(s.access_token_ttl, ID_TOKEN_TTL),
+            "auth_time": code.auth_time,
+        }
+        if code.nonce is not None:
+            claims["nonce"] = code.nonce
+        return str(self.services.keyring.sign(claims, typ="JWT"))
