@@ -94,15 +94,15 @@ def is_acceptable_redirect_uri(uri: str) -> bool:
 
 
 def _loopback_without_port(uri: str) -> str | None:
-    """`uri` with its port removed if it is an http URI on a loopback IP literal, else None."""
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
+    """`uri` with its port removed if it is an http URI on `localhost`, 127.0.0.1 or [::1]
+    (authserver.urls: exact names, no userinfo), else None. The host is kept, lower-cased:
+    only the port may vary (RFC 8252 §7.3; `localhost` as well, as native apps use it)."""
+    if not is_loopback_http_url(uri) or "#" in uri:
         return None
-    if parts.scheme != "http" or parts.hostname not in ("127.0.0.1", "::1") or "#" in uri:
+    parts = urlsplit(uri)
+    if parts.hostname not in ("127.0.0.1", "::1", "localhost"):
         return None
-    host = "[::1]" if parts.hostname == "::1" else "127.0.0.1"
+    host = "[::1]" if parts.hostname == "::1" else parts.hostname
     return parts._replace(netloc=host).geturl()
 
 
@@ -271,8 +271,8 @@ class OAuthClient(ClientMixin):
         return " ".join(s for s in scope.split() if s in allowed)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
-        # RFC 9700 §4.1.3: exact string comparison, except the port of a loopback IP
-        # redirect URI, which native apps pick at run time (RFC 8252 §7.3).
+        # RFC 9700 §4.1.3: exact string comparison, except the port of a loopback redirect
+        # URI (127.0.0.1, [::1], localhost), which native apps pick at run time (RFC 8252 §7.3).
         if redirect_uri in self.row.redirect_uris:
             return True
         presented = _loopback_without_port(redirect_uri)

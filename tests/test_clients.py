@@ -34,6 +34,9 @@ def test_redirect_uri_other_strings_do_not_match(presented: str) -> None:
     ("http://127.0.0.1/cb", "http://127.0.0.1:51234/cb"),
     ("http://127.0.0.1:8080/cb", "http://127.0.0.1:51234/cb"),
     ("http://[::1]/cb", "http://[::1]:6000/cb"),
+    ("http://localhost/cb", "http://localhost:51234/cb"),  # issue 14: localhost too
+    ("http://localhost:3000/callback", "http://localhost:49152/callback"),
+    ("http://localhost:3000/callback", "http://LOCALHOST:49152/callback"),
 ])
 def test_loopback_redirect_uri_port_may_vary(registered: str, presented: str) -> None:
     # RFC 8252 §7.3: native apps pick the loopback port at run time.
@@ -85,3 +88,13 @@ def test_public_address_is_not_internal() -> None:
     from authserver.clients import resolves_to_internal_address
 
     assert resolves_to_internal_address("https://8.8.8.8/jwks") is False
+
+
+@pytest.mark.parametrize("presented", [
+    "http://localhost:51234/other", "http://127.0.0.1:51234/cb", "https://localhost:51234/cb",
+    "http://localhost.example.com:51234/cb", "http://localhost:0x10/cb",
+    "http://user@localhost:51234/cb", "http://localhost:51234/cb#x",
+])
+def test_localhost_port_leniency_changes_nothing_else(presented: str) -> None:
+    """The port is the only part that may vary; the host stays the registered one."""
+    assert not _client("http://localhost:3000/cb").check_redirect_uri(presented)
