@@ -28,7 +28,7 @@ import requests
 import urllib3
 from sqlalchemy.orm import Session
 
-from authserver.audit import AuditRecord
+from authserver.audit import AuditRecord, refused_unauthenticated
 from authserver.broker.connections import (
     connect_uri,
     connection_epoch,
@@ -128,7 +128,7 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
         platform = services.platforms.get(req.platform)
         if platform is None:
             raise InvalidTokenError("Unknown platform", algs=CHALLENGE_ALGS)
-        call.claims = verify_capability(services, session, req, now=now)
+        verify_capability(services, session, req, now=now, seen=call.claims)
         call.intent = check_fits_intent(services, platform, req, call.claims, now=now)
         # Give the request's DB connection back before waiting on the platform (or on the
         # refresh lock): a burst of calls must not exhaust the pool the refresher needs.
@@ -152,8 +152,11 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
     return response
 
 
-def verify_capability(services: Services, session: Session, req: GatewayRequest, *, now: int
-                      ) -> dict[str, Any]:
+def verify_capability(services: Services, session: Session, req: GatewayRequest, *, now: int,
+                      seen: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The capability token's claims, or an OAuthError. `seen` receives the claims as soon as
+    token and proof verify, so a refusal after that (a dead token, another platform) is
+    audited under its principal; a refusal before it is anonymous (not audited)."""
     settings = services.settings
     keyring = services.keyring
     resource = f"{settings.issuer}/gateway/{req.platform}"
@@ -171,6 +174,8 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
     )
     claims = verifier.verify(method=req.method, url=req.url, authorization=req.authorization,
                              dpop=req.dpop, now=now)
+    if seen is not None:
+        seen.update(claims)
     try:
         check_token_live(session, claims)
     except TokenNotLiveError as e:
@@ -336,6 +341,11 @@ def _relay(response: requests.Response) -> GatewayResponse:
 def _audit(services: Services, req: GatewayRequest, call: _Call, *, outcome: str,
            reason: str | None, now: int) -> None:
     claims = call.claims
+    if not claims:
+        # No verified token: nobody to hold to account, and an audit append would take the
+        # chain's lock for an anonymous client (issue 13, item 8). Counted and logged instead.
+        refused_unauthenticated("gateway_call", reason or "server_error")
+        return
     act = claims.get("act") or {}
     with services.db.session() as session:
         services.audit.append(session, AuditRecord(

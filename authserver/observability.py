@@ -103,6 +103,15 @@ PLATFORM_REFRESHES = Counter(
     "Downstream platform token refreshes, by platform and outcome.",
     ["platform", "outcome"],
 )
+#: Refusals before any principal was authenticated (no verified gateway token, a failed client
+#: authentication): counted here and logged rate-limited instead of audited, so that anonymous
+#: traffic never takes the audit chain's lock (authserver.audit.refused_unauthenticated).
+UNAUTHENTICATED_REJECTIONS = Counter(
+    "authserver_unauthenticated_rejections",
+    "Requests refused before any principal was authenticated (not audited), by event and "
+    "OAuth error code.",
+    ["event", "reason"],
+)
 GATEWAY_CALLS = Counter(
     "authserver_gateway_calls",
     "Gateway calls to downstream platforms, by platform, method and status.",

@@ -412,3 +412,44 @@ def test_redact_strips_jwe() -> None:
 
 def test_redact_strips_authorization_header_values() -> None:
     assert redact("Authorization: Bearer abc.def") == f"Authorization: Bearer {REDACTED}"
+
+
+# --- unauthenticated refusals: counted and logged rate-limited, never appended (issue 13) -----
+
+
+def test_unauthenticated_refusals_are_logged_once_per_interval(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from authserver.audit import RateLimitedLog
+
+    t = [0.0]
+    limited = RateLimitedLog(interval=60, clock=lambda: t[0])
+    with caplog.at_level("WARNING", logger="authserver.audit"):
+        logged = [limited("gateway_call", "invalid_token") for _ in range(5)]
+        other = limited("token_exchange", "invalid_client")  # its own key: logged
+        t[0] = 60.0
+        again = limited("gateway_call", "invalid_token")
+    assert logged == [True, False, False, False, False]
+    assert other and again
+    lines = [r for r in caplog.records if r.name == "authserver.audit"]
+    assert [(r.event, r.reason, r.count) for r in lines] == [  # type: ignore[attr-defined]
+        ("gateway_call", "invalid_token", 1), ("token_exchange", "invalid_client", 1),
+        ("gateway_call", "invalid_token", 5)]
+
+
+def test_refused_unauthenticated_counts_with_closed_labels(db: Database) -> None:
+    from prometheus_client import REGISTRY
+
+    from authserver.audit import refused_unauthenticated
+
+    metric = "authserver_unauthenticated_rejections_total"
+
+    def value(event: str, reason: str) -> float:
+        return REGISTRY.get_sample_value(metric, {"event": event, "reason": reason}) or 0.0
+
+    before = value("gateway_call", "invalid_token"), value("other", "x" * 64)
+    refused_unauthenticated("gateway_call", "invalid_token")
+    refused_unauthenticated("anything-else", "x" * 500)  # an unknown event, an overlong reason
+    assert (value("gateway_call", "invalid_token"), value("other", "x" * 64)) == \
+        (before[0] + 1, before[1] + 1)
+    with db.session() as session:
+        assert session.scalar(select(AuditEvent.seq).limit(1)) is None

@@ -23,7 +23,7 @@ from joserfc import jws
 from joserfc.errors import JoseError
 
 from authserver import approvals
-from authserver.audit import AuditRecord
+from authserver.audit import AuditRecord, refused_unauthenticated
 from authserver.authorization_server import from_authlib
 from authserver.broker.connections import connect_uri, get_access_token
 from authserver.clients import (
@@ -591,8 +591,13 @@ class TokenExchangeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
     def _audit_failure(self, ex: Exchange, *, outcome: str, reason: str | None,
                        detail: dict[str, Any]) -> None:
         """A refused exchange: drop what the request did (its locks too), then record the
-        refusal in a transaction of its own, since the request's own one will not commit."""
+        refusal in a transaction of its own, since the request's own one will not commit.
+        A client that did not authenticate is nobody to hold to account: it is counted, not
+        appended to the chain, whose lock it could otherwise take at will (issue 13, item 8)."""
         self.db.rollback()
+        if ex.client is None:
+            refused_unauthenticated("token_exchange", reason or "server_error")
+            return
         with self.services.db.session() as session:
             self._audit(ex, session, outcome=outcome, reason=reason, detail=detail)
 
