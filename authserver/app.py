@@ -172,6 +172,7 @@ def build_services(settings: Settings, clock: Callable[[], float] = time.time) -
         keyring.ensure_key(session, int(clock()))
         check_secret_key(session, _secret_key(settings), int(clock()))
     store = create_store(settings.redis_url or None, settings.redis_key_prefix)
+    origin_nonces = NonceIssuer([_secret_key(settings).encode()], context=b"token-endpoint")
     return Services(
         settings=settings,
         db=db,
@@ -179,8 +180,10 @@ def build_services(settings: Settings, clock: Callable[[], float] = time.time) -
         kms=kms,
         keyring=keyring,
         jwks_cache=JwksCache(allow_internal=is_loopback_http_url(settings.issuer)),
-        nonces=NonceIssuer([_secret_key(settings).encode()], context=b"token-endpoint"),
-        gateway_nonces=NonceIssuer([_secret_key(settings).encode()], context=b"gateway"),
+        nonces=origin_nonces,
+        # One nonce policy per origin (DPOP-33): the gateway shares our origin, and clients
+        # keep one nonce per origin, so a nonce from either endpoint is good at both.
+        gateway_nonces=origin_nonces,
         refresh_successor_key=refresh_tokens.successor_key(_secret_key(settings)),
         # The app refuses to start on an invalid policy set (PolicyLoadError propagates).
         policy=PolicyEngine.load(settings.policy_dir),

@@ -220,19 +220,29 @@ class NonceIssuer:
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
     def is_valid(self, nonce: str, now: int) -> bool:
+        return self.problem(nonce, now) is None
+
+    def problem(self, nonce: str, now: int) -> str | None:
+        """None for a nonce this issuer gave out that is still live, else what is wrong (for
+        the `use_dpop_nonce` description: the client learns which nonce to drop)."""
+        foreign = "DPoP proof nonce was not issued by this server"
         if not isinstance(nonce, str) or len(nonce) > 2 * (_NONCE_BODY_BYTES + NONCE_TAG_BYTES):
-            return False
+            return foreign
         try:
             raw = urlsafe_b64decode(nonce.encode("ascii"))  # strict: no skipped characters
         except (binascii.Error, ValueError):
-            return False
+            return foreign
         if len(raw) != _NONCE_BODY_BYTES + NONCE_TAG_BYTES or raw[:1] != _NONCE_VERSION:
-            return False
+            return foreign
         body, tag = raw[:_NONCE_BODY_BYTES], raw[_NONCE_BODY_BYTES:]
         if not any(hmac.compare_digest(tag, self._tag(key, body)) for key in self._keys):
-            return False
+            return foreign
         issued_at = int.from_bytes(body[1:9], "big")
-        return issued_at - NONCE_FUTURE_SKEW <= now < issued_at + self.ttl
+        if now < issued_at - NONCE_FUTURE_SKEW:
+            return foreign  # authentic but from the future: a clock problem on our side
+        if now >= issued_at + self.ttl:
+            return "DPoP proof nonce has expired"
+        return None
 
     @staticmethod
     def _tag(key: bytes, body: bytes) -> bytes:
@@ -396,8 +406,9 @@ def check_nonce(
             # §11.3: refusing nonce-less proofs is what stops a downgrade once nonces are on.
             raise UseDpopNonceError(nonces.issue(now))
         return
-    if not nonces.is_valid(nonce, now):
-        raise UseDpopNonceError(nonces.issue(now), "DPoP proof nonce is invalid or expired")
+    problem = nonces.problem(nonce, now)
+    if problem is not None:
+        raise UseDpopNonceError(nonces.issue(now), problem)
 
 
 def check_ath(ath: str | None, access_token: str | None) -> None:

@@ -142,6 +142,8 @@ class UseDpopNonceError(OAuthError):
         super().__init__(description or "Authorization server requires nonce in DPoP proof",
                          **kwargs)
         self.nonce = nonce
+        #: No nonce was sent (else `description` says what was wrong with the one sent).
+        self.missing = description is None
 
     def headers(self) -> dict[str, str]:
         return {**super().headers(), "DPoP-Nonce": self.nonce}

@@ -238,7 +238,9 @@ class ResourceVerifier:
                 future_skew=self._future_skew, algs=self._algs,
             )
         except UseDpopNonceError as e:
-            raise ResourceUseDpopNonceError(e.nonce, debug=e.debug, **self._challenge) from e
+            # A missing nonce gets the RS wording; a rejected one says why (expired, not ours).
+            raise ResourceUseDpopNonceError(e.nonce, None if e.missing else e.description,
+                                            debug=e.debug, **self._challenge) from e
         except InvalidDpopProofError as e:
             raise self._error(ResourceInvalidDpopProofError, e.description, debug=e.debug) from e
 

@@ -22,7 +22,9 @@ class Services:
     keyring: KeyRing
     jwks_cache: JwksCache
     nonces: Any = None  # authserver.dpop.NonceIssuer (token endpoint)
-    gateway_nonces: Any = None  # a separate NonceIssuer: RS nonces are not AS nonces (§9)
+    #: The gateway's: the same issuer as `nonces` (one nonce policy for our origin, DPOP-33);
+    #: a third-party resource server keeps its own (authserver.resource).
+    gateway_nonces: Any = None
     policy: Any = None  # authserver.policy.PolicyEngine
     federation: Any = None  # authserver.identity.federation.Federation
     rate_limiter: Any = None  # authserver.ratelimit.RateLimiter

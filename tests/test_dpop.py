@@ -409,19 +409,19 @@ def test_requires_nonce_when_missing(now: int) -> None:
 def test_rejects_expired_nonce(now: int) -> None:
     stale = NonceIssuer([SECRET]).issue(now - DPOP_NONCE_TTL)
     error = nonce_rejected(make_proof(now, nonce=stale), now, nonce_required=True)
-    assert error.description == "DPoP proof nonce is invalid or expired"
+    assert error.description == "DPoP proof nonce has expired"
 
 
 def test_rejects_nonce_from_another_issuer(now: int) -> None:
     foreign = NonceIssuer([b"o" * 32]).issue(now)
     error = nonce_rejected(make_proof(now, nonce=foreign), now, nonce_required=True)
-    assert error.description == "DPoP proof nonce is invalid or expired"
+    assert error.description == "DPoP proof nonce was not issued by this server"
 
 
 def test_rejects_stale_nonce_even_when_not_required(now: int) -> None:
     stale = NonceIssuer([SECRET]).issue(now - DPOP_NONCE_TTL)
     error = nonce_rejected(make_proof(now, nonce=stale), now)
-    assert error.description == "DPoP proof nonce is invalid or expired"
+    assert error.description == "DPoP proof nonce has expired"
 
 
 def test_accepts_valid_nonce(now: int) -> None:

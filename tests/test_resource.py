@@ -376,8 +376,9 @@ def test_rejects_authorization_server_nonce(jwks: Any, client_key: DPoPKey, now:
                              nonce_required=True)
     as_nonce = NonceIssuer([secret], context=b"as").issue(now)
     headers = request(mint(jwks, now, client_key.dpop_jkt), client_key, nonce=as_nonce)
+    # The challenge says what was wrong: a nonce was sent, but not one of this server's.
     refused(verifier, headers, now, ResourceUseDpopNonceError, 401,
-            challenge("use_dpop_nonce", "Resource server requires nonce in DPoP proof"))
+            challenge("use_dpop_nonce", "DPoP proof nonce was not issued by this server"))
 
 
 # --- configuration ----------------------------------------------------------------------------
