@@ -13,11 +13,12 @@ Every value can be overridden from the environment:
                               (logger authserver.access, with the correlation id)
   AUTHSERVER_LOG_LEVEL        gunicorn's own log level (default info)
   FORWARDED_ALLOW_IPS         read by gunicorn itself: the proxies whose X-Forwarded-Proto is
-                              trusted (default 127.0.0.1,::1). Set it to the load balancer's
-                              addresses. "*" is safe only when nothing but the LB can reach us:
-                              otherwise any client can claim https. The client address
-                              (X-Forwarded-For) is the app's job (werkzeug ProxyFix), not
-                              gunicorn's.
+                              trusted (default AUTHSERVER_TRUSTED_PROXIES if set, else
+                              127.0.0.1,::1). Set it to the load balancer's addresses. "*" is
+                              safe only when nothing but the LB can reach us: otherwise any
+                              client can claim https. The client address (X-Forwarded-For) is
+                              the app's job (AUTHSERVER_TRUSTED_PROXIES, authserver/http/proxy.py),
+                              not gunicorn's; deploy/ sets one list for both.
   PROMETHEUS_MULTIPROC_DIR    enables multiprocess metrics (see authserver/observability.py)
 """
 
@@ -61,6 +62,11 @@ preload_app = False
 # (gunicorn docs). They hold only a timestamp, so a shared tmpfs is no exposure.
 _SHM = "/dev/shm"  # noqa: S108
 worker_tmp_dir = _SHM if Path(_SHM).is_dir() else None
+
+# One list of trusted proxies: gunicorn believes their X-Forwarded-Proto, the app their
+# X-Forwarded-For (authserver/http/proxy.py).
+if not os.environ.get("FORWARDED_ALLOW_IPS") and os.environ.get("AUTHSERVER_TRUSTED_PROXIES"):
+    forwarded_allow_ips = os.environ["AUTHSERVER_TRUSTED_PROXIES"]
 
 accesslog = os.environ.get("AUTHSERVER_ACCESS_LOG") or None
 # %(U)s is the path without the query string: queries may carry authorization codes.

@@ -94,6 +94,12 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.register_blueprint(ops.ops)
     app.register_blueprint(web.bp)
     app.wsgi_app = BodyLimit(app.wsgi_app, MAX_BODY_BYTES)  # type: ignore[method-assign]
+    # Outermost: the client address behind a trusted proxy (deploy/nginx), before anything
+    # reads REMOTE_ADDR.
+    from authserver.http.proxy import TrustedProxies
+
+    app.wsgi_app = TrustedProxies(  # type: ignore[method-assign]
+        app.wsgi_app, settings.trusted_proxies)
     return app
 
 

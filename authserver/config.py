@@ -80,6 +80,8 @@ class Spec:
     min_length: int = 0
     #: An https URL (plain http only on loopback).
     https_url: bool = False
+    #: For lists: each item an IP address or network (CIDR).
+    ip_networks: bool = False
     #: Not an operator setting (the test suite's switches); left out of the reference.
     internal: bool = False
 
@@ -140,6 +142,12 @@ class Settings:
     resources: tuple[str, ...] = _setting(
         (), "extra RFC 8707 resources tokens may be audience-restricted to (comma-separated)",
         default_doc="*(none)*")
+    trusted_proxies: tuple[str, ...] = _setting(
+        (), "reverse proxies (IP addresses or CIDR networks, comma-separated) whose "
+        "`X-Forwarded-For` gives the client address for per-address rate limits, logs and "
+        "audit; gunicorn.conf.py uses it for `FORWARDED_ALLOW_IPS` too when that is unset "
+        "(see deploy/)", default_doc="*(none: the peer address is the client)*",
+        ip_networks=True)
     scopes: tuple[str, ...] = _setting(
         ("openid", "profile", "email", "offline_access", "read", "write"), "supported scopes")
     access_token_ttl: int = _setting(ACCESS_TOKEN_TTL, "access tokens",
@@ -323,6 +331,15 @@ def _check(f: dataclasses.Field[Any], value: Any, label: str) -> Any:
                 isinstance(x, str) and x for x in value):
             raise ConfigError(f"{label}: must be a list of strings, got {value!r}")
         value = tuple(value)
+        if spec.ip_networks:
+            import ipaddress
+
+            for item in value:
+                try:
+                    ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise ConfigError(f"{label}: must be IP addresses or networks (CIDR), "
+                                      f"got {item!r}") from None
     if kind == "table" and not isinstance(value, Mapping):
         raise ConfigError(f"{label}: must be a table, got {value!r}")
     return value
