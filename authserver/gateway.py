@@ -35,13 +35,7 @@ from authserver.broker.connections import (
     force_refresh,
     get_access_token,
 )
-from authserver.broker.profiles import (
-    Platform,
-    allowed_methods,
-    api_request_headers,
-    path_matches_intent,
-    resolve_path,
-)
+from authserver.broker.profiles import Platform, api_request_headers
 from authserver.dpop import DPOP_SIGNING_ALGS
 from authserver.errors import (
     InvalidTokenError,
@@ -49,6 +43,7 @@ from authserver.errors import (
     ResourceForbiddenError,
     TemporarilyUnavailableError,
 )
+from authserver.gateway_routes import allowed_methods, path_matches_intent, resolve_path
 from authserver.intent import ACTION_METHODS, INTENT_TYPE, READ
 from authserver.resource import ResourceVerifier, protected_resource_metadata_url
 from authserver.resource import protected_resource_metadata as _prm_document

@@ -28,7 +28,7 @@ DESTRUCTIVE: frozenset[str] = frozenset({"delete", "bulk_delete"})
 BULK: frozenset[str] = frozenset({"bulk_update", "bulk_delete"})
 
 #: The HTTP methods each action may use at the gateway (docs/standards.md A5). A platform's route
-#: may narrow these (`broker.profiles.allowed_methods`), never widen them. Only destructive
+#: may narrow these (`gateway_routes.allowed_methods`), never widen them. Only destructive
 #: actions may DELETE: otherwise an `update` capability could delete its record, dodging the
 #: destructive step-up, the mandate's actions and the destructive rate limit. A bulk update is
 #: an update of several records at once, so it takes PATCH/PUT like `update`; a platform whose

@@ -25,10 +25,11 @@ from authserver.broker.connections import (
     start_connect,
 )
 from authserver.broker.oauth_client import PlatformRejected, build_authorize_url, revoke
-from authserver.broker.profiles import PROFILES, Platform, path_matches_intent
+from authserver.broker.profiles import PROFILES, Platform
 from authserver.broker.vault import Vault
 from authserver.db import Database
 from authserver.errors import ConnectionRequiredError, TemporarilyUnavailableError
+from authserver.gateway_routes import path_matches_intent
 from authserver.kms import LocalKMS
 from authserver.models import Base
 from authserver.models.broker import CONNECTION_NEEDS_RECONNECT, Connection

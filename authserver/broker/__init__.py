@@ -10,8 +10,6 @@ from authserver.broker.profiles import (
     Platform,
     PlatformProfile,
     api_request_headers,
-    path_matches_intent,
-    resolve_path,
 )
 from authserver.broker.vault import Vault
 
@@ -21,6 +19,4 @@ __all__ = [
     "PlatformProfile",
     "Vault",
     "api_request_headers",
-    "path_matches_intent",
-    "resolve_path",
 ]

@@ -1,6 +1,7 @@
 """Platform profiles, one module per platform (`generic`, `salesforce`, `hubspot`, `google`,
 `microsoft`, `slack`, `atlassian`, `github`, `linear`, `notion`, `asana`), what a profile is
-(`base`), and configured platforms (`platform`). Every public name is importable from here.
+(`base`), and configured platforms (`platform`). Every public name is importable from here,
+including the route compiler and path matcher, which live in `authserver.gateway_routes`.
 """
 
 from authserver.broker.profiles.atlassian import (
@@ -49,19 +50,21 @@ from authserver.broker.profiles.platform import (
     MAX_REFRESH_MARGIN,
     PROFILES,
     Platform,
-    ResourceRoute,
-    allowed_methods,
     api_request_headers,
-    compile_route,
     is_allowed_url,
-    path_matches_intent,
-    resolve_path,
     with_refresh_scope,
 )
 from authserver.broker.profiles.slack import (
     slack_api_status,
     slack_revocation_succeeded,
     slack_token_response,
+)
+from authserver.gateway_routes import (
+    ResourceRoute,
+    allowed_methods,
+    compile_route,
+    path_matches_intent,
+    resolve_path,
 )
 
 __all__ = [
