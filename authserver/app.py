@@ -63,12 +63,13 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     from authserver.authorization_server import AuthorizationServer
     from authserver.grants.authorization_code import AuthorizationCodeGrant
     from authserver.grants.client_credentials import ClientCredentialsGrant
+    from authserver.grants.jwt_bearer import JwtBearerGrant
     from authserver.grants.refresh_token import RefreshTokenGrant
     from authserver.grants.token_exchange import TokenExchangeGrant
 
     server = AuthorizationServer(services)
     for grant in (ClientCredentialsGrant, AuthorizationCodeGrant, RefreshTokenGrant,
-                  TokenExchangeGrant):
+                  TokenExchangeGrant, JwtBearerGrant):
         server.register_grant(grant)
     app.extensions["authserver.oauth"] = server
 

@@ -43,14 +43,17 @@ GRANT_AUTHORIZATION_CODE = "authorization_code"
 GRANT_REFRESH_TOKEN = "refresh_token"
 GRANT_CLIENT_CREDENTIALS = "client_credentials"
 GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+#: RFC 7523 §2.1, for ID-JAGs (authserver/grants/jwt_bearer.py).
+GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 SUPPORTED_GRANT_TYPES = (
     GRANT_AUTHORIZATION_CODE,
     GRANT_REFRESH_TOKEN,
     GRANT_CLIENT_CREDENTIALS,
     GRANT_TOKEN_EXCHANGE,
+    GRANT_JWT_BEARER,
 )
 AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "none")
-CONFIDENTIAL_ONLY_GRANTS = (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE)
+CONFIDENTIAL_ONLY_GRANTS = (GRANT_CLIENT_CREDENTIALS, GRANT_TOKEN_EXCHANGE, GRANT_JWT_BEARER)
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CLIENT_ASSERTION_ALGS = ("ES256", "ES384", "PS256", "RS256", "EdDSA")
 AUTHORIZATION_DETAILS_TYPES = ("agent_intent", "agent_mandate")

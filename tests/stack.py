@@ -416,11 +416,14 @@ def platform_settings(crm_url: str, crm_secret: str, projects_url: str, projects
 
 
 def make_stack(tmp_path: Path, *, database_url: str | None = None, redis_url: str = "",
-               extra_settings: Mapping[str, Any] | None = None) -> Stack:
-    """Start the IdP, the CRM, Taskboard and authserver; register the edge and the agent."""
+               extra_settings: Mapping[str, Any] | None = None,
+               idp_settings: Mapping[str, Any] | None = None) -> Stack:
+    """Start the IdP, the CRM, Taskboard and authserver; register the edge and the agent.
+    `idp_settings` adds keys to the `[idps.corp]` table (e.g. `id_jag = true`)."""
     servers: list[ServerThread] = []
     try:
-        return _make(Path(tmp_path), servers, database_url, redis_url, extra_settings or {})
+        return _make(Path(tmp_path), servers, database_url, redis_url, extra_settings or {},
+                     idp_settings or {})
     except BaseException:
         for server in reversed(servers):
             server.stop()
@@ -428,7 +431,8 @@ def make_stack(tmp_path: Path, *, database_url: str | None = None, redis_url: st
 
 
 def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
-          redis_url: str, extra_settings: Mapping[str, Any]) -> Stack:
+          redis_url: str, extra_settings: Mapping[str, Any],
+          idp_settings: Mapping[str, Any]) -> Stack:
     from authserver import create_app
 
     deferred = _Deferred()
@@ -470,6 +474,7 @@ def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
             "scopes": ["openid", "email", "profile"],
             "trusted_audiences": [EDGE_AT_IDP],
             "default_tenant": "acme",
+            **idp_settings,
         }},
         "platforms": platform_settings(crm_url, crm_secret, projects_url, projects_secret),
     }

@@ -6,6 +6,9 @@
 - PKCE (RFC 7636 §4), `iss` in the authorization response (RFC 9207 §2.4)
 - Trusted issuers: an IdP token as an RFC 8693 `subject_token`; unacceptable → `invalid_request`
   (RFC 8693 §2.2.2).
+- Cross-App Access: an ID-JAG (draft-ietf-oauth-identity-assertion-authz-grant §3, §4.4.1) from
+  an IdP configured `id_jag = true`, verified here; the jwt-bearer grant that takes it is
+  authserver/grants/jwt_bearer.py.
 
 Discovery documents and JWKS are cached per process (a cache, not shared state: every process
 may fetch its own copy). An unknown `kid` triggers at most one JWKS refetch per
@@ -62,6 +65,13 @@ ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES2
 NONCE_REPLAY_MIN_TTL = 60
 #: Store key prefix of IdP tokens already exchanged at the edge mint (single use).
 SUBJECT_TOKEN_KEY = "idp-subject-token:"
+#: Store key prefix of ID-JAGs already redeemed (single use, by `iss` + `jti`).
+ID_JAG_KEY = "idp-id-jag:"
+#: The longest ID-JAG lifetime (`exp - iat`) accepted. The draft's examples last minutes; a
+#: longer grant would also keep its replay entry that long.
+MAX_ID_JAG_LIFETIME = 3600
+#: Longest `jti` or `client_id` claim accepted in an ID-JAG.
+MAX_ID_JAG_CLAIM = 255
 
 ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -71,6 +81,10 @@ JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"
 _ID_TOKEN_TYPS = frozenset({"jwt"})
 _MACHINE_JWT_TYPS = frozenset({"jwt", "at+jwt"})
 _SUBJECT_TOKEN_TYPS = {ID_TOKEN_TYPE: _ID_TOKEN_TYPS, JWT_TOKEN_TYPE: _MACHINE_JWT_TYPS}
+#: draft-ietf-oauth-identity-assertion-authz-grant §3: the ID-JAG's `typ` MUST be this (and,
+#: unlike the types above, it must be present).
+ID_JAG_TYP = "oauth-id-jag+jwt"
+_ID_JAG_TYPS = frozenset({ID_JAG_TYP})
 
 DEFAULT_SCOPES = ("openid", "email", "profile")
 DEFAULT_CLAIM_MAP: Mapping[str, str] = MappingProxyType(
@@ -122,6 +136,9 @@ class IdPConfig:
     #: The tenants this IdP's users may be in (its `tenant` claim must be one of them), so
     #: that with several IdPs one cannot assert another's tenant. Empty: `default_tenant` only.
     tenants: tuple[str, ...] = ()
+    #: Accept this IdP's ID-JAGs at the jwt-bearer grant (Cross-App Access). Off by default:
+    #: an IdP trusted for sign-in is not thereby trusted to grant agents access.
+    id_jag: bool = False
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -148,12 +165,15 @@ class IdPConfig:
         if self.default_tenant not in tenants:
             raise ValueError(f"idps.{self.name}: default_tenant must be one of tenants")
         object.__setattr__(self, "tenants", tenants)
+        if not isinstance(self.id_jag, bool):
+            raise ValueError(f"idps.{self.name}: id_jag must be true or false")
 
     @classmethod
     def from_settings(cls, name: str, mapping: Mapping[str, Any]) -> IdPConfig:
         """Build from one `[idps.<name>]` table; unknown keys are a configuration error."""
         allowed = {"issuer", "client_id", "client_secret", "scopes", "claim_map",
-                   "default_tenant", "trusted_audiences", "allow_machine_tokens", "tenants"}
+                   "default_tenant", "trusted_audiences", "allow_machine_tokens", "tenants",
+                   "id_jag"}
         unknown = set(mapping) - allowed
         if unknown:
             raise ValueError(f"idps.{name}: unknown keys {sorted(unknown)}")
@@ -177,6 +197,7 @@ class IdPConfig:
             trusted_audiences=tuple(audiences),
             allow_machine_tokens=bool(mapping.get("allow_machine_tokens", True)),
             tenants=tuple(tenants),
+            id_jag=mapping.get("id_jag", False),
         )
 
 
@@ -585,6 +606,53 @@ class Federation:
         ttl = max(int(claims["exp"]) + ID_TOKEN_LEEWAY - now, 1)
         if not provider._store.add_if_absent(SUBJECT_TOKEN_KEY + digest, ttl):
             raise IdentityError("subject_token already used")
+
+    def verify_id_jag(self, token: str, *, now: int, audience: str
+                      ) -> tuple[IdPConfig, dict[str, Any]]:
+        """Validate an ID-JAG (draft-ietf-oauth-identity-assertion-authz-grant §3, §4.4.1,
+        and RFC 7523 §3); return its IdP and claims. Raises IdentityError for any failure.
+
+        Checks, in order: `typ` exactly `oauth-id-jag+jwt` (present), a configured issuer whose
+        `id_jag` is on, then the ID-token checks (compact JWS, `alg` allow-list, signature with
+        that IdP's cached JWKS, `iss`, `sub`, `exp`/`iat`/`nbf`), `aud` exactly `audience`
+        (one value), `client_id` and `jti` present, and a lifetime of at most
+        MAX_ID_JAG_LIFETIME. Single use is `spend_id_jag`, the caller's last check.
+        """
+        typ = _protected_header(token).get("typ")
+        if not isinstance(typ, str) or _normalise_typ(typ) != ID_JAG_TYP:
+            raise IdentityError(f"typ {str(typ)[:32]!r} is not {ID_JAG_TYP}")
+        iss = _unverified_claims(token).get("iss")
+        provider = self.by_issuer(iss) if isinstance(iss, str) else None
+        if provider is None:
+            raise IdentityError(f"untrusted issuer {str(iss)[:128]!r}")
+        if not provider.config.id_jag:
+            raise IdentityError(f"idp {provider.config.name} is not enabled for ID-JAG")
+        _, claims = provider._verify(token, now=now, nonce=None, audiences=(audience,),
+                                     typs=_ID_JAG_TYPS)
+        aud = claims["aud"]
+        if aud != audience and aud != [audience]:
+            # §4.4.1: the aud claim identifies this server; a grant for several is refused.
+            raise IdentityError("aud is not exactly this server")
+        for name in ("client_id", "jti"):
+            value = claims.get(name)
+            if not isinstance(value, str) or not value or len(value) > MAX_ID_JAG_CLAIM:
+                raise IdentityError(f"{name} missing or invalid")
+        if claims["exp"] - claims["iat"] > MAX_ID_JAG_LIFETIME:
+            raise IdentityError("lifetime too long")
+        return provider.config, claims
+
+    def spend_id_jag(self, claims: Mapping[str, Any], *, now: int) -> None:
+        """Accept a verified ID-JAG once (by `iss` + `jti`, RFC 7523 §3 item 7), remembered in
+        the shared store until it expires. Raises IdentityError if it was already used; store
+        failures propagate (503)."""
+        provider = self.by_issuer(str(claims.get("iss")))
+        if provider is None:
+            raise IdentityError("claims are not from a configured IdP")
+        ident = json.dumps([claims["iss"], claims["jti"]])
+        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
+        ttl = max(int(claims["exp"]) + ID_TOKEN_LEEWAY - now, 1)
+        if not provider._store.add_if_absent(ID_JAG_KEY + digest, ttl):
+            raise IdentityError("ID-JAG already used")
 
 
 # --- named checks (each raises IdentityError with its reason) ---------------------------------

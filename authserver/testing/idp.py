@@ -8,9 +8,15 @@ password and no consent (so tests run the code flow without a browser); without 
 form asks for a username, again without a password. Users, clients, codes and keys live in
 this process's memory.
 
-Test controls: `rotate_keys(keep_old=...)`, `mint_id_token(...)` (any claim or header can be
-made wrong), `register_client(...)`, a settable `clock`, and `jwks_requests` (how often the
-JWKS was fetched).
+Test controls: `rotate_keys(keep_old=...)`, `mint_id_token(...)` and `mint_id_jag(...)` (any
+claim or header can be made wrong), `register_client(...)`, `allow_id_jag(...)`, a settable
+`clock`, and `jwks_requests` (how often the JWKS was fetched).
+
+Cross-App Access (draft-ietf-oauth-identity-assertion-authz-grant §4.3): a client registered
+with `allow_id_jag(client, audience=..., client_id_there=...)` trades an ID token this IdP issued
+to it (RFC 8693 token exchange, `requested_token_type=urn:ietf:params:oauth:token-type:id-jag`)
+for an ID-JAG for that audience. The IdP's "policy" is only that mapping: whatever `scope`,
+`resource` and `authorization_details` the client asks for are copied into the grant.
 """
 
 from __future__ import annotations
@@ -37,6 +43,12 @@ from authserver.testing.server import ServerThread
 CODE_TTL = 60
 ID_TOKEN_TTL = 300
 ACCESS_TOKEN_TTL = 300
+ID_JAG_TTL = 300
+
+GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TT_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+TT_ID_JAG = "urn:ietf:params:oauth:token-type:id-jag"
+ID_JAG_TYP = "oauth-id-jag+jwt"
 
 #: The people this IdP knows. `sub` is deliberately not the username or the e-mail.
 DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
@@ -86,6 +98,8 @@ class _Code:
 class _Client:
     secret_sha256: bytes
     redirect_uris: tuple[str, ...]
+    #: Cross-App Access: audience (a resource AS issuer) -> this client's client_id there.
+    id_jag_audiences: dict[str, str] | None = None
 
 
 def _generate_key(alg: str) -> Key:
@@ -145,6 +159,14 @@ class IdP:
             self._clients[client_id] = _Client(
                 hashlib.sha256(client_secret.encode()).digest(), tuple(redirect_uris)
             )
+
+    def allow_id_jag(self, client_id: str, *, audience: str, client_id_there: str) -> None:
+        """Let `client_id` obtain ID-JAGs for the authorization server `audience`, where it
+        is registered as `client_id_there` (the draft's §5 client id mapping)."""
+        with self._mutex:
+            client = self._clients[client_id]
+            client.id_jag_audiences = {**(client.id_jag_audiences or {}),
+                                       audience: client_id_there}
 
     def rotate_keys(self, *, keep_old: bool = True) -> str:
         """Sign with a new key from now on; keep the old ones published or remove them."""
@@ -213,6 +235,48 @@ class IdP:
             head_kid = kid or str(named.kid)
         return self._sign(claims, key, head_kid, extra=extra, header=header)
 
+    def mint_id_jag(
+        self,
+        username: str,
+        *,
+        aud: str | Sequence[str],
+        client_id: str,
+        scope: str | None = None,
+        resource: str | Sequence[str] | None = None,
+        authorization_details: Sequence[Mapping[str, Any]] | None = None,
+        exp_in: int = ID_JAG_TTL,
+        sign_with: Key | None = None,
+        extra: Mapping[str, Any] | None = None,
+        header: Mapping[str, Any] | None = None,
+    ) -> str:
+        """An ID-JAG (draft-ietf-oauth-identity-assertion-authz-grant §3) for `username`:
+        `typ: oauth-id-jag+jwt`, a fresh `jti`. `extra`/`header` add or replace members
+        (None removes), `sign_with` forges the signature as in `mint_id_token`."""
+        now = self.clock()
+        user = self.users[username]
+        claims: dict[str, Any] = {
+            "iss": self._issuer(),
+            "sub": user["sub"],
+            "aud": aud if isinstance(aud, str) else list(aud),
+            "client_id": client_id,
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "exp": now + exp_in,
+            "auth_time": now,
+            **{c: user[c] for c in _PROFILE_CLAIMS if c in user},
+        }
+        if scope is not None:
+            claims["scope"] = scope
+        if resource is not None:
+            claims["resource"] = resource if isinstance(resource, str) else list(resource)
+        if authorization_details is not None:
+            claims["authorization_details"] = [dict(d) for d in authorization_details]
+        with self._mutex:
+            key = sign_with or self._signing
+            kid = str(self._signing.kid)
+        return self._sign(claims, key, kid, extra=extra,
+                          header={"typ": ID_JAG_TYP, **(header or {})})
+
     # --- internals ---------------------------------------------------------------------------
 
     def _issuer(self) -> str:
@@ -259,6 +323,61 @@ class IdP:
             key = self._signing
         return self._sign(claims, key, str(key.kid))
 
+    def _verify_own_id_token(self, token: str, client_id: str) -> str | None:
+        """The username of a live ID token this IdP issued to `client_id`, else None."""
+        from joserfc import jws
+        from joserfc.errors import JoseError
+
+        try:
+            kid = jws.extract_compact(token.encode()).protected.get("kid")
+            with self._mutex:
+                key = self._all_keys[str(kid)]
+            claims = jwt.decode(token, key, algorithms=[_alg_for(key)]).claims
+        except (JoseError, KeyError, ValueError, TypeError):
+            return None
+        if claims.get("iss") != self._issuer() or claims.get("aud") != client_id:
+            return None
+        if not isinstance(claims.get("exp"), int) or claims["exp"] <= self.clock():
+            return None
+        for username, user in self.users.items():
+            if user["sub"] == claims.get("sub"):
+                return username
+        return None
+
+    def _token_exchange(self, client_id: str) -> Any:
+        """draft-ietf-oauth-identity-assertion-authz-grant §4.3: ID token -> ID-JAG."""
+        form = request.form
+        if form.get("requested_token_type") != TT_ID_JAG:
+            return _error("invalid_request")
+        if form.get("subject_token_type") != TT_ID_TOKEN or form.get("actor_token"):
+            return _error("invalid_request")
+        with self._mutex:
+            audiences = dict(self._clients[client_id].id_jag_audiences or {})
+        audience = form.get("audience", "")
+        if audience not in audiences:
+            return _error("invalid_target")
+        username = self._verify_own_id_token(form.get("subject_token", ""), client_id)
+        if username is None:
+            return _error("invalid_grant")
+        details = None
+        if form.get("authorization_details"):
+            import json
+
+            details = json.loads(form["authorization_details"])
+        resources = form.getlist("resource")
+        grant = self.mint_id_jag(
+            username, aud=audience, client_id=audiences[audience],
+            scope=form.get("scope") or None,
+            resource=(resources[0] if len(resources) == 1 else resources) or None,
+            authorization_details=details)
+        body: dict[str, Any] = {"issued_token_type": TT_ID_JAG, "access_token": grant,
+                                "token_type": "N_A", "expires_in": ID_JAG_TTL}
+        if form.get("scope"):
+            body["scope"] = form["scope"]
+        resp = jsonify(body)
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+
     def _authenticate_client(self) -> str | None:
         """RFC 6749 §2.3.1: exactly one of client_secret_basic or client_secret_post."""
         auth = request.headers.get("Authorization", "")
@@ -299,7 +418,8 @@ class IdP:
                     "userinfo_endpoint": issuer + "/userinfo",
                     "jwks_uri": issuer + "/jwks",
                     "response_types_supported": ["code"],
-                    "grant_types_supported": ["authorization_code"],
+                    "grant_types_supported": ["authorization_code", GRANT_TOKEN_EXCHANGE],
+                    "identity_chaining_requested_token_types_supported": [TT_ID_JAG],
                     "subject_types_supported": ["public"],
                     "id_token_signing_alg_values_supported": [idp.alg],
                     "scopes_supported": ["openid", "email", "profile", "groups"],
@@ -389,6 +509,8 @@ class IdP:
             client_id = idp._authenticate_client()
             if client_id is None:
                 return _error("invalid_client", 401, {"WWW-Authenticate": 'Basic realm="test-idp"'})
+            if request.form.get("grant_type") == GRANT_TOKEN_EXCHANGE:
+                return idp._token_exchange(client_id)
             if request.form.get("grant_type") != "authorization_code":
                 return _error("unsupported_grant_type")
             with idp._mutex:

@@ -1,0 +1,332 @@
+"""Cross-App Access: an ID-JAG (draft-ietf-oauth-identity-assertion-authz-grant) presented with
+the RFC 7523 jwt-bearer grant (docs/standards.md IDJAG-01..06).
+
+The test IdP issues the ID-JAG through its own token exchange; the agent presents it at our
+token endpoint with private_key_jwt and a DPoP proof, receives a DPoP-bound user assertion and
+exchanges that, with an intent, for a capability as any agent does. Every refusal is
+`400 invalid_grant` (RFC 7523 §3.1) with `Cache-Control: no-store`, and issues nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from tests.stack import (
+    EDGE_AT_IDP,
+    GRANT_TOKEN_EXCHANGE,
+    TT_ACCESS_TOKEN,
+    TT_ID_TOKEN,
+    Agent,
+    Stack,
+    compact,
+    correlation,
+    make_stack,
+    mandate,
+)
+
+USER = "alice"
+GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+TT_ID_JAG = "urn:ietf:params:oauth:token-type:id-jag"
+AGENT_GRANTS = (GRANT_TOKEN_EXCHANGE, GRANT_JWT_BEARER)
+
+
+def _stack(tmp: Any, **idp: Any) -> Stack:
+    s = make_stack(tmp, idp_settings=idp)
+    s.agent = s.register_agent(grant_types=AGENT_GRANTS)
+    # The agent's runtime signs users in at the IdP as EDGE_AT_IDP; the IdP knows its client
+    # id here (the draft's §5 client id mapping).
+    s.idp.allow_id_jag(EDGE_AT_IDP, audience=s.issuer, client_id_there=s.agent.client_id)
+    return s
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    s = _stack(tmp_path_factory.mktemp("idjag"), id_jag=True)
+    s.signed_in_and_connected(USER, ("crm",))
+    yield s
+    s.close()
+
+
+def idp_exchange(stack: Stack, id_token: str, **form: Any) -> requests.Response:
+    """The client's token exchange at the IdP (draft §4.3)."""
+    data = {"grant_type": GRANT_TOKEN_EXCHANGE, "requested_token_type": TT_ID_JAG,
+            "audience": stack.issuer, "subject_token": id_token,
+            "subject_token_type": TT_ID_TOKEN, **form}
+    return requests.post(stack.idp.issuer + "/token", auth=(EDGE_AT_IDP, stack.edge_idp_secret),
+                         data={k: v for k, v in data.items() if v is not None}, timeout=30)
+
+
+def id_jag_from_idp(stack: Stack, **form: Any) -> str:
+    form.setdefault("authorization_details", compact(mandate()))
+    resp = idp_exchange(stack, stack.idp_id_token(USER), **form)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["issued_token_type"] == TT_ID_JAG and body["token_type"] == "N_A"
+    return str(body["access_token"])
+
+
+def minted(stack: Stack, **kw: Any) -> str:
+    """An ID-JAG made directly by the IdP (claims and headers under the test's control)."""
+    kw.setdefault("aud", stack.issuer)
+    kw.setdefault("client_id", stack.agent.client_id)
+    kw.setdefault("authorization_details", mandate())
+    return stack.idp.mint_id_jag(USER, **kw)
+
+
+def present(stack: Stack, assertion: str, *, agent: Agent | None = None, key: Any = None,
+            proof: bool = True, headers: dict[str, str] | None = None,
+            **form: Any) -> requests.Response:
+    """POST the jwt-bearer grant with private_key_jwt and (unless proof=False) DPoP."""
+    agent = agent or stack.agent
+    data: dict[str, Any] = {
+        "grant_type": GRANT_JWT_BEARER, "assertion": assertion,
+        "client_id": agent.client_id,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": agent.assertion(stack.issuer), **form,
+    }
+    all_headers = dict(headers or {})
+    if proof:
+        all_headers["DPoP"] = stack.dpop_proof(key or stack.dpop_key())
+    return requests.post(stack.issuer + "/token", headers=all_headers, timeout=30,
+                         data={k: v for k, v in data.items() if v is not None})
+
+
+def claims_of(stack: Stack, token: str) -> dict[str, Any]:
+    keys = KeySet.import_key_set(requests.get(stack.issuer + "/jwks.json", timeout=10).json())
+    return dict(jwt.decode(token, keys, algorithms=["ES256"]).claims)
+
+
+def assert_refused(resp: requests.Response, status: int = 400,
+                   error: str = "invalid_grant") -> dict[str, Any]:
+    body = resp.json()
+    assert resp.status_code == status, (resp.status_code, body)
+    assert body["error"] == error, body
+    assert "access_token" not in body
+    assert resp.headers["Cache-Control"] == "no-store"
+    assert resp.headers["Content-Type"].startswith("application/json")
+    return body  # type: ignore[no-any-return]
+
+
+# --- the whole chain ----------------------------------------------------------------------------
+
+
+def test_idp_id_jag_to_user_assertion_to_capability(stack: Stack) -> None:
+    key = stack.dpop_key()
+    cid = correlation()
+    resp = present(stack, id_jag_from_idp(stack), key=key, headers={"X-Request-ID": cid})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["token_type"] == "DPoP"
+    assert resp.headers["Cache-Control"] == "no-store"
+    claims = claims_of(stack, body["access_token"])
+    assert claims["sub"] == stack.user_id(USER)
+    assert claims["aud"] == stack.issuer
+    assert claims["client_id"] == stack.agent.client_id
+    assert claims["act"] == {"sub": stack.agent.client_id}
+    assert claims["cnf"] == {"jkt": key.dpop_jkt}
+    assert claims["exp"] - claims["iat"] <= 300
+    [detail] = claims["authorization_details"]
+    assert detail["type"] == "agent_mandate"
+    [record] = stack.audit_for(cid)
+    assert (record["event"], record["outcome"]) == ("id_jag", "allowed")
+    assert record["user_id"] == stack.user_id(USER)
+
+    # The user assertion is exchanged with an intent like an edge-minted one.
+    cap = stack.agent_exchange(body["access_token"], key)
+    assert cap.status_code == 200, cap.text
+    capability = cap.json()["access_token"]
+    deal = stack.gateway(capability, key, "GET", "crm/deals/acme-123")
+    assert deal.status_code == 200, deal.text
+
+
+def test_user_assertion_needs_the_same_key_downstream(stack: Stack) -> None:
+    key = stack.dpop_key()
+    assertion = present(stack, minted(stack), key=key).json()["access_token"]
+    resp = stack.agent_exchange(assertion, stack.dpop_key())
+    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+
+
+def test_without_a_mandate_the_intent_is_denied(stack: Stack) -> None:
+    """No agent_mandate in the grant: the assertion is issued, the policy denies the intent."""
+    key = stack.dpop_key()
+    resp = present(stack, minted(stack, authorization_details=None), key=key)
+    assert resp.status_code == 200, resp.text
+    assert "authorization_details" not in claims_of(stack, resp.json()["access_token"])
+    denied = stack.agent_exchange(resp.json()["access_token"], key)
+    assert denied.status_code == 403 and denied.json()["error"] == "access_denied"
+
+
+# --- refusals -----------------------------------------------------------------------------------
+
+
+def test_replayed_id_jag(stack: Stack) -> None:
+    grant = minted(stack)
+    assert present(stack, grant).status_code == 200
+    assert_refused(present(stack, grant))
+
+
+def test_refused_grant_is_not_spent(stack: Stack) -> None:
+    """A request refused before the last check leaves the grant usable (like the edge mint)."""
+    grant = minted(stack)
+    assert_refused(present(stack, grant, scope="write"), error="invalid_scope")
+    assert present(stack, grant).status_code == 200
+
+
+def test_wrong_audience(stack: Stack) -> None:
+    cid = correlation()
+    resp = present(stack, minted(stack, aud="https://other-as.example"),
+                   headers={"X-Request-ID": cid})
+    assert_refused(resp)
+    [record] = stack.audit_for(cid)
+    assert (record["event"], record["outcome"]) == ("id_jag", "invalid")
+
+
+def test_several_audiences(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, aud=[stack.issuer, "https://other.example"],
+                                         extra={"azp": stack.issuer})))
+
+
+def test_wrong_client(stack: Stack) -> None:
+    other = stack.register_agent(grant_types=AGENT_GRANTS)
+    assert_refused(present(stack, minted(stack), agent=other))
+
+
+def test_expired(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, exp_in=-120)))
+
+
+def test_issued_in_the_future(stack: Stack) -> None:
+    now = stack.clock()
+    assert_refused(present(stack, minted(stack, extra={"iat": now + 600, "exp": now + 900})))
+
+
+def test_missing_jti(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, extra={"jti": None})))
+
+
+def test_missing_client_id(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, extra={"client_id": None})))
+
+
+def test_forged_signature(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, sign_with=stack.idp.foreign_key())))
+
+
+def test_unsigned_alg_none(stack: Stack) -> None:
+    import base64
+    import json
+
+    def seg(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    signed = minted(stack)
+    payload = json.loads(base64.urlsafe_b64decode(signed.split(".")[1] + "=="))
+    unsigned = seg({"alg": "none", "typ": "oauth-id-jag+jwt"}) + "." + seg(payload) + "."
+    assert_refused(present(stack, unsigned))
+
+
+@pytest.mark.parametrize("typ", [None, "JWT", "at+jwt", "id-jag+jwt"])
+def test_wrong_typ(stack: Stack, typ: str | None) -> None:
+    assert_refused(present(stack, minted(stack, header={"typ": typ})))
+
+
+def test_id_token_is_not_an_id_jag(stack: Stack) -> None:
+    token = stack.idp.mint_id_token(USER, aud=stack.issuer,
+                                    extra={"client_id": stack.agent.client_id, "jti": "x1"})
+    assert_refused(present(stack, token))
+
+
+def test_unknown_issuer(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, extra={"iss": "https://evil.example"})))
+
+
+def test_scope_beyond_the_grant(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, scope="read"), scope="read write"),
+                   error="invalid_scope")
+
+
+def test_scope_within_the_grant(stack: Stack) -> None:
+    resp = present(stack, minted(stack, scope="read write"), scope="read")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["scope"] == "read"
+    assert claims_of(stack, resp.json()["access_token"])["scope"] == "read"
+
+
+def test_resource_beyond_the_grant(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack), resource=stack.issuer + "/gateway/crm"),
+                   error="invalid_target")
+
+
+def test_gateway_resource_in_the_grant_is_refused(stack: Stack) -> None:
+    """Gateway tokens come only from the intent exchange, whatever the IdP granted."""
+    gateway = stack.issuer + "/gateway/crm"
+    assert_refused(present(stack, minted(stack, resource=gateway), resource=gateway),
+                   error="invalid_target")
+
+
+def test_dpop_required_for_a_user_assertion(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack), proof=False), error="invalid_dpop_proof")
+
+
+def test_missing_assertion(stack: Stack) -> None:
+    assert_refused(present(stack, ""), error="invalid_request")
+
+
+def test_client_not_allowed_the_grant(stack: Stack) -> None:
+    other = stack.register_agent(grant_types=(GRANT_TOKEN_EXCHANGE,))
+    assert_refused(present(stack, minted(stack, client_id=other.client_id), agent=other),
+                   error="unauthorized_client")
+
+
+def test_client_authentication_failure(stack: Stack) -> None:
+    resp = requests.post(stack.issuer + "/token", auth=(stack.agent.client_id, "wrong"),
+                         data={"grant_type": GRANT_JWT_BEARER, "assertion": minted(stack)},
+                         timeout=30)
+    assert_refused(resp, 401, "invalid_client")
+    assert resp.headers.get("WWW-Authenticate")
+
+
+def test_deprovisioned_user(stack: Stack) -> None:
+    user = stack.idp.users["carol"]
+    grant = stack.idp.mint_id_jag("carol", aud=stack.issuer, client_id=stack.agent.client_id)
+    assert present(stack, grant).status_code == 200
+    from sqlalchemy import select
+
+    from authserver.models import User
+
+    with stack.services.db.session() as session:
+        carol = session.scalars(select(User).where(User.idp_subject == user["sub"])).one()
+        carol_id = carol.id
+    assert stack.deprovision(carol_id).status_code == 200
+    again = stack.idp.mint_id_jag("carol", aud=stack.issuer, client_id=stack.agent.client_id)
+    assert_refused(present(stack, again))
+
+
+def test_tenant_not_bound_to_the_idp(stack: Stack) -> None:
+    assert_refused(present(stack, minted(stack, extra={"tenant": "globex"})))
+
+
+def test_idp_refuses_an_unknown_audience(stack: Stack) -> None:
+    resp = idp_exchange(stack, stack.idp_id_token(USER), audience="https://other-as.example")
+    assert resp.status_code == 400
+
+
+def test_issued_token_type_is_not_confused(stack: Stack) -> None:
+    """The user assertion from an ID-JAG is our access token, never an ID-JAG again."""
+    resp = present(stack, minted(stack))
+    assert resp.json().get("issued_token_type") in (None, TT_ACCESS_TOKEN)
+
+
+def test_idp_not_id_jag_enabled(tmp_path: Any) -> None:
+    s = _stack(tmp_path)  # [idps.corp] without id_jag
+    try:
+        grant = s.idp.mint_id_jag(USER, aud=s.issuer, client_id=s.agent.client_id,
+                                  authorization_details=mandate())
+        assert_refused(present(s, grant))
+    finally:
+        s.close()
