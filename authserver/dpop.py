@@ -7,7 +7,6 @@ Rule IDs (DPOP-xx) are defined in docs/standards.md.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import hmac
@@ -25,9 +24,9 @@ from joserfc import jwk as _jwk
 from joserfc import jws as _jws
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, RSAKey
-from joserfc.util import urlsafe_b64decode
 
 from authserver.config import DPOP_FUTURE_SKEW, DPOP_NONCE_TTL, DPOP_PROOF_WINDOW
+from authserver.encoding import b64url_decode, b64url_encode, sha256_b64url
 from authserver.errors import InvalidDpopProofError, UseDpopNonceError
 from authserver.store import Store
 
@@ -131,8 +130,7 @@ def import_public_key(jwk: Mapping[str, Any]) -> Key:
 
 def access_token_hash(token: str) -> str:
     """RFC 9449 §4.2 `ath`: base64url (no padding) of SHA-256 over the ASCII access token."""
-    digest = hashlib.sha256(token.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return sha256_b64url(token.encode("ascii"))
 
 
 def normalize_htu(url: str) -> str:
@@ -217,7 +215,7 @@ class NonceIssuer:
     def issue(self, now: int) -> str:
         body = _NONCE_VERSION + now.to_bytes(8, "big") + _secrets.token_bytes(NONCE_RANDOM_BYTES)
         raw = body + self._tag(self._keys[0], body)
-        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+        return b64url_encode(raw)
 
     def is_valid(self, nonce: str, now: int) -> bool:
         return self.problem(nonce, now) is None
@@ -229,7 +227,7 @@ class NonceIssuer:
         if not isinstance(nonce, str) or len(nonce) > 2 * (_NONCE_BODY_BYTES + NONCE_TAG_BYTES):
             return foreign
         try:
-            raw = urlsafe_b64decode(nonce.encode("ascii"))  # strict: no skipped characters
+            raw = b64url_decode(nonce)  # strict: no skipped characters
         except (binascii.Error, ValueError):
             return foreign
         if len(raw) != _NONCE_BODY_BYTES + NONCE_TAG_BYTES or raw[:1] != _NONCE_VERSION:
@@ -273,7 +271,7 @@ def parse_compact(value: str) -> _Compact:
     try:
         obj = _jws.extract_compact(value.encode("ascii"), registry=_REGISTRY)
         claims = json.loads(obj.payload)
-        signature = urlsafe_b64decode(obj.segments["signature"])
+        signature = b64url_decode(obj.segments["signature"])
     except (JoseError, ValueError, TypeError) as e:
         raise InvalidDpopProofError("DPoP proof is not a well-formed JWT", debug=repr(e)) from e
     if not isinstance(obj.protected, dict) or not isinstance(claims, dict):

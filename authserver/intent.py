@@ -12,13 +12,12 @@ one platform (RAR-02). Matching and hashing are case-sensitive with no Unicode n
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from authserver.encoding import sha256_b64url
 from authserver.errors import InvalidAuthorizationDetailsError
 
 ACTIONS: tuple[str, ...] = ("read", "create", "update", "delete", "bulk_update", "bulk_delete")
@@ -80,10 +79,6 @@ _GRANT_FIELDS = frozenset({"platform", "actions", "resources", "max_count"})
 def _reject(debug: str) -> InvalidAuthorizationDetailsError:
     return InvalidAuthorizationDetailsError("Malformed or unsupported authorization details",
                                             debug=debug)
-
-
-def sha256_b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode("ascii")
 
 
 def _canonical_json(value: Any) -> bytes:

@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from authserver.config import ConfigError
+from authserver.encoding import b64url_decode, b64url_encode
 from authserver.errors import ServerError, TemporarilyUnavailableError
 
 ENVELOPE_VERSION = 1
@@ -75,9 +76,8 @@ class LocalKMS:
                            f"bytes, not {len(kek)}")
         self._aead = AESGCM(kek)
         # A key id that names the KEK without revealing it (for re-wrapping on rotation).
-        self.key_id = "local:" + base64.urlsafe_b64encode(
-            AESGCM(kek).encrypt(b"\0" * _NONCE_BYTES, b"key-id", None)[:8]
-        ).decode().rstrip("=")
+        self.key_id = "local:" + b64url_encode(
+            AESGCM(kek).encrypt(b"\0" * _NONCE_BYTES, b"key-id", None)[:8])
 
     def wrap(self, data_key: bytes, aad: bytes) -> bytes:
         nonce = secrets.token_bytes(_NONCE_BYTES)
@@ -126,9 +126,9 @@ def encrypt(kms: KMS, plaintext: bytes, aad: bytes) -> str:
         {
             "v": ENVELOPE_VERSION,
             "kek": kms.key_id,
-            "wk": _b64(kms.wrap(data_key, aad)),
-            "n": _b64(nonce),
-            "ct": _b64(ciphertext),
+            "wk": b64url_encode(kms.wrap(data_key, aad)),
+            "n": b64url_encode(nonce),
+            "ct": b64url_encode(ciphertext),
         },
         separators=(",", ":"),
     )
@@ -140,8 +140,8 @@ def decrypt(kms: KMS, envelope: str, aad: bytes) -> bytes:
         doc = json.loads(envelope)
         if doc.get("v") != ENVELOPE_VERSION:
             raise ValueError("unknown envelope version")
-        data_key = kms.unwrap(_unb64(doc["wk"]), aad)
-        return AESGCM(data_key).decrypt(_unb64(doc["n"]), _unb64(doc["ct"]), aad)
+        data_key = kms.unwrap(b64url_decode(doc["wk"]), aad)
+        return AESGCM(data_key).decrypt(b64url_decode(doc["n"]), b64url_decode(doc["ct"]), aad)
     except EnvelopeIntegrityError:
         raise
     except (InvalidTag, ValueError, KeyError, TypeError) as e:
@@ -151,15 +151,8 @@ def decrypt(kms: KMS, envelope: str, aad: bytes) -> bytes:
 def rewrap(old: KMS, new: KMS, envelope: str, aad: bytes) -> str:
     """Re-wrap the data key under `new` (KEK rotation) without touching the ciphertext."""
     doc = json.loads(envelope)
-    data_key = old.unwrap(_unb64(doc["wk"]), aad)
-    doc["wk"] = _b64(new.wrap(data_key, aad))
+    data_key = old.unwrap(b64url_decode(doc["wk"]), aad)
+    doc["wk"] = b64url_encode(new.wrap(data_key, aad))
     doc["kek"] = new.key_id
     return json.dumps(doc, separators=(",", ":"))
 
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))

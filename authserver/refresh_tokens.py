@@ -13,7 +13,6 @@ token cannot be computed, and a database dump holds neither.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import secrets
@@ -22,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from authserver.db import Database
+from authserver.encoding import b64url_encode
 from authserver.models import Grant, RefreshToken
 
 REFRESH_TOKEN_BYTES = 32
@@ -58,7 +58,7 @@ def successor_key(secret: str) -> bytes:
 def derive_successor(key: bytes, value: str) -> str:
     """The successor of refresh token `value`: 32 bytes, base64url, like a fresh token."""
     mac = hmac.new(key, value.encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+    return b64url_encode(mac)
 
 
 def rotate(session: Session, row: RefreshToken, value: str, *, key: bytes, jkt: str | None,

@@ -9,7 +9,6 @@ code. Token values are never logged.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from authserver.broker.profiles import Platform, PlatformRequest, is_allowed_url, is_error_code
+from authserver.encoding import sha256_b64url
 from authserver.errors import ServerError, TemporarilyUnavailableError
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,7 @@ class TokenSet:
 
 def s256(code_verifier: str) -> str:
     """RFC 7636 §4.2: BASE64URL(SHA256(ASCII(code_verifier)))."""
-    digest = hashlib.sha256(code_verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return sha256_b64url(code_verifier.encode("ascii"))
 
 
 def build_authorize_url(platform: Platform, *, redirect_uri: str, state: str,

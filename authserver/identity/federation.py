@@ -37,6 +37,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 
 from authserver.config import JWT_LEEWAY
+from authserver.encoding import b64url_encode, sha256_b64url
 from authserver.errors import InvalidRequestError, TemporarilyUnavailableError
 from authserver.store import Store
 from authserver.urls import is_https_or_loopback_url
@@ -358,7 +359,7 @@ class OIDCProvider:
             "scope": " ".join(self.config.scopes),
             "state": state,
             "nonce": nonce,
-            "code_challenge": _b64url(hashlib.sha256(verifier.encode("ascii")).digest()),
+            "code_challenge": sha256_b64url(verifier.encode("ascii")),
             "code_challenge_method": "S256",
         }
         if login_hint:
@@ -717,7 +718,7 @@ def _check_nonce(claims: Mapping[str, Any], expected: str) -> None:
 def _check_at_hash(at_hash: Any, access_token: str, alg: str) -> None:
     digest = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}[alg[-3:]]
     half = digest(access_token.encode("ascii")).digest()
-    expected = _b64url(half[: len(half) // 2])
+    expected = b64url_encode(half[: len(half) // 2])
     if not isinstance(at_hash, str) or not hmac.compare_digest(at_hash.encode(),
                                                                expected.encode()):
         raise IdentityError("at_hash mismatch")
@@ -774,9 +775,6 @@ def _normalise_typ(typ: Any) -> str:
 def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _read_limited(resp: requests.Response) -> bytes:
