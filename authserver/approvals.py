@@ -18,7 +18,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from authserver.config import APPROVAL_POLL_INTERVAL, APPROVAL_TTL
@@ -35,6 +35,13 @@ from authserver.errors import (
 )
 from authserver.intent import parse_mandate
 from authserver.models.approvals import Approval
+from authserver.presentation import (
+    ClientIdentity,
+    confirm_phrase,
+    count_of,
+    risk_of,
+    what_in_words,
+)
 from authserver.store import Store
 
 PENDING = "pending"
@@ -295,6 +302,25 @@ def pending_for_user(session: Session, user_id: str, now: int) -> list[Approval]
 
 # --- what the user sees ----------------------------------------------------------------------
 
+#: How many decided (or expired) approvals the approvals page lists under "Decided".
+HISTORY_LENGTH = 20
+
+
+def decided_for_user(session: Session, user_id: str, now: int,
+                     limit: int = HISTORY_LENGTH) -> list[Approval]:
+    """The user's approvals that are no longer waiting (decided, used, or expired
+    undecided), the latest decided (or expired) first."""
+    return list(
+        session.execute(
+            select(Approval)
+            .where(Approval.user_id == user_id,
+                   (Approval.status != PENDING) | (Approval.expires_at <= now))
+            .order_by(func.coalesce(Approval.decided_at, Approval.expires_at).desc(),
+                      Approval.created_at.desc(), Approval.id)
+            .limit(limit)
+        ).scalars()
+    )
+
 
 @dataclass(frozen=True)
 class ApprovalCard:
@@ -304,27 +330,46 @@ class ApprovalCard:
     wrote, and must never be presented as the user's."""
 
     approval: Approval
+    #: The action in plain words: "Delete deal acme-123", "Create 3 records (board b/tasks)".
     what: str
     #: "Your request (chat): “…”", or where it came from when its text was not shared.
     user_request: str
     agent_says: str | None
+    #: The agent as registered (name, domain, whether anybody verified them).
+    agent: ClientIdentity
+    platform_name: str
+    #: "destructive", "bulk", "write" or "read": destructive and bulk cards look different.
+    risk: str
+    count: int
+    #: What the user types before Approve works (destructive and bulk), else None.
+    confirm_phrase: str | None
+    #: "pending", "approved", "declined", "used" (approved, then redeemed) or "expired".
+    state: str
 
 
-def approval_card(approval: Approval) -> ApprovalCard:
+def approval_card(approval: Approval, *, agent: ClientIdentity | None = None,
+                  platform_name: str | None = None, now: int | None = None) -> ApprovalCard:
     context = approval.intent.get("context")
     agent_says = context.get("request") if isinstance(context, dict) else None
+    state = {CONSUMED: "used"}.get(approval.status, approval.status)
+    if approval.status == PENDING and now is not None and now >= approval.expires_at:
+        state = "expired"
     return ApprovalCard(
         approval=approval,
         what=describe_intent(approval.intent),
         user_request=_user_request(approval.mandate),
         agent_says=str(agent_says) if agent_says else None,
+        agent=agent or ClientIdentity(approval.agent_id, approval.agent_id, None, False),
+        platform_name=platform_name or approval.platform,
+        risk=risk_of(approval.intent),
+        count=count_of(approval.intent),
+        confirm_phrase=confirm_phrase(approval.intent),
+        state=state,
     )
 
 
 def describe_intent(intent: dict[str, Any]) -> str:
-    count = int(intent.get("count", 1))
-    what = f"{str(intent.get('action', '?')).replace('_', ' ')} {intent.get('resource', '?')}"
-    return what + (f" ({count} records)" if count > 1 else "")
+    return what_in_words(intent)
 
 
 def _user_request(mandate: dict[str, Any] | None) -> str:

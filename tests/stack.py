@@ -249,12 +249,19 @@ class Stack:
 
     def approve(self, browser: requests.Session, approval_id: str, decision: str = "approve"
                 ) -> requests.Response:
-        """POST /approvals/<id> with the page's csrf_token; returns the final response."""
+        """POST /approvals/<id> with the page's csrf_token (and, for a destructive or bulk
+        approval, the typed confirmation the page asks for); returns the final response."""
+        from authserver.demo.browser import confirm_phrase_from
+
         page = browser.get(self.issuer + f"/approvals/{approval_id}", timeout=HTTP_TIMEOUT)
         token = csrf_from(page.text) if page.status_code == 200 else \
             csrf_from(browser.get(self.issuer + "/approvals", timeout=HTTP_TIMEOUT).text)
-        return browser.post(self.issuer + f"/approvals/{approval_id}",
-                            data={"csrf_token": token, "decision": decision},
+        # A destructive or bulk approval asks for the record's name (its second step).
+        phrase = confirm_phrase_from(page.text) if page.status_code == 200 else None
+        data = {"csrf_token": token, "decision": decision}
+        if phrase is not None and decision == "approve":
+            data["confirm"] = phrase
+        return browser.post(self.issuer + f"/approvals/{approval_id}", data=data,
                             timeout=HTTP_TIMEOUT)
 
     # --- the edge ----------------------------------------------------------------------------

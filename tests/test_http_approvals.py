@@ -289,3 +289,29 @@ def test_approval_card_without_the_request_text(stack: Stack, alice: requests.Se
     text = html.unescape(page.text)
     assert "Your request came from: chat (its text was not shared)" in text
     assert f"The agent says: “{INJECTED}”" in text
+
+
+def test_a_delete_is_approved_only_with_the_records_name_typed(
+        stack: Stack, alice: requests.Session) -> None:
+    """The second step of a destructive approval: Approve without (or with the wrong) record
+    name decides nothing; Decline needs no name; the page says what happened afterwards."""
+    from authserver.demo.browser import confirm_phrase_from
+    from tests.stack import csrf_from
+
+    assertion, key, approval_id = step_up(stack)
+    page = alice.get(f"{stack.issuer}/approvals/{approval_id}", timeout=10)
+    assert confirm_phrase_from(page.text) == "acme-123"
+    for typed in (None, "acme-124", "deal:acme-123"):
+        data = {"csrf_token": csrf_from(page.text), "decision": "approve"}
+        if typed is not None:
+            data["confirm"] = typed
+        refused = alice.post(f"{stack.issuer}/approvals/{approval_id}", data=data, timeout=10)
+        assert refused.status_code == 400 and "nothing was approved" in refused.text, typed
+    poll = stack.agent_exchange(assertion, key, intent=DELETE, approval_id=approval_id)
+    assert_error(poll, 400, "authorization_pending")
+    ok = alice.post(f"{stack.issuer}/approvals/{approval_id}", data={
+        "csrf_token": csrf_from(page.text), "decision": "approve", "confirm": " ACME-123 "},
+        timeout=10)
+    assert ok.status_code == 200 and ok.url == f"{stack.issuer}/approvals"
+    assert "You approved: Delete deal acme-123." in html.unescape(ok.text)
+    assert "Decided" in ok.text

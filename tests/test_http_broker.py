@@ -162,8 +162,9 @@ def test_disconnect_kills_the_capability_token_on_its_next_use(stack):
     assert stack.gateway(token, key, "GET", "crm/deals/acme-123").status_code == 200
     before = stats(crm_base(stack))
     page = browser.get(stack.issuer + "/connections", timeout=HTTP_TIMEOUT)
-    resp = browser.post(stack.issuer + "/connections/crm/disconnect",
-                        data={"csrf_token": csrf_from(page.text)}, timeout=HTTP_TIMEOUT)
+    resp = browser.post(stack.issuer + "/connections/crm/disconnect",  # its confirm page's form
+                        data={"csrf_token": csrf_from(page.text), "confirmed": "yes"},
+                        timeout=HTTP_TIMEOUT)
     assert resp.status_code == 200 and urlsplit(resp.url).path == "/connections"
 
     after = stack.gateway(token, key, "GET", "crm/deals/acme-123")

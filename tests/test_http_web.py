@@ -4,6 +4,7 @@ page and withdrawing an agent."""
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from flask.testing import FlaskClient
@@ -85,12 +86,24 @@ def test_withdrawing_an_agent_kills_its_tokens_for_that_user(
     assert stack.agent_exchange(assertion, key).status_code == 200
     page = browser.get(stack.issuer + "/agents", timeout=10)
     assert page.status_code == 200 and stack.agent.client_id in page.text
-    forms = [f for f in parse_forms(page.text) if f["action"].endswith("/withdraw")]
-    assert len(forms) == 1
+    withdraw_url = f"/agents/{stack.agent.client_id}/withdraw"
+    assert f'href="{withdraw_url}"' in page.text
+    # Withdraw asks first: the confirm page's form is the only one that withdraws.
+    confirm = browser.get(stack.issuer + withdraw_url, timeout=10)
+    [form] = [f for f in parse_forms(confirm.text) if f["action"] == withdraw_url]
+    assert form["fields"]["confirmed"] == "yes"
     stack.shift_clock(monkeypatch, 1)  # epochs are whole seconds: withdraw a second later
-    done = browser.post(stack.issuer + forms[0]["action"],
-                        data={"csrf_token": forms[0]["fields"]["csrf_token"]}, timeout=10)
+    unconfirmed = browser.post(stack.issuer + withdraw_url,
+                               data={"csrf_token": form["fields"]["csrf_token"]}, timeout=10)
+    assert unconfirmed.status_code == 200 and urlsplit(unconfirmed.url).path == withdraw_url
+    assert stack.agent_exchange(assertion, key).status_code == 200  # not withdrawn yet
+    done = browser.post(stack.issuer + withdraw_url, data=form["fields"], timeout=10)
     assert done.status_code == 200 and "withdrawn" in done.text
+    # A withdrawn agent offers no Withdraw, and a repeated POST records nothing more.
+    assert f'href="{withdraw_url}"' not in done.text
+    again_post = browser.post(stack.issuer + withdraw_url, data=form["fields"], timeout=10)
+    assert "already withdrawn" in again_post.text
+    assert sum(e["event"] == "agent_withdrawn" for e in stack.audit()) == 1
     again = stack.agent_exchange(assertion, key)
     assert again.status_code == 400 and again.json()["error"] == "invalid_request"
     assert any(e["event"] == "agent_withdrawn" for e in stack.audit())
@@ -116,12 +129,11 @@ def test_withdrawing_an_agent_stops_the_agent_it_delegated_to(
     b_assertion = own.json()["access_token"]
     capability = stack.agent_exchange(b_assertion, key_b, agent=agent_b)
     assert capability.status_code == 200, capability.text
-    page = browser.get(stack.issuer + "/agents", timeout=10)
+    page = browser.get(stack.issuer + f"/agents/{stack.agent.client_id}/withdraw", timeout=10)
     [form] = [f for f in parse_forms(page.text)
               if f["action"].endswith(f"/agents/{stack.agent.client_id}/withdraw")]
     stack.shift_clock(monkeypatch, 1)  # epochs are whole seconds: withdraw a second later
-    done = browser.post(stack.issuer + form["action"],
-                        data={"csrf_token": form["fields"]["csrf_token"]}, timeout=10)
+    done = browser.post(stack.issuer + form["action"], data=form["fields"], timeout=10)
     assert done.status_code == 200
     again = stack.agent_exchange(b_assertion, key_b, agent=agent_b)
     assert again.status_code == 400 and again.json()["error"] == "invalid_request"

@@ -17,6 +17,7 @@ import requests
 #: Generous: a page that waits on a database lock must not make us abandon it half-way.
 HTTP_TIMEOUT = 35
 _CSRF = re.compile(r'name="csrf_token"\s+value="([^"]+)"|value="([^"]+)"\s+name="csrf_token"')
+_PHRASE = re.compile(r'<code class="confirm-phrase"[^>]*>([^<]*)</code>')
 
 
 class PageError(RuntimeError):
@@ -28,6 +29,13 @@ def csrf_from(page: str) -> str:
     if match is None:
         raise PageError("no csrf_token field on the page")
     return html.unescape(match.group(1) or match.group(2))
+
+
+def confirm_phrase_from(page: str) -> str | None:
+    """What a destructive or bulk approval asks the person to type before Approve works (the
+    record's name, or the number of records), as the page shows it; None if it asks nothing."""
+    match = _PHRASE.search(page)
+    return html.unescape(match.group(1)) if match else None
 
 
 class Browser:
@@ -66,8 +74,13 @@ class Browser:
 
     def approve(self, approval_id: str, decision: str = "approve") -> int:
         """POST /approvals/<id> decision=approve|decline; returns the final status code."""
-        resp = self._post_form(f"/approvals/{approval_id}", f"/approvals/{approval_id}",
-                               {"decision": decision})
+        page = self.approval_page(approval_id)
+        phrase = confirm_phrase_from(page) if decision == "approve" else None
+        # The person reads the record's name on the page and types it (the second step).
+        data = {"csrf_token": csrf_from(page), "decision": decision,
+                **({"confirm": phrase} if phrase is not None else {})}
+        resp = self.http.post(self.issuer + f"/approvals/{approval_id}", data=data,
+                              timeout=HTTP_TIMEOUT, allow_redirects=True)
         if resp.status_code != 200 or _path(resp.url) != "/approvals":
             raise PageError(f"deciding the approval ended at {_path(resp.url)} "
                             f"({resp.status_code})")
