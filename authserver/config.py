@@ -29,7 +29,6 @@ from authserver.urls import is_https_or_loopback_url
 # --- windows and lifetimes (seconds); named so a reviewer finds every number in one place ------
 ACCESS_TOKEN_TTL = 600
 REFRESH_TOKEN_TTL = 30 * 24 * 3600
-REFRESH_TOKEN_IDLE_TTL = 7 * 24 * 3600
 #: How long after a rotation the same client may present the rotated refresh token again and
 #: get the same successor back (a lost token response, issue 13 item 6); 0 turns it off.
 #: 30 s covers a client's read timeout plus a retry with backoff; see README, "Refresh tokens".

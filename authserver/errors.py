@@ -109,12 +109,6 @@ class InvalidAuthorizationDetailsError(OAuthError):
     error = "invalid_authorization_details"
 
 
-class UnsupportedTokenTypeError(OAuthError):
-    """RFC 7009 §2.2.1."""
-
-    error = "unsupported_token_type"
-
-
 class InvalidRedirectUriError(OAuthError):
     """RFC 7591 §3.2.2."""
 
@@ -276,11 +270,6 @@ class InvalidTokenError(ResourceError):
 class ResourceInvalidRequestError(ResourceError):
     error = "invalid_request"
     status_code = 400
-
-
-class InsufficientScopeError(ResourceError):
-    error = "insufficient_scope"
-    status_code = 403
 
 
 class ResourceInvalidDpopProofError(ResourceError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from authserver.clients import JwksCache
 from authserver.config import Settings
@@ -11,6 +11,14 @@ from authserver.db import Database
 from authserver.keys import KeyRing
 from authserver.kms import KMS
 from authserver.store import Store
+
+if TYPE_CHECKING:
+    from authserver.audit import AuditLog
+    from authserver.broker.profiles import Platform
+    from authserver.broker.vault import Vault
+    from authserver.dpop import NonceIssuer
+    from authserver.policy import PolicyEngine
+    from authserver.ratelimit import RateLimiter
 
 
 @dataclass
@@ -21,16 +29,20 @@ class Services:
     kms: KMS
     keyring: KeyRing
     jwks_cache: JwksCache
-    nonces: Any = None  # authserver.dpop.NonceIssuer (token endpoint)
+    nonces: NonceIssuer  # the token endpoint's
     #: The gateway's: the same issuer as `nonces` (one nonce policy for our origin, DPOP-33);
     #: a third-party resource server keeps its own (authserver.resource).
-    gateway_nonces: Any = None
-    policy: Any = None  # authserver.policy.PolicyEngine
-    federation: Any = None  # authserver.identity.federation.Federation
-    rate_limiter: Any = None  # authserver.ratelimit.RateLimiter
-    audit: Any = None  # authserver.audit.AuditLog
-    vault: Any = None  # authserver.broker.vault.Vault
-    platforms: dict[str, Any] = field(default_factory=dict)  # name -> broker Platform
+    gateway_nonces: NonceIssuer
+    policy: PolicyEngine
+    rate_limiter: RateLimiter
+    audit: AuditLog
+    vault: Vault
+    #: An `identity.federation.Federation`, or None when no IdP is configured (local accounts
+    #: only). Still `Any`: three callers (token_exchange.edge_mint, jwt_bearer, web's IdP
+    #: buttons) rely on an earlier check that an IdP exists; typing it `Federation | None`
+    #: needs a guard at each (issue 17).
+    federation: Any = None
+    platforms: dict[str, Platform] = field(default_factory=dict)
     #: Derives rotated refresh tokens' successors (refresh_tokens.successor_key); without it
     #: the refresh grant refuses to rotate (server_error).
     refresh_successor_key: bytes | None = None
