@@ -169,3 +169,57 @@ def test_config_file_round_trips_through_toml(tmp_path: Path) -> None:
                           projects_url="http://127.0.0.1:4", projects_secret="t",
                           admin_token="adm")
     assert tomllib.loads(to_toml(config)) == json.loads(json.dumps(config))
+
+
+# --- --serve: every page, the credentials, a pending approval to click through ----------------
+
+
+def test_serve_prints_every_page_the_credentials_and_a_pending_approval_command(
+        tmp_path: Path) -> None:
+    import re
+    import shlex
+    import signal
+    import threading
+    import time
+
+    import requests
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUTHSERVER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "authserver.demo", "--serve", "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    lines: list[str] = []
+    # A reader thread: select() on a buffered pipe misses lines already read into its buffer.
+    threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+                     daemon=True).start()
+    try:
+        deadline = time.monotonic() + DEMO_TIMEOUT
+        while not any("authserver.demo.pending" in line for line in list(lines)):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)[-4000:]
+            time.sleep(0.2)
+        out = "".join(lines)
+        issuer = re.search(r"ISSUER=(\S+)", out).group(1)  # type: ignore[union-attr]
+        for page in ("login", "connections", "approvals", "activity", "agents"):
+            assert re.search(rf"^\s+\w+\s+{re.escape(issuer)}/{page}$", out, re.M), page
+            resp = requests.get(f"{issuer}/{page}", timeout=10, allow_redirects=False)
+            assert resp.status_code in (200, 302), (page, resp.status_code)
+        # The README agent's credentials authenticate (client_secret_basic).
+        agent_id = re.search(r"AGENT_ID=(\S+)", out).group(1)  # type: ignore[union-attr]
+        secret = re.search(r"AGENT_SECRET=(\S+)", out).group(1)  # type: ignore[union-attr]
+        token = requests.post(f"{issuer}/token", data={"grant_type": "client_credentials"},
+                              auth=(agent_id, secret), timeout=10)
+        assert token.status_code == 200, token.text
+        assert re.search(r"EDGE_ID=\S+", out) and re.search(r"EDGE_SECRET=\S+", out)
+        # The printed command makes a pending approval for Alice.
+        command = next(line for line in lines if "authserver.demo.pending" in line)
+        pending = subprocess.run(shlex.split(command), capture_output=True, text=True,
+                                 timeout=60, env=env, check=False)
+        assert pending.returncode == 0, pending.stdout + pending.stderr
+        assert re.search(rf"{re.escape(issuer)}/approvals/\S+", pending.stdout), pending.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

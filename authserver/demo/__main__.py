@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -91,7 +92,7 @@ def _run(args: argparse.Namespace, narrator: Narrator, data_dir: Path) -> int:
         narrator.audit_trail(report.audit_events, report.audit_verify)
         _finish(args, narrator, report, started)
         if args.serve:
-            _serve(narrator, stack.urls())
+            _serve(narrator, stack, data_dir)
     finally:
         stack.stop()
     return EXIT_OK if report.ok else EXIT_MISMATCH
@@ -121,12 +122,37 @@ def _finish(args: argparse.Namespace, narrator: Narrator, report: Report,
             narrator.line(f"JSON report: {args.json}")
 
 
-def _serve(narrator: Narrator, urls: dict[str, str]) -> None:
+def _serve(narrator: Narrator, stack: Any, data_dir: Path) -> None:
+    import json
+    import os
+
+    from authserver.demo.stack import EDGE_REDIRECT_URI
+
+    state = stack.serve_state()
+    state_file = data_dir / "serve.json"
+    # Demo secrets for loopback services that die with this process; still, owner-only.
+    fd = os.open(state_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(state, f, indent=2)
     narrator.heading("Still running — click through (Ctrl-C stops everything)")
-    for name, url in urls.items():
+    for name, url in stack.urls().items():
         narrator.line(f"  {name:<12} {url}")
     narrator.line("  Sign in with the corporate IdP as alice or bob (the demo IdP asks only for "
                   "a username).")
+    narrator.line("")
+    narrator.line("  Credentials (README \"How an agent uses it\"; docs/edge.md):")
+    narrator.line(f"    ISSUER={state['issuer']}")
+    narrator.line(f"    AGENT_ID={state['readme_agent']['client_id']}")
+    narrator.line(f"    AGENT_SECRET={state['readme_agent']['client_secret']}")
+    narrator.line(f"    EDGE_ID={state['edge']['client_id']}")
+    narrator.line(f"    EDGE_SECRET={state['edge']['client_secret']}")
+    narrator.line(f"    the edge at the IdP: {state['edge_at_idp']['client_id']} / "
+                  f"{state['edge_at_idp']['client_secret']} (redirect URI "
+                  f"{EDGE_REDIRECT_URI})")
+    narrator.line(f"    all of them, as JSON: {state_file}")
+    narrator.line("")
+    narrator.line("  A pending approval to click through (Alice's agent asks to delete a deal):")
+    narrator.line(f"    {sys.executable} -m authserver.demo.pending {state_file}")
     stop = threading.Event()
     # SIGTERM (e.g. from a process manager) stops as cleanly as Ctrl-C: servers, temp dir.
     signal.signal(signal.SIGTERM, lambda _signum, _frame: stop.set())

@@ -90,6 +90,8 @@ class DemoStack:
     edge: ClientCredentials
     edge_at_idp: ClientCredentials
     agent: ClientCredentials
+    #: The README's agent snippet's client (client_secret_basic, client_credentials too).
+    readme_agent: ClientCredentials | None = None
     servers: list[ServerThread] = field(default_factory=list)
 
     def urls(self) -> dict[str, str]:
@@ -98,12 +100,29 @@ class DemoStack:
             "sign_in": self.issuer + "/login",
             "connections": self.issuer + "/connections",
             "approvals": self.issuer + "/approvals",
+            "activity": self.issuer + "/activity",
+            "agents": self.issuer + "/agents",
             "metadata": self.issuer + "/.well-known/oauth-authorization-server",
             "idp": self.idp_url,
             "crm": self.crm_url,
             "projects": self.projects_url,
             "config": str(self.config_file),
             "log": str(self.data_dir / "authserver.log"),
+        }
+
+    def serve_state(self) -> dict[str, Any]:
+        """What `python -m authserver.demo.pending` and a person at the terminal need: the
+        clients' credentials (demo secrets, on loopback only)."""
+        assert self.agent.private_jwk is not None and self.readme_agent is not None
+        return {
+            "issuer": self.issuer, "idp": self.idp_url,
+            "edge": {"client_id": self.edge.client_id, "client_secret": self.edge.client_secret},
+            "edge_at_idp": {"client_id": self.edge_at_idp.client_id,
+                            "client_secret": self.edge_at_idp.client_secret},
+            "agent": {"client_id": self.agent.client_id,
+                      "private_jwk": self.agent.private_jwk.to_dict()},
+            "readme_agent": {"client_id": self.readme_agent.client_id,
+                             "client_secret": self.readme_agent.client_secret},
         }
 
     def platform_stats(self) -> dict[str, dict[str, int]]:
@@ -246,7 +265,7 @@ def _start(data_dir: Path, servers: list[ServerThread], say: Callable[[str], Non
     ok(f"{issuer} (embedded store: correct for this one process; logs in {log_file})")
 
     say("registering the chat edge (trusted_edge) and the agent (allowlisted)")
-    edge, agent = _register_clients(services, settings)
+    edge, agent, readme_agent = _register_clients(services, settings)
     ok(f"edge={edge.client_id} agent={agent.client_id}")
 
     return DemoStack(
@@ -254,7 +273,7 @@ def _start(data_dir: Path, servers: list[ServerThread], say: Callable[[str], Non
         crm=crm, crm_url=crm_url, projects=projects, projects_url=projects_url,
         services=services, admin_token=admin_token, edge=edge,
         edge_at_idp=ClientCredentials(EDGE_AT_IDP, edge_idp_secret), agent=agent,
-        servers=servers,
+        readme_agent=readme_agent, servers=servers,
     )
 
 
@@ -270,9 +289,10 @@ def _log_to_file(settings: Settings, path: Path) -> None:
     logging.getLogger("werkzeug").setLevel(logging.INFO)
 
 
-def _register_clients(services: Any, settings: Settings) -> tuple[ClientCredentials,
-                                                                  ClientCredentials]:
-    """What `authserver clients create` does, for the edge and the agent."""
+def _register_clients(services: Any, settings: Settings
+                      ) -> tuple[ClientCredentials, ClientCredentials, ClientCredentials]:
+    """What `authserver clients create` does, for the edge, the agent and the README's agent
+    (client_secret_basic, and client_credentials so that it can name itself to an edge)."""
     from authserver.clients import GRANT_TOKEN_EXCHANGE, register_client, validate_client_metadata
 
     agent_key = Jwk.generate(alg="ES256").with_kid_thumbprint()
@@ -288,6 +308,11 @@ def _register_clients(services: Any, settings: Settings) -> tuple[ClientCredenti
         "jwks": {"keys": [agent_key.public_jwk().to_dict()]},
         "dpop_bound_access_tokens": True,
     }, scopes=settings.scopes)
+    readme_md = validate_client_metadata({
+        "client_name": "README agent",
+        "token_endpoint_auth_method": "client_secret_basic",
+        "grant_types": [GRANT_TOKEN_EXCHANGE, "client_credentials"],
+    }, scopes=settings.scopes)
     now = int(time.time())
     with services.db.session() as session:
         edge_row, edge_secret = register_client(session, edge_md, now=now,
@@ -296,9 +321,14 @@ def _register_clients(services: Any, settings: Settings) -> tuple[ClientCredenti
             "allowed_platforms": list(AGENT_PLATFORMS),
             "allowed_actions": list(AGENT_ACTIONS),
         })
+        readme_row, readme_secret = register_client(session, readme_md, now=now, attributes={
+            "allowed_platforms": list(AGENT_PLATFORMS),
+            "allowed_actions": list(AGENT_ACTIONS),
+        })
         edge = ClientCredentials(edge_row.client_id, edge_secret)
         agent = ClientCredentials(agent_row.client_id, private_jwk=agent_key)
-    return edge, agent
+        readme_agent = ClientCredentials(readme_row.client_id, readme_secret)
+    return edge, agent, readme_agent
 
 
 def connect_users(stack: DemoStack, users: Iterable[str], *,
