@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rate-limit-attempts", type=int, default=0,
                    help="exchanges to send when probing the rate limit (0 = skip that check)")
     p.add_argument("--timeout", type=float, default=15.0, help="per-request timeout, seconds")
+    p.add_argument("--ca-file", help="CA certificates (PEM) to trust for https, e.g. a test "
+                   "deployment's own CA (default: the system's, or REQUESTS_CA_BUNDLE)")
     p.add_argument("--only", action="append", metavar="PREFIX",
                    help="run only checks whose rule ID or group starts with PREFIX (repeatable)")
     p.add_argument("--junit", type=Path, help="write a JUnit XML report here")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         client_secret=args.client_secret, client_auth_method=args.client_auth_method,
         authorize_cmd=args.authorize_cmd, subject_token_cmd=args.subject_token_cmd,
         resource=args.resource, rate_limit_attempts=args.rate_limit_attempts,
-        timeout=args.timeout,
+        timeout=args.timeout, ca_file=args.ca_file,
     )
     outcomes = run_checks(Context(options), selected)
     print(table(outcomes, args.issuer))

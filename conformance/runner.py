@@ -12,8 +12,10 @@ import base64
 import enum
 import ipaddress
 import json
+import os
 import secrets
 import shlex
+import ssl
 import subprocess
 import time
 import traceback
@@ -109,6 +111,8 @@ class Options:
     resource: str | None = None
     rate_limit_attempts: int = 0
     timeout: float = DEFAULT_TIMEOUT
+    #: CA certificates to trust for https (PEM); None: the system's (or REQUESTS_CA_BUNDLE).
+    ca_file: str | None = None
 
 
 @dataclass
@@ -198,6 +202,8 @@ class Context:
         self.issuer = options.issuer
         self.http = session or requests.Session()
         self.http.headers["User-Agent"] = "authserver-conformance/1"
+        if options.ca_file:
+            self.http.verify = options.ca_file
         self._metadata: dict[str, Any] | None = None
         self._metadata_error: str | None = None
         self.metadata_url: str | None = None
@@ -211,6 +217,12 @@ class Context:
         self.cache: dict[str, Any] = {}
 
     # ---- transport -------------------------------------------------------------------------
+    def tls_context(self) -> ssl.SSLContext:
+        """For the raw http.client checks: the CAs requests trusts (--ca-file, else
+        REQUESTS_CA_BUNDLE, else the system's)."""
+        cafile = self.options.ca_file or os.environ.get("REQUESTS_CA_BUNDLE") or None
+        return ssl.create_default_context(cafile=cafile)
+
     def transport_problem(self, url: str) -> str | None:
         """GEN-06: why `url` must not be used (plain HTTP), or None."""
         scheme = urlsplit(url).scheme.lower()

@@ -9,15 +9,24 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 
 class ServerThread:
-    """`with ServerThread(app) as base_url: ...` or `.start()` / `.stop()`."""
+    """`with ServerThread(app) as base_url: ...` or `.start()` / `.stop()`.
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+    `ssl_context` (or, when None, the class-wide `default_ssl_context` that a process such as
+    conformance/hooks/cast.py --tls-cert sets once) serves https instead of http."""
+
+    #: An `ssl.SSLContext` every new server of this process uses unless given its own.
+    default_ssl_context: Any = None
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *,
+                 ssl_context: Any = None) -> None:
         from authserver.http.browser import BannerlessRequestHandler
 
+        context = ssl_context if ssl_context is not None else ServerThread.default_ssl_context
         self._server: BaseWSGIServer = make_server(
-            host, port, app, threaded=True, request_handler=BannerlessRequestHandler)
+            host, port, app, threaded=True, request_handler=BannerlessRequestHandler,
+            ssl_context=context)
         self.port = self._server.server_port
-        self.base_url = f"http://{host}:{self.port}"
+        self.base_url = f"{'https' if context is not None else 'http'}://{host}:{self.port}"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )

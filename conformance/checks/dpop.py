@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import re
 import secrets
-import ssl
 import time
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -104,7 +103,7 @@ def _post_two_dpop_headers(ctx: Context, proofs: list[str]) -> tuple[int, Any]:
     conn: http.client.HTTPConnection
     if parts.scheme == "https":
         conn = http.client.HTTPSConnection(parts.netloc, timeout=ctx.options.timeout,
-                                           context=ssl.create_default_context())
+                                           context=ctx.tls_context())
     else:
         conn = http.client.HTTPConnection(parts.netloc, timeout=ctx.options.timeout)
     try:

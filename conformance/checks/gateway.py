@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import ssl
 from urllib.parse import urlsplit
 
 from conformance.checks.intent import capability_token
@@ -197,7 +196,7 @@ def two_authorization(ctx: Context) -> Result:
         raise Skip(problem)
     parts = urlsplit(url)
     conn: http.client.HTTPConnection = (
-        http.client.HTTPSConnection(parts.netloc, context=ssl.create_default_context(),
+        http.client.HTTPSConnection(parts.netloc, context=ctx.tls_context(),
                                     timeout=ctx.options.timeout)
         if parts.scheme == "https" else
         http.client.HTTPConnection(parts.netloc, timeout=ctx.options.timeout))

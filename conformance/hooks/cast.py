@@ -6,6 +6,7 @@ deployment at them. Used by scripts/conformance-stack; an operator testing their
 does not need this (their IdP and platforms play these parts).
 
     python conformance/hooks/cast.py --issuer http://127.0.0.1:PORT --out cast.json
+        [--tls-cert cert.pem --tls-key key.pem]    # serve https (an https issuer needs it)
 
 registers authserver (and the chat edge) as clients of each, writes their URLs and credentials
 to `--out` (mode 0600), then serves until SIGTERM/SIGINT.
@@ -39,8 +40,22 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--issuer", required=True, help="the authserver issuer (for redirect URIs)")
     p.add_argument("--out", required=True, type=Path, help="where to write the cast JSON")
+    p.add_argument("--tls-cert", type=Path,
+                   help="serve https with this certificate chain (PEM; with --tls-key), as an "
+                   "https issuer requires of its IdPs and platforms (scripts/tls-stack)")
+    p.add_argument("--tls-key", type=Path, help="the private key of --tls-cert (PEM)")
     args = p.parse_args(argv)
     issuer = args.issuer.rstrip("/")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if args.tls_cert:
+        import ssl
+
+        from authserver.testing.server import ServerThread
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        ServerThread.default_ssl_context = context
 
     idp, idp_url, idp_server = start_idp()
     crm, crm_url, crm_server = start_crm()
