@@ -92,6 +92,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     app.register_blueprint(oauth.bp)
     app.register_blueprint(gateway.bp)
     app.register_blueprint(admin.bp)
+    from authserver.http import scim
+
+    app.register_blueprint(scim.bp)  # SCIM 2.0 provisioning (authserver/scim.py)
     app.register_blueprint(ops.ops)
     app.register_blueprint(web.bp)
     app.wsgi_app = BodyLimit(app.wsgi_app, MAX_BODY_BYTES)  # type: ignore[method-assign]

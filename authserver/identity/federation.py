@@ -140,6 +140,12 @@ class IdPConfig:
     #: Accept this IdP's ID-JAGs at the jwt-bearer grant (Cross-App Access). Off by default:
     #: an IdP trusted for sign-in is not thereby trusted to grant agents access.
     id_jag: bool = False
+    #: SCIM 2.0 provisioning (authserver/scim.py): the SHA-256 (hex) of this IdP's bearer
+    #: token at /scim/v2; empty: no SCIM for this IdP. Only the hash is configured.
+    scim_token_sha256: str = field(default="", repr=False)
+    #: Which SCIM attribute carries the `sub` this IdP's tokens have: `externalId` (Okta's
+    #: default) or `userName`.
+    scim_subject: str = "externalId"
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -168,13 +174,20 @@ class IdPConfig:
         object.__setattr__(self, "tenants", tenants)
         if not isinstance(self.id_jag, bool):
             raise ValueError(f"idps.{self.name}: id_jag must be true or false")
+        digest = self.scim_token_sha256
+        if digest and (not isinstance(digest, str) or len(digest) != 64
+                       or any(c not in "0123456789abcdef" for c in digest)):
+            raise ValueError(f"idps.{self.name}: scim_token_sha256 must be 64 lower-case hex "
+                             "digits (the SHA-256 of the token, never the token)")
+        if self.scim_subject not in ("externalId", "userName"):
+            raise ValueError(f"idps.{self.name}: scim_subject must be externalId or userName")
 
     @classmethod
     def from_settings(cls, name: str, mapping: Mapping[str, Any]) -> IdPConfig:
         """Build from one `[idps.<name>]` table; unknown keys are a configuration error."""
         allowed = {"issuer", "client_id", "client_secret", "scopes", "claim_map",
                    "default_tenant", "trusted_audiences", "allow_machine_tokens", "tenants",
-                   "id_jag"}
+                   "id_jag", "scim_token_sha256", "scim_subject"}
         unknown = set(mapping) - allowed
         if unknown:
             raise ValueError(f"idps.{name}: unknown keys {sorted(unknown)}")
@@ -199,6 +212,8 @@ class IdPConfig:
             allow_machine_tokens=bool(mapping.get("allow_machine_tokens", True)),
             tenants=tuple(tenants),
             id_jag=mapping.get("id_jag", False),
+            scim_token_sha256=mapping.get("scim_token_sha256", ""),
+            scim_subject=mapping.get("scim_subject", "externalId"),
         )
 
 
@@ -560,6 +575,9 @@ class Federation:
 
     def by_issuer(self, iss: str) -> OIDCProvider | None:
         return self._by_issuer.get(iss)
+
+    def configs(self) -> list[IdPConfig]:
+        return [p.config for p in self._by_name.values()]
 
     def verify_subject_token(
         self, token: str, *, now: int, token_type: str = ID_TOKEN_TYPE

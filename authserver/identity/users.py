@@ -107,6 +107,19 @@ def deprovision_user(session: Session, store: Store, user_id: str, *, now: int) 
     return user
 
 
+def reactivate_user(session: Session, user_id: str) -> User:
+    """Let a deprovisioned user sign in again (SCIM `active=true`, RISC account-enabled).
+
+    Only the flag changes: the revocation epoch stays, so nothing issued before the
+    deprovisioning comes back to life. LookupError if unknown."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise LookupError(f"no user {user_id}")
+    user.active = True
+    session.flush()
+    return user
+
+
 def user_epoch(session: Session, store: Store, user_id: str) -> int:
     """The user's revocation epoch: tokens with `iat` at or before it are dead (0: none).
 

@@ -20,6 +20,7 @@ from authserver.models.oauth import (
     SigningKey,
     User,
 )
+from authserver.models.scim import ScimUser
 
 __all__ = [
     "AgentRevocation",
@@ -35,5 +36,6 @@ __all__ = [
     "RefreshToken",
     "RevokedToken",
     "SigningKey",
+    "ScimUser",
     "User",
 ]
