@@ -11,18 +11,13 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 import secrets
-import socket
-import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-import requests
 from authlib.oauth2.rfc6749 import ClientMixin
 from joserfc import jwt
 from joserfc.errors import JoseError
@@ -36,6 +31,7 @@ from authserver.errors import (
     InvalidRedirectUriError,
 )
 from authserver.models import Client
+from authserver.outbound import FetchResult, Outbound, OutboundError
 from authserver.store import Store
 from authserver.urls import is_https_or_loopback_url, is_loopback_http_url
 
@@ -59,8 +55,6 @@ CLIENT_ASSERTION_ALGS = ("ES256", "ES384", "PS256", "RS256", "EdDSA")
 AUTHORIZATION_DETAILS_TYPES = ("agent_intent", "agent_mandate")
 MAX_STRING = 512
 MAX_REDIRECT_URIS = 20
-JWKS_URI_CACHE_SECONDS = 300
-JWKS_URI_TIMEOUT = 3.0
 JWKS_URI_MAX_BYTES = 64 * 1024
 CLIENT_ID_PREFIX = "cli_"  # distinct from user ids ("usr_…"): RFC 9068 §5, DCR-07
 
@@ -337,56 +331,30 @@ def check_basic_credentials(authorization: str | None) -> None:
 
 
 class JwksCache:
-    """Fetches clients' `jwks_uri` documents, caching them for a bounded time."""
+    """Clients' `jwks_uri` documents, fetched and cached by the one outbound fetcher
+    (authserver.outbound: the SSRF rule at connect time, no redirects, a size limit, a
+    cache that honours Cache-Control within bounds). Only a valid JWK Set is cached."""
 
-    def __init__(self, http: requests.Session | None = None, *,
+    def __init__(self, outbound: Outbound | None = None, *,
                  allow_internal: bool = False) -> None:
-        self._http = http or requests.Session()
-        self._mutex = threading.Lock()
-        self._cache: dict[str, tuple[float, KeySet]] = {}
-        #: Development only (a loopback issuer): client key URLs may point at internal hosts.
-        self._allow_internal = allow_internal
+        #: `allow_internal`: development only (a loopback issuer), client key URLs may point
+        #: at internal hosts.
+        self.outbound = outbound or Outbound(allow_internal=allow_internal)
+        self._cache = self.outbound.cache(_key_set, max_bytes=JWKS_URI_MAX_BYTES)
 
     def get(self, uri: str, *, refresh: bool = False) -> KeySet:
-        with self._mutex:
-            hit = self._cache.get(uri)
-        if hit and not refresh and time.monotonic() - hit[0] < JWKS_URI_CACHE_SECONDS:
-            return hit[1]
-        if not self._allow_internal and resolves_to_internal_address(uri):
-            # SSRF: a client must not make us fetch from our own network. (A pre-flight
-            # resolution; the fetch below resolves again, so DNS rebinding stays a residual
-            # risk that an egress proxy should close.)
-            raise InvalidClientError("Client keys could not be retrieved",
-                                     debug="jwks_uri resolves to an internal address")
         try:
-            resp = self._http.get(uri, timeout=JWKS_URI_TIMEOUT, allow_redirects=False,
-                                  stream=True)
-            resp.raise_for_status()
-            body = resp.raw.read(JWKS_URI_MAX_BYTES + 1, decode_content=True)
-            resp.close()
-            if len(body) > JWKS_URI_MAX_BYTES:
-                raise ValueError("jwks document too large")
-            keyset = KeySet.import_key_set(json.loads(body))
-        except (requests.RequestException, JoseError, ValueError, TypeError, KeyError) as e:
+            return self._cache.get(uri, refresh=refresh)
+        except OutboundError as e:
+            raise InvalidClientError("Client keys could not be retrieved",
+                                     debug=f"jwks_uri: {e.reason}") from e
+        except (JoseError, ValueError, TypeError, KeyError) as e:
             raise InvalidClientError("Client keys could not be retrieved",
                                      debug=f"jwks_uri: {type(e).__name__}") from e
-        with self._mutex:
-            self._cache[uri] = (time.monotonic(), keyset)
-        return keyset
 
 
-def resolves_to_internal_address(uri: str) -> bool:
-    """True if the URI's host is, or resolves to, a loopback, private, link-local, reserved
-    or otherwise non-global address (or does not resolve at all)."""
-    host = urlsplit(uri).hostname
-    if not host:
-        return True
-    try:
-        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError):
-        return True
-    return any(not ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_global
-               for info in infos)
+def _key_set(result: FetchResult) -> KeySet:
+    return KeySet.import_key_set(json.loads(result.body))
 
 
 def make_private_key_jwt_authenticator(

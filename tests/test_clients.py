@@ -71,23 +71,19 @@ def test_jwks_uri_https_accepted() -> None:
 @pytest.mark.parametrize("uri", [
     "https://127.0.0.1/jwks", "https://10.0.0.5/jwks", "https://169.254.169.254/latest",
     "https://[::1]/jwks", "https://localhost/jwks", "https://no-such-host.invalid/jwks",
+    "https://[::ffff:10.0.0.5]/jwks", "http://keys.example/jwks",
 ])
 def test_jwks_uri_pointing_inside_is_not_fetched(uri: str) -> None:
+    """The SSRF rule of authserver.outbound (tests/test_outbound.py has one test per rule)."""
     from authserver.clients import JwksCache
     from authserver.errors import InvalidClientError
+    from authserver.outbound import Outbound
 
-    class Refuse:
-        def get(self, *a: object, **k: object) -> None:
-            raise AssertionError("must not be fetched")
+    def refuse(*a: object, **k: object) -> None:
+        raise AssertionError("must not be fetched")
 
     with pytest.raises(InvalidClientError):
-        JwksCache(Refuse()).get(uri)  # type: ignore[arg-type]
-
-
-def test_public_address_is_not_internal() -> None:
-    from authserver.clients import resolves_to_internal_address
-
-    assert resolves_to_internal_address("https://8.8.8.8/jwks") is False
+        JwksCache(Outbound(connect=refuse)).get(uri)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("presented", [
