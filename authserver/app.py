@@ -18,6 +18,7 @@ from authserver.db import Database
 from authserver.errors import OAuthError, TemporarilyUnavailableError
 from authserver.keys import KeyRing, check_secret_key
 from authserver.kms import KEKError, LocalKMS
+from authserver.outbound import Outbound
 from authserver.services import Services
 from authserver.store import create_store
 from authserver.urls import is_loopback_http_url
@@ -158,6 +159,7 @@ def build_services(settings: Settings, clock: Callable[[], float] = time.time) -
     from authserver.audit import AuditLog
     from authserver.broker.profiles import Platform
     from authserver.broker.vault import Vault
+    from authserver.cimd import CimdResolver
     from authserver.dpop import NonceIssuer
     from authserver.identity.federation import Federation
     from authserver.policy import PolicyEngine
@@ -183,13 +185,18 @@ def build_services(settings: Settings, clock: Callable[[], float] = time.time) -
         check_secret_key(session, _secret_key(settings), int(clock()))
     store = create_store(settings.redis_url or None, settings.redis_key_prefix)
     origin_nonces = NonceIssuer([_secret_key(settings).encode()], context=b"token-endpoint")
+    # Every fetch from a URL a client chose (jwks_uri, client metadata documents): the SSRF
+    # rule at connect time; internal addresses only for a loopback issuer (development).
+    outbound = Outbound(allow_internal=is_loopback_http_url(settings.issuer), clock=clock)
     return Services(
         settings=settings,
         db=db,
         store=store,
         kms=kms,
         keyring=keyring,
-        jwks_cache=JwksCache(allow_internal=is_loopback_http_url(settings.issuer)),
+        jwks_cache=JwksCache(outbound),
+        outbound=outbound,
+        cimd=CimdResolver(outbound, scopes=settings.scopes),
         nonces=origin_nonces,
         # One nonce policy per origin (DPOP-33): the gateway shares our origin, and clients
         # keep one nonce per origin, so a nonce from either endpoint is good at both.

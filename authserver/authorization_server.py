@@ -15,13 +15,13 @@ from flask import g
 from flask import request as flask_request
 
 from authserver import errors
+from authserver.cimd import find_client
 from authserver.clients import (
     OAuthClient,
     check_basic_credentials,
     has_control_characters,
     make_private_key_jwt_authenticator,
 )
-from authserver.models import Client
 from authserver.services import Services
 
 _BY_CODE: dict[str, type[errors.OAuthError]] = {
@@ -107,7 +107,8 @@ class AuthorizationServer(FlaskAuthorizationServer):
         if not isinstance(client_id, str) or len(client_id) > 255 \
                 or has_control_characters(client_id):
             return None
-        row = g.db.get(Client, client_id)
+        # A URL client id is fetched (CIMD); a refused document raises InvalidClientError.
+        row = find_client(g.db, client_id, cimd=self.services.cimd, now=int(g.now))
         return OAuthClient(row) if row is not None else None
 
     def authenticate_client(self, request: Any, methods: Any, endpoint: str = "token") -> Any:

@@ -18,10 +18,12 @@ from urllib.parse import urlencode, urlsplit
 
 from sqlalchemy.orm import Session
 
+from authserver.cimd import find_client
 from authserver.clients import OAuthClient
 from authserver.config import AUTHORIZATION_CODE_TTL
 from authserver.errors import (
     InvalidAuthorizationDetailsError,
+    InvalidClientError,
     InvalidRequestError,
     InvalidScopeError,
     InvalidTargetError,
@@ -88,8 +90,11 @@ def validate_authorization_request(
     *,
     supported_scopes: Sequence[str],
     known_resources: set[str],
+    cimd: Any = None,
+    now: int = 0,
 ) -> AuthorizationRequest:
-    """Validate a request (`params`: every value as a list, to catch repeats)."""
+    """Validate a request (`params`: every value as a list, to catch repeats). `cimd`
+    (authserver.cimd.CimdResolver) resolves https URL client ids; `now` dates a new one."""
 
     def one(name: str) -> str | None:
         values = params.get(name) or []
@@ -97,7 +102,10 @@ def validate_authorization_request(
 
     state = one("state")
     client_id = one("client_id")
-    row = session.get(Client, client_id) if client_id and len(client_id) <= 255 else None
+    try:
+        row = find_client(session, client_id, cimd=cimd, now=now)
+    except InvalidClientError as e:  # a client metadata document we refuse (CIMD-02..05)
+        raise AuthorizeError(e, None, state) from e
     if row is None:
         raise AuthorizeError(InvalidRequestError("Unknown client"), None, state)
     client = OAuthClient(row)

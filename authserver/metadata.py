@@ -47,6 +47,8 @@ def authorization_server_metadata(services: Services) -> dict[str, Any]:
         "dpop_signing_alg_values_supported": list(DPOP_SIGNING_ALGS),
         "authorization_details_types_supported": list(AUTHORIZATION_DETAILS_TYPES),
         "authorization_response_iss_parameter_supported": True,
+        # draft-ietf-oauth-client-id-metadata-document §5 (CIMD-01): https URL client ids.
+        "client_id_metadata_document_supported": services.cimd is not None,
         "access_token_signing_alg_values_supported": [SIGNING_ALG],
         # OIDC Discovery §3 (the same document is /.well-known/openid-configuration):
         # scope=openid issues an ID token at the token endpoint, `sub` is the user id.

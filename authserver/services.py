@@ -37,6 +37,8 @@ class Services:
     rate_limiter: RateLimiter
     audit: AuditLog
     vault: Vault
+    outbound: Any = None  # authserver.outbound.Outbound: every fetch from a client's URL
+    cimd: Any = None  # authserver.cimd.CimdResolver: URL client ids (client metadata documents)
     #: An `identity.federation.Federation`, or None when no IdP is configured (local accounts
     #: only). Still `Any`: three callers (token_exchange.edge_mint, jwt_bearer, web's IdP
     #: buttons) rely on an earlier check that an IdP exists; typing it `Federation | None`
