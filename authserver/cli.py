@@ -274,12 +274,23 @@ def users_list() -> None:
 
 
 @users.command("deprovision")
-@click.argument("user_id")
-def users_deprovision(user_id: str) -> None:
-    """The user leaves: every token and assertion dies, downstream grants are revoked."""
+@click.argument("user")
+def users_deprovision(user: str) -> None:
+    """The user leaves: every token and assertion dies, downstream grants are revoked.
+
+    USER is our id (`usr_…`), the IdP's `sub`, or the e-mail address; one that fits several
+    users is refused (name the internal id then)."""
     from authserver.deprovisioning import deprovision
+    from authserver.identity.users import AmbiguousUserError, resolve_user
 
     services = _services()
+    with services.db.session() as session:
+        try:
+            user_id = resolve_user(session, user)
+        except AmbiguousUserError as e:
+            raise click.ClickException(f"{e}: {', '.join(e.candidates)}") from e
+        except LookupError as e:
+            raise click.ClickException(f"no user matches {user!r}") from e
     result = deprovision(services, user_id, now=int(time.time()), correlation_id=None)
     _print(result)
 

@@ -31,10 +31,19 @@ def _json(body: Any, status: int = 200) -> Response:
     return response
 
 
-@bp.post("/users/<user_id>/deprovision")
-def deprovision(user_id: str) -> Response:
+@bp.post("/users/<user_ref>/deprovision")
+def deprovision(user_ref: str) -> Response:
+    """`user_ref`: our id, the IdP's `sub` or the e-mail address (409 if it fits several)."""
     from authserver.deprovisioning import deprovision as run
+    from authserver.identity.users import AmbiguousUserError, resolve_user
 
+    try:
+        user_id = resolve_user(g.db, user_ref)
+    except AmbiguousUserError as e:
+        return _json({"error": "ambiguous_user", "candidates": e.candidates}, 409)
+    except LookupError:
+        abort(404)
+    g.db.rollback()  # deprovisioning writes in transactions of its own
     try:
         result = run(current_app.extensions["authserver"], user_id, now=g.now,
                      correlation_id=correlation_id())

@@ -107,6 +107,33 @@ def deprovision_user(session: Session, store: Store, user_id: str, *, now: int) 
     return user
 
 
+class AmbiguousUserError(LookupError):
+    """A reference (sub or e-mail) that fits more than one user: refused, never guessed."""
+
+    def __init__(self, ref: str, candidates: list[str]) -> None:
+        super().__init__(f"{len(candidates)} users match {ref[:64]!r}")
+        self.candidates = candidates
+
+
+def resolve_user(session: Session, ref: str) -> str:
+    """Our user id for `ref`: our id (`usr_…`), the IdP's `sub`, or the e-mail address
+    (case-insensitive). LookupError if none; AmbiguousUserError if several (the same `sub`
+    at two IdPs, or a shared e-mail): the caller must then name the internal id."""
+    from sqlalchemy import func, or_, select
+
+    if not ref or len(ref) > MAX_EMAIL:
+        raise LookupError("no user matches")
+    if ref.startswith(USER_ID_PREFIX) and session.get(User, ref) is not None:
+        return ref
+    matches = sorted(set(session.scalars(select(User.id).where(or_(
+        User.idp_subject == ref, func.lower(User.email) == ref.lower())))))
+    if not matches:
+        raise LookupError(f"no user matches {ref[:64]!r}")
+    if len(matches) > 1:
+        raise AmbiguousUserError(ref, matches)
+    return matches[0]
+
+
 def reactivate_user(session: Session, user_id: str) -> User:
     """Let a deprovisioned user sign in again (SCIM `active=true`, RISC account-enabled).
 
