@@ -86,7 +86,8 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         user = self.check_user(config, claims)
         # IDJAG-06: a user assertion is always bound to the caller's key, like the edge mint's.
         proof = self.check_dpop(client, required=user_assertion)
-        # IDJAG-03, last check: a request refused above leaves the grant usable for a corrected retry.
+        # IDJAG-03, last check: a request refused above leaves the grant usable for a
+        # corrected retry.
         try:
             self.services.federation.spend_id_jag(claims, now=self.now)
         except IdentityError as e:
@@ -147,8 +148,8 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
                                     debug="client_id is not the authenticated client")
 
     def check_resources(self, claims: dict[str, Any]) -> list[str]:
-        """IDJAG-04, RFC 8707 resources: those requested, each within the grant's `resource`, or else
-        the grant's own. No gateway resource either way."""
+        """IDJAG-04, RFC 8707 resources: those requested, each within the grant's `resource`,
+        or else the grant's own. No gateway resource either way."""
         granted = claims.get("resource")
         granted_list = [granted] if isinstance(granted, str) else granted
         if granted_list is not None and (not isinstance(granted_list, list) or not all(

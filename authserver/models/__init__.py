@@ -35,7 +35,7 @@ __all__ = [
     "KeyCheck",
     "RefreshToken",
     "RevokedToken",
-    "SigningKey",
     "ScimUser",
+    "SigningKey",
     "User",
 ]
