@@ -43,6 +43,7 @@ from authserver.presentation import (
     what_in_words,
 )
 from authserver.store import Store
+from authserver.store import keys as store_keys
 
 PENDING = "pending"
 APPROVED = "approved"
@@ -51,12 +52,11 @@ CONSUMED = "consumed"
 
 #: Bytes of randomness in an approval id (token_urlsafe: 43 characters).
 APPROVAL_ID_BYTES = 32
-_POLL_KEY = "approval_poll:"
 #: Pending approvals one agent may have waiting for one user at a time; one more is 429
 #: `rate_limited` until one is decided or expires (against MFA fatigue: a flood of cards).
 MAX_PENDING_APPROVALS = 3
-#: The lock that makes "same intent → same approval" and the cap hold across processes.
-_LOCK_KEY = "approval_lock:"
+#: The lock (store key family `approval-lock`) that makes "same intent → same approval" and
+#: the cap hold across processes.
 LOCK_TIMEOUT = 5.0
 LOCK_WAIT = 5.0
 
@@ -125,7 +125,7 @@ def request_approval(
     before it is released, so concurrent requests on any instance cannot exceed the cap or
     create two cards for one intent. Lock or store failures propagate (503).
     """
-    with store.lock(f"{_LOCK_KEY}{user_id}:{agent_id}", timeout=LOCK_TIMEOUT,
+    with store.lock(store_keys.approval_lock(user_id, agent_id), timeout=LOCK_TIMEOUT,
                     blocking_timeout=LOCK_WAIT):
         waiting = list(session.execute(
             select(Approval)
@@ -226,7 +226,7 @@ def _check_poll_rate(store: Store, approval_id: str, *, now: int, interval: int)
 
     A fixed window counter in the shared store: atomic across processes and driven by `now`.
     """
-    key = f"{_POLL_KEY}{approval_id}:{now // interval}"
+    key = store_keys.approval_poll(approval_id, now // interval)
     if store.incr(key, ttl=2 * interval) > 1:
         raise SlowDownError(f"Poll at most every {interval} seconds")
 

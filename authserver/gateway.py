@@ -48,6 +48,7 @@ from authserver.intent import ACTION_METHODS, INTENT_TYPE, READ
 from authserver.resource import ResourceVerifier, protected_resource_metadata_url
 from authserver.resource import protected_resource_metadata as _prm_document
 from authserver.services import Services
+from authserver.store import keys as store_keys
 from authserver.tokens import ACCEPTED_AT_TYPS, TokenNotLiveError, check_token_live
 
 log = logging.getLogger(__name__)
@@ -232,7 +233,7 @@ def check_fits_intent(services: Services, platform: Platform, req: GatewayReques
         raise _forbidden("The request does not match the intent's resource")
     if action not in READ:
         count = intent.get("count", 1)
-        uses = services.store.incr(f"capability-writes:{claims['jti']}",
+        uses = services.store.incr(store_keys.capability_writes(claims["jti"]),
                                    ttl=max(1, int(claims["exp"]) - now + 60))
         if not isinstance(count, int) or uses > count:
             raise _forbidden("The intent's record count is used up")

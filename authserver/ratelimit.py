@@ -22,16 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
-from urllib.parse import quote
 
 from authserver.errors import RateLimitedError
 from authserver.store import Store
+from authserver.store import keys as store_keys
 
 ACTION_CLASSES = ("read", "write", "destructive")
 AGENT = "agent"
 #: Which per-user budgets one request of each action class spends.
 _BUDGETS = {"read": ("read",), "write": ("write",), "destructive": ("destructive", "write")}
-_KEY_PREFIX = "rl:"
 
 
 @dataclass(frozen=True)
@@ -73,11 +72,6 @@ DEFAULT_LIMITS: Mapping[str, RateLimit] = MappingProxyType({
     TOKEN: TOKEN_LIMIT,
     TOKEN_ADDRESS: TOKEN_ADDRESS_LIMIT,
 })
-
-
-def _key_part(value: str) -> str:
-    # Percent-encode so a ':' in an id cannot make two keys collide.
-    return quote(value, safe="")
 
 
 class RateLimiter:
@@ -129,7 +123,7 @@ class RateLimiter:
         (retry_after) once it is spent, StoreUnavailableError if the store cannot answer."""
         if name not in REQUEST_LIMITS:
             raise ValueError(f"unknown request limit {name!r}")
-        wait = self._spend(f"{_KEY_PREFIX}{name}:{_key_part(subject)}", self.limits[name], now)
+        wait = self._spend(store_keys.rate_request(name, subject), self.limits[name], now)
         if wait is not None:
             raise RateLimitedError(wait)
 
@@ -143,11 +137,11 @@ class RateLimiter:
             raise ValueError(f"unknown action class {action_class!r}")
         waits: list[int] = []
         for budget in _BUDGETS[action_class]:
-            key = f"{_KEY_PREFIX}user:{budget}:{_key_part(user_id)}"
+            key = store_keys.rate_user(budget, user_id)
             wait = self._spend(key, self.limits[budget], now)
             if wait is not None:
                 waits.append(wait)
-        wait = self._spend(f"{_KEY_PREFIX}agent:{_key_part(agent_id)}", self.limits[AGENT], now)
+        wait = self._spend(store_keys.rate_agent(agent_id), self.limits[AGENT], now)
         if wait is not None:
             waits.append(wait)
         if waits:

@@ -20,7 +20,6 @@ no session, never "signed in by default".
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -34,26 +33,16 @@ from werkzeug.datastructures import CallbackDict
 
 from authserver.config import SESSION_IDLE_TTL, SESSION_TOUCH_INTERVAL, SESSION_TTL
 from authserver.store import Store, StoreUnavailableError
+from authserver.store import keys as store_keys
 
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
-_KEY = "session:"
-_GENERATION_KEY = "session-gen:"
-
-
-def _record_key(sid: str) -> str:
-    # A hash, so the store (a dump, a MONITOR) never holds a usable cookie value.
-    return _KEY + hashlib.sha256(sid.encode("ascii")).hexdigest()
-
-
-def _generation_key(user_id: str) -> str:
-    return _GENERATION_KEY + hashlib.sha256(user_id.encode("utf-8")).hexdigest()
 
 
 def end_all_sessions(store: Store, user_id: str) -> None:
     """End every browser session of `user_id` on every instance (sign out everywhere,
     deprovisioning). A new generation makes each existing record stale; the key has no
     expiry, since a record made under the old generation may live up to `SESSION_TTL`."""
-    store.set(_generation_key(user_id), secrets.token_urlsafe(16))
+    store.set(store_keys.session_generation(user_id), secrets.token_urlsafe(16))
 
 
 class ServerSession(CallbackDict[str, Any], SessionMixin):
@@ -96,7 +85,7 @@ class StoreSessionInterface(SessionInterface):
 
     def _load(self, sid: str) -> ServerSession:
         now = int(self.clock())
-        raw = self.store.get(_record_key(sid))
+        raw = self.store.get(store_keys.session(sid))
         record = _parse(raw)
         if record is None:
             return ServerSession(presented=True)
@@ -105,9 +94,9 @@ class StoreSessionInterface(SessionInterface):
         alive = now < created + SESSION_TTL and now < seen + SESSION_IDLE_TTL
         uid = record["data"].get("uid")
         if alive and isinstance(uid, str):
-            alive = generation == (self.store.get(_generation_key(uid)) or "")
+            alive = generation == (self.store.get(store_keys.session_generation(uid)) or "")
         if not alive:
-            self.store.delete(_record_key(sid))
+            self.store.delete(store_keys.session(sid))
             return ServerSession(presented=True)
         return ServerSession(record["data"], sid=sid, created=created, seen=seen,
                              generation=generation, presented=True)
@@ -119,7 +108,7 @@ class StoreSessionInterface(SessionInterface):
             return
         if session.ended or (session.sid is not None and not session):
             if session.sid is not None:
-                self.store.delete(_record_key(session.sid))
+                self.store.delete(store_keys.session(session.sid))
             self._drop_cookie(app, response, name)
             return
         if not session:
@@ -128,14 +117,14 @@ class StoreSessionInterface(SessionInterface):
             return
         now = int(self.clock())
         if session.sid is not None and session.rotate:
-            self.store.delete(_record_key(session.sid))
+            self.store.delete(store_keys.session(session.sid))
             session.sid = None
         fresh = session.sid is None
         if fresh:
             session.sid = secrets.token_urlsafe(32)
             session.created = now
             uid = session.get("uid")
-            session.generation = (self.store.get(_generation_key(uid)) or "") \
+            session.generation = (self.store.get(store_keys.session_generation(uid)) or "") \
                 if isinstance(uid, str) else ""
         elif not session.modified and now - session.seen < SESSION_TOUCH_INTERVAL:
             return  # nothing new to store; last-use precision is SESSION_TOUCH_INTERVAL
@@ -144,7 +133,7 @@ class StoreSessionInterface(SessionInterface):
         if remaining <= 0:
             return
         assert session.sid is not None
-        self.store.set(_record_key(session.sid), json.dumps({
+        self.store.set(store_keys.session(session.sid), json.dumps({
             "data": dict(session), "created": session.created, "seen": session.seen,
             "generation": session.generation}), ttl=remaining)
         response.vary.add("Cookie")

@@ -56,6 +56,7 @@ from authserver.models.broker import (
 )
 from authserver.observability import PLATFORM_REFRESHES
 from authserver.store import Store
+from authserver.store import keys as store_keys
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def start_connect(store: Store, platform: Platform, *, user_id: str, session_bin
         "redirect_uri": redirect_uri,
         "created_at": now,
     }
-    store.set(_state_key(state), json.dumps(record), ttl=CONNECT_STATE_TTL)
+    store.set(store_keys.connect_state(state), json.dumps(record), ttl=CONNECT_STATE_TTL)
     return build_authorize_url(platform, redirect_uri=redirect_uri, state=state,
                                code_challenge=s256(code_verifier))
 
@@ -142,7 +143,7 @@ def finish_connect(db: Database, store: Store, vault: Vault, platform: Platform,
         raise InvalidGrantError("The platform did not accept the authorization",
                                 debug=e.debug) from e
     superseded: dict[str, str] = {}
-    with store.lock(_lock_name(user_id, platform.name), timeout=LOCK_TIMEOUT,
+    with store.lock(store_keys.refresh_lock(user_id, platform.name), timeout=LOCK_TIMEOUT,
                     blocking_timeout=LOCK_WAIT) as fence, db.session() as session:
         conn = _select(session, user_id, platform.name)
         if conn is None:
@@ -194,7 +195,7 @@ def _revoke_superseded(platform: Platform, old: Mapping[str, str], new: TokenSet
 
 
 def _claim_state(store: Store, state: str) -> dict[str, object]:
-    key = _state_key(state)
+    key = store_keys.connect_state(state)
     raw = store.get(key)
     if raw is None:
         raise InvalidRequestError("The connection request is unknown or expired",
@@ -279,7 +280,7 @@ def force_refresh(db: Database, store: Store, vault: Vault, platform: Platform, 
         # Called under the lock only. The shared marker bounds forced refreshes (a platform
         # that rejects every token must not cause a refresh per call).
         return is_rejected_one(current) and store.add_if_absent(
-            _force_key(user_id, platform.name), ttl=FORCE_REFRESH_MIN_INTERVAL)
+            store_keys.force_refresh(user_id, platform.name), ttl=FORCE_REFRESH_MIN_INTERVAL)
 
     conn = _load(db, user_id, platform.name)
     _require_usable(conn, connect_uri)
@@ -296,7 +297,7 @@ def _refresh_single_flight(db: Database, store: Store, vault: Vault, platform: P
                            user_id: str, now: int, connect_uri: str, sleep: Sleep,
                            needs_refresh: Callable[[Connection, str], bool]
                            ) -> tuple[str, Connection]:
-    with store.lock(_lock_name(user_id, platform.name), timeout=LOCK_TIMEOUT,
+    with store.lock(store_keys.refresh_lock(user_id, platform.name), timeout=LOCK_TIMEOUT,
                     blocking_timeout=LOCK_WAIT) as fence:
         # Re-read under the lock: the previous holder may have refreshed already.
         conn = _load(db, user_id, platform.name)
@@ -321,7 +322,8 @@ def _refresh_single_flight(db: Database, store: Store, vault: Vault, platform: P
         PLATFORM_REFRESHES.labels(platform=platform.name, outcome="refreshed").inc()
         result = _store_refreshed(db, vault, platform, conn, tokens, fence, now, connect_uri)
         # A token this fresh is not refreshed again on a 401 (no storm if the API rejects it).
-        store.set(_force_key(user_id, platform.name), str(now), ttl=FORCE_REFRESH_MIN_INTERVAL)
+        store.set(store_keys.force_refresh(user_id, platform.name), str(now),
+                  ttl=FORCE_REFRESH_MIN_INTERVAL)
         return result
 
 
@@ -458,7 +460,7 @@ def connection_epoch(store: Store, user_id: str, platform: str) -> int:
 
     A capability token is valid only if its `iat` is strictly greater than the epoch.
     """
-    raw = store.get(_epoch_key(user_id, platform))
+    raw = store.get(store_keys.connection_epoch(user_id, platform))
     if raw is None:
         return 0
     try:
@@ -470,10 +472,11 @@ def connection_epoch(store: Store, user_id: str, platform: str) -> int:
 def _disconnect(db: Database, store: Store, vault: Vault, name: str, platform: Platform | None,
                 *, user_id: str, now: int) -> bool:
     # First, so that no capability token minted before now works again, whatever fails next.
-    store.set(_epoch_key(user_id, name), str(max(now, connection_epoch(store, user_id, name))),
+    store.set(store_keys.connection_epoch(user_id, name),
+              str(max(now, connection_epoch(store, user_id, name))),
               ttl=CONNECTION_EPOCH_TTL)
     tokens: dict[str, str] = {}
-    with store.lock(_lock_name(user_id, name), timeout=LOCK_TIMEOUT,
+    with store.lock(store_keys.refresh_lock(user_id, name), timeout=LOCK_TIMEOUT,
                     blocking_timeout=LOCK_WAIT), db.session() as session:
         conn = _select(session, user_id, name)
         if conn is None:
@@ -576,18 +579,3 @@ def _digest(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
-def _state_key(state: str) -> str:
-    # Only the hash is a key: a store dump does not reveal live states.
-    return "connect-state:" + _digest(state)
-
-
-def _force_key(user_id: str, platform: str) -> str:
-    return f"broker:force-refresh:{_digest(user_id)}:{platform}"
-
-
-def _lock_name(user_id: str, platform: str) -> str:
-    return f"refresh:{user_id}:{platform}"
-
-
-def _epoch_key(user_id: str, platform: str) -> str:
-    return f"conn-epoch:{user_id}:{platform}"

@@ -1,0 +1,113 @@
+"""Every family of keys the shared store holds, in one place, with one hashing rule.
+
+A key is `<family>:<part>[:<part>...]`: the family is lower-case kebab-case, parts are joined by
+":". The rule for what a part may show: a user id, a username, a client address, an OAuth
+`state`, a session id or an approval id is never written in clear; it is `hashed()` (SHA-256,
+hex), so a store dump or a MONITOR reveals no person and no usable value, and no ":" in an id
+can make two keys collide. What is ours and public stays readable: platform names (validated
+names), client ids (percent-encoded) and the `jti` of a token we signed.
+
+`FAMILIES` names each family, its owner and its lifetime. The builders below are the only
+places these keys are spelled; a few owners still spell theirs (`SPELLED_BY_OWNER`), with the
+same prefixes (tests/test_store_keys.py holds them to it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import NamedTuple
+from urllib.parse import quote
+
+
+class KeyFamily(NamedTuple):
+    owner: str
+    lifetime: str
+
+
+FAMILIES: dict[str, KeyFamily] = {
+    "approval-poll": KeyFamily("approvals.check_poll_rate", "2 x the poll interval"),
+    "approval-lock": KeyFamily("approvals (one card per intent, the pending cap)", "a lock, 5 s"),
+    "connect-state": KeyFamily("broker.connections (the connect flow's state)", "10 minutes"),
+    "force-refresh": KeyFamily("broker.connections (forced refreshes bounded)", "seconds"),
+    "refresh-lock": KeyFamily("broker.connections (single-flight refresh)", "a lock"),
+    "conn-epoch": KeyFamily("broker.connections (disconnect kills capability tokens)", "30 days"),
+    "capability-writes": KeyFamily("gateway (a capability token's write budget)", "its lifetime"),
+    "rl": KeyFamily("ratelimit (sliding windows)", "2 x the window"),
+    "session": KeyFamily("sessions (server-side browser sessions)", "SESSION_TTL"),
+    "session-gen": KeyFamily("sessions (sign out everywhere)", "none"),
+    "dpop": KeyFamily("dpop (DPOP-12 proof replay, `dpop:jti:`)", "the proof window"),
+    "client-assertion": KeyFamily("clients (private_key_jwt replay)", "the assertion's exp"),
+    "oidc-nonce": KeyFamily("identity.federation (ID token nonce, one use)", "the login"),
+    "idp-subject-token": KeyFamily("identity.federation (edge mint, one use)", "the token's exp"),
+    "idp-id-jag": KeyFamily("identity.federation (ID-JAG, one use)", "the grant's exp"),
+    "user-epoch": KeyFamily("identity.users (deprovisioning)", "none (the database is the truth)"),
+}
+
+#: Families whose owner still builds its keys itself (modules other work is changing); their
+#: prefixes are checked against this registry by tests/test_store_keys.py.
+SPELLED_BY_OWNER: dict[str, str] = {
+    "dpop:jti:": "authserver.dpop.REPLAY_KEY_PREFIX",
+    "oidc-nonce:": "authserver.identity.federation (inline)",
+    "idp-subject-token:": "authserver.identity.federation.SUBJECT_TOKEN_KEY",
+    "idp-id-jag:": "authserver.identity.federation.ID_JAG_KEY",
+    "user-epoch:": "authserver.identity.users.EPOCH_KEY_PREFIX",
+    "client-assertion:": "authserver.clients (inline)",
+}
+
+
+def hashed(value: str) -> str:
+    """The one hashing rule for a key part: SHA-256 of the UTF-8 text, hex."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+def _client(client_id: str) -> str:
+    return quote(client_id, safe="")
+
+
+def approval_poll(approval_id: str, window: int) -> str:
+    return f"approval-poll:{hashed(approval_id)}:{window}"
+
+
+def approval_lock(user_id: str, agent_id: str) -> str:
+    return f"approval-lock:{hashed(user_id)}:{_client(agent_id)}"
+
+
+def connect_state(state: str) -> str:
+    return f"connect-state:{hashed(state)}"
+
+
+def force_refresh(user_id: str, platform: str) -> str:
+    return f"force-refresh:{hashed(user_id)}:{platform}"
+
+
+def refresh_lock(user_id: str, platform: str) -> str:
+    return f"refresh-lock:{hashed(user_id)}:{platform}"
+
+
+def connection_epoch(user_id: str, platform: str) -> str:
+    return f"conn-epoch:{hashed(user_id)}:{platform}"
+
+
+def capability_writes(jti: str) -> str:
+    return f"capability-writes:{jti}"
+
+
+def rate_request(name: str, subject: str) -> str:
+    """A front-door budget (`name`) of a username, a client address or a client id."""
+    return f"rl:{name}:{hashed(subject)}"
+
+
+def rate_user(budget: str, user_id: str) -> str:
+    return f"rl:user:{budget}:{hashed(user_id)}"
+
+
+def rate_agent(agent_id: str) -> str:
+    return f"rl:agent:{_client(agent_id)}"
+
+
+def session(sid: str) -> str:
+    return f"session:{hashed(sid)}"
+
+
+def session_generation(user_id: str) -> str:
+    return f"session-gen:{hashed(user_id)}"
