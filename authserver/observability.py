@@ -103,6 +103,14 @@ PLATFORM_REFRESHES = Counter(
     "Downstream platform token refreshes, by platform and outcome.",
     ["platform", "outcome"],
 )
+#: A rotated refresh token presented again: `retried` (the same client within the reuse
+#: interval got the same successor back) or `revoked` (reuse: the family was revoked).
+REFRESH_TOKEN_REUSE = Counter(
+    "authserver_refresh_token_reuse",
+    "Rotated refresh tokens presented again, by outcome (retried within the reuse interval, "
+    "or revoked as reuse).",
+    ["outcome"],
+)
 #: Refusals before any principal was authenticated (no verified gateway token, a failed client
 #: authentication): counted here and logged rate-limited instead of audited, so that anonymous
 #: traffic never takes the audit chain's lock (authserver.audit.refused_unauthenticated).

@@ -196,6 +196,14 @@ def assert_family_revoked(client: FlaskClient, rp: dict, *tokens: str) -> None:
         assert introspect(client, rp, token) == {"active": False}
 
 
+def reuse_count(outcome: str) -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value("authserver_refresh_token_reuse_total",
+                                      {"outcome": outcome})
+    return value or 0.0
+
+
 def assert_reuse_rejected(response: Any) -> None:
     body = assert_token_error(response, 400, "invalid_grant")
     assert body["error_description"] == "The refresh token was already used"
@@ -210,8 +218,10 @@ def test_retry_within_the_reuse_interval_gets_the_same_successor(
     first = code_flow(client, rp)
     lost = refresh(client, rp, first["refresh_token"]).get_json()  # the response never arrives
     clock.advance(REFRESH_TOKEN_REUSE_INTERVAL)
+    retried, revoked = reuse_count("retried"), reuse_count("revoked")
     retry = refresh(client, rp, first["refresh_token"])
     assert retry.status_code == 200, retry.get_json()
+    assert (reuse_count("retried"), reuse_count("revoked")) == (retried + 1, revoked)
     assert retry.headers["Cache-Control"] == "no-store"
     body = retry.get_json()
     assert body["refresh_token"] == lost["refresh_token"]
@@ -232,7 +242,9 @@ def test_retry_after_the_reuse_interval_is_invalid_grant_and_revokes_the_family(
     first = code_flow(client, rp)
     lost = refresh(client, rp, first["refresh_token"]).get_json()
     clock.advance(REFRESH_TOKEN_REUSE_INTERVAL + 1)
+    revoked = reuse_count("revoked")
     assert_reuse_rejected(refresh(client, rp, first["refresh_token"]))
+    assert reuse_count("revoked") == revoked + 1
     assert_family_revoked(client, rp, lost["refresh_token"], lost["access_token"],
                           first["access_token"])
 

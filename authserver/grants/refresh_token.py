@@ -21,6 +21,7 @@ from authserver.errors import (
 )
 from authserver.grants.base import GrantMixin
 from authserver.models import Grant, User
+from authserver.observability import REFRESH_TOKEN_REUSE
 from authserver.tokens import TokenRequestContext, issue_access_token
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,12 @@ class RefreshTokenGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
                 self.db, row, value, key=key, jkt=jkt, now=self.now,
                 interval=settings.refresh_token_reuse_interval)
             if successor is not None:
+                REFRESH_TOKEN_REUSE.labels(outcome="retried").inc()
                 log.info("refresh token retried within the reuse interval",
                          extra={"grant_id": grant.id, "client_id": client.client_id})
         if successor is None:
             # Reuse of a rotated token: assume theft and revoke the whole family.
+            REFRESH_TOKEN_REUSE.labels(outcome="revoked").inc()
             self.db.rollback()
             refresh_tokens.revoke_grant(self.services.db, grant.id, now=self.now)
             raise InvalidGrantError("The refresh token was already used")
