@@ -166,6 +166,58 @@ def test_resource_server_example_verifies_a_capability_token(stack: Stack) -> No
         delete_prefixed(REDIS_URL, prefix)
 
 
+def test_mcp_server_example_is_the_example_file() -> None:
+    source = (ROOT / "examples" / "mcp_server" / "server.py").read_text()
+    assert example("mcp-server") in source
+
+
+def test_mcp_server_register_command_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    import json
+
+    section = README.split("## Protecting an MCP server\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block
+    [command] = [c for c in re.split(r"\n(?=\S)", block.group(1).replace("\\\n", " "))
+                 if c.startswith("authserver ")]
+    monkeypatch.setenv("AUTHSERVER_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("AUTHSERVER_CONFIG", raising=False)
+    result = CliRunner().invoke(cli, shlex.split(command)[1:], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["attributes"]["resources"] == [
+        "https://mcp.example.com/mcp"]
+
+
+def test_mcp_server_example_serves_the_sdk_client(stack: Stack,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's MCP server, served here, and the `mcp` SDK's OAuth client against it."""
+    import anyio
+    from mcp.client.auth import OAuthClientProvider
+
+    from tests.mcp_helpers import (
+        Browser,
+        MemoryStorage,
+        client_metadata,
+        loopback_socket,
+        register_resource,
+        serving,
+        whoami,
+    )
+
+    sock = loopback_socket()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    monkeypatch.setenv("AUTHSERVER_ISSUER", stack.issuer)
+    monkeypatch.setenv("MCP_RESOURCE", url)
+    names, _ = run_example("mcp-server")
+    register_resource(stack, url)
+    browser = Browser(stack.browser("alice"))
+    provider = OAuthClientProvider(url, client_metadata("none"), MemoryStorage(),
+                                   browser.redirect_handler, browser.callback_handler)
+    with serving(names["app"], sock):
+        identity = anyio.run(whoami, url, provider)
+    assert identity["sub"] == stack.user_id("alice")
+
+
 def test_every_setting_is_documented() -> None:
     import dataclasses
 
