@@ -385,7 +385,7 @@ class RateLimitedLog:
 
 
 _UNAUTHENTICATED_LOG = RateLimitedLog()
-UNAUTHENTICATED_EVENTS = frozenset({"gateway_call", "token_exchange"})
+UNAUTHENTICATED_EVENTS = frozenset({"gateway_call", "token_exchange", "id_jag"})
 
 
 def refused_unauthenticated(event: str, reason: str) -> None:

@@ -2,8 +2,9 @@
 
 Every audit append takes the chain head's lock, so an anonymous client that could make us
 append could throttle every exchange. A gateway request without a verified capability token
-and a failed client authentication at the token exchange add no record: they increment
-`authserver_unauthenticated_rejections_total{event,reason}` and are logged rate-limited.
+and a failed client authentication at the token exchange or the jwt-bearer grant add no
+record: they increment `authserver_unauthenticated_rejections_total{event,reason}` and are
+logged rate-limited.
 Decisions about authenticated principals (a verified capability token, an authenticated
 client) are still appended to the chain.
 
@@ -126,6 +127,19 @@ def test_exchange_with_failed_client_authentication_is_counted_not_audited(stack
     assert resp.headers["WWW-Authenticate"].startswith("Basic")
     assert resp.headers["Cache-Control"] == "no-store"
     assert_counted_not_audited(stack, before, "token_exchange", "invalid_client")
+
+
+def test_jwt_bearer_with_failed_client_authentication_is_counted_not_audited(
+        stack: Stack) -> None:
+    # The RFC 7523 grant (ID-JAG) audits its refusals too; not before the client is known.
+    before = (records(stack), counted("id_jag", "invalid_client"))
+    resp = requests.post(f"{stack.issuer}/token", data={
+        "grant_type": "urn:ietf:params:oauth:grant-type:jwt-bearer", "assertion": "x.y.z",
+    }, auth=(stack.edge_id, "wrong-secret"), timeout=TIMEOUT)
+    assert resp.status_code == 401
+    assert resp.json()["error"] == "invalid_client"
+    assert resp.headers["WWW-Authenticate"].startswith("Basic")
+    assert_counted_not_audited(stack, before, "id_jag", "invalid_client")
 
 
 def test_exchange_by_an_authenticated_agent_is_still_audited(stack: Stack) -> None:

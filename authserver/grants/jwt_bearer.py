@@ -23,7 +23,7 @@ from typing import Any
 from authlib.oauth2.rfc6749 import OAuth2Error as AuthlibError
 from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
 
-from authserver.audit import AuditRecord
+from authserver.audit import AuditRecord, refused_unauthenticated
 from authserver.authorization_server import from_authlib
 from authserver.clients import GRANT_JWT_BEARER, OAuthClient
 from authserver.errors import (
@@ -231,6 +231,11 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         outcome = "error" if error is None or error.error in (
             "server_error", "temporarily_unavailable") else "invalid"
         reason = error.error if error is not None else "server_error"
+        if getattr(self.request, "id_jag_client", None) is None:
+            # No authenticated client: counted, not appended (the chain's lock is not for
+            # anonymous callers; issue 13, item 8).
+            refused_unauthenticated("id_jag", reason)
+            return
         detail: dict[str, Any] = {"error": reason}
         if error is not None and error.debug:
             detail["debug"] = str(error.debug)[:128]
