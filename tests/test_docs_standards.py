@@ -16,7 +16,7 @@ STANDARDS = ROOT / "docs" / "standards.md"
 
 #: Not part of the project's own text: tools' state, builds, virtualenvs, local data.
 SKIPPED_DIRS = {".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".mypy_cache",
-                ".ruff_cache", "build", "dist", "var", "reports", "node_modules",
+                ".ruff_cache", ".hypothesis", "build", "dist", "var", "reports", "node_modules",
                 # Third-party code kept as it was shipped (axe-core's minified bundle).
                 "vendor"}
 MAX_BYTES = 2_000_000

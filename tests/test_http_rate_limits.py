@@ -127,12 +127,20 @@ def test_store_unavailable_is_temporarily_unavailable(shared_stack: Stack,
     store = stack.services.store
     monkeypatch.setattr(store, "_r", dead)
     monkeypatch.setattr(store, "_incr", dead.register_script(_INCR_WITH_TTL))
+    from authserver.observability import UNAUTHENTICATED_REJECTIONS
+
+    refused = UNAUTHENTICATED_REJECTIONS.labels(event="token_exchange",
+                                                reason="temporarily_unavailable")
+    before = refused._value.get()
     cid = correlation()
     resp = stack.agent_exchange(assertion, key, headers={"X-Request-ID": cid})
     assert_error(resp, 503, "temporarily_unavailable")
+    assert int(resp.headers["Retry-After"]) > 0
     monkeypatch.undo()
-    [record] = stack.audit_for(cid)
-    assert record["outcome"] == "error"
+    # The agent's client assertion could not be checked for replay, so no principal was
+    # authenticated: counted, not audited (anonymous traffic never takes the chain's lock).
+    assert refused._value.get() == before + 1
+    assert stack.audit_for(cid) == []
 
 
 # --- a real second process ----------------------------------------------------------------------
