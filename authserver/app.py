@@ -96,6 +96,9 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     from authserver.http import scim
 
     app.register_blueprint(scim.bp)  # SCIM 2.0 provisioning (authserver/scim.py)
+    from authserver.http import ssf
+
+    app.register_blueprint(ssf.bp)  # Shared Signals receiver (authserver/ssf.py)
     app.register_blueprint(ops.ops)
     app.register_blueprint(web.bp)
     app.wsgi_app = BodyLimit(app.wsgi_app, MAX_BODY_BYTES)  # type: ignore[method-assign]

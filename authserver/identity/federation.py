@@ -6,6 +6,9 @@
 - PKCE (RFC 7636 §4), `iss` in the authorization response (RFC 9207 §2.4)
 - Trusted issuers: an IdP token as an RFC 8693 `subject_token`; unacceptable → `invalid_request`
   (RFC 8693 §2.2.2).
+- Shared Signals: a SET's signature is checked with a key from the same JWKS cache
+  (`OIDCProvider.verification_key`; an `ssf_jwks_uri` gets a cache slot of its own); the
+  receiver's rules are authserver/ssf.py.
 - Cross-App Access: an ID-JAG (draft-ietf-oauth-identity-assertion-authz-grant §3, §4.4.1) from
   an IdP configured `id_jag = true`, verified here; the jwt-bearer grant that takes it is
   authserver/grants/jwt_bearer.py.
@@ -146,6 +149,16 @@ class IdPConfig:
     #: Which SCIM attribute carries the `sub` this IdP's tokens have: `externalId` (Okta's
     #: default) or `userName`.
     scim_subject: str = "externalId"
+    #: Shared Signals receiver (authserver/ssf.py): the `aud` this IdP's transmitter puts in
+    #: the SETs it pushes to us; empty: no SSF for this IdP.
+    ssf_audience: str = ""
+    #: The transmitter's `iss` (its SSF issuer); default: `issuer`.
+    ssf_issuer: str = ""
+    #: Where the transmitter's signing keys are; default: the IdP's discovery `jwks_uri`.
+    ssf_jwks_uri: str = ""
+    #: SHA-256 (hex) of the bearer token the transmitter sends with each push (the stream's
+    #: `authorization_header`); empty: none is required (the SET's signature still is).
+    ssf_token_sha256: str = field(default="", repr=False)
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -181,13 +194,39 @@ class IdPConfig:
                              "digits (the SHA-256 of the token, never the token)")
         if self.scim_subject not in ("externalId", "userName"):
             raise ValueError(f"idps.{self.name}: scim_subject must be externalId or userName")
+        self._check_ssf()
+
+    def _check_ssf(self) -> None:
+        for key in ("ssf_audience", "ssf_issuer", "ssf_jwks_uri", "ssf_token_sha256"):
+            value = getattr(self, key)
+            if not isinstance(value, str) or len(value) > 2048:
+                raise ValueError(f"idps.{self.name}: {key} must be a string")
+        if not self.ssf_audience and (self.ssf_issuer or self.ssf_jwks_uri
+                                      or self.ssf_token_sha256):
+            raise ValueError(f"idps.{self.name}: ssf_issuer, ssf_jwks_uri and "
+                             "ssf_token_sha256 need ssf_audience (the receiver's audience)")
+        if self.ssf_issuer:
+            _check_issuer_url(self.ssf_issuer)
+        if self.ssf_jwks_uri and not _is_allowed_scheme(self.ssf_jwks_uri):
+            raise ValueError(f"idps.{self.name}: ssf_jwks_uri must be https (plain http "
+                             "only on loopback)")
+        digest = self.ssf_token_sha256
+        if digest and (len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest)):
+            raise ValueError(f"idps.{self.name}: ssf_token_sha256 must be 64 lower-case hex "
+                             "digits (the SHA-256 of the token, never the token)")
+
+    @property
+    def ssf_transmitter(self) -> str:
+        """The `iss` of this IdP's SETs."""
+        return self.ssf_issuer or self.issuer
 
     @classmethod
     def from_settings(cls, name: str, mapping: Mapping[str, Any]) -> IdPConfig:
         """Build from one `[idps.<name>]` table; unknown keys are a configuration error."""
         allowed = {"issuer", "client_id", "client_secret", "scopes", "claim_map",
                    "default_tenant", "trusted_audiences", "allow_machine_tokens", "tenants",
-                   "id_jag", "scim_token_sha256", "scim_subject"}
+                   "id_jag", "scim_token_sha256", "scim_subject", "ssf_audience",
+                   "ssf_issuer", "ssf_jwks_uri", "ssf_token_sha256"}
         unknown = set(mapping) - allowed
         if unknown:
             raise ValueError(f"idps.{name}: unknown keys {sorted(unknown)}")
@@ -214,6 +253,10 @@ class IdPConfig:
             id_jag=mapping.get("id_jag", False),
             scim_token_sha256=mapping.get("scim_token_sha256", ""),
             scim_subject=mapping.get("scim_subject", "externalId"),
+            ssf_audience=mapping.get("ssf_audience", ""),
+            ssf_issuer=mapping.get("ssf_issuer", ""),
+            ssf_jwks_uri=mapping.get("ssf_jwks_uri", ""),
+            ssf_token_sha256=mapping.get("ssf_token_sha256", ""),
         )
 
 
@@ -261,8 +304,10 @@ class OIDCProvider:
         self._http = http or requests.Session()
         self._mutex = threading.Lock()
         self._metadata: _Cached | None = None
-        self._jwks: _Cached | None = None  # value: list[(kid | None, key, alg | None)]
-        self._last_forced_refetch: int | None = None
+        # Per JWKS URL (the discovery document's; an SSF transmitter's may differ):
+        # value: list[(kid | None, key, alg | None)].
+        self._jwks: dict[str, _Cached] = {}
+        self._last_forced_refetch: dict[str, int] = {}
 
     # --- discovery and keys ----------------------------------------------------------------
 
@@ -291,25 +336,27 @@ class OIDCProvider:
             raise IdPUnavailableError(f"idp {self.config.name}: IdP does not support PKCE S256")
         return doc
 
-    def _signing_keys(self, *, now: int, kid: str | None) -> list[tuple[str | None, _VerifyKey,
-                                                                       str | None]]:
-        """The IdP's keys; refetched when stale, or once per interval for an unknown `kid`."""
+    def _signing_keys(self, *, now: int, kid: str | None, jwks_uri: str | None = None
+                      ) -> list[tuple[str | None, _VerifyKey, str | None]]:
+        """The IdP's keys (or those at `jwks_uri`, an SSF transmitter's); refetched when
+        stale, or once per interval for an unknown `kid`."""
+        slot = jwks_uri or ""  # "": the discovery document's jwks_uri
         with self._mutex:
-            cached = self._jwks
+            cached = self._jwks.get(slot)
             fresh = cached is not None and 0 <= now - cached.fetched_at < JWKS_CACHE_TTL
             if cached is not None and fresh:
                 keys: list[tuple[str | None, _VerifyKey, str | None]] = cached.value
                 if kid is None or any(k == kid for k, _, _ in keys):
                     return keys
                 # Unknown kid: the IdP may have rotated since we fetched. Refetch, rate-limited.
-                last = self._last_forced_refetch
+                last = self._last_forced_refetch.get(slot)
                 if last is not None and 0 <= now - last < JWKS_REFETCH_MIN_INTERVAL:
                     return keys
-                self._last_forced_refetch = now
-        jwks_uri = self.metadata(now=now)["jwks_uri"]
-        keys = self._parse_jwks(self._get_json(jwks_uri))
+                self._last_forced_refetch[slot] = now
+        uri = jwks_uri or self.metadata(now=now)["jwks_uri"]
+        keys = self._parse_jwks(self._get_json(uri))
         with self._mutex:
-            self._jwks = _Cached(now, keys)
+            self._jwks[slot] = _Cached(now, keys)
         return keys
 
     def _parse_jwks(self, doc: Mapping[str, Any]) -> list[tuple[str | None, _VerifyKey,
@@ -519,10 +566,18 @@ class OIDCProvider:
             _check_nonce(claims, nonce)
         return dict(decoded.header), claims
 
-    def _key_for(self, kid: Any, alg: str, *, now: int) -> _VerifyKey:
+    def verification_key(self, kid: Any, alg: str, *, now: int, jwks_uri: str | None = None
+                         ) -> _VerifyKey:
+        """The key that must have signed a JWS with this `kid` and `alg` (`alg` already on
+        ALLOWED_ALGORITHMS), from the IdP's cached JWKS or the one at `jwks_uri`. Raises
+        IdentityError (no such key) or IdPUnavailableError (the JWKS could not be fetched)."""
+        return self._key_for(kid, alg, now=now, jwks_uri=jwks_uri)
+
+    def _key_for(self, kid: Any, alg: str, *, now: int, jwks_uri: str | None = None
+                 ) -> _VerifyKey:
         if kid is not None and not isinstance(kid, str):
             raise IdentityError("kid is not a string")
-        keys = self._signing_keys(now=now, kid=kid)
+        keys = self._signing_keys(now=now, kid=kid, jwks_uri=jwks_uri)
         if kid is None:
             # Without a kid the choice must be unambiguous (OIDC Core §10.1).
             candidates = [k for k in keys if _fits(k, alg)]
@@ -762,6 +817,19 @@ def _protected_header(token: str) -> dict[str, Any]:
     except (JoseError, ValueError, TypeError) as e:
         raise IdentityError(f"malformed token ({type(e).__name__})") from e
     return dict(compact.protected)
+
+
+def parse_unverified(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(protected header, payload) of a compact JWS, WITHOUT verifying it: only to choose
+    what to verify it with. Raises IdentityError for anything that is not a signed JWT of at
+    most MAX_TOKEN_LENGTH with a JSON object payload."""
+    return _protected_header(token), _unverified_claims(token)
+
+
+def normalise_typ(typ: Any) -> str:
+    """A JOSE `typ` compared as RFC 7515 §4.1.9 says: case-insensitive, `application/`
+    optional."""
+    return _normalise_typ(typ)
 
 
 def _unverified_claims(token: str) -> dict[str, Any]:

@@ -101,10 +101,14 @@ def deprovision_user(session: Session, store: Store, user_id: str, *, now: int) 
     if user is None:
         raise LookupError(f"no user {user_id}")
     user.active = False
+    _set_epoch(session, store, user, now)
+    return user
+
+
+def _set_epoch(session: Session, store: Store, user: User, now: int) -> None:
     user.tokens_valid_after = max(user.tokens_valid_after or 0, now)
     session.flush()
-    store.set(EPOCH_KEY_PREFIX + user_id, str(user.tokens_valid_after))
-    return user
+    store.set(EPOCH_KEY_PREFIX + user.id, str(user.tokens_valid_after))
 
 
 class AmbiguousUserError(LookupError):
@@ -115,23 +119,61 @@ class AmbiguousUserError(LookupError):
         self.candidates = candidates
 
 
-def resolve_user(session: Session, ref: str) -> str:
+def resolve_user(session: Session, ref: str, *, issuer: str | None = None) -> str:
     """Our user id for `ref`: our id (`usr_…`), the IdP's `sub`, or the e-mail address
     (case-insensitive). LookupError if none; AmbiguousUserError if several (the same `sub`
-    at two IdPs, or a shared e-mail): the caller must then name the internal id."""
+    at two IdPs, or a shared e-mail): the caller must then name the internal id.
+
+    With `issuer`, only that IdP's users are candidates (an IdP speaks for its own users
+    only: Shared Signals)."""
     from sqlalchemy import func, or_, select
 
     if not ref or len(ref) > MAX_EMAIL:
         raise LookupError("no user matches")
-    if ref.startswith(USER_ID_PREFIX) and session.get(User, ref) is not None:
-        return ref
-    matches = sorted(set(session.scalars(select(User.id).where(or_(
-        User.idp_subject == ref, func.lower(User.email) == ref.lower())))))
+    if ref.startswith(USER_ID_PREFIX):
+        user = session.get(User, ref)
+        if user is not None and (issuer is None or user.idp_issuer == issuer):
+            return ref
+    query = select(User.id).where(or_(User.idp_subject == ref,
+                                      func.lower(User.email) == ref.lower()))
+    if issuer is not None:
+        query = query.where(User.idp_issuer == issuer)
+    matches = sorted(set(session.scalars(query)))
     if not matches:
         raise LookupError(f"no user matches {ref[:64]!r}")
     if len(matches) > 1:
         raise AmbiguousUserError(ref, matches)
     return matches[0]
+
+
+def revoke_user_tokens(session: Session, store: Store, user_id: str, *, now: int) -> User:
+    """Kill every token and assertion issued to or for the user up to `now` (the same epoch
+    deprovisioning sets, database first, then the store), but leave the user active: they
+    may sign in again and the edge may mint new assertions (CAEP session-revoked).
+    LookupError if unknown."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise LookupError(f"no user {user_id}")
+    _set_epoch(session, store, user, now)
+    return user
+
+
+def refresh_attributes(session: Session, config: IdPConfig, user_id: str,
+                       claims: Mapping[str, Any]) -> list[str]:
+    """Update the user's attributes from `claims` that the IdP says changed (CAEP
+    token-claims-change), through `config.claim_map` and the sign-in checks; attributes
+    whose claim is absent stay as they are. Returns the attributes changed. Raises
+    IdentityError for a malformed claim (nothing is written then), LookupError if unknown."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise LookupError(f"no user {user_id}")
+    attrs = mapped_attributes(config, claims)
+    changed = [name for name, claim in config.claim_map.items()
+               if claim in claims and getattr(user, name) != attrs[name]]
+    for name in changed:
+        setattr(user, name, attrs[name])
+    session.flush()
+    return sorted(changed)
 
 
 def reactivate_user(session: Session, user_id: str) -> User:

@@ -41,6 +41,7 @@ FAMILIES: dict[str, KeyFamily] = {
     "idp-subject-token": KeyFamily("identity.federation (edge mint, one use)", "the token's exp"),
     "idp-id-jag": KeyFamily("identity.federation (ID-JAG, one use)", "the grant's exp"),
     "user-epoch": KeyFamily("identity.users (deprovisioning)", "none (the database is the truth)"),
+    "ssf-set": KeyFamily("ssf (a pushed SET's `jti`, one use)", "the SET's `iat` window"),
 }
 
 #: Families whose owner still builds its keys itself (modules other work is changing); their
@@ -111,3 +112,10 @@ def session(sid: str) -> str:
 
 def session_generation(user_id: str) -> str:
     return f"session-gen:{hashed(user_id)}"
+
+
+def ssf_set(issuer: str, jti: str) -> str:
+    """A SET already received from `issuer` (RFC 8417 §2.2: `jti` is unique per issuer)."""
+    import json
+
+    return f"ssf-set:{hashed(json.dumps([issuer, jti]))}"

@@ -8,9 +8,10 @@ password and no consent (so tests run the code flow without a browser); without 
 form asks for a username, again without a password. Users, clients, codes and keys live in
 this process's memory.
 
-Test controls: `rotate_keys(keep_old=...)`, `mint_id_token(...)` and `mint_id_jag(...)` (any
-claim or header can be made wrong), `register_client(...)`, `allow_id_jag(...)`, a settable
-`clock`, and `jwks_requests` (how often the JWKS was fetched).
+Test controls: `rotate_keys(keep_old=...)`, `mint_id_token(...)`, `mint_id_jag(...)` and
+`mint_set(...)` (a Shared Signals SET, as this IdP's transmitter would push it; any claim or
+header can be made wrong), `register_client(...)`, `allow_id_jag(...)`, a settable `clock`,
+and `jwks_requests` (how often the JWKS was fetched).
 
 Cross-App Access (draft-ietf-oauth-identity-assertion-authz-grant §4.3): a client registered
 with `allow_id_jag(client, audience=..., client_id_there=...)` trades an ID token this IdP issued
@@ -49,6 +50,7 @@ GRANT_TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 TT_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TT_ID_JAG = "urn:ietf:params:oauth:token-type:id-jag"
 ID_JAG_TYP = "oauth-id-jag+jwt"
+SET_TYP = "secevent+jwt"
 
 #: The people this IdP knows. `sub` is deliberately not the username or the e-mail.
 DEFAULT_USERS: Mapping[str, Mapping[str, Any]] = {
@@ -276,6 +278,41 @@ class IdP:
             kid = str(self._signing.kid)
         return self._sign(claims, key, kid, extra=extra,
                           header={"typ": ID_JAG_TYP, **(header or {})})
+
+    def mint_set(
+        self,
+        event_type: str,
+        event: Mapping[str, Any] | None = None,
+        *,
+        aud: str | Sequence[str],
+        sub_id: Mapping[str, Any] | None = None,
+        username: str | None = None,
+        iat: int | None = None,
+        sign_with: Key | None = None,
+        extra: Mapping[str, Any] | None = None,
+        header: Mapping[str, Any] | None = None,
+    ) -> str:
+        """A Security Event Token (RFC 8417, SSF 1.0 §4.1) as this IdP's transmitter would
+        push it: `typ: secevent+jwt`, a fresh `jti`, one event, and a top-level `sub_id`
+        (`sub_id`, or `iss_sub` for `username`). `extra`/`header` add or replace members
+        (None removes), `sign_with` forges the signature as in `mint_id_token`."""
+        claims: dict[str, Any] = {
+            "iss": self._issuer(),
+            "jti": secrets.token_urlsafe(16),
+            "iat": self.clock() if iat is None else iat,
+            "aud": aud if isinstance(aud, str) else list(aud),
+            "events": {event_type: dict(event or {})},
+        }
+        if sub_id is not None:
+            claims["sub_id"] = dict(sub_id)
+        elif username is not None:
+            claims["sub_id"] = {"format": "iss_sub", "iss": self._issuer(),
+                                "sub": self.users[username]["sub"]}
+        with self._mutex:
+            key = sign_with or self._signing
+            kid = str(self._signing.kid)
+        return self._sign(claims, key, kid, extra=extra,
+                          header={"typ": SET_TYP, **(header or {})})
 
     # --- internals ---------------------------------------------------------------------------
 
