@@ -257,6 +257,54 @@ def test_invalid_grant_marks_needs_reconnect_without_retry_storm(db, store, vaul
     assert crm.faults.token_requests == requests_so_far
 
 
+def _database_fails_once_storing_the_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    from authserver.db import DatabaseUnavailableError
+
+    real = connections._store_refreshed
+
+    def fail_once(*args, **kwargs):
+        monkeypatch.setattr(connections, "_store_refreshed", real)
+        raise DatabaseUnavailableError(debug="database: OperationalError")
+
+    monkeypatch.setattr(connections, "_store_refreshed", fail_once)
+
+
+def test_refresh_the_database_could_not_store_is_stored_later(db, store, vault, crm, now,
+                                                              monkeypatch):
+    # The CRM rotated the refresh token, then storing failed: the next refresh stores the
+    # tokens it received (kept sealed in the store) instead of presenting the spent one.
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    before = _refresh_token(db, vault)
+    _database_fails_once_storing_the_refresh(monkeypatch)
+    with pytest.raises(TemporarilyUnavailableError):
+        get_access_token(db, store, vault, crm.platform, user_id=USER, now=now + LATER,
+                         connect_uri=CONNECT_URI)
+    assert _refresh_token(db, vault) == before
+    token, conn = get_access_token(db, store, vault, crm.platform, user_id=USER,
+                                   now=now + LATER + 1, connect_uri=CONNECT_URI)
+    assert conn.status == "active" and _api_me(crm.base_url, token) == 200
+    assert _refresh_token(db, vault) != before
+    stats = crm.provider.stats
+    assert (stats["refresh"], stats["refresh_reuse"], stats["active_grants"]) == (1, 0, 1)
+
+
+def test_pending_refresh_is_ignored_after_a_reconnect(db, store, vault, crm, now, monkeypatch):
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
+    _database_fails_once_storing_the_refresh(monkeypatch)
+    with pytest.raises(TemporarilyUnavailableError):
+        get_access_token(db, store, vault, crm.platform, user_id=USER, now=now + LATER,
+                         connect_uri=CONNECT_URI)
+    # Alice reconnects meanwhile: the kept tokens belong to the grant she replaced.
+    connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice",
+            now=now + LATER + 1)
+    reconnected = _refresh_token(db, vault)
+    token, _ = get_access_token(db, store, vault, crm.platform, user_id=USER,
+                                   now=now + 2 * LATER, connect_uri=CONNECT_URI)
+    assert _api_me(crm.base_url, token) == 200
+    assert _refresh_token(db, vault) != reconnected  # refreshed from the new grant
+    assert crm.provider.stats["refresh"] == 2
+
+
 def test_reconnect_after_needs_reconnect_restores_the_connection(db, store, vault, crm, now):
     connect(db, store, vault, crm.platform, user_id=USER, login_hint="alice", now=now)
     with db.session() as session:

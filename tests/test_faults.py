@@ -444,6 +444,52 @@ def test_platform_token_endpoint_down_during_refresh(
     audit_verify(stack, monkeypatch, tmp_path)
 
 
+def test_postgres_stops_after_the_platform_rotated_the_refresh_token(
+        stack: Stack, postgres: PostgresCluster, monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    """The worst moment: the CRM has rotated Alice's refresh token (the old one is now spent)
+    and PostgreSQL stops before we store the new one. That call is 503; once the database is
+    back, the next call is served with the tokens we received, not by presenting the spent
+    one (which the CRM treats as reuse and answers by revoking the grant: Alice would have to
+    reconnect)."""
+    import sqlalchemy as sa
+
+    from authserver.models.broker import Connection
+
+    assertion, key = stack.edge_mint("alice")
+    token, token_key = capability(stack, "alice")
+    with stack.services.db.session() as session:
+        session.execute(sa.update(Connection).values(
+            access_obtained_at=Connection.access_obtained_at - 3600,
+            access_expires_at=Connection.access_obtained_at - 3600))
+    assert requests.post(stack.crm.base_url + "/_admin/expire",
+                         timeout=HTTP_TIMEOUT).status_code == 200
+
+    inner, token_path = stack.crm.app.wsgi_app, stack.crm.endpoints["token"]
+    answered = threading.Event()
+
+    def stop_postgres_after_refresh(environ: dict[str, Any],
+                                    start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO") != token_path or answered.is_set():
+            return inner(environ, start_response)
+        body = b"".join(inner(environ, start_response))  # the CRM has rotated the token
+        answered.set()
+        postgres.stop()  # ...and the database goes away before our response is read
+        return [body]
+
+    stack.crm.app.wsgi_app = stop_postgres_after_refresh
+    assert_unavailable(stack.gateway(token, token_key, "GET", DEAL))
+    assert stack.crm.stats["refresh"] == 1
+
+    postgres.start()
+    called = stack.gateway(token, token_key, "GET", DEAL)
+    assert called.status_code == 200, called.text
+    stats = stack.crm.stats
+    assert (stats["refresh"], stats["refresh_reuse"], stats["active_grants"]) == (1, 0, 1)
+    assert_served(stack, assertion, key)
+    audit_verify(stack, monkeypatch, tmp_path)
+
+
 def test_services_are_the_throwaway_ones(postgres: PostgresCluster,
                                          redis_server: RedisServer) -> None:
     """Nothing here may stop the shared services other tests use."""

@@ -16,6 +16,7 @@ BUILT = {
     "connect-state": keys.connect_state("state-value"),
     "force-refresh": keys.force_refresh(USER, "crm"),
     "refresh-lock": keys.refresh_lock(USER, "crm"),
+    "refresh-pending": keys.refresh_pending(USER, "crm"),
     "conn-epoch": keys.connection_epoch(USER, "crm"),
     "capability-writes": keys.capability_writes("jti-1"),
     "rl": keys.rate_user("write", USER),
@@ -34,8 +35,8 @@ def test_each_builder_spells_its_registered_family():
 
 def test_user_ids_are_never_written_in_clear():
     digest = hashlib.sha256(USER.encode()).hexdigest()
-    for family in ("approval-lock", "force-refresh", "refresh-lock", "conn-epoch", "rl",
-                   "session-gen"):
+    for family in ("approval-lock", "force-refresh", "refresh-lock", "refresh-pending",
+                   "conn-epoch", "rl", "session-gen"):
         assert USER not in BUILT[family] and digest in BUILT[family], family
     assert "alice" not in keys.rate_request("login", "alice")
 

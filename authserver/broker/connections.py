@@ -16,6 +16,8 @@ then the grant at the platform.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import hmac
 import json
@@ -76,6 +78,8 @@ LOCK_TIMEOUT = 60
 REFRESH_RETRY_WINDOW = LOCK_TIMEOUT
 #: How long a caller waits for another process's refresh before answering 503.
 LOCK_WAIT = 30
+#: How long refreshed tokens the database could not store wait, sealed, in the store.
+PENDING_REFRESH_TTL = 24 * 3600
 #: A token is used for at least this many seconds after it was obtained, however soon the
 #: platform says it expires.
 MIN_TOKEN_AGE = 1
@@ -310,21 +314,87 @@ def _refresh_single_flight(db: Database, store: Store, vault: Vault, platform: P
             # Nothing to refresh with (e.g. non-expiring tokens that the API now rejects).
             return _park_needs_reconnect(db, vault, conn, fence, now, connect_uri, None)
         refresh_token = _open(vault, conn, "refresh_token")
+        # A refresh whose result the database could not store: the platform may have rotated
+        # the refresh token we hold, so presenting it again would read as reuse.
+        tokens = _pending_refresh(store, vault, platform, conn, now)
+        if tokens is None:
+            try:
+                tokens = _refresh_with_retries(platform, refresh_token, sleep)
+            except PlatformInvalidGrant as e:
+                PLATFORM_REFRESHES.labels(platform=platform.name, outcome="invalid_grant").inc()
+                return _park_needs_reconnect(db, vault, conn, fence, now, connect_uri, e)
+            except PlatformUnavailable as e:
+                PLATFORM_REFRESHES.labels(platform=platform.name, outcome="unavailable").inc()
+                raise TemporarilyUnavailableError("The platform is temporarily unavailable",
+                                                  debug=e.debug) from e
+            PLATFORM_REFRESHES.labels(platform=platform.name, outcome="refreshed").inc()
         try:
-            tokens = _refresh_with_retries(platform, refresh_token, sleep)
-        except PlatformInvalidGrant as e:
-            PLATFORM_REFRESHES.labels(platform=platform.name, outcome="invalid_grant").inc()
-            return _park_needs_reconnect(db, vault, conn, fence, now, connect_uri, e)
-        except PlatformUnavailable as e:
-            PLATFORM_REFRESHES.labels(platform=platform.name, outcome="unavailable").inc()
-            raise TemporarilyUnavailableError("The platform is temporarily unavailable",
-                                              debug=e.debug) from e
-        PLATFORM_REFRESHES.labels(platform=platform.name, outcome="refreshed").inc()
-        result = _store_refreshed(db, vault, platform, conn, tokens, fence, now, connect_uri)
+            result = _store_refreshed(db, vault, platform, conn, tokens, fence, now,
+                                      connect_uri)
+        except TemporarilyUnavailableError:
+            _keep_pending_refresh(store, vault, platform, conn, tokens, now)
+            raise
+        with contextlib.suppress(TemporarilyUnavailableError):
+            # Left behind, it no longer matches the stored refresh token and is ignored.
+            store.delete(store_keys.refresh_pending(user_id, platform.name))
         # A token this fresh is not refreshed again on a 401 (no storm if the API rejects it).
         store.set(store_keys.force_refresh(user_id, platform.name), str(now),
                   ttl=FORCE_REFRESH_MIN_INTERVAL)
         return result
+
+
+def _pending_digest(conn: Connection) -> str:
+    """Names the refresh token a pending result replaces (its ciphertext, not the token)."""
+    return hashlib.sha256((conn.refresh_token_ciphertext or "").encode()).hexdigest()
+
+
+def _keep_pending_refresh(store: Store, vault: Vault, platform: Platform, conn: Connection,
+                          tokens: TokenSet, now: int) -> None:
+    """The platform answered but the database failed: keep the new tokens, sealed as in the
+    database, in the store until a later refresh (under the same lock) can store them."""
+    seal = functools.partial(vault.seal, conn.user_id, platform.name)
+    pending = {
+        "replaces": _pending_digest(conn),
+        "access_token": seal("access_token", tokens.access_token),
+        "refresh_token": None if tokens.refresh_token is None
+        else seal("refresh_token", tokens.refresh_token),
+        "expires_at": None if tokens.expires_in is None else now + tokens.expires_in,
+        "scope": tokens.scope,
+        "api_base_url": tokens.api_base_url,
+    }
+    try:
+        store.set(store_keys.refresh_pending(conn.user_id, platform.name), json.dumps(pending),
+                  ttl=PENDING_REFRESH_TTL)
+    except TemporarilyUnavailableError:
+        log.error("refreshed tokens for platform %s could be kept neither in the database "
+                  "nor in the store", platform.name)
+        return
+    log.warning("refreshed tokens for platform %s kept in the store until the database "
+                "can store them", platform.name)
+
+
+def _pending_refresh(store: Store, vault: Vault, platform: Platform, conn: Connection,
+                     now: int) -> TokenSet | None:
+    """The tokens `_keep_pending_refresh` kept, if they replace the refresh token in `conn`
+    (after a reconnect or another writer's refresh they are stale: ignored)."""
+    raw = store.get(store_keys.refresh_pending(conn.user_id, platform.name))
+    if raw is None:
+        return None
+    try:
+        pending = json.loads(raw)
+        if pending["replaces"] != _pending_digest(conn):
+            return None
+        open_ = functools.partial(vault.open, conn.user_id, platform.name)
+        expires_at = pending["expires_at"]
+        return TokenSet(
+            access_token=open_("access_token", pending["access_token"]),
+            refresh_token=None if pending["refresh_token"] is None
+            else open_("refresh_token", pending["refresh_token"]),
+            expires_in=None if expires_at is None else max(0, int(expires_at) - now),
+            scope=pending["scope"], api_base_url=pending["api_base_url"])
+    except (ValueError, KeyError, TypeError, EnvelopeIntegrityError):
+        log.warning("unusable pending refresh for platform %s ignored", platform.name)
+        return None
 
 
 def _refresh_with_retries(platform: Platform, refresh_token: str, sleep: Sleep) -> TokenSet:

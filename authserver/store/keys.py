@@ -30,6 +30,8 @@ FAMILIES: dict[str, KeyFamily] = {
     "connect-state": KeyFamily("broker.connections (the connect flow's state)", "10 minutes"),
     "force-refresh": KeyFamily("broker.connections (forced refreshes bounded)", "seconds"),
     "refresh-lock": KeyFamily("broker.connections (single-flight refresh)", "a lock"),
+    "refresh-pending": KeyFamily("broker.connections (refreshed tokens, sealed, the database "
+                                 "could not store)", "until stored, at most 1 day"),
     "conn-epoch": KeyFamily("broker.connections (disconnect kills capability tokens)", "30 days"),
     "capability-writes": KeyFamily("gateway (a capability token's write budget)", "its lifetime"),
     "rl": KeyFamily("ratelimit (sliding windows)", "2 x the window"),
@@ -83,6 +85,10 @@ def force_refresh(user_id: str, platform: str) -> str:
 
 def refresh_lock(user_id: str, platform: str) -> str:
     return f"refresh-lock:{hashed(user_id)}:{platform}"
+
+
+def refresh_pending(user_id: str, platform: str) -> str:
+    return f"refresh-pending:{hashed(user_id)}:{platform}"
 
 
 def connection_epoch(user_id: str, platform: str) -> str:
