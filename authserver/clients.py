@@ -308,12 +308,16 @@ def check_basic_credentials(authorization: str | None) -> None:
     credentials that are not UTF-8 after base64 decoding. Anything but
     `Basic base64(urlencode(client_id) ":" urlencode(secret))` with a UTF-8 payload and a
     client id without control characters is `invalid_client` (401, `WWW-Authenticate: Basic`).
-    Other schemes, and no header at all, are left to the other client authentication methods.
+    Other schemes, and no header at all, are left to the other client authentication methods,
+    but a header with a space and not both a scheme and credentials (" ", "Bearer ") is
+    refused too: Authlib splits any header holding a space in two and raises on fewer parts.
     """
     parts = (authorization or "").split(None, 1)  # as Authlib splits it
+    failed = InvalidClientError("Client authentication failed")
+    if authorization and " " in authorization and len(parts) != 2:
+        raise failed
     if not parts or parts[0].lower() != "basic":
         return
-    failed = InvalidClientError("Client authentication failed")
     if len(parts) != 2:
         raise failed
     try:

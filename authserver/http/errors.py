@@ -99,10 +99,12 @@ def init_app(app: Flask) -> None:
             if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
                 response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
             return response
-        # Routing errors (404, 405): plain JSON, no OAuth code to invent.
+        # Routing errors (404, 405, 413): plain JSON, no OAuth code to invent; never cached,
+        # like every other error an API route sends.
         response = Response(json.dumps({"error": (error.name or "error").lower()
                                         .replace(" ", "_")}),
                             status=error.code or 500, mimetype="application/json")
+        response.headers["Cache-Control"] = "no-store"
         if error.code == 405 and error.valid_methods:  # type: ignore[attr-defined]
             response.headers["Allow"] = ", ".join(error.valid_methods)  # type: ignore[attr-defined]
         return response
