@@ -30,9 +30,8 @@ def test_unknown_api_path_is_not_cacheable(client: FlaskClient) -> None:
 
 
 @pytest.mark.parametrize("path", ["/token", "/introspect", "/revoke"])
-@pytest.mark.parametrize("authorization", [" ", "   ", "Basic\t ", "Bearer ", " DPoP"],
-                         ids=["space", "spaces", "basic-tab-space", "bearer-space",
-                              "leading-space"])
+@pytest.mark.parametrize("authorization", [" ", "Bearer ", " DPoP"],
+                         ids=["space", "bearer-space", "leading-space"])
 def test_authorization_header_with_a_space_but_no_credentials_is_invalid_client(
         client: FlaskClient, path: str, authorization: str) -> None:
     # Found by the fuzzer (the long profile): Authlib splits any Authorization header that
