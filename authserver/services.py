@@ -13,10 +13,13 @@ from authserver.kms import KMS
 from authserver.store import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from authserver.audit import AuditLog
     from authserver.broker.profiles import Platform
     from authserver.broker.vault import Vault
     from authserver.dpop import NonceIssuer
+    from authserver.models import ResourceServer
     from authserver.policy import PolicyEngine
     from authserver.ratelimit import RateLimiter
 
@@ -55,7 +58,28 @@ class Services:
         own token), never as the audience of a token we sign."""
         s = self.settings
         return {s.issuer, *s.resources, *(f"{s.issuer}/gateway/{name}" for name in self.platforms),
-                *self.registered_resources()}
+                *self.registered_resources(), *self.resource_servers()}
+
+    def resource_servers(self, uris: Iterable[str] | None = None) -> dict[str, ResourceServer]:
+        """The admin-registered resource servers (`authserver resources add`), by URI (all of
+        them, or those among `uris`, compared normalised): read from the database on each
+        call, never cached, so an added or removed resource takes effect on every instance at
+        once."""
+        from sqlalchemy import select
+
+        from authserver.models import ResourceServer
+        from authserver.urls import normalize_resource
+
+        query = select(ResourceServer)
+        if uris is not None:
+            wanted = {n for n in (normalize_resource(u) for u in uris) if n is not None}
+            if not wanted:
+                return {}
+            query = query.where(ResourceServer.uri.in_(sorted(wanted)))
+        with self.db.session() as session:
+            rows = list(session.scalars(query))
+            session.expunge_all()
+        return {row.uri: row for row in rows}
 
     def registered_resources(self) -> set[str]:
         """The resources admin-registered resource-server clients serve (their `resources`

@@ -62,6 +62,9 @@ class AuthorizationCodeGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         resources = self.requested_resources()
         if not set(resources) <= set(code.resources):
             raise InvalidTargetError("resource was not part of the authorization request")
+        if not resources:
+            self.check_still_served(code.resources)
+        self.check_resource_servers(resources or code.resources, code.scope)
         self.consume(code)
         self.request.client = client
         self.request.code = code

@@ -91,6 +91,28 @@ class GrantMixin:
             raise InvalidTargetError("The requested resource is not served by this server")
         return list(dict.fromkeys(m for m in matched if m is not None))
 
+    def check_still_served(self, resources: list[str]) -> None:
+        """A code's or grant's resources, used when the request names none: each must still be
+        one we serve (a resource server removed since is `invalid_target` at once)."""
+        known = self.services.known_resources() if resources else set()
+        if any(match_resource(r, known) is None for r in resources):
+            raise InvalidTargetError("The resource is no longer served by this server")
+
+    def check_resource_servers(self, resources: list[str], scope: str | None) -> None:
+        """What the admin-registered resource servers among `resources` require of the token
+        (`authserver.resource_servers.check_token_request`): a DPoP proof for a DPoP-only
+        resource, none for a Bearer-only one, a scope within theirs. Call it after
+        `check_dpop`, before anything is written."""
+        if not resources:
+            return
+        from authserver.resource_servers import check_token_request
+
+        registered = self.services.resource_servers(resources)
+        if registered:
+            check_token_request(registered.values(),
+                                bound=getattr(self.request, "dpop", None) is not None,
+                                scope=scope)
+
     def audience_for(self, resources: list[str]) -> str | list[str]:
         # RFC 9068 §3: a token always has an audience; ours by default.
         if not resources:

@@ -21,6 +21,7 @@ class ClientCredentialsGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         self.request.scope_checked = self.checked_scope(client, self.request.payload.scope)
         self.request.resources = self.requested_resources()
         self.check_dpop(client)
+        self.check_resource_servers(self.request.resources, self.request.scope_checked)
 
     def create_token_response(self):
         client = self.request.client

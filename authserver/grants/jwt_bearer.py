@@ -86,6 +86,7 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         user = self.check_user(config, claims)
         # IDJAG-06: a user assertion is always bound to the caller's key, like the edge mint's.
         proof = self.check_dpop(client, required=user_assertion)
+        self.check_resource_servers(resources, scope)
         # IDJAG-03, last check: a request refused above leaves the grant usable for a
         # corrected retry.
         try:

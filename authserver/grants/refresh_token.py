@@ -61,6 +61,9 @@ class RefreshTokenGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         resources = self.requested_resources()
         if not set(resources) <= set(grant.resources):
             raise InvalidTargetError("resource was not part of the grant")
+        if not resources:
+            self.check_still_served(grant.resources)
+        self.check_resource_servers(resources or grant.resources, scope)
         key = self.services.refresh_successor_key
         if not key:  # never derive successors under an empty or missing key
             raise RuntimeError("no refresh-token successor key configured")

@@ -66,3 +66,66 @@ def audit_verify() -> Response:
     result = current_app.extensions["authserver"].audit.verify(g.db)
     return _json({"ok": result.ok, "count": result.count,
                   "first_bad_seq": result.first_bad_seq, "reason": result.reason})
+
+
+# --- resource servers (the same as `authserver resources add|list|remove`) ------------------
+
+
+@bp.get("/resources")
+def resources_list() -> Response:
+    from authserver import resource_servers
+
+    return _json([resource_servers.as_dict(r) for r in resource_servers.list_all(g.db)])
+
+
+@bp.post("/resources")
+def resources_add() -> Response:
+    """JSON `{"uri", "name", "scopes": [...], "token_types": ["dpop", "bearer"],
+    "introspection": false}`: 201 with the resource (and, with `introspection`, its client's
+    id and secret, shown once); 400 `invalid_request` if malformed, 409 if registered."""
+    from authserver import resource_servers
+    from authserver.errors import InvalidRequestError
+
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) - {"uri", "name", "scopes", "token_types",
+                                                  "introspection"}:
+        raise InvalidRequestError("The body must be a JSON object with uri, name and "
+                                  "optionally scopes, token_types, introspection")
+    scopes = body.get("scopes", [])
+    token_types = body.get("token_types", list(resource_servers.TOKEN_TYPES))
+    introspection = body.get("introspection", False)
+    if not isinstance(scopes, list) or not isinstance(token_types, list) \
+            or not isinstance(introspection, bool):
+        raise InvalidRequestError("scopes and token_types must be arrays, introspection a "
+                                  "boolean")
+    services = current_app.extensions["authserver"]
+    try:
+        reg = resource_servers.add(
+            g.db, uri=body.get("uri"), name=body.get("name"), scopes=scopes,
+            token_types=token_types, introspection=introspection,
+            issuer=services.settings.issuer, supported_scopes=services.settings.scopes,
+            now=g.now)
+    except resource_servers.DuplicateResourceError as e:
+        return _json({"error": "resource_exists", "error_description": str(e)}, 409)
+    except resource_servers.ResourceServerError as e:
+        raise InvalidRequestError(str(e)) from e
+    out = resource_servers.as_dict(reg.resource)
+    if reg.client_secret:
+        out["client_secret"] = reg.client_secret
+    return _json(out, 201)  # committed after the request (a failed commit: 503, no secret)
+
+
+@bp.delete("/resources")
+def resources_remove() -> Response:
+    """`?uri=<the resource, any spelling>`: 200 `{"removed": uri}`, 404 if not registered."""
+    from authserver import resource_servers
+    from authserver.errors import InvalidRequestError
+
+    uri = request.args.get("uri")
+    if not uri:
+        raise InvalidRequestError("uri is required")
+    try:
+        row = resource_servers.remove(g.db, uri)
+    except LookupError:
+        abort(404)
+    return _json({"removed": row.uri})

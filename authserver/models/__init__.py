@@ -20,6 +20,7 @@ from authserver.models.oauth import (
     SigningKey,
     User,
 )
+from authserver.models.resources import ResourceServer
 from authserver.models.scim import ScimUser
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Grant",
     "KeyCheck",
     "RefreshToken",
+    "ResourceServer",
     "RevokedToken",
     "ScimUser",
     "SigningKey",
