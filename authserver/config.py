@@ -81,6 +81,8 @@ class Spec:
     https_url: bool = False
     #: For lists: each item an IP address or network (CIDR).
     ip_networks: bool = False
+    #: For lists: each item a DNS hostname (compared lower-case; no scheme, port or path).
+    hostnames: bool = False
     #: Not an operator setting (the test suite's switches); left out of the reference.
     internal: bool = False
 
@@ -93,6 +95,10 @@ def _setting(default: Any, doc: str, **spec: Any) -> Any:
 
 
 _TTL = {"minimum": 1}
+#: A DNS hostname (RFC 1123 §2.1): dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 _URL_SECRET = "the password in the URL is masked by `authserver config check`"
 
 
@@ -147,6 +153,10 @@ class Settings:
         "audit; gunicorn.conf.py uses it for `FORWARDED_ALLOW_IPS` too when that is unset "
         "(see deploy/)", default_doc="*(none: the peer address is the client)*",
         ip_networks=True)
+    cimd_trusted_hosts: tuple[str, ...] = _setting(
+        (), "hosts whose client metadata documents (URL client ids) the consent page shows "
+        "without the *unverified* mark (comma-separated hostnames, exact match)",
+        default_doc="*(none: every such client is marked unverified)*", hostnames=True)
     scopes: tuple[str, ...] = _setting(
         ("openid", "profile", "email", "offline_access", "read", "write"), "supported scopes")
     access_token_ttl: int = _setting(ACCESS_TOKEN_TTL, "access tokens",
@@ -339,6 +349,12 @@ def _check(f: dataclasses.Field[Any], value: Any, label: str) -> Any:
                 except ValueError:
                     raise ConfigError(f"{label}: must be IP addresses or networks (CIDR), "
                                       f"got {item!r}") from None
+        if spec.hostnames:
+            for item in value:
+                if not _HOSTNAME.fullmatch(item):
+                    raise ConfigError(f"{label}: must be hostnames (such as "
+                                      f"client.example.com), got {item!r}")
+            value = tuple(item.lower() for item in value)
     if kind == "table" and not isinstance(value, Mapping):
         raise ConfigError(f"{label}: must be a table, got {value!r}")
     return value

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -144,12 +144,16 @@ class ClientIdentity:
     client_id: str
     #: The host of the client's own URI (client_uri, else its first redirect URI), if any.
     domain: str | None
-    #: False when the client named itself through open registration (RFC 7591 /register):
-    #: nobody checked its name or its domain.
+    #: False when the client named itself through open registration (RFC 7591 /register)
+    #: or a client metadata document on a host the admin does not trust: nobody checked its
+    #: name or its domain.
     verified: bool
 
 
-def client_identity(client: Any) -> ClientIdentity:
+def client_identity(client: Any, *, trusted_hosts: Collection[str] = ()) -> ClientIdentity:
+    """How the user pages show `client`. A CIMD client (its id a URL) counts as verified only
+    if its id's host is exactly one of `trusted_hosts` (the `cimd_trusted_hosts` setting,
+    lower-case): the host's owner, whom the admin trusts, wrote its metadata."""
     metadata = dict(getattr(client, "client_metadata", None) or {})
     attributes = dict(getattr(client, "attributes", None) or {})
     client_id = str(getattr(client, "client_id", "") or "")
@@ -171,8 +175,17 @@ def client_identity(client: Any) -> ClientIdentity:
         name=str(metadata.get("client_name") or client_id),
         client_id=client_id,
         domain=domain,
-        verified=attributes.get("registration") not in ("open", "cimd"),
+        verified=attributes.get("registration") != "open" and (
+            not cimd or _url_host(client_id) in trusted_hosts),
     )
+
+
+def _url_host(url: str) -> str | None:
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    return host.lower() if host else None
 
 
 # --- scopes -------------------------------------------------------------------------------------

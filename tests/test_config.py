@@ -174,3 +174,16 @@ def test_effective_configuration_masks_secrets() -> None:
     text = repr(shown)
     for secret in ("s" * 40, "admin-token-value", "hunter2", ":pw@", "idp-secret"):
         assert secret not in text
+
+
+def test_cimd_trusted_hosts_are_hostnames_compared_lower_case() -> None:
+    settings = Settings.load(environ={"AUTHSERVER_CIMD_TRUSTED_HOSTS":
+                                      "Client.Example.com,tools.example.net"})
+    assert settings.cimd_trusted_hosts == ("client.example.com", "tools.example.net")
+
+
+@pytest.mark.parametrize("value", ["https://client.example.com", "client.example.com:443",
+                                   "*.example.com", "client.example.com/x", "-bad.example"])
+def test_cimd_trusted_hosts_refuse_what_is_not_a_hostname(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^AUTHSERVER_CIMD_TRUSTED_HOSTS: must be hostnames"):
+        Settings.load(environ={"AUTHSERVER_CIMD_TRUSTED_HOSTS": value})

@@ -286,7 +286,7 @@ def authorize() -> Any:
     if request.method == "GET":
         from authserver.presentation import client_identity, scope_in_words
 
-        identity = client_identity(req.client)
+        identity = client_identity(req.client, trusted_hosts=s.settings.cimd_trusted_hosts)
         return render_template(
             "consent.html",
             client=identity, client_name=identity.name,
@@ -543,7 +543,8 @@ def _identity(client_id: str) -> Any:
     cache: dict[str, Any] = g.setdefault("identities", {})
     if client_id not in cache:
         row = g.db.get(Client, client_id) if len(client_id) <= 255 else None
-        cache[client_id] = client_identity(row) if row is not None else \
+        trusted = current_app.extensions["authserver"].settings.cimd_trusted_hosts
+        cache[client_id] = client_identity(row, trusted_hosts=trusted) if row is not None else \
             ClientIdentity(client_id, client_id, None, False)
     return cache[client_id]
 
