@@ -49,6 +49,14 @@ class Connection(Base):
     #: (e.g. Salesforce `instance_url`, Atlassian cloud id); NULL → the platform's configured one.
     api_base_url: Mapped[str | None] = mapped_column(Text)
     scope: Mapped[str] = mapped_column(Text, default="")
+    #: Who the user is at the platform, as the platform reported it at connect time (an
+    #: e-mail, a workspace name; `profiles.base.account_label_from`); NULL = not reported.
+    #: A label for the user's connections page, never a credential.
+    account_label: Mapped[str | None] = mapped_column(Text)
+    #: The sites the grant covers, as a JSON list of {"id", "name", "url"} (Atlassian's
+    #: accessible-resources); NULL for platforms without sites. The gateway refuses a site
+    #: not listed here.
+    sites: Mapped[str | None] = mapped_column(Text)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
