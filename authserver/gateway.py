@@ -32,6 +32,7 @@ from authserver.audit import AuditRecord, refused_unauthenticated
 from authserver.broker.connections import (
     connect_uri,
     connection_epoch,
+    connection_sites,
     force_refresh,
     get_access_token,
 )
@@ -43,7 +44,12 @@ from authserver.errors import (
     ResourceForbiddenError,
     TemporarilyUnavailableError,
 )
-from authserver.gateway_routes import allowed_methods, path_matches_intent, resolve_path
+from authserver.gateway_routes import (
+    allowed_methods,
+    path_matches_intent,
+    resolve_path,
+    resource_site,
+)
 from authserver.intent import ACTION_METHODS, INTENT_TYPE, READ
 from authserver.resource import ResourceVerifier, protected_resource_metadata_url
 from authserver.resource import protected_resource_metadata as _prm_document
@@ -130,7 +136,8 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
         # refresh lock): a burst of calls must not exhaust the pool the refresher needs.
         session.rollback()
         response = forward(services, platform, req, call.claims, now=now,
-                           target=call.intent["path"], call=call)
+                           target=call.intent["path"], call=call,
+                           site=resource_site(platform, call.intent["resource"]))
         call.status = response.status
     except OAuthError as error:
         _audit(services, req, call, outcome="denied" if error.status_code < 500 else "error",
@@ -244,11 +251,13 @@ def check_fits_intent(services: Services, platform: Platform, req: GatewayReques
 
 
 def forward(services: Services, platform: Platform, req: GatewayRequest,
-            claims: dict[str, Any], *, now: int, target: str, call: _Call | None = None
-            ) -> GatewayResponse:
+            claims: dict[str, Any], *, now: int, target: str, call: _Call | None = None,
+            site: str | None = None) -> GatewayResponse:
     """Call `target` (relative to the API base; checked against the intent by the caller).
 
-    `call`, when given, records the method sent and how many times (for the audit)."""
+    `call`, when given, records the method sent and how many times (for the audit). `site`
+    is the intent's `{cloud_id}` (`gateway_routes.resource_site`): on a platform with sites it
+    must be one the connection stores (`api_base`)."""
     if len(req.body) > MAX_REQUEST_BYTES:
         raise _forbidden("Request body too large")
     s = services
@@ -257,10 +266,10 @@ def forward(services: Services, platform: Platform, req: GatewayRequest,
     reconnect = connect_uri(s.settings.issuer, platform.name)
     token, conn = get_access_token(s.db, s.store, s.vault, platform, user_id=user_id, now=now,
                                    connect_uri=reconnect)
+    base = api_base(platform, conn, site)
     call.forwarded_method = req.method
     call.attempts += 1
-    response = _send(platform, conn.api_base_url or platform.api_base_url or "", token, req,
-                     target)
+    response = _send(platform, base, token, req, target)
     if response.status_code == 401:
         # The platform says the token is dead although we thought it fresh: refresh once, so
         # the next call works. Resend only an idempotent request; a POST or PATCH may already
@@ -270,9 +279,26 @@ def forward(services: Services, platform: Platform, req: GatewayRequest,
                                     connect_uri=reconnect)
         if req.method in IDEMPOTENT_METHODS:
             call.attempts += 1
-            response = _send(platform, conn.api_base_url or platform.api_base_url or "", token,
-                             req, target)
+            response = _send(platform, api_base(platform, conn, site), token, req, target)
     return _relay(response)
+
+
+def api_base(platform: Platform, conn: Any, site: str | None) -> str:
+    """The API base for a call on `conn`. On a platform whose profile discovers sites
+    (Atlassian), fail closed: a `site` the connection does not store is refused (so is any
+    site when none is stored, e.g. a row from before sites were kept: reconnect), and a base
+    with a `{cloud_id}` placeholder (several sites) is filled with the intent's site only."""
+    base = conn.api_base_url or platform.api_base_url or ""
+    if platform.profile.sites_from_discovery is None:
+        return base
+    sites = connection_sites(conn)
+    if site is not None and (sites is None or site not in {s["id"] for s in sites}):
+        raise _forbidden("The intent names a site this connection does not cover")
+    if "{cloud_id}" in base:
+        if site is None:
+            raise _forbidden("The intent names no site, and the connection covers several")
+        base = base.replace("{cloud_id}", site)
+    return base
 
 
 def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest, target: str

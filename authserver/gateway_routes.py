@@ -106,6 +106,22 @@ def _fill(template: str, values: Mapping[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda p: quote(values[p.group(1)], safe=""), template)
 
 
+#: The placeholder that names a site (an Atlassian cloud id) in a resource pattern: the gateway
+#: checks its value against the sites stored on the connection, and fills an API base's
+#: `{cloud_id}` with it.
+SITE_PLACEHOLDER = "cloud_id"
+
+
+def resource_site(platform: Platform, resource: str) -> str | None:
+    """The `{cloud_id}` value of the one route `resource` fits; None if the route has none
+    (or `resource` fits no route)."""
+    matched = _match(platform, resource)
+    if matched is None:
+        return None
+    m = matched[0].regex.fullmatch(resource)
+    return None if m is None else m.groupdict().get(SITE_PLACEHOLDER)
+
+
 def resolve_path(platform: Platform, resource: str) -> str | None:
     """The API path (relative to the API base, may carry a query) an intent resource maps to,
     or None if it fits no route, or fits several that disagree."""

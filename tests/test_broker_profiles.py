@@ -128,11 +128,14 @@ def test_atlassian_api_base_from_the_single_accessible_site():
     assert base == "https://api.atlassian.com/ex/jira/1324a887-45db"
 
 
-def test_atlassian_api_base_ambiguous_sites_refused():
+def test_atlassian_api_base_with_several_sites_keeps_the_placeholder():
+    # Several sites: the gateway fills {cloud_id} per call from the intent, never a guess.
     atlassian = Platform.from_settings("atlassian", {
         "profile": "atlassian", "client_id": "c", "client_secret": "s",
         "api_base_url": "https://api.atlassian.com/ex/jira/{cloud_id}"})
-    assert atlassian_api_base([{"id": "a"}, {"id": "b"}], atlassian) is None
+    assert atlassian_api_base([{"id": "a"}, {"id": "b"}], atlassian) == \
+        "https://api.atlassian.com/ex/jira/{cloud_id}"
+    assert atlassian_api_base([{"id": "a"}, {"id": "../x"}], atlassian) is None
 
 
 def test_notion_api_headers_carry_the_version():

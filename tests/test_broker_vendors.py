@@ -343,6 +343,13 @@ class Atlassian(VendorFake):
     def routes(self, app: Flask) -> None:
         app.add_url_rule("/oauth/token/accessible-resources", "sites",
                          lambda: jsonify(self.sites))
+        app.add_url_rule("/ex/<product>/<cloud_id>/<path:rest>", "api", self._api)
+
+    def _api(self, product: str, cloud_id: str, rest: str) -> Response:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        if self.grant_of_access(token) is None:
+            return Response(status=401)
+        return jsonify(product=product, cloud_id=cloud_id, path=rest)
 
 
 def _atlassian(base: str, **extra: Any) -> Platform:
@@ -365,6 +372,109 @@ def test_atlassian_multi_site_user_connects_and_the_intent_picks_the_site(db, st
                                "jira/22222222-bbbb/rest/api/3/issue/PRJ-1")
     assert path_matches_intent(atlassian, "confluence:11111111-aaaa/page/42", "GET",
                                "confluence/11111111-aaaa/wiki/api/v2/pages/42")
+
+
+def test_atlassian_connection_stores_every_site(db, store, vault):
+    fake = Atlassian(json_body=True, rotate=True, reuse_grace=600)
+    with serving(fake) as base:
+        _connect(db, store, vault, _atlassian(base), fake)
+    row = _row(db, "atlassian")
+    assert row is not None and connections.connection_sites(row) == SITES
+
+
+def _gateway_call(db, store, vault, platform: Platform, resource: str, path: str):
+    from authserver.gateway import GatewayRequest, handle
+
+    services = types.SimpleNamespace(db=db, store=store, vault=vault,
+                                     platforms={platform.name: platform},
+                                     settings=types.SimpleNamespace(
+                                         issuer="http://127.0.0.1:8000"))
+    req = GatewayRequest(platform=platform.name, path=path, method="GET",
+                         url="http://127.0.0.1:8000/gateway/atlassian/" + path,
+                         authorization=[], dpop=[])
+    intent = {"path": path, "resource": resource, "action": "read", "count": 1}
+    return handle_with_intent(services, platform, req, intent, handle)
+
+
+def handle_with_intent(services, platform, req, intent, handle):
+    """`gateway.handle` with the token checks stubbed: these tests are about the sites."""
+    from authserver import gateway
+
+    def verify(_services, _session, _req, *, now, seen):
+        seen.update({"sub": USER, "client_id": "agent"})
+        return seen
+
+    original = (gateway.verify_capability, gateway.check_fits_intent, gateway._audit)
+    gateway.verify_capability = verify  # type: ignore[assignment]
+    gateway.check_fits_intent = lambda *_a, **_k: intent  # type: ignore[assignment]
+    gateway._audit = lambda *_a, **_k: None  # type: ignore[assignment]
+    try:
+        with services.db.session() as session:
+            return handle(services, session, req, now=NOW)
+    finally:
+        gateway.verify_capability, gateway.check_fits_intent, gateway._audit = original
+
+
+ATLASSIAN_RESOURCES = {
+    "jira:{cloud_id}/issue/{key}": "jira/{cloud_id}/rest/api/3/issue/{key}",
+    "confluence:{cloud_id}/page/{id}": "confluence/{cloud_id}/wiki/api/v2/pages/{id}"}
+
+
+def test_atlassian_gateway_reaches_a_stored_site_and_refuses_another(db, store, vault):
+    from authserver.errors import ResourceForbiddenError
+
+    fake = Atlassian(json_body=True, rotate=True, reuse_grace=600)
+    with serving(fake) as base:
+        atlassian = _atlassian(base, api_base_url=base + "/ex", resources=ATLASSIAN_RESOURCES)
+        _connect(db, store, vault, atlassian, fake)
+        ok = _gateway_call(db, store, vault, atlassian, "jira:22222222-bbbb/issue/PRJ-1",
+                           "jira/22222222-bbbb/rest/api/3/issue/PRJ-1")
+        assert ok.status == 200 and json.loads(ok.body)["cloud_id"] == "22222222-bbbb"
+        page = _gateway_call(db, store, vault, atlassian, "confluence:11111111-aaaa/page/42",
+                             "confluence/11111111-aaaa/wiki/api/v2/pages/42")
+        assert page.status == 200 and json.loads(page.body)["product"] == "confluence"
+        calls = len(fake.log)
+        with pytest.raises(ResourceForbiddenError) as refused:
+            _gateway_call(db, store, vault, atlassian, "jira:33333333-cccc/issue/PRJ-1",
+                          "jira/33333333-cccc/rest/api/3/issue/PRJ-1")
+        assert refused.value.status_code == 403
+        assert len(fake.log) == calls  # nothing was sent
+
+
+def test_atlassian_site_unknown_when_no_sites_were_stored_is_refused(db, store, vault):
+    from authserver.errors import ResourceForbiddenError
+
+    fake = Atlassian(json_body=True, rotate=True, reuse_grace=600)
+    with serving(fake) as base:
+        atlassian = _atlassian(base, api_base_url=base + "/ex", resources=ATLASSIAN_RESOURCES)
+        _connect(db, store, vault, atlassian, fake)
+        with db.session() as session:  # a row from before sites were stored
+            session.query(Connection).update({"sites": None})
+        with pytest.raises(ResourceForbiddenError):
+            _gateway_call(db, store, vault, atlassian, "jira:22222222-bbbb/issue/PRJ-1",
+                          "jira/22222222-bbbb/rest/api/3/issue/PRJ-1")
+
+
+def test_atlassian_confluence_site_base_with_several_sites_is_filled_from_the_intent(
+        db, store, vault):
+    from authserver.errors import ResourceForbiddenError
+
+    fake = Atlassian(json_body=True, rotate=True, reuse_grace=600)
+    with serving(fake) as base:
+        atlassian = _atlassian(base, api_base_url=base + "/ex/confluence/{cloud_id}",
+                               resources={"page:{cloud_id}/{id}": "wiki/api/v2/pages/{id}",
+                                          "page:{id}": "wiki/api/v2/pages/{id}"})
+        conn = _connect(db, store, vault, atlassian, fake)
+        assert conn.api_base_url == base + "/ex/confluence/{cloud_id}"
+        ok = _gateway_call(db, store, vault, atlassian, "page:11111111-aaaa/42",
+                           "wiki/api/v2/pages/42")
+        assert json.loads(ok.body) == {"product": "confluence", "cloud_id": "11111111-aaaa",
+                                       "path": "wiki/api/v2/pages/42"}
+        with pytest.raises(ResourceForbiddenError):  # which site? never guessed
+            _gateway_call(db, store, vault, atlassian, "page:42", "wiki/api/v2/pages/42")
+        with pytest.raises(ResourceForbiddenError):
+            _gateway_call(db, store, vault, atlassian, "page:99999999-zzzz/42",
+                          "wiki/api/v2/pages/42")
 
 
 def test_atlassian_site_template_fills_a_single_site(db, store, vault):
@@ -560,3 +670,133 @@ def test_check_never_echoes_the_client_secret(tmp_path, monkeypatch):
 
 def test_atlassian_leeway_covers_every_retry():
     assert PROFILES["atlassian"].refresh_reuse_grace > connections.REFRESH_RETRY_WINDOW
+
+
+# --- the account at the platform (issue 12) -----------------------------------------------------
+
+
+def _id_token(claims: dict[str, Any]) -> str:
+    from authserver.encoding import b64url_encode
+
+    return ".".join(b64url_encode(json.dumps(part).encode())
+                    for part in ({"alg": "RS256"}, claims)) + ".c2ln"
+
+
+class WithIdToken(VendorFake):
+    claims: dict[str, Any] = {"sub": "1", "email": "alice@example.com"}
+
+    def success(self, body: dict[str, Any], grant_type: str) -> Response:
+        return jsonify(**body, id_token=_id_token(self.claims))
+
+
+class SlackWithTeam(Slack):
+    def success(self, body: dict[str, Any], grant_type: str) -> Response:
+        if grant_type == "authorization_code":
+            return jsonify(ok=True, access_token="xoxb-bot", token_type="bot",
+                           team={"id": "T1", "name": "Acme"},
+                           authed_user={"id": "U1", **body, "token_type": "user"})
+        return super().success(body, grant_type)
+
+
+class NotionWithOwner(Notion):
+    def success(self, body: dict[str, Any], grant_type: str) -> Response:
+        return jsonify(**body, workspace_name="Acme\u202e HQ", bot_id="b",
+                       owner={"type": "user", "user": {
+                           "name": "Alice", "person": {"email": "alice@acme.test"}}})
+
+
+def test_oidc_platform_account_is_the_id_token_email(db, store, vault):
+    fake = WithIdToken(client_auth="post", refresh_scope="offline_access")
+    with serving(fake) as base:
+        microsoft = _platform("microsoft", base, token_url=base + "/oauth/token",
+                              authorize_url=base + "/authorize", scopes=["User.Read"])
+        conn = _connect(db, store, vault, microsoft, fake)
+    assert conn.account_label == "alice@example.com"
+    row = _row(db, "microsoft")
+    assert row is not None and row.account_label == "alice@example.com"
+    assert "at-" not in (row.account_label or "")  # a label, never a token
+
+
+def test_preferred_username_when_no_email():
+    from authserver.broker.profiles.base import oidc_account_label
+
+    doc = {"id_token": _id_token({"preferred_username": "alice@corp.example"})}
+    assert oidc_account_label(doc) == "alice@corp.example"
+    assert oidc_account_label({"id_token": "not-a-jwt"}) is None
+    assert oidc_account_label({}) is None
+
+
+def test_slack_account_is_the_workspace_and_user(db, store, vault):
+    fake = SlackWithTeam(token_path="/api/oauth.v2.access", client_auth="basic", rotate=True,
+                         expires_in=43200)
+    with serving(fake) as base:
+        conn = _connect(db, store, vault, _slack(base), fake)
+    assert conn.account_label == "user U1 in workspace Acme"
+
+
+def test_notion_account_is_the_owner_and_workspace_without_control_characters(db, store,
+                                                                               vault):
+    fake = NotionWithOwner(token_path="/v1/oauth/token", json_body=True, client_auth="basic",
+                           rotate=True, expires_in=None)
+    with serving(fake) as base:
+        conn = _connect(db, store, vault, _notion(base), fake)
+    assert conn.account_label == "alice@acme.test in workspace Acme HQ"
+
+
+def test_salesforce_account_from_the_identity_url():
+    from authserver.broker.profiles.salesforce import salesforce_account_label
+
+    doc = {"id": "https://login.salesforce.com/id/00Dxx0000001gPL/005xx000001Sv6A"}
+    assert salesforce_account_label(doc) == "user 005xx000001Sv6A (org 00Dxx0000001gPL)"
+    assert salesforce_account_label({"id": "javascript:alert(1)"}) is None
+
+
+def test_no_account_reported_is_none(db, store, vault):
+    fake = VendorFake(client_auth="basic")
+    with serving(fake) as base:
+        generic = _platform("generic", base, token_url=base + "/oauth/token",
+                            authorize_url=base + "/authorize", revocation_url=base + "/r")
+        conn = _connect(db, store, vault, generic, fake)
+    assert conn.account_label is None and conn.sites is None
+
+
+# --- keeping idle connections alive (issue 19) --------------------------------------------------
+
+
+def test_keepalive_refreshes_only_connections_near_the_inactivity_limit(db, store, vault):
+    fake = Atlassian(json_body=True, rotate=True, reuse_grace=600)
+    with serving(fake) as base:
+        atlassian = _atlassian(base)
+        _connect(db, store, vault, atlassian, fake)
+        platforms = {"atlassian": atlassian}
+
+        def run(now: int) -> dict[str, int]:
+            return connections.keep_alive(db, store, vault, platforms, issuer="http://i",
+                                          now=now, sleep=lambda _s: None)
+
+        def refreshes() -> int:
+            return sum(e[2].get("grant_type") == "refresh_token" for e in fake.log)
+
+        assert run(NOW + 70 * 86400) == {"refreshed": 0, "skipped": 1, "needs_reconnect": 0,
+                                         "failed": 0}
+        assert refreshes() == 0
+        assert run(NOW + 77 * 86400)["refreshed"] == 1 and refreshes() == 1
+        row = _row(db, "atlassian")
+        assert row is not None and row.access_obtained_at == NOW + 77 * 86400
+        assert run(NOW + 78 * 86400)["skipped"] == 1 and refreshes() == 1  # fresh again
+        for grant in fake.grants.values():
+            grant.revoked = True  # the user removed the app at Atlassian
+        assert run(NOW + 170 * 86400)["needs_reconnect"] == 1
+    row = _row(db, "atlassian")
+    assert row is not None and row.status == CONNECTION_NEEDS_RECONNECT
+
+
+def test_keepalive_ignores_platforms_without_an_inactivity_limit(db, store, vault):
+    fake = VendorFake(client_auth="basic")
+    with serving(fake) as base:
+        generic = _platform("generic", base, token_url=base + "/oauth/token",
+                            authorize_url=base + "/authorize", revocation_url=base + "/r")
+        _connect(db, store, vault, generic, fake)
+        counts = connections.keep_alive(db, store, vault, {"generic": generic},
+                                        issuer="http://i", now=NOW + 400 * 86400)
+    assert counts == {"refreshed": 0, "skipped": 0, "needs_reconnect": 0, "failed": 0}

@@ -97,6 +97,21 @@ def connect_uri(issuer: str, platform_name: str) -> str:
     return issuer.rstrip("/") + CONNECT_PATH.format(platform=platform_name)
 
 
+def connection_sites(conn: Connection) -> list[dict[str, str]] | None:
+    """The sites stored on `conn` (`Connection.sites`); None when none were stored (a platform
+    without sites, or a row from before they were) or the column is unreadable."""
+    if conn.sites is None:
+        return None
+    try:
+        sites = json.loads(conn.sites)
+    except ValueError:
+        return None
+    if not isinstance(sites, list) or not all(
+            isinstance(s, dict) and isinstance(s.get("id"), str) for s in sites):
+        return None
+    return [{k: str(s.get(k) or "") for k in ("id", "name", "url")} for s in sites]
+
+
 def user_connections(session: Session, user_id: str) -> list[Connection]:
     """The user's connections, for their connections page (no token is decrypted)."""
     return list(session.scalars(
@@ -166,6 +181,8 @@ def finish_connect(db: Database, store: Store, vault: Vault, platform: Platform,
         conn.access_obtained_at = now
         conn.api_base_url = tokens.api_base_url
         conn.scope = tokens.scope or " ".join(platform.scopes)
+        conn.account_label = tokens.account_label
+        conn.sites = None if tokens.sites is None else json.dumps(list(tokens.sites))
         conn.updated_at = now
     log.info("connected user to platform %s", platform.name)
     if superseded:
@@ -341,6 +358,65 @@ def _refresh_single_flight(db: Database, store: Store, vault: Vault, platform: P
         store.set(store_keys.force_refresh(user_id, platform.name), str(now),
                   ttl=FORCE_REFRESH_MIN_INTERVAL)
         return result
+
+
+#: `keep_alive` refreshes a connection this long before its refresh token would die unused.
+KEEPALIVE_MARGIN = 14 * 24 * 3600
+
+
+def keep_alive(db: Database, store: Store, vault: Vault, platforms: Mapping[str, Platform], *,
+               issuer: str, now: int, margin: int = KEEPALIVE_MARGIN,
+               sleep: Sleep = time.sleep) -> dict[str, int]:
+    """Refresh every active connection whose refresh token dies after `refresh_idle_lifetime`
+    unused (Microsoft, Atlassian: 90 days) and was last refreshed (or connected) more than
+    that minus `margin` ago: an operator runs it from cron (`authserver connections
+    keepalive`). Each refresh is the ordinary single-flight one under the per-(user,
+    platform) lock, re-checked there, so a concurrent refresh or reconnect is never repeated.
+    Returns how many were refreshed, skipped (not due, or refreshed meanwhile), parked as
+    needing reconnect, and failed (a platform or dependency down: the next run retries)."""
+    with db.session() as session:
+        rows = session.execute(select(
+            Connection.user_id, Connection.platform, Connection.access_obtained_at,
+            Connection.updated_at).where(Connection.status == CONNECTION_ACTIVE,
+                                         Connection.refresh_token_ciphertext.is_not(None))
+        ).all()
+    counts = {"refreshed": 0, "skipped": 0, "needs_reconnect": 0, "failed": 0}
+    for user_id, name, obtained_at, updated_at in rows:
+        platform = platforms.get(name)
+        idle = None if platform is None else platform.profile.refresh_idle_lifetime
+        if platform is None or idle is None:
+            continue
+        due_before = now - max(0, idle - margin)
+        last = obtained_at if obtained_at is not None else updated_at
+        outcome = "skipped" if last > due_before else _keep_one_alive(
+            db, store, vault, platform, user_id, due_before, issuer=issuer, now=now,
+            sleep=sleep)
+        counts[outcome] += 1
+    return counts
+
+
+def _keep_one_alive(db: Database, store: Store, vault: Vault, platform: Platform, user_id: str,
+                    due_before: int, *, issuer: str, now: int, sleep: Sleep) -> str:
+    refreshed: list[bool] = []
+
+    def needs_refresh(latest: Connection, _current: str) -> bool:
+        # Under the lock: still last refreshed before `due_before` (no one refreshed since).
+        last = latest.access_obtained_at if latest.access_obtained_at is not None \
+            else latest.updated_at
+        refreshed.append(last <= due_before and latest.refresh_token_ciphertext is not None)
+        return refreshed[-1]
+
+    try:
+        _refresh_single_flight(db, store, vault, platform, user_id=user_id, now=now,
+                               connect_uri=connect_uri(issuer, platform.name), sleep=sleep,
+                               needs_refresh=needs_refresh)
+    except ConnectionRequiredError:
+        # Parked by this refresh (invalid_grant), or disconnected meanwhile.
+        return "needs_reconnect" if refreshed else "skipped"
+    except TemporarilyUnavailableError as e:
+        log.warning("keepalive refresh at %s failed: %s", platform.name, e.debug)
+        return "failed"
+    return "refreshed" if refreshed and refreshed[-1] else "skipped"
 
 
 def _pending_digest(conn: Connection) -> str:

@@ -9,8 +9,10 @@ code. Token values are never logged.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
@@ -19,6 +21,7 @@ import requests
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
 from authserver.broker.profiles import Platform, PlatformRequest, is_allowed_url, is_error_code
+from authserver.broker.profiles.base import clean_label
 from authserver.encoding import sha256_b64url
 from authserver.errors import ServerError, TemporarilyUnavailableError
 
@@ -67,6 +70,10 @@ class TokenSet:
     scope: str | None = None
     #: The API base for this grant when the response (instance_url) or discovery names one.
     api_base_url: str | None = None
+    #: Who the user is at the platform (code exchange only; `account_label_from`).
+    account_label: str | None = None
+    #: The sites the grant covers, when the profile discovers them (`sites_from_discovery`).
+    sites: tuple[Mapping[str, str], ...] | None = None
 
 
 def s256(code_verifier: str) -> str:
@@ -182,10 +189,24 @@ def _token_request(platform: Platform, data: dict[str, str], grant_type: str, *,
         client_auth="none",
     )
     response = _send(platform, req)
-    doc = platform.profile.token_response_quirks(_parse_body(response), grant_type)
+    raw = _parse_body(response)
+    doc = platform.profile.token_response_quirks(raw, grant_type)
     if response.status_code != 200 or "error" in doc:
         _raise_for_error(platform, response, doc)
-    return _token_set(platform, doc)
+    tokens = _token_set(platform, doc)
+    if grant_type == "authorization_code":
+        tokens = dataclasses.replace(tokens, account_label=_account_label(platform, raw))
+    return tokens
+
+
+def _account_label(platform: Platform, raw: dict[str, Any]) -> str | None:
+    """Who the user is at the platform, from the raw response; a label is never worth
+    failing a connect for (a hook that trips over an odd response gives none)."""
+    try:
+        return clean_label(platform.profile.account_label_from(raw))
+    except (AttributeError, KeyError, TypeError, ValueError):
+        log.info("platform %s: no usable account label in the token response", platform.name)
+        return None
 
 
 def _send(platform: Platform, req: PlatformRequest) -> requests.Response:
@@ -297,8 +318,15 @@ def _with_discovered_api_base(platform: Platform, tokens: TokenSet) -> TokenSet:
     doc = _parse_body(response)
     if response.status_code != 200:
         _raise_for_error(platform, response, doc)
-    base = profile.api_base_from_discovery(doc.get("_list", doc), platform)
-    if base is None or not is_allowed_url(base):
+    discovered = doc.get("_list", doc)
+    base = profile.api_base_from_discovery(discovered, platform)
+    # A `{cloud_id}` left in the base is filled per call from the intent (atlassian_api_base).
+    if base is None or not is_allowed_url(base.replace("{cloud_id}", "x")):
         raise PlatformRejected(debug=f"platform {platform.name}: API base not discoverable")
-    return TokenSet(tokens.access_token, tokens.refresh_token, tokens.expires_in, tokens.scope,
-                    base)
+    sites = None
+    if profile.sites_from_discovery is not None:
+        found = profile.sites_from_discovery(discovered)
+        if found is None:
+            raise PlatformRejected(debug=f"platform {platform.name}: sites not discoverable")
+        sites = tuple(found)
+    return dataclasses.replace(tokens, api_base_url=base, sites=sites)

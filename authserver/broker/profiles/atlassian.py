@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Any
 
-from authserver.broker.profiles.base import DAY, PlatformProfile
+from authserver.broker.profiles.base import DAY, PlatformProfile, clean_label
 
 if TYPE_CHECKING:
     from authserver.broker.profiles.platform import Platform
@@ -24,9 +24,12 @@ def atlassian_api_base(discovered: Any, platform: Platform) -> str | None:
     names the product and the site, e.g. `"jira:{cloud_id}/issue/{key}" =
     "jira/{cloud_id}/rest/api/3/issue/{key}"` or `"confluence:{cloud_id}/page/{id}" =
     "confluence/{cloud_id}/wiki/api/v2/pages/{id}"`, so the intent chooses the site and
-    Atlassian enforces that the grant covers it. Any number of sites connects. A configured
-    base with a `{cloud_id}` placeholder (one site per platform) is filled only when the grant
-    covers exactly one site: with several it is ambiguous and refused, never guessed.
+    Atlassian enforces that the grant covers it, and so does the gateway (the connection
+    stores every site, `atlassian_sites`). Any number of sites connects. A configured base
+    with a `{cloud_id}` placeholder (e.g. https://api.atlassian.com/ex/confluence/{cloud_id})
+    is filled when the grant covers exactly one site; with several it is kept as it is, and
+    the gateway fills it from the intent's `{cloud_id}` (an intent without one is refused:
+    the site is never guessed).
     """
     if not isinstance(discovered, list) or not discovered:
         return None
@@ -37,8 +40,26 @@ def atlassian_api_base(discovered: Any, platform: Platform) -> str | None:
     if "{cloud_id}" not in template:
         return template
     if len(set(ids)) != 1:
-        return None
+        return template
     return template.replace("{cloud_id}", str(ids[0]))
+
+
+def atlassian_sites(discovered: Any) -> list[dict[str, str]] | None:
+    """Every site in `accessible-resources` (`id`, `name`, `url`; same page as above), each
+    id once; None if the document is not a list of sites with valid cloud ids."""
+    if not isinstance(discovered, list) or not discovered:
+        return None
+    sites: dict[str, dict[str, str]] = {}
+    for site in discovered:
+        cloud_id = site.get("id") if isinstance(site, dict) else None
+        if not isinstance(cloud_id, str) or not _CLOUD_ID.fullmatch(cloud_id):
+            return None
+        assert isinstance(site, dict)
+        url = clean_label(site.get("url")) or ""
+        sites.setdefault(cloud_id, {
+            "id": cloud_id, "name": clean_label(site.get("name")) or "",
+            "url": url if url.startswith("https://") else ""})
+    return list(sites.values())
 
 
 # Atlassian Cloud 3LO: https://developer.atlassian.com/cloud/jira/platform/oauth-2-3lo-apps/
@@ -53,13 +74,13 @@ PROFILE = PlatformProfile(
     # com/t/updated-31-january-2022-action-required-deprecating-persistent-refresh-tokens/
     # 54172. The leeway makes retrying a refresh of unknown outcome safe.
     rotates_refresh_tokens=True, refresh_reuse_grace=600,
-    refresh_idle_lifetime=90 * DAY,
+    refresh_idle_lifetime=90 * DAY, refresh_absolute_lifetime=365 * DAY,
     # No documented revocation endpoint: users revoke in their Atlassian account settings.
     supports_revocation=False,
     # Every site the user authorised, with its cloud id:
     # https://developer.atlassian.com/cloud/oauth/getting-started/making-calls-to-api/
     api_base_discovery_url="https://api.atlassian.com/oauth/token/accessible-resources",
-    api_base_from_discovery=atlassian_api_base,
+    api_base_from_discovery=atlassian_api_base, sites_from_discovery=atlassian_sites,
     authorize_url="https://auth.atlassian.com/authorize",
     token_url="https://auth.atlassian.com/oauth/token",
     # Jira at /ex/jira/{cloud_id}, Confluence at /ex/confluence/{cloud_id}: the resource

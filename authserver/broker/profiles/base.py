@@ -12,7 +12,9 @@ instance of a profile.
 
 from __future__ import annotations
 
+import json
 import re
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -53,6 +55,45 @@ RevocationHook = Callable[["Platform", str, str], PlatformRequest]
 DiscoveryHook = Callable[[Any, "Platform"], "str | None"]
 #: (HTTP status, Content-Type, body bytes) of an API response → the status it stands for.
 ApiStatusHook = Callable[[int, str, bytes], int]
+#: The raw token response of a code exchange → who the user is at the platform (a label).
+AccountLabelHook = Callable[[dict[str, Any]], "str | None"]
+#: The discovery document → the sites the grant covers ({"id", "name", "url"} each), or None.
+SitesHook = Callable[[Any], "list[dict[str, str]] | None"]
+
+#: The longest account label or site name we keep (they are shown, never trusted).
+MAX_LABEL_CHARS = 200
+
+
+def clean_label(value: object) -> str | None:
+    """A platform-reported name made safe to store and show: a non-empty string without
+    control or format characters, at most MAX_LABEL_CHARS; None otherwise."""
+    if not isinstance(value, str):
+        return None
+    text = "".join(c for c in value if unicodedata.category(c)[0] != "C").strip()
+    return text[:MAX_LABEL_CHARS] or None
+
+
+def id_token_claims(doc: dict[str, Any]) -> dict[str, Any]:
+    """The payload of the token response's `id_token`, unverified: used only for a display
+    label (it came straight from the token endpoint over TLS, OIDC Core §3.1.3.7), never to
+    authenticate anyone. {} when absent or malformed."""
+    from authserver.encoding import b64url_decode
+
+    token = doc.get("id_token")
+    if not isinstance(token, str) or token.count(".") != 2 or len(token) > 16384:
+        return {}
+    try:
+        claims = json.loads(b64url_decode(token.split(".")[1]))
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def oidc_account_label(doc: dict[str, Any]) -> str | None:
+    """OpenID Connect platforms (Google, Microsoft, Salesforce with `openid`): the id_token's
+    `email`, else `preferred_username` (OIDC Core §5.1)."""
+    claims = id_token_claims(doc)
+    return clean_label(claims.get("email")) or clean_label(claims.get("preferred_username"))
 
 
 def standard_api_status(status: int, content_type: str, body: bytes) -> int:
@@ -102,8 +143,12 @@ class PlatformProfile:
     #: documented 10-minute leeway): a retry inside it is safe even with rotation. 0 = none.
     refresh_reuse_grace: int = 0
     #: A refresh token unused this long dies (Microsoft, Atlassian: 90 days); None = unknown or
-    #: never. Documentation only so far: nothing refreshes idle grants before it yet.
+    #: never. The connections page marks a connection "expires soon" before it, and
+    #: `authserver connections keepalive` refreshes idle connections in time.
     refresh_idle_lifetime: int | None = None
+    #: A refresh token dies this long after the grant, used or not (Atlassian: 365 days);
+    #: counted from the connect. None = unknown or never. The page marks "expires soon".
+    refresh_absolute_lifetime: int | None = None
     #: RFC 7636 PKCE on the code flow. Off where the platform's PKCE mode is a one-way switch to
     #: a public client that rejects a confidential exchange carrying a verifier (Slack).
     pkce: bool = True
@@ -145,6 +190,12 @@ class PlatformProfile:
     #: The HTTP status an API response stands for (Slack answers errors with 200 + ok=false):
     #: a 401 here makes the gateway refresh once, like a real 401.
     api_response_status: ApiStatusHook = standard_api_status
+    #: Who the user is at the platform, from the raw code-exchange response (before
+    #: `token_response_quirks`); stored for the connections page. None = not reported.
+    account_label_from: AccountLabelHook = oidc_account_label
+    #: The sites a grant covers, from the `api_base_discovery_url` document (Atlassian): stored
+    #: on the connection; the gateway then refuses an intent whose `{cloud_id}` is not one.
+    sites_from_discovery: SitesHook | None = None
     #: Default endpoints, so a deployment need only configure its client credentials.
     authorize_url: str | None = None
     token_url: str | None = None

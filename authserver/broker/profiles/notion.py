@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from authserver.broker.profiles.base import (
     PlatformProfile,
     PlatformRequest,
+    clean_label,
     error_only,
     is_error_code,
 )
@@ -34,6 +35,21 @@ def notion_revocation(platform: Platform, token: str, kind: str) -> PlatformRequ
 
 
 # Notion: https://developers.notion.com/docs/authorization
+def notion_account_label(doc: dict[str, Any]) -> str | None:
+    """The token response names the workspace (`workspace_name`) and, for a user-owned
+    integration, the user (`owner.user`: `person.email`, else `name`):
+    https://developers.notion.com/docs/authorization#step-4-notion-responds-with-an-access_token-and-some-additional-information"""
+    owner = doc.get("owner")
+    user = owner.get("user") if isinstance(owner, dict) else None
+    person = user.get("person") if isinstance(user, dict) else None
+    who = (clean_label(person.get("email")) if isinstance(person, dict) else None) or \
+        (clean_label(user.get("name")) if isinstance(user, dict) else None)
+    workspace = clean_label(doc.get("workspace_name"))
+    if who and workspace:
+        return clean_label(f"{who} in workspace {workspace}")
+    return who or (clean_label(f"workspace {workspace}") if workspace else None)
+
+
 PROFILE = PlatformProfile(
     name="notion",
     # JSON token requests with Basic client auth; no scopes (the user picks pages);
@@ -45,7 +61,7 @@ PROFILE = PlatformProfile(
     rotates_refresh_tokens=True, default_expires_in=None,
     # Errors as {object: "error", status, code, message}:
     # https://developers.notion.com/reference/status-codes
-    token_response_quirks=notion_token_response,
+    token_response_quirks=notion_token_response, account_label_from=notion_account_label,
     # POST /v1/oauth/revoke, Basic auth, JSON {token}:
     # https://developers.notion.com/reference/revoke-token
     revocable_tokens=("access_token",), revocation_request=notion_revocation,

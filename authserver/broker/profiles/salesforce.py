@@ -3,7 +3,26 @@ setting, five approvals per user and app."""
 
 from __future__ import annotations
 
-from authserver.broker.profiles.base import PlatformProfile
+import re
+from typing import Any
+
+from authserver.broker.profiles.base import PlatformProfile, clean_label, oidc_account_label
+
+# https://login.salesforce.com/id/<org id>/<user id>
+_IDENTITY_URL = re.compile(r"^https://[^/]+/id/([A-Za-z0-9]{15,18})/([A-Za-z0-9]{15,18})$")
+
+
+def salesforce_account_label(doc: dict[str, Any]) -> str | None:
+    """The id_token's e-mail when `openid` was granted, else the user and org ids from the
+    token response's `id` (the identity URL): https://help.salesforce.com/s/articleView?id=
+    xcloud.remoteaccess_oauth_web_server_flow.htm ("id: Identity URL ... the user's ID and
+    org ID")."""
+    label = oidc_account_label(doc)
+    if label:
+        return label
+    match = _IDENTITY_URL.match(str(doc.get("id") or ""))
+    return clean_label(f"user {match.group(2)} (org {match.group(1)})") if match else None
+
 
 # Salesforce.
 PROFILE = PlatformProfile(
@@ -15,6 +34,7 @@ PROFILE = PlatformProfile(
     # timeout, is our assumption.
     default_expires_in=900,
     # `instance_url` names the org's API host (same page); our API version choice.
+    account_label_from=salesforce_account_label,
     instance_url_field="instance_url", instance_api_path="/services/data/v62.0",
     instance_host_suffixes=("salesforce.com", "force.com", "salesforce.mil"),
     # A refresh token only with the `refresh_token` (alias `offline_access`) scope, which

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from authserver.broker.profiles.base import PlatformProfile, bearer_revocation, error_only
+from authserver.broker.profiles.base import (
+    PlatformProfile,
+    bearer_revocation,
+    clean_label,
+    error_only,
+)
 
 #: Slack Web API error codes (https://docs.slack.dev/reference/methods/auth.revoke, method
 #: pages' "Errors") that mean our token is dead or expired: treated as an HTTP 401.
@@ -71,12 +76,25 @@ def slack_token_response(doc: dict[str, Any], grant_type: str) -> dict[str, Any]
 
 
 # Slack (user tokens).
+def slack_account_label(doc: dict[str, Any]) -> str | None:
+    """`oauth.v2.access` names the workspace (`team.name`) and the user (`authed_user.id`):
+    https://docs.slack.dev/reference/methods/oauth.v2.access"""
+    team = doc.get("team")
+    user = doc.get("authed_user")
+    team_name = clean_label(team.get("name")) if isinstance(team, dict) else None
+    user_id = clean_label(user.get("id")) if isinstance(user, dict) else None
+    if team_name and user_id:
+        return clean_label(f"user {user_id} in workspace {team_name}")
+    return clean_label(f"workspace {team_name}") if team_name else \
+        clean_label(f"user {user_id}") if user_id else None
+
+
 PROFILE = PlatformProfile(
     name="slack",
     # User scopes go in `user_scope`, comma-separated; the user token is nested in
     # `authed_user`: https://docs.slack.dev/reference/methods/oauth.v2.access
     scope_separator=",", scope_param="user_scope",
-    token_response_quirks=slack_token_response,
+    token_response_quirks=slack_token_response, account_label_from=slack_account_label,
     # PKCE is a one-way switch that marks the app a public client
     # (https://docs.slack.dev/authentication/using-pkce, https://docs.slack.dev/changelog/
     # 2026/03/30/pkce). Off by default; an app marked PKCE/public sets profile_overrides
