@@ -455,6 +455,28 @@ def platforms_check(name: str, metadata_url: str | None) -> None:
     sys.exit(1 if findings else 0)
 
 
+# --- connections -------------------------------------------------------------------------------
+
+
+@main.group()
+def connections() -> None:
+    """Users' connections to the platforms (the broker's grants)."""
+
+
+@connections.command("keepalive")
+@click.option("--margin-days", type=click.IntRange(0, 89), default=14, show_default=True,
+              help="Refresh this many days before a refresh token would die unused.")
+def connections_keepalive(margin_days: int) -> None:
+    """Refresh idle connections before the platform's inactivity limit kills their refresh
+    token (Microsoft, Atlassian: 90 days). Run it daily from cron; prints the counts."""
+    from authserver.broker.connections import keep_alive
+
+    services = _services()
+    _print(keep_alive(services.db, services.store, services.vault, services.platforms,
+                      issuer=services.settings.issuer, now=int(time.time()),
+                      margin=margin_days * 86400))
+
+
 # --- conformance, demo -------------------------------------------------------------------------
 
 

@@ -53,6 +53,27 @@ def relative(ts: int | float | None, now: int) -> str:
     return f"in {_span(delta)}" if delta > 0 else f"{_span(-delta)} ago"
 
 
+# --- connections -------------------------------------------------------------------------------
+
+#: How long before a refresh token's inactivity limit the connections page says "expires soon".
+EXPIRY_WARNING = 14 * 86_400
+
+
+def grant_expires_at(idle_lifetime: int | None, has_refresh_token: bool,
+                     last_refresh: int | None) -> int | None:
+    """When a connection's refresh token dies unless it is used again: the last refresh (or
+    connect) plus the platform's inactivity limit (`refresh_idle_lifetime`, e.g. 90 days);
+    None when the platform has none, or there is no refresh token to lose."""
+    if idle_lifetime is None or not has_refresh_token or last_refresh is None:
+        return None
+    return int(last_refresh) + idle_lifetime
+
+
+def expires_soon(expires_at: int | None, now: int) -> bool:
+    """True from EXPIRY_WARNING before `expires_at` (and after it)."""
+    return expires_at is not None and expires_at - now <= EXPIRY_WARNING
+
+
 # --- actions and records -----------------------------------------------------------------------
 
 _VERBS = {"read": "Read", "create": "Create", "update": "Change", "delete": "Delete",

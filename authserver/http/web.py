@@ -405,7 +405,8 @@ def _pop_notice() -> str | None:
 
 @bp.get("/connections")
 def connections() -> Any:
-    from authserver.broker.connections import user_connections
+    from authserver.broker.connections import connection_sites, user_connections
+    from authserver.presentation import expires_soon, grant_expires_at
 
     user = current_user()
     if user is None:
@@ -416,11 +417,20 @@ def connections() -> Any:
     rows = []
     for name, p in sorted(services().platforms.items()):
         conn = mine.get(name)
+        last_refresh = (conn.access_obtained_at or conn.updated_at) if conn else None
+        expires_at = grant_expires_at(
+            p.profile.refresh_idle_lifetime,
+            conn is not None and conn.refresh_token_ciphertext is not None, last_refresh)
         rows.append({
             "name": name, "display_name": p.display_name, "connection": conn,
             "state": _connection_state(conn),
             "scopes": conn.scope.split() if conn is not None and conn.scope else [],
-            "last_refresh": (conn.access_obtained_at or conn.updated_at) if conn else None,
+            "last_refresh": last_refresh,
+            "account": conn.account_label if conn else None,
+            "sites": connection_sites(conn) if conn else None,
+            "expires_at": expires_at,
+            "expires_soon": _connection_state(conn) == "healthy"
+            and expires_soon(expires_at, int(g.now)),
         })
     return render_template("connections.html", rows=rows, notice=_pop_notice())
 
