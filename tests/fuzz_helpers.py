@@ -265,8 +265,12 @@ def authorization_values(draw: st.DrawFn, known: list[tuple[str, str]]) -> list[
     return [header_safe(v) for v in out]
 
 
-def form_pairs(names: list[str], values: st.SearchStrategy[bytes]) -> st.SearchStrategy[
-        list[tuple[bytes, bytes]]]:
-    """Form fields: known names (sometimes repeated) and random ones, with any values."""
+def form_pairs(names: list[str], values: st.SearchStrategy[bytes], *,
+               clean: bool = False) -> st.SearchStrategy[list[tuple[bytes, bytes]]]:
+    """Form fields: known names (sometimes repeated) and random ones, with any values; with
+    `clean`, known names only, each at most once."""
+    if clean:
+        return st.lists(st.tuples(st.sampled_from(names).map(str.encode), values), max_size=8,
+                        unique_by=lambda pair: pair[0])
     name = st.sampled_from(names).map(str.encode) | value_bytes
     return st.lists(st.tuples(name, values), max_size=10)

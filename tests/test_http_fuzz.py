@@ -55,6 +55,7 @@ from tests.http_helpers import (
     PASSWORD,
     RESOURCE,
     USERNAME,
+    basic_auth,
     confidential_client,
     create_local_user,
     form_with,
@@ -212,23 +213,37 @@ intents = st.fixed_dictionaries({
     {"request": "x", "channel": "chat", "environment": "prod"})})
 
 
-def values(target: Target) -> st.SearchStrategy[bytes]:
-    as_bytes = st.one_of(
-        st.sampled_from(target.known), oversized, jws(typ="at+jwt"), jws(typ="JWT"),
-        signed_tokens(target), intents.map(json.dumps), json_values.map(json.dumps),
-    ).map(lambda s: s.encode("utf-8", "surrogatepass"))
+#: Printable ASCII: values that pass the boundary's character checks and reach the grants.
+clean_text = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E),
+                     max_size=64)
+
+
+def values(target: Target, *, clean: bool = False) -> st.SearchStrategy[bytes]:
+    plausible = st.one_of(
+        st.sampled_from(target.known), jws(typ="at+jwt"), jws(typ="JWT"), jws(),
+        signed_tokens(target), intents.map(json.dumps),
+    )
+    if clean:  # what a well-formed request carries: the grants' own checks decide
+        return (plausible | plausible | clean_text).map(str.encode)
+    as_bytes = (plausible | oversized | json_values.map(json.dumps)).map(
+        lambda s: s.encode("utf-8", "surrogatepass"))
     return value_bytes | as_bytes | as_bytes
 
 
 @st.composite
 def request_parts(draw: st.DrawFn, target: Target, names: list[str], *, htm: str, htu: str,
                   fixed: Sequence[tuple[bytes, bytes]] = ()) -> dict[str, Any]:
-    """Body, content type and headers for one request."""
-    pairs = list(fixed) + draw(form_pairs(names, values(target)))
+    """Body, content type and headers for one request. Half of them are well formed (a form,
+    printable values, the real client's credentials), so the grants' own checks run too."""
+    clean = draw(st.booleans())
+    pairs = list(fixed)
+    pairs += [pair for pair in draw(form_pairs(names, values(target, clean=clean), clean=clean))
+              if not clean or pair[0] not in {name for name, _ in fixed}]
     if draw(st.booleans()):
         pairs = draw(st.permutations(pairs))
-    content_type = draw(st.sampled_from(CONTENT_TYPES))
-    shape = draw(st.integers(0, 19))
+    content_type = "application/x-www-form-urlencoded" if clean else draw(
+        st.sampled_from(CONTENT_TYPES))
+    shape = 2 if clean else draw(st.integers(0, 19))
     if shape == 0:
         body: bytes = draw(st.binary(max_size=256))
     elif shape == 19:  # past the body limit
@@ -238,8 +253,11 @@ def request_parts(draw: st.DrawFn, target: Target, names: list[str], *, htm: str
                            for k, v in pairs}).encode()
     else:
         body = urlencode_bytes(pairs).encode("ascii")
-    headers: list[tuple[str, str]] = [("Authorization", v)
-                                      for v in draw(authorization_values(target.credentials))]
+    if clean:
+        client_id, secret = draw(st.sampled_from(target.credentials))
+        headers = [("Authorization", basic_auth(client_id, secret)["Authorization"])]
+    else:
+        headers = [("Authorization", v) for v in draw(authorization_values(target.credentials))]
     headers += [("DPoP", header_safe(v)) for v in draw(dpop_headers(htm, htu))]
     if draw(st.integers(0, 4)) == 0:
         headers.append((draw(st.sampled_from(["X-Request-ID", "Accept", "X-Forwarded-For",
