@@ -319,16 +319,16 @@ def audit_check(issuer: str, admin_token: str) -> dict[str, Any]:
 #: Stages of one agent exchange, as (file suffix, function) → label; inclusive time.
 STAGES = [
     (("app.py", "wsgi_app"), "whole request (Flask WSGI app)"),
-    (("token_exchange.py", "create_token_response"), "token exchange grant (incl. audit)"),
+    (("token_exchange/__init__.py", "create_token_response"), "token exchange grant (incl. audit)"),
     (("clients.py", "authenticate"), "client auth: private_key_jwt (DB + verify + replay)"),
     (("dpop.py", "validate_proof"), "DPoP proof validation (incl. replay SET NX)"),
-    (("token_exchange.py", "check_subject_assertion"), "user assertion: verify + revocation"),
-    (("token_exchange.py", "check_intent"), "intent parse"),
+    (("token_exchange/agent.py", "check_subject_assertion"), "user assertion: verify + revocation"),
+    (("token_exchange/agent.py", "check_intent"), "intent parse"),
     (("policy.py", "decide"), "Cedar policy decision"),
-    (("token_exchange.py", "check_rate_limit"), "rate limits (Redis INCR x2)"),
-    (("token_exchange.py", "check_connection"), "connection lookup (DB)"),
+    (("token_exchange/agent.py", "check_rate_limit"), "rate limits (Redis INCR x2)"),
+    (("token_exchange/agent.py", "check_connection"), "connection lookup (DB)"),
     (("tokens.py", "issue_access_token"), "capability token: build + ES256 sign"),
-    (("token_exchange.py", "_audit"), "audit append (own transaction, chained)"),
+    (("token_exchange/outcome.py", "_audit"), "audit append (own transaction, chained)"),
     (("app.py", "commit"), "request commit (after_request)"),
 ]
 

@@ -1,0 +1,87 @@
+"""What the token-exchange package shares: the RFC 8693 token types, the `Exchange` record the
+checks fill in (and the audit reads), and the steps every product uses (requested token type,
+verifying one of our own tokens, the TX-08 lifetime cap, the token response)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from authserver.clients import OAuthClient
+from authserver.dpop import DPoPProof
+from authserver.errors import InvalidRequestError
+from authserver.grants.base import GrantMixin
+from authserver.intent import Intent, Mandate
+from authserver.models import User
+from authserver.tokens import (
+    AccessToken,
+    TokenNotLiveError,
+    check_token_live,
+    verify_access_token,
+)
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TT_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+TT_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+TT_JWT = "urn:ietf:params:oauth:token-type:jwt"
+IDP_TOKEN_TYPES = (TT_ID_TOKEN, TT_JWT)
+#: Nested `act` claims beyond this depth are refused (TX-12 chains stay short and auditable).
+MAX_ACT_DEPTH = 4
+MAX_TOKEN_LENGTH = 8192
+
+
+@dataclass
+class Exchange:
+    """What the checks established, in the order they run; also what the audit records."""
+
+    client: OAuthClient
+    form: Any
+    proof: DPoPProof | None = None
+    user: User | None = None
+    subject: dict[str, Any] = field(default_factory=dict)
+    agent_id: str | None = None
+    act: dict[str, Any] | None = None
+    platform: str | None = None
+    intent: Intent | None = None
+    mandate: Mandate | None = None
+    within_mandate: bool | None = None
+    policy_ids: list[str] = field(default_factory=list)
+    approval_id: str | None = None
+    token: AccessToken | None = None
+    role: str = "agent"
+    #: The other agent an `actor_token` names in a narrowing exchange (TX-13 `may_act`).
+    designee: str | None = None
+
+
+class ExchangeSteps(GrantMixin):
+    """The steps shared by the edge mint, the agent exchange and the narrowed assertion."""
+
+    def check_requested_token_type(self, ex: Exchange) -> None:
+        requested = ex.form.get("requested_token_type")
+        if requested not in (None, TT_ACCESS_TOKEN):
+            raise InvalidRequestError("Unsupported requested_token_type")
+
+    def _verify_our_token(self, token: str, *, what: str) -> dict[str, Any]:
+        s = self.services
+        try:
+            claims = verify_access_token(s.keyring, s.settings.issuer, token, now=self.now)
+            check_token_live(self.db, claims)
+        except TokenNotLiveError as e:
+            # RFC 8693 §2.2.2: an unacceptable input token is invalid_request.
+            raise InvalidRequestError(f"{what} is invalid, expired or revoked",
+                                      debug=e.reason) from e
+        return claims
+
+    def exchange_response(self, token: AccessToken) -> Any:
+        status, body, headers = self.token_response(
+            token, extra={"issued_token_type": TT_ACCESS_TOKEN})
+        return status, body, headers
+
+
+def remaining_lifetime(subject: dict[str, Any], now: int, ttl: int) -> int:
+    """TX-08: `ttl`, capped at what is left of the subject token; never past its exp."""
+    left = int(subject.get("exp", now + ttl)) - now
+    if left <= 0:
+        raise InvalidRequestError("subject_token is invalid, expired or revoked",
+                                  debug="expired")
+    return min(ttl, left)
