@@ -42,17 +42,23 @@ class DelegationSteps(ExchangeSteps):
         token, token_type = ex.form.get("actor_token"), ex.form.get("actor_token_type")
         if not token:
             raise InvalidRequestError("actor_token naming the agent is required")
+        ex.agent_id, cnf = self.verify_actor_token(token, token_type)
+        if token_type == TT_ACCESS_TOKEN:
+            ex.subject["actor_cnf"] = cnf
+        self.check_is_agent(str(ex.agent_id))
+
+    def verify_actor_token(self, token: str, token_type: str | None
+                           ) -> tuple[str, dict[str, Any] | None]:
+        """The one actor-token verifier: which agent `actor_token` names (its client assertion
+        JWT, or our token issued to it), and that token's `cnf` (None for an assertion)."""
         if token_type == TT_JWT:
-            ex.agent_id = self._verify_agent_assertion(token)
-        elif token_type == TT_ACCESS_TOKEN:
+            return self._verify_agent_assertion(token), None
+        if token_type == TT_ACCESS_TOKEN:
             claims = self._verify_our_token(token, what="actor_token")
             if claims["sub"] != claims["client_id"]:
                 raise InvalidRequestError("actor_token must be the agent's own token")
-            ex.agent_id = claims["client_id"]
-            ex.subject["actor_cnf"] = claims.get("cnf")
-        else:
-            raise InvalidRequestError("Unsupported actor_token_type")
-        self.check_is_agent(str(ex.agent_id))
+            return claims["client_id"], claims.get("cnf")
+        raise InvalidRequestError("Unsupported actor_token_type")
 
     def _verify_agent_assertion(self, token: str) -> str:
         """The agent's own private_key_jwt-style assertion (RFC 7523 §3 claims, `aud` = us,
@@ -96,15 +102,7 @@ class DelegationSteps(ExchangeSteps):
             raise InvalidRequestError("Delegation chain is too long")
         actor_token = ex.form.get("actor_token")
         if actor_token:
-            if ex.form.get("actor_token_type") == TT_JWT:
-                agent = self._verify_agent_assertion(actor_token)
-            elif ex.form.get("actor_token_type") == TT_ACCESS_TOKEN:
-                named = self._verify_our_token(actor_token, what="actor_token")
-                if named["sub"] != named["client_id"]:
-                    raise InvalidRequestError("actor_token must be the agent's own token")
-                agent = named["sub"]
-            else:
-                raise InvalidRequestError("Unsupported actor_token_type")
+            agent, _ = self.verify_actor_token(actor_token, ex.form.get("actor_token_type"))
             if agent != caller:
                 # Naming another agent designates it as the next actor (only when narrowing,
                 # checked by the caller): it goes into `may_act` of the new assertion.
