@@ -38,12 +38,18 @@ class TestClock:
 
     def __init__(self) -> None:
         self.offset = 0.0
+        self.frozen: float | None = None
 
     def __call__(self) -> float:
-        return time.time() + self.offset
+        return (time.time() if self.frozen is None else self.frozen) + self.offset
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+    def freeze(self) -> None:
+        """Stop at the current instant: a test at an exact boundary (`advance(TTL)`) must not
+        depend on how long the machine took between two requests."""
+        self.frozen = time.time()
 
 
 @pytest.fixture
