@@ -138,7 +138,8 @@ class KeyRing:
             keyset = self._public if attempt == 0 else self._reload_public(now)
             try:
                 decoded = jwt.decode(token, keyset, algorithms=[SIGNING_ALG])
-            except (JoseError, ValueError) as e:
+            except (JoseError, ValueError, TypeError) as e:
+                # TypeError: joserfc on a header member of the wrong type ("crit": null).
                 if attempt == 0 and _is_unknown_kid(e):
                     continue
                 raise InvalidSignatureError(type(e).__name__) from e

@@ -4,11 +4,21 @@ change."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 
 from authserver.app import MAX_BODY_BYTES
-from tests.http_helpers import app, app_config, client, redis_url  # noqa: F401
+from tests.http_helpers import (  # noqa: F401
+    app,
+    app_config,
+    basic_auth,
+    client,
+    confidential_client,
+    redis_url,
+)
 
 
 def test_body_over_the_limit_at_the_token_endpoint_is_not_cacheable(
@@ -42,3 +52,34 @@ def test_authorization_header_with_a_space_but_no_credentials_is_invalid_client(
     assert response.get_json()["error"] == "invalid_client"
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["WWW-Authenticate"].startswith("Basic")
+
+
+def _jws_with_crit_null() -> str:
+    import base64
+    import json
+
+    def part(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'typ': 'at+jwt', 'alg': 'ES256', 'crit': None})}.{part({})}.c2ln"
+
+
+@pytest.mark.parametrize("path", ["/introspect", "/revoke"])
+def test_token_with_a_crit_header_that_is_not_a_list(client: FlaskClient, path: str) -> None:
+    # Found by the fuzzer (the long profile, PostgreSQL): joserfc raised TypeError on
+    # `"crit": null` and our key ring let it through (500); it is a token we did not sign.
+    registered = confidential_client(client)
+    response = client.post(path, data={"token": _jws_with_crit_null()},
+                           headers=basic_auth(registered["client_id"],
+                                              registered["client_secret"]))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    if path == "/introspect":
+        assert response.get_json() == {"active": False}
+
+
+def test_keyring_refuses_a_crit_header_that_is_not_a_list(app: Flask) -> None:
+    from authserver.keys import InvalidSignatureError
+
+    with pytest.raises(InvalidSignatureError):
+        app.extensions["authserver"].keyring.verify(_jws_with_crit_null(), typ="at+jwt",
+                                                    now=int(time.time()))
