@@ -6,7 +6,7 @@ import hashlib
 import inspect
 
 from authserver import clients, dpop
-from authserver.identity import federation, users
+from authserver.identity import federation, login, users
 from authserver.store import keys
 
 USER = "usr_alice:with-a-colon"
@@ -53,7 +53,7 @@ def test_keys_spelled_by_their_owners_use_registered_prefixes():
     assert federation.SUBJECT_TOKEN_KEY in keys.SPELLED_BY_OWNER
     assert federation.ID_JAG_KEY in keys.SPELLED_BY_OWNER
     assert users.EPOCH_KEY_PREFIX in keys.SPELLED_BY_OWNER
-    assert '"oidc-nonce:"' in inspect.getsource(federation)
+    assert '"oidc-nonce:"' in inspect.getsource(login)
     assert '"client-assertion:"' in inspect.getsource(clients)
     for prefix in keys.SPELLED_BY_OWNER:
         assert prefix.split(":")[0] in keys.FAMILIES, prefix

@@ -39,7 +39,7 @@ FAMILIES: dict[str, KeyFamily] = {
     "session-gen": KeyFamily("sessions (sign out everywhere)", "none"),
     "dpop": KeyFamily("dpop (DPOP-12 proof replay, `dpop:jti:`)", "the proof window"),
     "client-assertion": KeyFamily("clients (private_key_jwt replay)", "the assertion's exp"),
-    "oidc-nonce": KeyFamily("identity.federation (ID token nonce, one use)", "the login"),
+    "oidc-nonce": KeyFamily("identity.login (ID token nonce, one use)", "the login"),
     "idp-subject-token": KeyFamily("identity.federation (edge mint, one use)", "the token's exp"),
     "idp-id-jag": KeyFamily("identity.federation (ID-JAG, one use)", "the grant's exp"),
     "user-epoch": KeyFamily("identity.users (deprovisioning)", "none (the database is the truth)"),
@@ -50,7 +50,7 @@ FAMILIES: dict[str, KeyFamily] = {
 #: prefixes are checked against this registry by tests/test_store_keys.py.
 SPELLED_BY_OWNER: dict[str, str] = {
     "dpop:jti:": "authserver.dpop.REPLAY_KEY_PREFIX",
-    "oidc-nonce:": "authserver.identity.federation (inline)",
+    "oidc-nonce:": "authserver.identity.login (inline)",
     "idp-subject-token:": "authserver.identity.federation.SUBJECT_TOKEN_KEY",
     "idp-id-jag:": "authserver.identity.federation.ID_JAG_KEY",
     "user-epoch:": "authserver.identity.users.EPOCH_KEY_PREFIX",
