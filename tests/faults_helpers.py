@@ -28,6 +28,13 @@ from authserver.testing.server import free_port
 READY_DEADLINE = 30.0
 
 
+def service_env() -> dict[str, str]:
+    """The environment for the throwaway PostgreSQL and Redis: like the shared services, they
+    keep the real time when the suite runs under TEST_CLOCK (libfaketime is not preloaded)."""
+    return {k: v for k, v in os.environ.items()
+            if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+
+
 def wait_until(condition: Callable[[], bool], what: str,
                deadline: float = READY_DEADLINE) -> None:
     """Poll `condition` until it holds; fail naming `what` if it never does."""
@@ -69,7 +76,8 @@ class PostgresCluster:
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run([*self._as_user, str(self.bin / tool), *args],
-                                capture_output=True, text=True, timeout=120, check=False)
+                                capture_output=True, text=True, timeout=120, check=False,
+                                env=service_env())
         if result.returncode != 0:
             raise AssertionError(f"{tool} failed: {result.stdout}{result.stderr}")
 
@@ -143,7 +151,7 @@ class RedisServer:
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.root),
              "--logfile", str(self.root / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=service_env())
         wait_until(self.answers, f"redis-server on port {self.port}")
 
     def stop(self) -> None:
