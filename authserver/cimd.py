@@ -31,7 +31,6 @@ redirect: GEN-04; at the token endpoint 401, with one description for every fail
 from __future__ import annotations
 
 import copy
-import json
 import re
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -44,6 +43,7 @@ from authserver.clients import (
     GRANT_REFRESH_TOKEN,
     validate_client_metadata,
 )
+from authserver.encoding import loads_strict_json
 from authserver.errors import InvalidClientError, OAuthError
 from authserver.models import Client
 from authserver.outbound import FetchResult, Outbound, OutboundError
@@ -95,15 +95,6 @@ def check_client_id_url(url: str) -> None:
         raise refuse("dot segment")
 
 
-def _no_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in doc:
-            raise ValueError(f"repeated member {name!r}")
-        doc[name] = value
-    return doc
-
-
 def parse_document(body: bytes, url: str, *, scopes: tuple[str, ...]) -> dict[str, Any]:
     """§4.1: the validated client metadata of the document at `url`; raises
     `InvalidClientError`."""
@@ -112,9 +103,9 @@ def parse_document(body: bytes, url: str, *, scopes: tuple[str, ...]) -> dict[st
                                   debug=f"cimd document: {why}")
 
     try:
-        doc = json.loads(body, object_pairs_hook=_no_repeats)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise refuse("not JSON, or a repeated member") from e
+        doc = loads_strict_json(body)
+    except ValueError as e:  # UnicodeDecodeError is one
+        raise refuse(f"not JSON, or not strict JSON: {e}") from e
     if not isinstance(doc, dict):
         raise refuse("not a JSON object")
     if doc.get("client_id") != url:

@@ -1,6 +1,13 @@
-"""base64url without padding (RFC 4648 §5, as RFC 7515 §2 uses it): the one copy, for JOSE
-members (`ath`, `at_hash`), PKCE S256 challenges (RFC 7636 §4.2), DPoP nonces, mandate hashes,
-refresh-token successors and envelope-encryption fields.
+"""Wire encodings, one copy each.
+
+**Strict JSON** (`loads_strict_json`) for every JSON document a peer sends us to act on
+(`intent`, `authorization_details`, client metadata documents): no repeated member at any depth
+(RFC 8259 §4 leaves the value to the parser, so another parser could read another document) and
+no NaN/Infinity.
+
+**base64url** without padding (RFC 4648 §5, as RFC 7515 §2 uses it), for JOSE members (`ath`,
+`at_hash`), PKCE S256 challenges (RFC 7636 §4.2), DPoP nonces, mandate hashes, refresh-token
+successors and envelope-encryption fields.
 
 Decoding is strict: no padding, no `+` or `/`, nothing outside the alphabet, and no unused
 non-zero bits in the last character, so each byte string has exactly one accepted encoding.
@@ -15,6 +22,8 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
+from typing import Any
 
 # The last character of a 2- or 3-character final quantum may only carry zero padding bits.
 _SAFE_LAST = {3: b"AEIMQUYcgkosw048", 2: b"AQgw"}
@@ -42,3 +51,23 @@ def b64url_decode(text: str | bytes) -> bytes:
 def sha256_b64url(data: bytes) -> str:
     """base64url (no padding) of SHA-256 over `data` (RFC 7636 S256, RFC 9449 `ath`)."""
     return b64url_encode(hashlib.sha256(data).digest())
+
+
+def _no_repeated_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise ValueError(f"repeated JSON member {name!r}")
+        result[name] = value
+    return result
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} not allowed")
+
+
+def loads_strict_json(text: str | bytes) -> Any:
+    """`json.loads`, refusing repeated members and NaN/Infinity; raises ValueError (also for
+    malformed JSON or bytes that are not UTF-8)."""
+    return json.loads(text, object_pairs_hook=_no_repeated_members,
+                      parse_constant=_no_constants)

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from authserver.encoding import sha256_b64url
+from authserver.encoding import loads_strict_json, sha256_b64url
 from authserver.errors import InvalidAuthorizationDetailsError
 
 ACTIONS: tuple[str, ...] = ("read", "create", "update", "delete", "bulk_update", "bulk_delete")
@@ -89,30 +89,14 @@ def _canonical_json(value: Any) -> bytes:
 # --- strict JSON ------------------------------------------------------------------------------
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            # Two parsers could pick different values for a duplicated key (RFC 8259 §4).
-            raise _reject(f"duplicate JSON member {key!r}")
-        result[key] = value
-    return result
-
-
-def _no_constants(name: str) -> Any:
-    raise _reject(f"JSON constant {name} not allowed")
-
-
 def _loads(text: str, what: str) -> Any:
     if len(text) > MAX_JSON_CHARS:
         raise _reject(f"{what} longer than {MAX_JSON_CHARS} characters")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicate_keys,
-                          parse_constant=_no_constants)
-    except InvalidAuthorizationDetailsError:
-        raise
+        return loads_strict_json(text)
     except (ValueError, RecursionError) as e:
-        raise _reject(f"{what} is not valid JSON") from e
+        # A repeated member, NaN/Infinity, or not JSON at all (encoding.loads_strict_json).
+        raise _reject(f"{what} is not valid strict JSON: {e}") from e
 
 
 # --- field checks -----------------------------------------------------------------------------

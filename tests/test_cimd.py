@@ -61,7 +61,7 @@ def test_client_id_url_with_a_port_is_accepted() -> None:
 @pytest.mark.parametrize(("body", "why"), [
     (b"{", "not JSON"),
     (b"[1]", "not a JSON object"),
-    (b'{"client_id": "x", "client_id": "y"}', "repeated member"),
+    (b'{"client_id": "x", "client_id": "y"}', "repeated JSON member"),
     (_doc(client_id="https://client.example/other.json"), "client_id is not the document URL"),
     (_doc(client_id=None), "client_id is not the document URL"),
     (_doc(client_secret="s"), "client_secret"),

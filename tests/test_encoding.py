@@ -1,4 +1,4 @@
-"""base64url without padding (authserver/encoding.py): the one copy every module uses."""
+"""authserver/encoding.py: base64url without padding and strict JSON, the one copy each."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from authserver.encoding import b64url_decode, b64url_encode, sha256_b64url
+from authserver.encoding import b64url_decode, b64url_encode, loads_strict_json, sha256_b64url
 
 
 @pytest.mark.parametrize("size", range(0, 12))
@@ -43,3 +43,22 @@ def test_sha256_b64url_is_rfc_7636_s256():
         "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
     digest = hashlib.sha256(b"x").digest()
     assert sha256_b64url(b"x") == base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize("text", [
+    '{"a": 1, "a": 2}',
+    '{"a": {"b": 1, "b": 1}}',
+    '[{"type": "x"}, {"type": "y", "type": "y"}]',
+    '{"a": NaN}',
+    '{"a": Infinity}',
+    '{"a": -Infinity}',
+    '{"a": ',
+])
+def test_strict_json_refuses_repeated_members_and_constants(text: str) -> None:
+    with pytest.raises(ValueError):
+        loads_strict_json(text)
+
+
+def test_strict_json_reads_plain_json() -> None:
+    assert loads_strict_json(b'{"a": [1, {"b": null}], "c": "d"}') == {
+        "a": [1, {"b": None}], "c": "d"}
