@@ -138,9 +138,12 @@ class StoreSessionInterface(SessionInterface):
             "generation": session.generation}), ttl=remaining)
         response.vary.add("Cookie")
         if fresh:
+            # No Expires/Max-Age: the idle and absolute lifetimes are enforced here, on the
+            # server's clock. A persistent cookie would also be judged by the browser's clock
+            # (a skewed one drops a live session early or keeps a dead one), and it survives
+            # the browser being closed.
             response.set_cookie(
                 name, session.sid,
-                expires=session.created + SESSION_TTL,
                 path="/", httponly=True, secure=self.get_cookie_secure(app),
                 samesite=self.get_cookie_samesite(app))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -64,7 +65,12 @@ def _playwright() -> Any:
 def chromium() -> Iterator[Any]:
     sync_playwright = _playwright()
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        # Under TEST_CLOCK, Chromium runs on the real clock: libfaketime slows it to a crawl
+        # (minutes per page) and the server's clock is what the test is about. Nothing the
+        # browser keeps depends on its clock: the session cookie has no expiry.
+        env = {k: v for k, v in os.environ.items()
+               if k != "LD_PRELOAD" and not k.startswith("FAKETIME")}
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=env)
         yield browser
         browser.close()
 

@@ -36,6 +36,8 @@ def test_session_cookie_is_httponly_and_samesite(client: FlaskClient, user_id: s
     page = client.get("/login")
     header = page.headers["Set-Cookie"]
     assert "HttpOnly" in header and "SameSite=Lax" in header
+    # A browser-session cookie: the server's clock alone ends the session (idle, absolute).
+    assert "Expires" not in header and "Max-Age" not in header
 
 
 def test_login_without_csrf_token_is_refused(client: FlaskClient, user_id: str) -> None:
