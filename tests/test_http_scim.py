@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, fresh_postgres_database
 from tests.stack import Stack, make_stack
 
 USER = "alice"
@@ -284,25 +284,13 @@ def test_changes_are_audited(stack: Stack) -> None:
 
 @pytest.fixture
 def shared_stack(tmp_path: Path) -> Iterator[Stack]:
-    import sqlalchemy as sa
-
-    from tests.conftest import POSTGRES_URL
-
-    name = "t_" + secrets.token_hex(6)
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    s = make_stack(tmp_path, database_url=POSTGRES_URL.rsplit("/", 1)[0] + "/" + name,
-                   redis_url=REDIS_URL, idp_settings=idp_settings())
-    try:
-        yield s
-    finally:
-        s.close()
-        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database() as database_url:
+        s = make_stack(tmp_path, database_url=database_url, redis_url=REDIS_URL,
+                       idp_settings=idp_settings())
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 @pytest.mark.services

@@ -16,7 +16,7 @@ import requests
 
 from authserver import ssf
 from authserver.identity.federation import IdPConfig
-from tests.conftest import REDIS_URL
+from tests.conftest import REDIS_URL, fresh_postgres_database
 from tests.stack import Stack, correlation, make_stack
 
 AUD = "https://authserver.test/ssf-receiver"
@@ -402,25 +402,13 @@ def test_ssf_settings_are_checked(settings: dict[str, Any], message: str) -> Non
 
 @pytest.fixture
 def shared_stack(tmp_path: Path) -> Iterator[Stack]:
-    import sqlalchemy as sa
-
-    from tests.conftest import POSTGRES_URL
-
-    name = "t_" + secrets.token_hex(6)
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    s = make_stack(tmp_path, database_url=POSTGRES_URL.rsplit("/", 1)[0] + "/" + name,
-                   redis_url=REDIS_URL, idp_settings={"ssf_audience": AUD})
-    try:
-        yield s
-    finally:
-        s.close()
-        admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database() as database_url:
+        s = make_stack(tmp_path, database_url=database_url, redis_url=REDIS_URL,
+                       idp_settings={"ssf_audience": AUD})
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 @pytest.mark.services
