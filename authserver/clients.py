@@ -30,8 +30,8 @@ from authserver.errors import (
     InvalidClientMetadataError,
     InvalidRedirectUriError,
 )
+from authserver.jwks import JWKS_URI_MAX_BYTES, JwksCache  # noqa: F401 (re-exported)
 from authserver.models import Client
-from authserver.outbound import FetchResult, Outbound, OutboundError
 from authserver.store import Store
 from authserver.urls import is_https_or_loopback_url, is_loopback_http_url
 
@@ -55,7 +55,6 @@ CLIENT_ASSERTION_ALGS = ("ES256", "ES384", "PS256", "RS256", "EdDSA")
 AUTHORIZATION_DETAILS_TYPES = ("agent_intent", "agent_mandate")
 MAX_STRING = 512
 MAX_REDIRECT_URIS = 20
-JWKS_URI_MAX_BYTES = 64 * 1024
 CLIENT_ID_PREFIX = "cli_"  # distinct from user ids ("usr_…"): RFC 9068 §5, DCR-07
 
 _STRING_FIELDS = ("client_name", "client_uri", "logo_uri", "tos_uri", "policy_uri",
@@ -332,33 +331,6 @@ def check_basic_credentials(authorization: str | None) -> None:
 
 
 # --- private_key_jwt (RFC 7523 §2.2, §3) --------------------------------------------------------
-
-
-class JwksCache:
-    """Clients' `jwks_uri` documents, fetched and cached by the one outbound fetcher
-    (authserver.outbound: the SSRF rule at connect time, no redirects, a size limit, a
-    cache that honours Cache-Control within bounds). Only a valid JWK Set is cached."""
-
-    def __init__(self, outbound: Outbound | None = None, *,
-                 allow_internal: bool = False) -> None:
-        #: `allow_internal`: development only (a loopback issuer), client key URLs may point
-        #: at internal hosts.
-        self.outbound = outbound or Outbound(allow_internal=allow_internal)
-        self._cache = self.outbound.cache(_key_set, max_bytes=JWKS_URI_MAX_BYTES)
-
-    def get(self, uri: str, *, refresh: bool = False) -> KeySet:
-        try:
-            return self._cache.get(uri, refresh=refresh)
-        except OutboundError as e:
-            raise InvalidClientError("Client keys could not be retrieved",
-                                     debug=f"jwks_uri: {e.reason}") from e
-        except (JoseError, ValueError, TypeError, KeyError) as e:
-            raise InvalidClientError("Client keys could not be retrieved",
-                                     debug=f"jwks_uri: {type(e).__name__}") from e
-
-
-def _key_set(result: FetchResult) -> KeySet:
-    return KeySet.import_key_set(json.loads(result.body))
 
 
 def make_private_key_jwt_authenticator(
