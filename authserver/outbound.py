@@ -4,8 +4,10 @@
 Client `jwks_uri` documents and Client ID Metadata Documents are fetched from URLs that
 anyone can put in front of us, so every fetch follows one rule (SSRF):
 
-- **GET only, https only.** Plain http only to a loopback host (`authserver.urls`), and only
-  when internal addresses are allowed (a loopback issuer: development, tests, the demo).
+- **GET only, https only** (POST only to an endpoint an operator configured: a Shared
+  Signals transmitter's stream, verification and poll endpoints). Plain http only to a
+  loopback host (`authserver.urls`), and only when internal addresses are allowed (a
+  loopback issuer: development, tests, the demo).
 - **The address is checked where the connection is made.** The host is resolved once; if any
   address it resolves to is special-use (loopback, private, shared, link-local, multicast,
   reserved, unspecified, documentation; an IPv6 address embedding such an IPv4 address
@@ -144,22 +146,42 @@ class Outbound:
 
     def get(self, url: str, *, max_bytes: int, accept: str = "application/json") -> FetchResult:
         """GET `url` under the rule above; the 200 response, or `OutboundError`."""
+        return self._request("GET", url, max_bytes=max_bytes, accept=accept)
+
+    def post(self, url: str, body: bytes, *, max_bytes: int, content_type: str,
+             authorization: str | None = None, accept: str = "application/json",
+             ok: tuple[int, ...] = (200,)) -> FetchResult:
+        """POST `body` to `url` under the same rule (address, no redirects, bounds): a call
+        to an endpoint an operator configured (a Shared Signals transmitter's poll,
+        verification or stream endpoint). A status in `ok`, or `OutboundError`."""
+        return self._request("POST", url, max_bytes=max_bytes, accept=accept, body=body,
+                             content_type=content_type, authorization=authorization, ok=ok)
+
+    def _request(self, method: str, url: str, *, max_bytes: int, accept: str,
+                 body: bytes | None = None, content_type: str | None = None,
+                 authorization: str | None = None, ok: tuple[int, ...] = (200,)
+                 ) -> FetchResult:
         scheme, host, port, target = self._check_url(url)
         sock = self._open(host, port, tls=scheme == "https")
         deadline = time.monotonic() + self._total_timeout
         conn = http.client.HTTPConnection(host, port, timeout=self._read_timeout)
         conn.sock = sock  # already connected, to the checked address
         try:
-            conn.putrequest("GET", target, skip_host=True, skip_accept_encoding=True)
+            conn.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
             conn.putheader("Host", _host_header(host, port, scheme))
             conn.putheader("Accept", accept)
             conn.putheader("Accept-Encoding", "identity")
             conn.putheader("User-Agent", "authserver")
-            conn.endheaders()
+            if authorization is not None:
+                conn.putheader("Authorization", authorization)
+            if body is not None:
+                conn.putheader("Content-Type", content_type or "application/octet-stream")
+                conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders(body)
             response = conn.getresponse()
             if 300 <= response.status < 400:
                 raise OutboundError(f"redirect refused (status {response.status})")
-            if response.status != 200:
+            if response.status not in ok:
                 raise OutboundError(f"status {response.status}")
             headers = {k.lower(): v for k, v in response.getheaders()}
             if headers.get("content-encoding", "identity").lower() != "identity":

@@ -22,6 +22,7 @@ from authserver.models.oauth import (
 )
 from authserver.models.resources import ResourceServer
 from authserver.models.scim import ScimUser
+from authserver.models.ssf import SsfStream
 
 __all__ = [
     "AgentRevocation",
@@ -39,5 +40,6 @@ __all__ = [
     "RevokedToken",
     "ScimUser",
     "SigningKey",
+    "SsfStream",
     "User",
 ]
