@@ -142,20 +142,25 @@ def _no_token_limits(wd: Path) -> str:
     return str(path)
 
 
+def pg_redis_env(wd: Path, port: int, db_url: str, prefix: str) -> dict[str, str]:
+    """The environment of the pg-redis deployment (also bench/ab.py's authserver)."""
+    return {
+        "AUTHSERVER_DATA_DIR": str(wd / "data"),
+        "AUTHSERVER_ISSUER": f"http://127.0.0.1:{port}",
+        "AUTHSERVER_REDIS_URL": REDIS_URL,
+        "AUTHSERVER_REDIS_KEY_PREFIX": prefix,
+        "AUTHSERVER_DATABASE_URL": db_url,
+        "AUTHSERVER_SECRET_KEY": secrets.token_urlsafe(32),
+        "AUTHSERVER_CONFIG": _no_token_limits(wd),
+    }
+
+
 def scenario_pg_redis(duration: int, workers: int) -> dict[str, Any]:
     with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd:
         port = free_port()
-        env = {
-            "AUTHSERVER_DATA_DIR": str(wd / "data"),
-            "AUTHSERVER_ISSUER": f"http://127.0.0.1:{port}",
-            "AUTHSERVER_REDIS_URL": REDIS_URL,
-            "AUTHSERVER_REDIS_KEY_PREFIX": prefix,
-            "AUTHSERVER_DATABASE_URL": db_url,
-            "AUTHSERVER_SECRET_KEY": secrets.token_urlsafe(32),
-            "AUTHSERVER_CONFIG": _no_token_limits(wd),
-        }
-        # Migrate and create the signing key once, before the workers race to.
-        authserver_cli(["clients", "list"], env)
+        env = pg_redis_env(wd, port, db_url, prefix)
+        # Migrate once, before the workers race to (`clients list` is read-only now).
+        authserver_cli(["db", "upgrade"], env)
         with Gunicorn(port=port, workers=workers, env=env, log_path=wd / "gunicorn.log") as srv:
             auth = register_client(srv.base_url)
             rows = drive(srv, auth, duration, wd)
@@ -172,7 +177,7 @@ def scenario_sqlite(duration: int) -> dict[str, Any]:
             "AUTHSERVER_SECRET_KEY": secrets.token_urlsafe(32),
             "AUTHSERVER_CONFIG": _no_token_limits(wd),
         }
-        authserver_cli(["clients", "list"], env)
+        authserver_cli(["db", "upgrade"], env)
         # -w 1: the embedded store is per process (the replay cache must be shared).
         with Gunicorn(port=port, workers=1, env=env, log_path=wd / "gunicorn.log") as srv:
             auth = register_client(srv.base_url)
