@@ -2,31 +2,32 @@
 
 https://www.rfc-editor.org/rfc/rfc9449#section-4.3 — framework-free: no Flask, no clock (every
 time-dependent function takes `now`), shared state only through `authserver.store.Store`.
+The nonce issuer (`authserver.dpop_nonces`) and the `htu` normal form (`authserver.dpop_htu`)
+live in their own modules and are re-exported here.
 Rule IDs (DPOP-xx) are defined in docs/standards.md.
 """
 
 from __future__ import annotations
 
-import binascii
+import functools
 import hashlib
 import hmac
 import json
 import math
 import re
-import secrets as _secrets
-import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import quote, urlsplit
+from typing import Any, NamedTuple
 
 from joserfc import jwk as _jwk
 from joserfc import jws as _jws
 from joserfc.errors import JoseError
 from joserfc.jwk import Key, RSAKey
 
-from authserver.config import DPOP_FUTURE_SKEW, DPOP_NONCE_TTL, DPOP_PROOF_WINDOW
-from authserver.encoding import b64url_decode, b64url_encode, sha256_b64url
+from authserver.config import DPOP_FUTURE_SKEW, DPOP_PROOF_WINDOW
+from authserver.dpop_htu import normalize_htu
+from authserver.dpop_nonces import NONCE_FUTURE_SKEW, NonceIssuer
+from authserver.encoding import b64url_decode, sha256_b64url
 from authserver.errors import InvalidDpopProofError, UseDpopNonceError
 from authserver.store import Store
 
@@ -48,26 +49,12 @@ PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 ASYMMETRIC_KEY_TYPES = frozenset({"EC", "RSA", "OKP"})
 #: Replay entries live under this prefix of the shared store.
 REPLAY_KEY_PREFIX = "dpop:jti:"
-
-#: Nonce layout: version (1) | issued-at (8, big-endian) | random (16) | HMAC-SHA256 tag (16).
-NONCE_RANDOM_BYTES = 16
-NONCE_TAG_BYTES = 16
-MIN_NONCE_SECRET_BYTES = 32
-#: A nonce minted by another instance whose clock runs slightly ahead is still accepted.
-NONCE_FUTURE_SKEW = DPOP_FUTURE_SKEW
-_NONCE_VERSION = b"\x01"
-_NONCE_BODY_BYTES = 1 + 8 + NONCE_RANDOM_BYTES
-_NONCE_KEY_LABEL = b"authserver:dpop-nonce:v1:"
+#: Recent proof keys by canonical `jwk` JSON: a client signs many proofs with one key, and an
+#: import plus RFC 7638 thumbprint costs ~165 µs. Bounded: a flood of fresh keys only evicts.
+PROOF_KEY_CACHE_SIZE = 1024
 
 # RFC 7515 §7.1: three base64url segments. Also the token68 syntax RFC 9449 §4.1 requires.
 _COMPACT_JWS = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
-#: RFC 3986 pchar and "/" (plus "%", whose triplets are normalized separately). Anything else,
-#: e.g. a space or a non-ASCII character from a decoded path, is percent-encoded as UTF-8.
-_PATH_SAFE = "/:@!$&'()*+,;=%"
-_PERCENT_TRIPLET = re.compile(r"%(..)?", re.DOTALL)
-_HEX_DIGITS = frozenset(string.hexdigits)
 
 
 class _ProofRegistry(_jws.JWSRegistry):
@@ -91,6 +78,13 @@ class DPoPProof:
     nonce: str | None
     ath: str | None
     jwk: dict[str, Any]
+
+
+class ProofKey(NamedTuple):
+    """A proof's imported public `jwk` and its RFC 7638 thumbprint."""
+
+    key: Key
+    jkt: str
 
 
 @dataclass(frozen=True)
@@ -128,123 +122,27 @@ def import_public_key(jwk: Mapping[str, Any]) -> Key:
     return key
 
 
+@functools.lru_cache(maxsize=PROOF_KEY_CACHE_SIZE)
+def _import_proof_key(canonical_jwk: str) -> ProofKey:
+    """The key for one canonical `jwk` text. The import depends only on the members, so a hit is
+    as strict as an import (errors are never cached; each signature is still verified)."""
+    key = import_public_key(json.loads(canonical_jwk))
+    return ProofKey(key, key.thumbprint())
+
+
+def _canonical_json(value: Mapping[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
 def access_token_hash(token: str) -> str:
     """RFC 9449 §4.2 `ath`: base64url (no padding) of SHA-256 over the ASCII access token."""
     return sha256_b64url(token.encode("ascii"))
 
 
-def normalize_htu(url: str) -> str:
-    """RFC 3986 §6.2.2 and §6.2.3 normal form of an http(s) URI, without query and fragment.
-
-    Lowercases scheme and host, drops the default port, upper-cases percent-encoding hex and
-    decodes unreserved characters (and encodes characters a path may not hold raw), removes dot
-    segments, and turns an empty path into "/". Raises ValueError for anything that is not an
-    absolute http(s) URI.
-    """
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
-        raise ValueError("htu scheme is not http or https")
-    host = parts.hostname  # already lower-cased by urlsplit
-    if not host:
-        raise ValueError("htu has no host")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("htu has userinfo")
-    port = parts.port  # raises ValueError for a non-numeric or out-of-range port
-    authority = f"[{host}]" if ":" in host else host
-    if port is not None and port != _DEFAULT_PORTS[scheme]:
-        authority = f"{authority}:{port}"
-    path = _remove_dot_segments(_normalize_percent_encoding(quote(parts.path, safe=_PATH_SAFE)))
-    return f"{scheme}://{authority}{path or '/'}"
-
-
-def _normalize_percent_encoding(path: str) -> str:
-    def fix(match: re.Match[str]) -> str:
-        hex_pair = match.group(1)
-        if hex_pair is None or not _HEX_DIGITS.issuperset(hex_pair):
-            raise ValueError("htu has a malformed percent-encoding")
-        char = chr(int(hex_pair, 16))
-        return char if char in _UNRESERVED else "%" + hex_pair.upper()
-
-    return _PERCENT_TRIPLET.sub(fix, path)
-
-
-def _remove_dot_segments(path: str) -> str:
-    """RFC 3986 §5.2.4, for an absolute path."""
-    output: list[str] = []
-    for segment in path.split("/")[1:]:
-        if segment == "..":
-            if output:
-                output.pop()
-        elif segment != ".":
-            output.append(segment)
-    if path.split("/")[-1] in (".", ".."):
-        output.append("")  # "/a/b/.." → "/a/", as §5.2.4 keeps the trailing slash
-    return "/" + "/".join(output) if path else ""
-
-
-# --- §8 nonces ---------------------------------------------------------------------------------
-
-
-class NonceIssuer:
-    """Stateless server nonces (RFC 9449 §8): valid on every instance holding the secret(s).
-
-    A nonce is base64url(version | issued-at | 128 random bits | truncated HMAC-SHA256), so it is
-    unpredictable, 1*NQCHAR, and needs no store. The first secret signs; every secret verifies,
-    which lets secrets rotate without invalidating nonces already handed out. `context`
-    separates issuers that share a secret (the AS and a resource server must not accept each
-    other's nonces, §9).
-    """
-
-    def __init__(
-        self, secrets: Sequence[bytes], ttl: int = DPOP_NONCE_TTL, *, context: bytes = b""
-    ) -> None:
-        if not secrets:
-            raise ValueError("NonceIssuer needs at least one secret")
-        if any(len(secret) < MIN_NONCE_SECRET_BYTES for secret in secrets):
-            raise ValueError(f"nonce secrets must be at least {MIN_NONCE_SECRET_BYTES} bytes")
-        if ttl <= 0:
-            raise ValueError("nonce ttl must be positive")
-        # Derived keys: the configured secret may be shared with other uses (domain separation).
-        self._keys = [
-            hmac.new(secret, _NONCE_KEY_LABEL + context, hashlib.sha256).digest()
-            for secret in secrets
-        ]
-        self.ttl = ttl
-
-    def issue(self, now: int) -> str:
-        body = _NONCE_VERSION + now.to_bytes(8, "big") + _secrets.token_bytes(NONCE_RANDOM_BYTES)
-        raw = body + self._tag(self._keys[0], body)
-        return b64url_encode(raw)
-
-    def is_valid(self, nonce: str, now: int) -> bool:
-        return self.problem(nonce, now) is None
-
-    def problem(self, nonce: str, now: int) -> str | None:
-        """None for a nonce this issuer gave out that is still live, else what is wrong (for
-        the `use_dpop_nonce` description: the client learns which nonce to drop)."""
-        foreign = "DPoP proof nonce was not issued by this server"
-        if not isinstance(nonce, str) or len(nonce) > 2 * (_NONCE_BODY_BYTES + NONCE_TAG_BYTES):
-            return foreign
-        try:
-            raw = b64url_decode(nonce)  # strict: no skipped characters
-        except (binascii.Error, ValueError):
-            return foreign
-        if len(raw) != _NONCE_BODY_BYTES + NONCE_TAG_BYTES or raw[:1] != _NONCE_VERSION:
-            return foreign
-        body, tag = raw[:_NONCE_BODY_BYTES], raw[_NONCE_BODY_BYTES:]
-        if not any(hmac.compare_digest(tag, self._tag(key, body)) for key in self._keys):
-            return foreign
-        issued_at = int.from_bytes(body[1:9], "big")
-        if now < issued_at - NONCE_FUTURE_SKEW:
-            return foreign  # authentic but from the future: a clock problem on our side
-        if now >= issued_at + self.ttl:
-            return "DPoP proof nonce has expired"
-        return None
-
-    @staticmethod
-    def _tag(key: bytes, body: bytes) -> bytes:
-        return hmac.new(key, body, hashlib.sha256).digest()[:NONCE_TAG_BYTES]
+@functools.lru_cache(maxsize=256)
+def _normalize_own_url(url: str) -> str:
+    """normalize_htu of the server's own URLs (token endpoint, gateway), each computed once."""
+    return normalize_htu(url)
 
 
 # --- §4.3 checks, in the order validate_proof runs them ---------------------------------------
@@ -297,8 +195,10 @@ def check_alg(header: Mapping[str, Any], algs: Sequence[str]) -> str:
     return alg
 
 
-def check_public_jwk(header: Mapping[str, Any]) -> Key:
-    """DPOP-06: `jwk` is present and is a public asymmetric key (no private members, no oct)."""
+def check_public_jwk(header: Mapping[str, Any]) -> ProofKey:
+    """DPOP-06: `jwk` is present and is a public asymmetric key (no private members, no oct).
+
+    Returns the imported key with its thumbprint, from a bounded cache of recent keys."""
     jwk = header.get("jwk")
     if not isinstance(jwk, dict):
         raise InvalidDpopProofError("DPoP proof has no jwk header")
@@ -307,7 +207,7 @@ def check_public_jwk(header: Mapping[str, Any]) -> Key:
     if PRIVATE_JWK_MEMBERS.intersection(jwk):
         raise InvalidDpopProofError("DPoP proof jwk must not contain private key members")
     try:
-        return import_public_key(jwk)
+        return _import_proof_key(_canonical_json(jwk))
     except ValueError as e:
         raise InvalidDpopProofError("DPoP proof jwk is not a valid public key",
                                     debug=str(e)) from e
@@ -371,7 +271,9 @@ def check_htm(htm: str, method: str) -> None:
 
 def check_htu(htu: str, url: str) -> str:
     """DPOP-09: `htu` equals the external request URI after normalization; returns it."""
-    expected = normalize_htu(url)  # the server's own URL: a failure here is a bug, not a 400
+    expected = _normalize_own_url(url)  # our own URL: a failure here is a bug, not a 400
+    if htu == url:
+        return expected  # sent verbatim (the usual case): the same normal form, computed once
     try:
         presented = normalize_htu(htu)
     except ValueError as e:
@@ -466,9 +368,9 @@ def validate_proof(
     compact = parse_compact(value)
     check_typ(compact.header)
     alg = check_alg(compact.header, algs)
-    key = check_public_jwk(compact.header)
-    check_key_fits_alg(key, alg)
-    verify_signature(compact, alg, key)
+    proof_key = check_public_jwk(compact.header)
+    check_key_fits_alg(proof_key.key, alg)
+    verify_signature(compact, alg, proof_key.key)
     claims = compact.claims
     check_claims(claims)
     check_htm(claims["htm"], method)
@@ -478,7 +380,7 @@ def validate_proof(
     check_nonce(nonce, nonces, nonce_required, now)
     ath: str | None = claims.get("ath")
     check_ath(ath, access_token)
-    jkt = key.thumbprint()
+    jkt = proof_key.jkt
     # §11.1: the entry must outlive every moment at which this proof could still be accepted.
     ttl = window + future_skew
     if nonces is not None and nonce is not None:

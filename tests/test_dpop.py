@@ -618,3 +618,40 @@ def test_high_s_es256_proof_is_accepted_but_its_replay_is_not(now: int) -> None:
     validate(other, now, store=store)  # the twin signature verifies
     error = rejected(proof, now, store=store)
     assert "replay" in error.description.lower() or "used" in error.description.lower()
+
+
+# --- the proof-key cache and the htu fast path (issue 18) --------------------------------------
+
+
+def test_cached_proof_key_still_verifies_every_signature(now: int) -> None:
+    """A key seen before (a cache hit) is the same key object and thumbprint, and a proof that
+    names it but is signed by another key is still refused."""
+    from authserver.dpop import check_public_jwk
+
+    header = {"jwk": _KEYS["ES256"].as_dict(private=False)}
+    first = validate(make_proof(now, jti="cached-1"), now)
+    reordered = {"jwk": dict(reversed(list(header["jwk"].items())))}  # same key, other order
+    assert check_public_jwk(header) is check_public_jwk(reordered)
+    assert check_public_jwk(header).jkt == first.jkt == jwk_thumbprint(first.jwk)
+    forged = make_proof(now, key=ECKey.generate_key("P-256"), header=header, jti="cached-2")
+    assert rejected(forged, now).description == "DPoP proof signature is invalid"
+    assert validate(make_proof(now, jti="cached-3"), now).jkt == first.jkt
+
+
+def test_invalid_jwk_is_refused_every_time(now: int) -> None:
+    """Import errors are never cached: the same bad key is refused on each proof."""
+    jwk = {**_KEYS["ES256"].as_dict(private=False), "x": b64(b"\x00" * 32)}  # not on the curve
+    for jti in ("bad-1", "bad-2"):
+        proof = make_proof(now, header={"jwk": jwk}, jti=jti)
+        assert rejected(proof, now).description == "DPoP proof jwk is not a valid public key"
+
+
+def test_htu_sent_verbatim_and_normalised_forms_agree(now: int) -> None:
+    url = "https://AS.example.com:443/a/../token"
+    verbatim = validate(make_proof(now, htu=url, jti="v"), now, url=url)
+    normal = validate(make_proof(now, htu=URL, jti="n"), now, url=url)
+    assert verbatim.htu == normal.htu == URL
+    other = make_proof(now, htu="https://as.example.com/other", jti="m")
+    assert rejected(other, now, url=url).description == (
+        "DPoP proof htu does not match the request URI"
+    )
