@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, quote, urlencode
 import requests
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
 
+from authserver.broker.http_session import PLATFORM_HTTP
 from authserver.broker.profiles import Platform, PlatformRequest, is_allowed_url, is_error_code
 from authserver.broker.profiles.base import clean_label
 from authserver.encoding import sha256_b64url
@@ -216,7 +217,7 @@ def _send(platform: Platform, req: PlatformRequest) -> requests.Response:
     if data is None and json_body is None and auth_fields:
         data = auth_fields
     try:
-        return requests.request(
+        return PLATFORM_HTTP.request(
             req.method, req.url, data=data, json=json_body, headers={**req.headers, **headers},
             timeout=(CONNECT_TIMEOUT, READ_TIMEOUT),
             # A redirect would replay client credentials and tokens to another URL.
