@@ -21,8 +21,15 @@ anyone can put in front of us, so every fetch follows one rule (SSRF):
   (no decompression bombs), connect and read timeouts and an overall deadline.
 - **Cached with bounds** (`FetchCache`): what `parse` accepted, for the response's
   `Cache-Control: max-age` clamped to [`CACHE_FLOOR`, `CACHE_CEILING`], `CACHE_DEFAULT`
-  without one, never with `no-store` or `no-cache`; errors and documents `parse` refused are
-  never cached; at most `max_entries` documents (least recently used first out).
+  without one, never with `no-store` or `no-cache` (or for a fixed `lifetime` the operator
+  configured: a configured IdP's documents, a resource server's `cache_seconds`); errors and
+  documents `parse` refused are never cached; at most `max_entries` documents (least
+  recently used first out). The cache runs on the fetcher's `clock`, or on the `now` a caller
+  passes (core code gets the time injected).
+
+Every fetch goes through this module: client `jwks_uri`s and IdP, SSF and resource-server
+JWK Sets (authserver.jwks), client metadata documents (authserver.cimd), IdP discovery
+documents (authserver.identity.discovery), `platforms check`'s metadata (authserver.broker.check).
 
 Errors are `OutboundError` with a short reason for logs (never shown to a client as is).
 """
@@ -141,12 +148,16 @@ class Outbound:
         self._connect: Connector = connect or socket.create_connection
 
     def cache(self, parse: Callable[[FetchResult], T], *, max_bytes: int,
-              max_entries: int = CACHE_MAX_ENTRIES) -> FetchCache[T]:
-        return FetchCache(self, parse, max_bytes=max_bytes, max_entries=max_entries)
+              max_entries: int = CACHE_MAX_ENTRIES, lifetime: int | None = None
+              ) -> FetchCache[T]:
+        return FetchCache(self, parse, max_bytes=max_bytes, max_entries=max_entries,
+                          lifetime=lifetime)
 
-    def get(self, url: str, *, max_bytes: int, accept: str = "application/json") -> FetchResult:
+    def get(self, url: str, *, max_bytes: int, accept: str = "application/json",
+            authorization: str | None = None) -> FetchResult:
         """GET `url` under the rule above; the 200 response, or `OutboundError`."""
-        return self._request("GET", url, max_bytes=max_bytes, accept=accept)
+        return self._request("GET", url, max_bytes=max_bytes, accept=accept,
+                             authorization=authorization)
 
     def post(self, url: str, body: bytes, *, max_bytes: int, content_type: str,
              authorization: str | None = None, accept: str = "application/json",
@@ -154,11 +165,11 @@ class Outbound:
         """POST `body` to `url` under the same rule (address, no redirects, bounds): a call
         to an endpoint an operator configured (a Shared Signals transmitter's poll,
         verification or stream endpoint). A status in `ok`, or `OutboundError`."""
-        return self._request("POST", url, max_bytes=max_bytes, accept=accept, body=body,
+        return self._request("POST", url, max_bytes=max_bytes, accept=accept, payload=body,
                              content_type=content_type, authorization=authorization, ok=ok)
 
     def _request(self, method: str, url: str, *, max_bytes: int, accept: str,
-                 body: bytes | None = None, content_type: str | None = None,
+                 payload: bytes | None = None, content_type: str | None = None,
                  authorization: str | None = None, ok: tuple[int, ...] = (200,)
                  ) -> FetchResult:
         scheme, host, port, target = self._check_url(url)
@@ -174,10 +185,10 @@ class Outbound:
             conn.putheader("User-Agent", "authserver")
             if authorization is not None:
                 conn.putheader("Authorization", authorization)
-            if body is not None:
+            if payload is not None:
                 conn.putheader("Content-Type", content_type or "application/octet-stream")
-                conn.putheader("Content-Length", str(len(body)))
-            conn.endheaders(body)
+                conn.putheader("Content-Length", str(len(payload)))
+            conn.endheaders(payload)
             response = conn.getresponse()
             if 300 <= response.status < 400:
                 raise OutboundError(f"redirect refused (status {response.status})")
@@ -263,34 +274,49 @@ def _host_header(host: str, port: int, scheme: str) -> str:
 
 class FetchCache(Generic[T]):
     """Documents fetched through one `Outbound` and accepted by `parse` (given the 200
-    response; it raises to refuse), kept for the `cache_lifetime` of their response.
+    response; it raises to refuse), kept for the `cache_lifetime` of their response, or for
+    `lifetime` seconds when that is given. Times are the fetcher's `clock`, or the `now` passed
+    to `get`; an entry fetched "after" `now` (a clock that went back) is stale.
     Thread-safe; concurrent misses may each fetch."""
 
     def __init__(self, outbound: Outbound, parse: Callable[[FetchResult], T], *, max_bytes: int,
-                 max_entries: int) -> None:
+                 max_entries: int, lifetime: int | None = None) -> None:
         self._outbound = outbound
         self._parse = parse
         self._max_bytes = max_bytes
         self._max_entries = max_entries
+        self._lifetime = lifetime
         self._mutex = threading.Lock()
-        self._entries: OrderedDict[str, tuple[float, T]] = OrderedDict()
+        # url -> (fetched at, expires at, value)
+        self._entries: OrderedDict[str, tuple[float, float, T]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def get(self, url: str, *, refresh: bool = False) -> T:
-        now = self._outbound.clock()
+    def cached(self, url: str, *, now: float | None = None) -> tuple[float, T] | None:
+        """(fetched at, value) of a fresh entry for `url`, or None; never fetches."""
+        now = self._outbound.clock() if now is None else now
         with self._mutex:
             hit = self._entries.get(url)
-            if hit is not None and not refresh and now < hit[0]:
-                self._entries.move_to_end(url)
+            if hit is None or not hit[0] <= now < hit[1]:
+                return None
+            self._entries.move_to_end(url)
+            return hit[0], hit[2]
+
+    def get(self, url: str, *, refresh: bool = False, now: float | None = None) -> T:
+        """The document at `url`: cached, or fetched (always with `refresh`)."""
+        now = self._outbound.clock() if now is None else now
+        if not refresh:
+            hit = self.cached(url, now=now)
+            if hit is not None:
                 return hit[1]
         result = self._outbound.get(url, max_bytes=self._max_bytes)
         value = self._parse(result)  # raises: nothing is cached
-        lifetime = cache_lifetime(result.headers.get("cache-control"), result.headers.get("age"))
+        lifetime = self._lifetime if self._lifetime is not None else cache_lifetime(
+            result.headers.get("cache-control"), result.headers.get("age"))
         with self._mutex:
             if lifetime > 0:
-                self._entries[url] = (now + lifetime, value)
+                self._entries[url] = (now, now + lifetime, value)
                 self._entries.move_to_end(url)
                 while len(self._entries) > self._max_entries:
                     self._entries.popitem(last=False)

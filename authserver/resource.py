@@ -13,12 +13,10 @@ import hmac
 import json
 import math
 import re
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import requests
 from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key
@@ -41,9 +39,11 @@ from authserver.errors import (
     TemporarilyUnavailableError,
     UseDpopNonceError,
 )
+from authserver.jwks import JwksCache, JwksError
 from authserver.keys import InvalidSignatureError
+from authserver.outbound import Outbound
 from authserver.store import Store
-from authserver.urls import normalize_resource
+from authserver.urls import is_loopback_http_url, normalize_resource
 
 #: RFC 9068 §4 / JAT-01: the only JOSE `typ` values an access token may carry.
 ACCESS_TOKEN_TYPS = ("at+jwt", "application/at+jwt")
@@ -53,7 +53,6 @@ JWKS_CACHE_SECONDS = 300
 #: An unknown `kid` refetches the JWKS (a rotation), but at most this often: a flood of
 #: tokens with random `kid`s must not become a flood of requests to the issuer.
 JWKS_MIN_REFETCH_INTERVAL = 30
-JWKS_HTTP_TIMEOUT = 5.0
 MAX_JWKS_BYTES = 64 * 1024
 # RFC 9110 §11.2 token68.
 _TOKEN68 = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
@@ -312,21 +311,23 @@ def _time_claim(claims: Mapping[str, Any], name: str) -> float | None:
 class _JwksVerifier:
     """Verify our JWT access tokens with keys fetched from `jwks_uri` (RFC 9068 §4, JAT-01/02).
 
-    Keys are cached for `cache_seconds`; an unknown `kid` refetches at most once per
-    JWKS_MIN_REFETCH_INTERVAL. A fetch that fails raises TemporarilyUnavailableError (fail
-    closed: stale keys are not used past their cache time). A key set vouches only for tokens
-    whose `iss` is its issuer.
+    The keys live in the one JWK Set cache (authserver.jwks, fetched by the one outbound
+    fetcher) for `cache_seconds`; an unknown `kid` refetches at most once per
+    JWKS_MIN_REFETCH_INTERVAL after the last fetch. A fetch that fails raises
+    TemporarilyUnavailableError (fail closed: stale keys are not used past their cache time).
+    A key set vouches only for tokens whose `iss` is its issuer.
     """
 
     def __init__(self, jwks_uri: str, *, issuer: str, cache_seconds: int,
-                 session: requests.Session | None) -> None:
+                 outbound: Outbound | None) -> None:
         self._jwks_uri = jwks_uri
         self._issuer = issuer
-        self._cache_seconds = cache_seconds
-        self._session = session or requests.Session()
-        self._mutex = threading.Lock()
-        self._keys: dict[str, Key] = {}
-        self._fetched_at: int | None = None
+        self._keys: JwksCache[dict[str, Key]] = JwksCache(
+            # Plain http and internal addresses only for a loopback-http JWKS (development).
+            outbound or Outbound(allow_internal=is_loopback_http_url(jwks_uri)),
+            parse=_signing_keys, kids=lambda keys: keys, error=_keys_unavailable,
+            max_bytes=MAX_JWKS_BYTES, lifetime=cache_seconds,
+            refetch_interval=JWKS_MIN_REFETCH_INTERVAL, interval_from_any_fetch=True)
 
     def __call__(self, token: str, now: int) -> dict[str, Any]:
         try:
@@ -353,32 +354,15 @@ class _JwksVerifier:
     def _key(self, kid: Any, now: int) -> Key:
         if not isinstance(kid, str):
             raise InvalidSignatureError("no kid")
-        with self._mutex:
-            fetched_at = self._fetched_at
-            if fetched_at is None or now >= fetched_at + self._cache_seconds:
-                self._refresh(now)
-            elif kid not in self._keys and now >= fetched_at + JWKS_MIN_REFETCH_INTERVAL:
-                self._refresh(now)  # a rotation we have not seen yet
-            key = self._keys.get(kid)
+        key = self._keys.get(self._jwks_uri, kid=kid, now=now).get(kid)
         if key is None:
             raise InvalidSignatureError("unknown kid")
         return key
 
-    def _refresh(self, now: int) -> None:
-        try:
-            response = self._session.get(
-                self._jwks_uri, timeout=JWKS_HTTP_TIMEOUT, allow_redirects=False,
-                headers={"Accept": "application/json"},
-            )
-            if response.status_code != 200 or len(response.content) > MAX_JWKS_BYTES:
-                raise ValueError(f"JWKS answered {response.status_code}")
-            keys = _signing_keys(response.json())
-        except (requests.RequestException, ValueError, TypeError) as e:
-            raise TemporarilyUnavailableError(
-                "Token issuer keys unavailable", debug=f"jwks fetch: {type(e).__name__}"
-            ) from e
-        self._keys = keys
-        self._fetched_at = now
+
+def _keys_unavailable(e: JwksError) -> Exception:
+    return TemporarilyUnavailableError("Token issuer keys unavailable",
+                                       debug=f"jwks fetch: {e.reason}")
 
 
 def _signing_keys(jwks: Any) -> dict[str, Key]:
@@ -403,7 +387,10 @@ def jwks_verifier(
     *,
     issuer: str,
     cache_seconds: int = JWKS_CACHE_SECONDS,
-    session: requests.Session | None = None,
+    outbound: Outbound | None = None,
 ) -> Callable[[str, int], dict[str, Any]]:
-    """A `verify_jwt` for ResourceVerifier that fetches and caches our JWKS over HTTP."""
-    return _JwksVerifier(jwks_uri, issuer=issuer, cache_seconds=cache_seconds, session=session)
+    """A `verify_jwt` for ResourceVerifier that fetches and caches our JWKS over HTTP, with
+    the one outbound fetcher (`outbound`, e.g. one with a `ca_file`; by default one that
+    reaches internal addresses only for a loopback-http `jwks_uri`)."""
+    return _JwksVerifier(jwks_uri, issuer=issuer, cache_seconds=cache_seconds,
+                         outbound=outbound)

@@ -12,11 +12,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authserver.broker.profiles import Platform, is_allowed_url
+from authserver.outbound import Outbound, OutboundError
+from authserver.urls import is_loopback_http_url
 
 #: HubSpot's v1 OAuth endpoints stop working on this date
 #: (https://developers.hubspot.com/changelog/v1-oauth-api-deprecation).
 HUBSPOT_V1_SUNSET = "2027-02-16"
 _SALESFORCE_HOSTS = ("salesforce.com", "force.com", "salesforce.mil")
+#: Largest authorization server metadata document read.
+METADATA_MAX_BYTES = 256 * 1024
 
 
 def check_platform(name: str, mapping: Mapping[str, Any], *,
@@ -85,17 +89,15 @@ def _vendor(platform: Platform, mapping: Mapping[str, Any]) -> list[str]:
 
 
 def _against_metadata(platform: Platform, url: str) -> list[str]:
-    """RFC 8414: compare our endpoints with the platform's published metadata."""
-    import requests
-
+    """RFC 8414: compare our endpoints with the platform's published metadata, fetched by
+    the one outbound fetcher (internal addresses only for a loopback-http URL)."""
     name = platform.name
     if not is_allowed_url(url):
         return [f"platform {name}: metadata URL must be https"]
     try:
-        response = requests.get(url, timeout=(3.05, 10), allow_redirects=False,
-                                headers={"Accept": "application/json"})
-        doc = json.loads(response.content[:262144]) if response.status_code == 200 else None
-    except (requests.RequestException, ValueError):
+        fetcher = Outbound(allow_internal=is_loopback_http_url(url))
+        doc = json.loads(fetcher.get(url, max_bytes=METADATA_MAX_BYTES).body)
+    except (OutboundError, ValueError):
         doc = None
     if not isinstance(doc, dict):
         return [f"platform {name}: metadata at {urlsplit(url).netloc} could not be read"]

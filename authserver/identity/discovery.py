@@ -1,18 +1,20 @@
 """An IdP's discovery document and JWKS, fetched and cached per process (OIDC Discovery §4).
 
-A cache, not shared state: every process may fetch its own copy. An unknown `kid` triggers at
-most one JWKS refetch per `JWKS_REFETCH_MIN_INTERVAL`, so a flood of tokens with made-up
-`kid`s cannot turn us into a request amplifier against the IdP. A JWKS at another URL (an SSF
-transmitter's `ssf_jwks_uri`) gets a cache slot of its own.
+A cache, not shared state: every process may fetch its own copy. Both are fetched by the one
+outbound fetcher (authserver.outbound: the SSRF rule, no redirects, a size limit); plain http
+and internal addresses only for a loopback-http issuer (development, tests: the configuration
+allows such an IdP only with a loopback issuer of our own). The JWKS lives in the one JWK Set
+cache (authserver.jwks): an unknown `kid` triggers at most one JWKS refetch per
+`JWKS_REFETCH_MIN_INTERVAL`, so a flood of tokens with made-up `kid`s cannot turn us into a
+request amplifier against the IdP. A JWKS at another URL (an SSF transmitter's
+`ssf_jwks_uri`) gets a cache slot of its own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -21,7 +23,10 @@ from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 
 from authserver.identity.config import IdPConfig, is_allowed_scheme
 from authserver.identity.errors import IdentityError, IdPUnavailableError
+from authserver.jwks import JWKS_REFETCH_MIN_INTERVAL, JwksCache, JwksError
+from authserver.outbound import FetchResult, Outbound, OutboundError
 from authserver.store import Store
+from authserver.urls import is_loopback_http_url
 
 log = logging.getLogger(__name__)
 
@@ -29,53 +34,49 @@ log = logging.getLogger(__name__)
 DISCOVERY_CACHE_TTL = 3600
 #: How long a JWKS is reused. A key the IdP removes stays accepted here at most this long.
 JWKS_CACHE_TTL = 600
-#: An unknown `kid` forces a JWKS refetch at most once per this many seconds.
-JWKS_REFETCH_MIN_INTERVAL = 30
 
-#: Seconds to wait on the IdP (connect and read).
+#: Seconds to wait on the IdP (connect and read) for a token request.
 HTTP_TIMEOUT = 5.0
 #: Largest discovery document, JWKS or token response we read from an IdP.
 MAX_DOCUMENT_BYTES = 256 * 1024
 
 _VerifyKey = RSAKey | ECKey | OKPKey
+_Keys = list[tuple[str | None, _VerifyKey, str | None]]
 _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
-@dataclass
-class _Cached:
-    fetched_at: int
-    value: Any
-
-
 class IdPDiscovery:
-    """One IdP's discovery document and signing keys."""
+    """One IdP's discovery document and signing keys. `http` is for the token request
+    (authserver.identity.login); `outbound` fetches the documents (by default one that
+    reaches internal hosts only for a loopback-http issuer)."""
 
     def __init__(
-        self, config: IdPConfig, store: Store, http: requests.Session | None = None
+        self, config: IdPConfig, store: Store, http: requests.Session | None = None, *,
+        outbound: Outbound | None = None,
     ) -> None:
         self.config = config
         self._store = store
         self._http = http or requests.Session()
-        self._mutex = threading.Lock()
-        self._metadata: _Cached | None = None
-        # Per JWKS URL (the discovery document's; an SSF transmitter's may differ):
-        # value: list[(kid | None, key, alg | None)].
-        self._jwks: dict[str, _Cached] = {}
-        self._last_forced_refetch: dict[str, int] = {}
+        self._outbound = outbound or Outbound(
+            allow_internal=is_loopback_http_url(config.issuer))
+        self._metadata = self._outbound.cache(self._check_metadata, max_bytes=MAX_DOCUMENT_BYTES,
+                                              max_entries=1, lifetime=DISCOVERY_CACHE_TTL)
+        # Per JWKS URL (the discovery document's; an SSF transmitter's may differ).
+        self._jwks: JwksCache[_Keys] = JwksCache(
+            self._outbound, parse=self._parse_jwks, kids=lambda keys: (k for k, _, _ in keys),
+            error=self._jwks_unavailable, max_bytes=MAX_DOCUMENT_BYTES, lifetime=JWKS_CACHE_TTL,
+            refetch_interval=JWKS_REFETCH_MIN_INTERVAL)
 
     def metadata(self, *, now: int) -> dict[str, Any]:
         """The IdP's discovery document, fetched or reused. Raises IdPUnavailableError."""
-        with self._mutex:
-            cached = self._metadata
-            if cached and 0 <= now - cached.fetched_at < DISCOVERY_CACHE_TTL:
-                return dict(cached.value)
-            doc = self._fetch_metadata()
-            self._metadata = _Cached(now, doc)
-            return dict(doc)
-
-    def _fetch_metadata(self) -> dict[str, Any]:
         url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        doc = self._get_json(url)
+        try:
+            return dict(self._metadata.get(url, now=now))
+        except OutboundError as e:
+            raise IdPUnavailableError(f"idp {self.config.name}: GET failed ({e.reason})") from e
+
+    def _check_metadata(self, result: FetchResult) -> dict[str, Any]:
+        doc = json_object(result.body, f"idp {self.config.name}: GET", unavailable=True)
         # OIDC Discovery §4.3: the issuer in the document MUST be identical to the one we used.
         if doc.get("issuer") != self.config.issuer:
             raise IdPUnavailableError(f"idp {self.config.name}: discovery issuer mismatch")
@@ -89,35 +90,18 @@ class IdPDiscovery:
         return doc
 
     def _signing_keys(self, *, now: int, kid: str | None, jwks_uri: str | None = None
-                      ) -> list[tuple[str | None, _VerifyKey, str | None]]:
+                      ) -> _Keys:
         """The IdP's keys (or those at `jwks_uri`, an SSF transmitter's); refetched when
         stale, or once per interval for an unknown `kid`."""
-        slot = jwks_uri or ""  # "": the discovery document's jwks_uri
-        with self._mutex:
-            cached = self._jwks.get(slot)
-            fresh = cached is not None and 0 <= now - cached.fetched_at < JWKS_CACHE_TTL
-            if cached is not None and fresh:
-                keys: list[tuple[str | None, _VerifyKey, str | None]] = cached.value
-                if kid is None or any(k == kid for k, _, _ in keys):
-                    return keys
-                # Unknown kid: the IdP may have rotated since we fetched. Refetch, rate-limited.
-                last = self._last_forced_refetch.get(slot)
-                if last is not None and 0 <= now - last < JWKS_REFETCH_MIN_INTERVAL:
-                    return keys
-                self._last_forced_refetch[slot] = now
         uri = jwks_uri or self.metadata(now=now)["jwks_uri"]
-        keys = self._parse_jwks(self._get_json(uri))
-        with self._mutex:
-            self._jwks[slot] = _Cached(now, keys)
-        return keys
+        return self._jwks.get(uri, kid=kid, now=now)
 
-    def _parse_jwks(self, doc: Mapping[str, Any]) -> list[tuple[str | None, _VerifyKey,
-                                                                str | None]]:
-        raw_keys = doc.get("keys")
-        if not isinstance(raw_keys, list):
-            raise IdPUnavailableError(f"idp {self.config.name}: JWKS has no keys array")
-        keys: list[tuple[str | None, _VerifyKey, str | None]] = []
-        for raw in raw_keys:
+    def _jwks_unavailable(self, e: JwksError) -> Exception:
+        return IdPUnavailableError(f"idp {self.config.name}: JWKS {e.reason}")
+
+    def _parse_jwks(self, doc: Mapping[str, Any]) -> _Keys:
+        keys: _Keys = []
+        for raw in doc["keys"]:
             if not isinstance(raw, dict) or raw.get("kty") not in ("RSA", "EC", "OKP"):
                 continue  # symmetric or malformed entries can never verify an ID token here
             if raw.get("use", "sig") != "sig":
@@ -136,20 +120,6 @@ class IdPDiscovery:
             alg = raw.get("alg") if isinstance(raw.get("alg"), str) else None
             keys.append((kid, key, alg))  # type: ignore[arg-type]
         return keys
-
-    def _get_json(self, url: str) -> dict[str, Any]:
-        try:
-            # No redirects: the documents must be served where the issuer says they are.
-            resp = self._http.get(url, timeout=HTTP_TIMEOUT, allow_redirects=False,
-                                  headers={"Accept": "application/json"}, stream=True)
-            body = read_limited(resp)
-        except requests.RequestException as e:
-            raise IdPUnavailableError(f"idp {self.config.name}: GET failed "
-                                      f"({type(e).__name__})") from e
-        if resp.status_code != 200:
-            raise IdPUnavailableError(f"idp {self.config.name}: GET returned "
-                                      f"{resp.status_code}")
-        return json_object(body, f"idp {self.config.name}: GET", unavailable=True)
 
     def verification_key(self, kid: Any, alg: str, *, now: int, jwks_uri: str | None = None
                          ) -> _VerifyKey:
