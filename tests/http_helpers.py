@@ -330,3 +330,42 @@ def assert_token_error(response: Any, status: int, error: str) -> dict[str, Any]
     if status == 401:
         assert response.headers.get("WWW-Authenticate")
     return body  # type: ignore[no-any-return]
+
+
+def assert_refusal(response: Any, status: int, error: str, description: str, *,
+                   headers: Mapping[str, str | None] | None = None) -> dict[str, Any]:
+    """A refusal, checked so that it cannot pass for another reason: status, `error` and the
+    exact `error_description` the server sends for that check (RFC 6749 §5.2), JSON,
+    `Cache-Control: no-store`, a challenge on a 401, and each of `headers` exactly (None: the
+    header is absent). Works for a Flask test response and a `requests` response."""
+    body = response.get_json() if hasattr(response, "get_json") else response.json()
+    assert response.status_code == status, (response.status_code, body)
+    assert body.get("error") == error, body
+    assert body.get("error_description") == description, body
+    assert "access_token" not in body, body
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Type"].startswith("application/json")
+    if status == 401:
+        assert response.headers.get("WWW-Authenticate"), dict(response.headers)
+    for name, value in (headers or {}).items():
+        assert response.headers.get(name) == value, (name, dict(response.headers))
+    return body
+
+
+#: The line the error handler logs for every refusal (authserver/http/errors.py), with the
+#: check's internal reason as `debug`: it tells apart refusals that share one description.
+REJECTION_LOGGER = "authserver.errors"
+
+
+def rejection_reasons(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The `debug` of each refusal the server logged during this test's call ("" when the
+    check gave none). The server must run in this process (tests/stack.py, the test client)
+    and the test must have set `caplog.set_level("INFO", logger=REJECTION_LOGGER)`."""
+    return [str(getattr(r, "debug", "")) for r in caplog.records
+            if r.name == REJECTION_LOGGER and r.getMessage().startswith("request rejected")]
+
+
+def assert_rejected_because(caplog: pytest.LogCaptureFixture, debug: str) -> None:
+    """The last refusal the server logged was for `debug` (its internal reason, never sent)."""
+    reasons = rejection_reasons(caplog)
+    assert reasons and reasons[-1] == debug, reasons

@@ -1,8 +1,11 @@
 """RFC 8693 agent exchange over real HTTP (docs/standards.md: the TX rows, A1, A3, A4).
 
-Every response is checked for status, `error` and headers; every outcome writes exactly one
-audit record with the request's correlation id. The stack (tests/stack.py) is real: IdP, CRM,
-Taskboard and authserver on loopback, one per module (SQLite, embedded store).
+Every refusal is checked for status, `error`, the exact `error_description` of the check that
+should refuse it (tests.http_helpers.assert_refusal) and headers; where several checks share one
+description, the server's logged reason for the refusal tells them apart
+(`assert_rejected_because`). Every outcome writes exactly one audit record with the request's
+correlation id. The stack (tests/stack.py) is real: IdP, CRM, Taskboard and authserver on
+loopback, one per module (SQLite, embedded store).
 """
 
 from __future__ import annotations
@@ -18,6 +21,11 @@ from joserfc.jwk import ECKey, KeySet
 from requests_oauth2client import DPoPToken, OAuth2Client
 from requests_oauth2client.exceptions import EndpointError
 
+from tests.http_helpers import (
+    REJECTION_LOGGER,
+    assert_refusal,
+    assert_rejected_because,
+)
 from tests.stack import (
     GRANT_TOKEN_EXCHANGE,
     TT_ACCESS_TOKEN,
@@ -31,6 +39,15 @@ from tests.stack import (
 )
 
 USER = "alice"
+#: Descriptions more than one test expects (INVALID_SUBJECT and BAD_DETAILS: more than one
+#: check sends them; the logged reason tells which).
+INVALID_SUBJECT = "subject_token is invalid, expired or revoked"
+BAD_DETAILS = "Malformed or unsupported authorization details"
+NOT_ALLOWED = "The intent is not allowed"
+UNSUPPORTED_SUBJECT_TYPE = (f"Unsupported subject_token_type: the agent exchange takes "
+                            f"{TT_ACCESS_TOKEN} (the user assertion)")
+KEY_MISMATCH = "DPoP proof key does not match the subject token"
+MAY_NOT_ACT = "The client may not act for this subject"
 
 
 @pytest.fixture(scope="module")
@@ -47,19 +64,16 @@ def minted(stack: Stack) -> tuple[str, Any]:
     return stack.edge_mint(USER)
 
 
+@pytest.fixture(autouse=True)
+def _log_rejections(caplog: pytest.LogCaptureFixture) -> None:
+    """The server's reason for each refusal (`assert_rejected_because`)."""
+    caplog.set_level("INFO", logger=REJECTION_LOGGER)
+
+
 def claims_of(stack: Stack, token: str) -> dict[str, Any]:
     """Verify one of our JWTs against the published JWKS (as any resource server would)."""
     keys = KeySet.import_key_set(requests.get(stack.issuer + "/jwks.json", timeout=10).json())
     return dict(jwt.decode(token, keys, algorithms=["ES256"]).claims)
-
-
-def assert_error(resp: requests.Response, status: int, error: str) -> dict[str, Any]:
-    body = resp.json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert body["error"] == error, body
-    assert resp.headers["Cache-Control"] == "no-store"
-    assert resp.headers["Content-Type"].startswith("application/json")
-    return body  # type: ignore[no-any-return]
 
 
 # --- success (TX-10, TX-11, TX-16, Part A4) ------------------------------------------------------
@@ -142,8 +156,7 @@ def test_requests_oauth2client_sees_policy_denial(stack: Stack, minted: Any) -> 
         client.token_exchange(subject_token=assertion, subject_token_type=TT_ACCESS_TOKEN,
                               dpop=True, dpop_key=key, audience="crm",
                               intent=compact(intent("update")))
-    assert caught.value.response.status_code == 403
-    assert caught.value.response.json()["error"] == "access_denied"
+    assert_refusal(caught.value.response, 403, "access_denied", NOT_ALLOWED)
 
 
 # --- TX-02 / TX-03 / TX-06 request validation ---------------------------------------------------
@@ -151,26 +164,28 @@ def test_requests_oauth2client_sees_policy_denial(stack: Stack, minted: Any) -> 
 
 def test_missing_subject_token(stack: Stack, minted: Any) -> None:
     _, key = minted
-    assert_error(stack.agent_exchange("", key), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange("", key), 400, "invalid_request",
+                   "subject_token and subject_token_type are required")
 
 
 def test_missing_subject_token_type(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, subject_token_type="")
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request",
+                   "subject_token and subject_token_type are required")
 
 
 def test_actor_token_without_type(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key,
                                 actor_token=stack.agent.assertion(stack.issuer))
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", "actor_token and actor_token_type go together")
 
 
 def test_actor_token_type_without_actor_token(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, actor_token_type=TT_JWT)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", "actor_token and actor_token_type go together")
 
 
 def test_repeated_subject_token(stack: Stack, minted: Any) -> None:
@@ -182,21 +197,21 @@ def test_repeated_subject_token(stack: Stack, minted: Any) -> None:
         "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
         "client_assertion": stack.agent.assertion(stack.issuer),
     }, headers={"DPoP": stack.dpop_proof(key)})
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", "A parameter was sent more than once")
 
 
 def test_unsupported_requested_token_type(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key,
                                 requested_token_type="urn:ietf:params:oauth:token-type:id_token")
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", "Unsupported requested_token_type")
 
 
 def test_unsupported_subject_token_type(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key,
                                 subject_token_type="urn:ietf:params:oauth:token-type:saml2")
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", UNSUPPORTED_SUBJECT_TYPE)
 
 
 @pytest.mark.parametrize("subject_token_type", [TT_JWT, "urn:ietf:params:oauth:token-type:saml2"])
@@ -204,37 +219,39 @@ def test_unsupported_subject_token_type_names_the_one_accepted(stack: Stack, min
                                                                subject_token_type: str) -> None:
     """A client that defaults to `...:jwt` learns which type the agent exchange takes."""
     assertion, key = minted
-    body = assert_error(stack.agent_exchange(assertion, key,
-                                             subject_token_type=subject_token_type),
-                        400, "invalid_request")
+    body = assert_refusal(stack.agent_exchange(assertion, key,
+                                               subject_token_type=subject_token_type),
+                          400, "invalid_request", UNSUPPORTED_SUBJECT_TYPE)
     assert TT_ACCESS_TOKEN in body["error_description"], body
 
 
 def test_unknown_audience(stack: Stack, minted: Any) -> None:
     assertion, key = minted
-    assert_error(stack.agent_exchange(assertion, key, audience="warehouse"), 400,
-                 "invalid_target")
+    assert_refusal(stack.agent_exchange(assertion, key, audience="warehouse"), 400,
+                   "invalid_target", "Unknown audience")
 
 
 def test_unknown_resource(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, audience=None,
                                 resource=f"{stack.issuer}/gateway/warehouse")
-    assert_error(resp, 400, "invalid_target")
+    assert_refusal(resp, 400, "invalid_target", "Unknown resource")
 
 
 def test_two_targets(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, resource=f"{stack.issuer}/gateway/projects")
-    assert_error(resp, 400, "invalid_target")
+    assert_refusal(resp, 400, "invalid_target", "Exactly one audience or resource")
 
 
 def test_scope_widening(stack: Stack, minted: Any) -> None:
     assertion, key = minted
-    assert_error(stack.agent_exchange(assertion, key, scope="write"), 400, "invalid_scope")
+    assert_refusal(stack.agent_exchange(assertion, key, scope="write"), 400, "invalid_scope",
+                   "scope may only narrow the subject token's scope")
 
 
-def test_foreign_subject_token(stack: Stack, minted: Any) -> None:
+def test_foreign_subject_token(stack: Stack, minted: Any,
+                               caplog: pytest.LogCaptureFixture) -> None:
     _, key = minted
     foreign = ECKey.generate_key("P-256", auto_kid=True)
     now = stack.clock()
@@ -243,32 +260,44 @@ def test_foreign_subject_token(stack: Stack, minted: Any) -> None:
         "client_id": stack.agent.client_id, "iat": now, "exp": now + 300, "jti": "x" * 24,
         "cnf": {"jkt": key.dpop_jkt}, "authorization_details": mandate(),
     }, foreign, algorithms=["ES256"])
-    assert_error(stack.agent_exchange(token, key), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(token, key), 400, "invalid_request", INVALID_SUBJECT)
+    assert_rejected_because(caplog, "signature")
 
 
-def test_idp_token_as_agent_subject_token(stack: Stack, minted: Any) -> None:
-    """An IdP id_token is the edge's input, never the agent's (TX-06: foreign issuer)."""
+def test_idp_token_as_agent_subject_token(stack: Stack, minted: Any,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """An IdP id_token is the edge's input, never the agent's (TX-06: foreign issuer): not
+    signed by our keys (nor of typ at+jwt), it fails the first check."""
     _, key = minted
     resp = stack.agent_exchange(stack.idp_id_token(USER), key)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", INVALID_SUBJECT)
+    assert_rejected_because(caplog, "signature")
 
 
-def test_tampered_subject_token(stack: Stack, minted: Any) -> None:
+def test_tampered_subject_token(stack: Stack, minted: Any,
+                                caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     head, body, sig = assertion.split(".")
     bad_sig = ("A" if sig[0] != "A" else "B") + sig[1:]
-    assert_error(stack.agent_exchange(f"{head}.{body}.{bad_sig}", key), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(f"{head}.{body}.{bad_sig}", key), 400,
+                   "invalid_request", INVALID_SUBJECT)
+    assert_rejected_because(caplog, "signature")
 
 
-def test_expired_subject_token(stack: Stack, minted: Any,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_expired_subject_token(stack: Stack, minted: Any, monkeypatch: pytest.MonkeyPatch,
+                               caplog: pytest.LogCaptureFixture) -> None:
+    """At exactly `exp`: our own token gets no leeway (check_subject_assertion), though
+    verify_access_token's would still accept it. Both log "expired" (see the report)."""
     assertion, key = minted
     exp = claims_of(stack, assertion)["exp"]
     stack.shift_clock(monkeypatch, exp - stack.clock())
-    assert_error(stack.agent_exchange(assertion, key), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(assertion, key), 400, "invalid_request",
+                   INVALID_SUBJECT)
+    assert_rejected_because(caplog, "expired")
 
 
-def test_revoked_subject_token(stack: Stack, minted: Any) -> None:
+def test_revoked_subject_token(stack: Stack, minted: Any,
+                               caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = requests.post(stack.issuer + "/revoke", timeout=10, data={
         "token": assertion, "client_id": stack.agent.client_id,
@@ -276,7 +305,9 @@ def test_revoked_subject_token(stack: Stack, minted: Any) -> None:
         "client_assertion": stack.agent.assertion(stack.issuer),
     })
     assert resp.status_code == 200
-    assert_error(stack.agent_exchange(assertion, key), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(assertion, key), 400, "invalid_request",
+                   INVALID_SUBJECT)
+    assert_rejected_because(caplog, "revoked")
 
 
 # --- DPoP (TX-16, Part A3) -----------------------------------------------------------------------
@@ -284,19 +315,22 @@ def test_revoked_subject_token(stack: Stack, minted: Any) -> None:
 
 def test_missing_dpop_proof(stack: Stack, minted: Any) -> None:
     assertion, _ = minted
-    assert_error(stack.agent_exchange(assertion, None), 400, "invalid_dpop_proof")
+    assert_refusal(stack.agent_exchange(assertion, None), 400, "invalid_dpop_proof",
+                   "DPoP proof required", headers={"DPoP-Nonce": None})
 
 
 def test_invalid_dpop_proof_htu(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, headers={
         "DPoP": stack.dpop_proof(key, htu=stack.issuer + "/other")})
-    assert_error(resp, 400, "invalid_dpop_proof")
+    assert_refusal(resp, 400, "invalid_dpop_proof",
+                   "DPoP proof htu does not match the request URI", headers={"DPoP-Nonce": None})
 
 
 def test_proof_key_not_subject_cnf(stack: Stack, minted: Any) -> None:
     assertion, _ = minted
-    assert_error(stack.agent_exchange(assertion, stack.dpop_key()), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(assertion, stack.dpop_key()), 400, "invalid_request",
+                   KEY_MISMATCH)
 
 
 # --- client authentication (TX-07) --------------------------------------------------------------
@@ -309,14 +343,15 @@ def test_unauthenticated_client(stack: Stack, minted: Any) -> None:
         "subject_token": assertion, "subject_token_type": TT_ACCESS_TOKEN, "audience": "crm",
         "intent": compact(intent()),
     }, headers={"DPoP": stack.dpop_proof(key)})
-    assert_error(resp, 401, "invalid_client")
+    assert_refusal(resp, 401, "invalid_client", "Client authentication failed",
+                   headers={"WWW-Authenticate": 'Basic realm="authserver"'})
 
 
 def test_client_without_token_exchange_grant(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     other = stack.register_agent(grant_types=("client_credentials",))
     resp = stack.agent_exchange(assertion, key, agent=other)
-    assert_error(resp, 400, "unauthorized_client")
+    assert_refusal(resp, 400, "unauthorized_client", "The client may not use token exchange")
 
 
 # --- intent (Part A1) ---------------------------------------------------------------------------
@@ -324,46 +359,57 @@ def test_client_without_token_exchange_grant(stack: Stack, minted: Any) -> None:
 
 def test_missing_intent(stack: Stack, minted: Any) -> None:
     assertion, key = minted
-    assert_error(stack.agent_exchange(assertion, key, intent=None), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(assertion, key, intent=None), 400, "invalid_request",
+                   "An intent is required to reach a platform")
 
 
-def test_empty_intent(stack: Stack, minted: Any) -> None:
+def test_empty_intent(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, intent="")
-    assert_error(resp, 400, "invalid_authorization_details")
+    assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
+    assert_rejected_because(
+        caplog, "intent is not valid strict JSON: Expecting value: line 1 column 1 (char 0)")
 
 
-def test_malformed_intent(stack: Stack, minted: Any) -> None:
+def test_malformed_intent(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, intent={"action": "launch", "resource": "x"})
-    assert_error(resp, 400, "invalid_authorization_details")
+    assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
+    assert_rejected_because(caplog, "intent lacks required fields ['context']")
 
 
-def test_intent_and_authorization_details_disagree(stack: Stack, minted: Any) -> None:
+def test_intent_and_authorization_details_disagree(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     detail = {"type": "agent_intent", "actions": ["read"], "identifier": "deal:globex-7",
               "count": 1, "context": intent()["context"]}
     resp = stack.agent_exchange(assertion, key, authorization_details=compact([detail]))
-    assert_error(resp, 400, "invalid_authorization_details")
+    assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
+    assert_rejected_because(caplog, 'intent and authorization_details disagree')
 
 
-def test_mandate_from_agent_rejected(stack: Stack, minted: Any) -> None:
+def test_mandate_from_agent_rejected(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A mandate only comes from the edge's assertion; the agent cannot add one."""
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, authorization_details=compact(mandate()))
-    assert_error(resp, 400, "invalid_authorization_details")
+    assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
+    assert_rejected_because(caplog, "authorization_details type 'agent_mandate' not accepted here")
 
 
 # --- Part A3 rows ------------------------------------------------------------------------------
 
 
-def test_policy_denial_is_access_denied_and_audited_as_intent_mismatch(stack: Stack,
-                                                                       minted: Any) -> None:
+def test_policy_denial_is_access_denied_and_audited_as_intent_mismatch(
+        stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     cid = correlation()
     resp = stack.agent_exchange(assertion, key, intent=intent("update"),
                                 headers={"X-Request-ID": cid})
-    body = assert_error(resp, 403, "access_denied")
+    body = assert_refusal(resp, 403, "access_denied", NOT_ALLOWED)
+    assert_rejected_because(caplog, "intent_mismatch")
     assert "policy" not in json.dumps(body)  # policy ids go to the audit, not the client
     [record] = stack.audit_for(cid)
     assert record["event"] == "token_exchange"
@@ -373,30 +419,35 @@ def test_policy_denial_is_access_denied_and_audited_as_intent_mismatch(stack: St
     assert "deny-outside-mandate" in record["policy_ids"]
 
 
-def test_agent_not_allowlisted_is_access_denied(stack: Stack) -> None:
+def test_agent_not_allowlisted_is_access_denied(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     narrow_agent = stack.register_agent(attributes={"allowed_platforms": ["projects"],
                                                     "allowed_actions": ["read"]})
     assertion, key = stack.edge_mint(USER, agent=narrow_agent)
     cid = correlation()
     resp = stack.agent_exchange(assertion, key, agent=narrow_agent,
                                 headers={"X-Request-ID": cid})
-    assert_error(resp, 403, "access_denied")
+    assert_refusal(resp, 403, "access_denied", NOT_ALLOWED)
+    assert_rejected_because(caplog, "intent_mismatch")
     [record] = stack.audit_for(cid)
     # An admin allowlist violation is audited as the prompt-injection signal too.
     assert record["reason"] == "intent_mismatch"
     assert "deny-agent-not-allowlisted" in record["policy_ids"]
 
 
-def test_platform_token_denied_by_default(stack: Stack, minted: Any) -> None:
+def test_platform_token_denied_by_default(
+        stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     api = stack.settings["platforms"]["crm"]["api_base_url"]
     resp = stack.agent_exchange(assertion, key, audience=None, resource=api)
-    assert_error(resp, 403, "access_denied")
+    assert_refusal(resp, 403, "access_denied", "This client may not receive platform tokens")
+    assert_rejected_because(caplog, "not_executor")
 
 
 def test_connection_required(stack: Stack) -> None:
     assertion, key = stack.edge_mint("bob")  # bob never connected the CRM
-    body = assert_error(stack.agent_exchange(assertion, key), 403, "connection_required")
+    body = assert_refusal(stack.agent_exchange(assertion, key), 403, "connection_required",
+                          "The user has no live connection to this platform")
     assert body["connect_uri"].startswith(stack.issuer + "/connections")
 
 
@@ -404,8 +455,8 @@ def test_approval_required_row(stack: Stack) -> None:
     details = mandate({"platform": "crm", "actions": ["delete"], "resources": ["deal:*"],
                        "max_count": 1})
     assertion, key = stack.edge_mint(USER, details)
-    body = assert_error(stack.agent_exchange(assertion, key, intent=intent("delete")), 403,
-                        "approval_required")
+    body = assert_refusal(stack.agent_exchange(assertion, key, intent=intent("delete")), 403,
+                          "approval_required", "User confirmation required")
     assert body["approval_uri"] == f"{stack.issuer}/approvals/{body['approval_id']}"
     assert 0 < body["expires_in"] <= 600
     assert body["interval"] >= 1
@@ -435,7 +486,9 @@ def test_every_outcome_writes_one_audit_record(stack: Stack, minted: Any, case: 
     assert resp.headers["X-Request-ID"] == cid
     assert (resp.status_code == 200) == (case == "allowed"), resp.text
     if case != "allowed":
-        assert resp.json()["error"] == case
+        assert_refusal(resp, 403 if case == "access_denied" else 400, case, {
+            "invalid_request": KEY_MISMATCH, "invalid_dpop_proof": "DPoP proof required",
+            "invalid_target": "Unknown audience", "access_denied": NOT_ALLOWED}[case])
     records = stack.audit_for(cid)
     assert len(records) == 1, records
     assert records[0]["event"] == "token_exchange"
@@ -485,13 +538,15 @@ def test_may_act_enforced(stack: Stack, minted: Any) -> None:
     delegated = designate(stack, assertion, key_a, stack.agent, agent_b,
                           key_b).json()["access_token"]
     intruder = stack.register_agent()
-    assert_error(stack.agent_exchange(delegated, key_b, agent=intruder), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(delegated, key_b, agent=intruder), 400,
+                   "invalid_request", MAY_NOT_ACT)
 
 
 def test_other_agent_cannot_use_assertion_without_may_act(stack: Stack, minted: Any) -> None:
     assertion, key = minted
     intruder = stack.register_agent()
-    assert_error(stack.agent_exchange(assertion, key, agent=intruder), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(assertion, key, agent=intruder), 400,
+                   "invalid_request", MAY_NOT_ACT)
 
 
 def test_designation_requires_dpop_jkt(stack: Stack, minted: Any) -> None:
@@ -500,7 +555,8 @@ def test_designation_requires_dpop_jkt(stack: Stack, minted: Any) -> None:
     resp = stack.agent_exchange(assertion, key, audience=None, intent=None,
                                 actor_token=agent_b.assertion(stack.issuer),
                                 actor_token_type=TT_JWT)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request",
+                   "dpop_jkt (the designated agent's key) is required")
 
 
 def test_actor_token_naming_another_agent_with_target(stack: Stack, minted: Any) -> None:
@@ -508,7 +564,7 @@ def test_actor_token_naming_another_agent_with_target(stack: Stack, minted: Any)
     agent_b = stack.register_agent()
     resp = stack.agent_exchange(assertion, key, actor_token=agent_b.assertion(stack.issuer),
                                 actor_token_type=TT_JWT)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", "actor_token does not name the client")
 
 
 def test_delegation_depth_bound(stack: Stack, minted: Any) -> None:
@@ -519,7 +575,9 @@ def test_delegation_depth_bound(stack: Stack, minted: Any) -> None:
         nxt, nxt_key = stack.register_agent(), stack.dpop_key()
         resp = designate(stack, assertion, key, agent, nxt, nxt_key)
         if depth == 4:
-            assert_error(resp, 400, "invalid_request")
+            # check_designee_key's bound (the new may_act would be a fifth actor); the same
+            # description as check_delegation's own bound, and no logged reason either.
+            assert_refusal(resp, 400, "invalid_request", "Delegation chain is too long")
             break
         assert resp.status_code == 200, (depth, resp.text)
         assertion, key, agent = resp.json()["access_token"], nxt_key, nxt
@@ -552,8 +610,8 @@ def test_mandate_narrowing_exchange(stack: Stack) -> None:
     assert claims["authorization_details"][0]["platforms"] == narrow[0]["platforms"]
     assert claims["cnf"] == {"jkt": key.dpop_jkt}
     # The narrowed assertion no longer allows what it dropped.
-    assert_error(stack.agent_exchange(narrowed, key, intent=intent("update")), 403,
-                 "access_denied")
+    assert_refusal(stack.agent_exchange(narrowed, key, intent=intent("update")), 403,
+                   "access_denied", NOT_ALLOWED)
     assert stack.agent_exchange(narrowed, key).status_code == 200
 
 
@@ -563,7 +621,8 @@ def test_mandate_widening_rejected(stack: Stack, minted: Any) -> None:
                      "max_count": 1})
     resp = stack.agent_exchange(assertion, key, audience=None, intent=None,
                                 authorization_details=compact(wider))
-    assert_error(resp, 400, "invalid_authorization_details")
+    assert_refusal(resp, 400, "invalid_authorization_details",
+                   "A mandate can only be narrowed")
 
 
 def test_mandate_other_request_rejected(stack: Stack, minted: Any) -> None:
@@ -571,4 +630,5 @@ def test_mandate_other_request_rejected(stack: Stack, minted: Any) -> None:
     other = mandate(request="Delete everything")
     resp = stack.agent_exchange(assertion, key, audience=None, intent=None,
                                 authorization_details=compact(other))
-    assert_error(resp, 400, "invalid_authorization_details")
+    assert_refusal(resp, 400, "invalid_authorization_details",
+                   "A mandate can only be narrowed")
