@@ -1,6 +1,11 @@
 """The edge mint over real HTTP: a trusted edge trades the user's IdP id_token for a user
 assertion bound to the AGENT's key (RFC 8693, RFC 9068, RFC 9449; docs/standards.md A2, A3).
-Deprovisioning (admin API) kills an already-issued assertion on its next use."""
+Deprovisioning (admin API) kills an already-issued assertion on its next use.
+
+Every refusal is checked for status, `error` and the exact `error_description` of the check that
+should refuse it (tests.http_helpers.assert_refusal); where several checks share one description
+(an IdP token or an actor token that is "not acceptable"), the server's logged reason tells them
+apart (`assert_rejected_because`)."""
 
 from __future__ import annotations
 
@@ -12,9 +17,15 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from tests.http_helpers import REJECTION_LOGGER, assert_refusal, assert_rejected_because
 from tests.stack import TT_ACCESS_TOKEN, Stack, compact, correlation, make_stack, mandate
 
 USER = "alice"
+#: Descriptions more than one check sends (the logged reason tells which).
+BAD_ID_TOKEN = "The identity token is not acceptable"
+BAD_ACTOR = "actor_token is not acceptable"
+BAD_DETAILS = "Malformed or unsupported authorization details"
+NO_DPOP_JKT = "dpop_jkt (the agent's key thumbprint) is required"
 
 
 @pytest.fixture(scope="module")
@@ -30,12 +41,10 @@ def claims_of(stack: Stack, token: str) -> dict[str, Any]:
     return dict(jwt.decode(token, keys, algorithms=["ES256"]).claims)
 
 
-def assert_error(resp: requests.Response, status: int, error: str) -> dict[str, Any]:
-    body = resp.json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert body["error"] == error, body
-    assert resp.headers["Cache-Control"] == "no-store"
-    return body  # type: ignore[no-any-return]
+@pytest.fixture(autouse=True)
+def _log_rejections(caplog: pytest.LogCaptureFixture) -> None:
+    """The server's reason for each refusal (`assert_rejected_because`)."""
+    caplog.set_level("INFO", logger=REJECTION_LOGGER)
 
 
 def mint(stack: Stack, **kw: Any) -> requests.Response:
@@ -80,12 +89,15 @@ def test_edge_cannot_use_what_it_minted(stack: Stack) -> None:
                                  "context": {"request": "x", "channel": "chat",
                                              "environment": "prod"}}),
                          }, headers={"DPoP": stack.dpop_proof(edge_key)})
-    assert_error(resp, 400, "invalid_request")
+    # Refused at the first check it fails: its proof key is not the agent's.
+    assert_refusal(resp, 400, "invalid_request",
+                   "DPoP proof key does not match the subject token")
 
 
 def test_untrusted_edge_cannot_mint(stack: Stack) -> None:
     untrusted = stack.register_edge(trusted=False)
-    body = assert_error(mint(stack, edge=untrusted), 400, "invalid_request")
+    body = assert_refusal(mint(stack, edge=untrusted), 400, "invalid_request",
+                          "Only a client registered as a trusted edge may mint user assertions")
     assert "trusted edge" in body["error_description"], body
 
 
@@ -101,60 +113,69 @@ def test_edge_mint_audited(stack: Stack) -> None:
 
 
 def test_missing_dpop_jkt(stack: Stack) -> None:
-    assert_error(mint(stack, dpop_jkt=None), 400, "invalid_request")
+    assert_refusal(mint(stack, dpop_jkt=None), 400, "invalid_request", NO_DPOP_JKT)
 
 
 def test_missing_actor_token(stack: Stack) -> None:
-    assert_error(mint(stack, drop=("actor_token", "actor_token_type")), 400, "invalid_request")
+    assert_refusal(mint(stack, drop=("actor_token", "actor_token_type")), 400,
+                   "invalid_request", "actor_token naming the agent is required")
 
 
 def test_actor_token_replayed(stack: Stack) -> None:
     actor = stack.agent.assertion(stack.issuer)
     assert mint(stack, actor_token=actor).status_code == 200
-    assert_error(mint(stack, actor_token=actor), 400, "invalid_request")
+    assert_refusal(mint(stack, actor_token=actor), 400, "invalid_request",
+                   "actor_token was already used")
 
 
-def test_actor_token_signed_by_another_key(stack: Stack) -> None:
+def test_actor_token_signed_by_another_key(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     impostor = stack.register_agent()
     forged = impostor.assertion(stack.issuer, iss=stack.agent.client_id,
                                 sub=stack.agent.client_id)
-    assert_error(mint(stack, actor_token=forged), 400, "invalid_request")
+    assert_refusal(mint(stack, actor_token=forged), 400, "invalid_request", BAD_ACTOR)
+    assert_rejected_because(caplog, "client_assertion signature is invalid")
 
 
-def test_actor_token_expired(stack: Stack) -> None:
+def test_actor_token_expired(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     stale = stack.agent.assertion(stack.issuer, lifetime=-120)
-    assert_error(mint(stack, actor_token=stale), 400, "invalid_request")
+    assert_refusal(mint(stack, actor_token=stale), 400, "invalid_request", BAD_ACTOR)
+    assert_rejected_because(caplog, "client_assertion is expired")
 
 
-def test_forged_id_token(stack: Stack) -> None:
+def test_forged_id_token(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     forged = stack.idp.mint_id_token(USER, aud="chat-edge", sign_with=stack.idp.foreign_key())
     key = stack.dpop_key()
     resp = stack.edge_mint_response(forged, mandate(), dpop_jkt=key.dpop_jkt)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
+    assert_rejected_because(caplog, "bad signature (BadSignatureError)")
 
 
-def test_id_token_for_untrusted_audience(stack: Stack) -> None:
+def test_id_token_for_untrusted_audience(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     token = stack.idp.mint_id_token(USER, aud="some-other-app")
     key = stack.dpop_key()
     resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
+    assert_rejected_because(caplog, "aud mismatch")
 
 
-def test_expired_id_token(stack: Stack) -> None:
+def test_expired_id_token(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     token = stack.idp.mint_id_token(USER, aud="chat-edge", exp_in=-120)
     key = stack.dpop_key()
     resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
+    assert_rejected_because(caplog, "expired")
 
 
-def test_malformed_mandate(stack: Stack) -> None:
+def test_malformed_mandate(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     bad = mandate()
     bad[0]["platforms"] = []
-    assert_error(mint(stack, details=bad), 400, "invalid_authorization_details")
+    assert_refusal(mint(stack, details=bad), 400, "invalid_authorization_details", BAD_DETAILS)
+    assert_rejected_because(caplog, "agent_mandate.platforms must hold 1..16 entries")
 
 
 @pytest.mark.parametrize("duplicate", ["channel", "type"])
-def test_mandate_with_a_duplicate_member_is_refused(stack: Stack, duplicate: str) -> None:
+def test_mandate_with_a_duplicate_member_is_refused(
+        stack: Stack, duplicate: str, caplog: pytest.LogCaptureFixture) -> None:
     """RFC 8259 §4: with a repeated member, a parser keeping the first value would read another
     mandate than the one we sign; refused as strictly as a duplicate in `intent`."""
     good = compact(mandate())
@@ -165,7 +186,9 @@ def test_mandate_with_a_duplicate_member_is_refused(stack: Stack, duplicate: str
     key = stack.dpop_key()
     resp = stack.edge_mint_response(stack.idp_id_token(USER), None, dpop_jkt=key.dpop_jkt,
                                     authorization_details=raw)
-    assert_error(resp, 400, "invalid_authorization_details")
+    assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
+    assert_rejected_because(caplog, "authorization_details is not valid strict JSON: "
+                                    f"repeated JSON member {duplicate!r}")
     # The same mandate without the repeated member mints.
     resp = stack.edge_mint_response(stack.idp_id_token(USER), None, dpop_jkt=key.dpop_jkt,
                                     authorization_details=good)
@@ -174,23 +197,26 @@ def test_mandate_with_a_duplicate_member_is_refused(stack: Stack, duplicate: str
 
 def test_mint_without_mandate_says_it_needs_one(stack: Stack) -> None:
     """A trusted edge's IdP token without an agent_mandate is not read as an agent exchange."""
-    body = assert_error(mint(stack, details=None), 400, "invalid_request")
+    body = assert_refusal(mint(stack, details=None), 400, "invalid_request",
+                          "The edge mint needs authorization_details with one agent_mandate")
     assert "agent_mandate" in body["error_description"], body
 
 
-def test_mandate_request_hash_mismatch(stack: Stack) -> None:
+def test_mandate_request_hash_mismatch(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     bad = mandate()
     bad[0]["request"] = "Something else entirely"
-    assert_error(mint(stack, details=bad), 400, "invalid_authorization_details")
+    assert_refusal(mint(stack, details=bad), 400, "invalid_authorization_details", BAD_DETAILS)
+    assert_rejected_because(caplog, "agent_mandate.request_hash does not match request")
 
 
 def test_mint_for_another_target(stack: Stack) -> None:
-    assert_error(mint(stack, audience="crm"), 400, "invalid_target")
+    assert_refusal(mint(stack, audience="crm"), 400, "invalid_target",
+                   "A user assertion is only for this server")
 
 
 def test_mint_unsupported_requested_token_type(stack: Stack) -> None:
     resp = mint(stack, requested_token_type="urn:ietf:params:oauth:token-type:id_token")
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", "Unsupported requested_token_type")
 
 
 # --- revocation epochs (deprovisioning) ---------------------------------------------------------
@@ -199,11 +225,13 @@ def test_mint_unsupported_requested_token_type(stack: Stack) -> None:
 def test_admin_api_requires_the_admin_token(stack: Stack) -> None:
     resp = requests.post(f"{stack.issuer}/admin/users/{stack.user_id(USER)}/deprovision",
                          headers={"Authorization": "Bearer wrong"}, timeout=10)
-    assert resp.status_code == 401
+    assert_refusal(resp, 401, "invalid_token", "Invalid admin token")
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
 
 
-def test_deprovisioning_kills_issued_assertion(tmp_path: Any) -> None:
+def test_deprovisioning_kills_issued_assertion(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     stack = make_stack(tmp_path)
     try:
         stack.signed_in_and_connected("bob", ("crm",))
@@ -212,7 +240,10 @@ def test_deprovisioning_kills_issued_assertion(tmp_path: Any) -> None:
         resp = stack.deprovision(stack.user_id("bob"))
         assert resp.status_code == 200, resp.text
         assert resp.json()["user_id"] == stack.user_id("bob")
-        assert_error(stack.agent_exchange(assertion, key), 400, "invalid_request")
+        assert_refusal(stack.agent_exchange(assertion, key), 400, "invalid_request",
+                       "subject_token is invalid, expired or revoked")
+        # tokens.check_token_live, not check_subject_assertion's own user check (no reason).
+        assert_rejected_because(caplog, "user inactive")
     finally:
         stack.close()
 
@@ -220,7 +251,8 @@ def test_deprovisioning_kills_issued_assertion(tmp_path: Any) -> None:
 # --- issue 20 hardening: the ID token the edge exchanges --------------------------------------
 
 
-def test_id_token_for_our_own_login_client_is_refused(stack: Stack) -> None:
+def test_id_token_for_our_own_login_client_is_refused(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     """A browser sign-in's ID token (aud = authserver's client id at the IdP) is not the
     edge's to exchange, even though it is for an audience we trust for login."""
     from tests.stack import AUTHSERVER_AT_IDP
@@ -230,33 +262,36 @@ def test_id_token_for_our_own_login_client_is_refused(stack: Stack) -> None:
     cid = correlation()
     resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt,
                                     headers={"X-Request-ID": cid})
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
+    assert_rejected_because(caplog, "aud is our own login client")
     [record] = stack.audit_for(cid)
     assert record["outcome"] == "invalid"
 
 
-def test_id_token_is_single_use(stack: Stack) -> None:
+def test_id_token_is_single_use(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     token = stack.idp_id_token(USER)
     key = stack.dpop_key()
     first = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
     assert first.status_code == 200, first.text
     again = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
-    assert_error(again, 400, "invalid_request")
+    assert_refusal(again, 400, "invalid_request", BAD_ID_TOKEN)
+    assert_rejected_because(caplog, "subject_token already used")
 
 
 def test_refused_mint_does_not_spend_the_id_token(stack: Stack) -> None:
     token = stack.idp_id_token(USER)
     key = stack.dpop_key()
-    assert_error(stack.edge_mint_response(token, mandate(), drop=("dpop_jkt",)), 400,
-                 "invalid_request")
+    assert_refusal(stack.edge_mint_response(token, mandate(), drop=("dpop_jkt",)), 400,
+                   "invalid_request", NO_DPOP_JKT)
     ok = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
     assert ok.status_code == 200, ok.text
 
 
-def test_tenant_not_bound_to_the_idp_is_refused(stack: Stack,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tenant_not_bound_to_the_idp_is_refused(
+        stack: Stack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """The IdP is configured for tenant "acme" only; a token asserting another is refused."""
     monkeypatch.setitem(stack.idp.users[USER], "tenant", "globex")
     key = stack.dpop_key()
     resp = stack.edge_mint_response(stack.idp_id_token(USER), mandate(), dpop_jkt=key.dpop_jkt)
-    assert_error(resp, 400, "invalid_request")
+    assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
+    assert_rejected_because(caplog, "tenant 'globex' is not bound to idp corp")
