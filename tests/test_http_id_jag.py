@@ -3,8 +3,11 @@ the RFC 7523 jwt-bearer grant (docs/standards.md IDJAG-01..06).
 
 The test IdP issues the ID-JAG through its own token exchange; the agent presents it at our
 token endpoint with private_key_jwt and a DPoP proof, receives a DPoP-bound user assertion and
-exchanges that, with an intent, for a capability as any agent does. Every refusal is
-`400 invalid_grant` (RFC 7523 §3.1) with `Cache-Control: no-store`, and issues nothing."""
+exchanges that, with an intent, for a capability as any agent does. Every refusal of the
+assertion is `400 invalid_grant` (RFC 7523 §3.1) with `Cache-Control: no-store` and one
+description ("The assertion is not acceptable": the client is not told which check failed), and
+issues nothing; so each such test also asserts the check's reason the server logged
+(`assert_rejected_because`). Other refusals assert their own exact description."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import requests
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
+from tests.http_helpers import REJECTION_LOGGER, assert_refusal, assert_rejected_because
 from tests.stack import (
     EDGE_AT_IDP,
     GRANT_TOKEN_EXCHANGE,
@@ -33,6 +37,9 @@ USER = "alice"
 GRANT_JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 TT_ID_JAG = "urn:ietf:params:oauth:token-type:id-jag"
 AGENT_GRANTS = (GRANT_TOKEN_EXCHANGE, GRANT_JWT_BEARER)
+#: The one description of every refused assertion (RFC 7523 §3.1 invalid_grant).
+NOT_ACCEPTABLE = "The assertion is not acceptable"
+SCOPE_EXCEEDS = "The requested scope exceeds the granted scope"
 
 
 def _stack(tmp: Any, **idp: Any) -> Stack:
@@ -101,15 +108,19 @@ def claims_of(stack: Stack, token: str) -> dict[str, Any]:
     return dict(jwt.decode(token, keys, algorithms=["ES256"]).claims)
 
 
-def assert_refused(resp: requests.Response, status: int = 400,
-                   error: str = "invalid_grant") -> dict[str, Any]:
-    body = resp.json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert body["error"] == error, body
-    assert "access_token" not in body
-    assert resp.headers["Cache-Control"] == "no-store"
-    assert resp.headers["Content-Type"].startswith("application/json")
-    return body  # type: ignore[no-any-return]
+@pytest.fixture(autouse=True)
+def _log_rejections(caplog: pytest.LogCaptureFixture) -> None:
+    """The server's reason for each refusal (`assert_rejected_because`)."""
+    caplog.set_level("INFO", logger=REJECTION_LOGGER)
+
+
+def assert_invalid_grant(resp: requests.Response, caplog: pytest.LogCaptureFixture,
+                         because: str) -> dict[str, Any]:
+    """A refused assertion: 400 invalid_grant, the one description, and `because` the reason
+    the server logged (which check of JwtBearerGrant / verify_id_jag refused it)."""
+    body = assert_refusal(resp, 400, "invalid_grant", NOT_ACCEPTABLE)
+    assert_rejected_because(caplog, because)
+    return body
 
 
 # --- the whole chain ----------------------------------------------------------------------------
@@ -148,76 +159,86 @@ def test_user_assertion_needs_the_same_key_downstream(stack: Stack) -> None:
     key = stack.dpop_key()
     assertion = present(stack, minted(stack), key=key).json()["access_token"]
     resp = stack.agent_exchange(assertion, stack.dpop_key())
-    assert resp.status_code == 400 and resp.json()["error"] == "invalid_request"
+    assert_refusal(resp, 400, "invalid_request",
+                   "DPoP proof key does not match the subject token")
 
 
-def test_without_a_mandate_the_intent_is_denied(stack: Stack) -> None:
+def test_without_a_mandate_the_intent_is_denied(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     """No agent_mandate in the grant: the assertion is issued, the policy denies the intent."""
     key = stack.dpop_key()
     resp = present(stack, minted(stack, authorization_details=None), key=key)
     assert resp.status_code == 200, resp.text
     assert "authorization_details" not in claims_of(stack, resp.json()["access_token"])
     denied = stack.agent_exchange(resp.json()["access_token"], key)
-    assert denied.status_code == 403 and denied.json()["error"] == "access_denied"
+    assert_refusal(denied, 403, "access_denied", "The intent is not allowed")
+    assert_rejected_because(caplog, "no_mandate")
 
 
 # --- refusals -----------------------------------------------------------------------------------
 
 
-def test_replayed_id_jag(stack: Stack) -> None:
+def test_replayed_id_jag(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     grant = minted(stack)
     assert present(stack, grant).status_code == 200
-    assert_refused(present(stack, grant))
+    assert_invalid_grant(present(stack, grant), caplog, "ID-JAG already used")
 
 
 def test_refused_grant_is_not_spent(stack: Stack) -> None:
     """A request refused before the last check leaves the grant usable (like the edge mint)."""
     grant = minted(stack)
-    assert_refused(present(stack, grant, scope="write"), error="invalid_scope")
+    assert_refusal(present(stack, grant, scope="write"), 400, "invalid_scope", SCOPE_EXCEEDS)
     assert present(stack, grant).status_code == 200
 
 
-def test_wrong_audience(stack: Stack) -> None:
+def test_wrong_audience(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     cid = correlation()
     resp = present(stack, minted(stack, aud="https://other-as.example"),
                    headers={"X-Request-ID": cid})
-    assert_refused(resp)
+    assert_invalid_grant(resp, caplog, "aud mismatch")
     [record] = stack.audit_for(cid)
     assert (record["event"], record["outcome"]) == ("id_jag", "invalid")
+    assert record["detail"]["debug"] == "aud mismatch"
 
 
-def test_several_audiences(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, aud=[stack.issuer, "https://other.example"],
-                                         extra={"azp": stack.issuer})))
+def test_several_audiences(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    grant = minted(stack, aud=[stack.issuer, "https://other.example"],
+                   extra={"azp": stack.issuer})
+    assert_invalid_grant(present(stack, grant), caplog, "aud is not exactly this server")
 
 
-def test_wrong_client(stack: Stack) -> None:
+def test_wrong_client(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     other = stack.register_agent(grant_types=AGENT_GRANTS)
-    assert_refused(present(stack, minted(stack), agent=other))
+    assert_invalid_grant(present(stack, minted(stack), agent=other), caplog,
+                         "client_id is not the authenticated client")
 
 
-def test_expired(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, exp_in=-120)))
+def test_expired(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    assert_invalid_grant(present(stack, minted(stack, exp_in=-120)), caplog, "expired")
 
 
-def test_issued_in_the_future(stack: Stack) -> None:
+def test_issued_in_the_future(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     now = stack.clock()
-    assert_refused(present(stack, minted(stack, extra={"iat": now + 600, "exp": now + 900})))
+    grant = minted(stack, extra={"iat": now + 600, "exp": now + 900})
+    assert_invalid_grant(present(stack, grant), caplog, "iat in the future")
 
 
-def test_missing_jti(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, extra={"jti": None})))
+def test_missing_jti(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    assert_invalid_grant(present(stack, minted(stack, extra={"jti": None})), caplog,
+                         "jti missing or invalid")
 
 
-def test_missing_client_id(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, extra={"client_id": None})))
+def test_missing_client_id(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    assert_invalid_grant(present(stack, minted(stack, extra={"client_id": None})), caplog,
+                         "client_id missing or invalid")
 
 
-def test_forged_signature(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, sign_with=stack.idp.foreign_key())))
+def test_forged_signature(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    grant = minted(stack, sign_with=stack.idp.foreign_key())
+    assert_invalid_grant(present(stack, grant), caplog, "bad signature (BadSignatureError)")
 
 
-def test_unsigned_alg_none(stack: Stack) -> None:
+def test_unsigned_alg_none(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     import base64
     import json
 
@@ -227,27 +248,31 @@ def test_unsigned_alg_none(stack: Stack) -> None:
     signed = minted(stack)
     payload = json.loads(base64.urlsafe_b64decode(signed.split(".")[1] + "=="))
     unsigned = seg({"alg": "none", "typ": "oauth-id-jag+jwt"}) + "." + seg(payload) + "."
-    assert_refused(present(stack, unsigned))
+    assert_invalid_grant(present(stack, unsigned), caplog, "alg 'none' not allowed")
 
 
 @pytest.mark.parametrize("typ", [None, "JWT", "at+jwt", "id-jag+jwt"])
-def test_wrong_typ(stack: Stack, typ: str | None) -> None:
-    assert_refused(present(stack, minted(stack, header={"typ": typ})))
+def test_wrong_typ(stack: Stack, typ: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    # typ=None drops the member, but joserfc's jwt.encode (the test IdP signs with it) then
+    # writes `typ: JWT`: that case is the JWT one again, not a token without typ.
+    assert_invalid_grant(present(stack, minted(stack, header={"typ": typ})), caplog,
+                         f"typ {typ or 'JWT'!r} is not oauth-id-jag+jwt")
 
 
-def test_id_token_is_not_an_id_jag(stack: Stack) -> None:
+def test_id_token_is_not_an_id_jag(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     token = stack.idp.mint_id_token(USER, aud=stack.issuer,
                                     extra={"client_id": stack.agent.client_id, "jti": "x1"})
-    assert_refused(present(stack, token))
+    assert_invalid_grant(present(stack, token), caplog, "typ 'JWT' is not oauth-id-jag+jwt")
 
 
-def test_unknown_issuer(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, extra={"iss": "https://evil.example"})))
+def test_unknown_issuer(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    grant = minted(stack, extra={"iss": "https://evil.example"})
+    assert_invalid_grant(present(stack, grant), caplog, "untrusted issuer 'https://evil.example'")
 
 
 def test_scope_beyond_the_grant(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, scope="read"), scope="read write"),
-                   error="invalid_scope")
+    assert_refusal(present(stack, minted(stack, scope="read"), scope="read write"), 400,
+                   "invalid_scope", SCOPE_EXCEEDS)
 
 
 def test_scope_within_the_grant(stack: Stack) -> None:
@@ -258,40 +283,41 @@ def test_scope_within_the_grant(stack: Stack) -> None:
 
 
 def test_resource_beyond_the_grant(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack), resource=stack.issuer + "/gateway/crm"),
-                   error="invalid_target")
+    assert_refusal(present(stack, minted(stack), resource=stack.issuer + "/gateway/crm"), 400,
+                   "invalid_target", "The requested resource exceeds the grant")
 
 
 def test_gateway_resource_in_the_grant_is_refused(stack: Stack) -> None:
     """Gateway tokens come only from the intent exchange, whatever the IdP granted."""
     gateway = stack.issuer + "/gateway/crm"
-    assert_refused(present(stack, minted(stack, resource=gateway), resource=gateway),
-                   error="invalid_target")
+    assert_refusal(present(stack, minted(stack, resource=gateway), resource=gateway), 400,
+                   "invalid_target", "Gateway tokens are issued only for an intent")
 
 
 def test_dpop_required_for_a_user_assertion(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack), proof=False), error="invalid_dpop_proof")
+    assert_refusal(present(stack, minted(stack), proof=False), 400, "invalid_dpop_proof",
+                   "DPoP proof required", headers={"DPoP-Nonce": None})
 
 
 def test_missing_assertion(stack: Stack) -> None:
-    assert_refused(present(stack, ""), error="invalid_request")
+    assert_refusal(present(stack, ""), 400, "invalid_request", "assertion is required")
 
 
 def test_client_not_allowed_the_grant(stack: Stack) -> None:
     other = stack.register_agent(grant_types=(GRANT_TOKEN_EXCHANGE,))
-    assert_refused(present(stack, minted(stack, client_id=other.client_id), agent=other),
-                   error="unauthorized_client")
+    assert_refusal(present(stack, minted(stack, client_id=other.client_id), agent=other), 400,
+                   "unauthorized_client", "The client may not use this grant type")
 
 
 def test_client_authentication_failure(stack: Stack) -> None:
     resp = requests.post(stack.issuer + "/token", auth=(stack.agent.client_id, "wrong"),
                          data={"grant_type": GRANT_JWT_BEARER, "assertion": minted(stack)},
                          timeout=30)
-    assert_refused(resp, 401, "invalid_client")
-    assert resp.headers.get("WWW-Authenticate")
+    assert_refusal(resp, 401, "invalid_client", "Client authentication failed",
+                   headers={"WWW-Authenticate": 'Basic realm="authserver"'})
 
 
-def test_deprovisioned_user(stack: Stack) -> None:
+def test_deprovisioned_user(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     user = stack.idp.users["carol"]
     grant = stack.idp.mint_id_jag("carol", aud=stack.issuer, client_id=stack.agent.client_id)
     assert present(stack, grant).status_code == 200
@@ -304,11 +330,12 @@ def test_deprovisioned_user(stack: Stack) -> None:
         carol_id = carol.id
     assert stack.deprovision(carol_id).status_code == 200
     again = stack.idp.mint_id_jag("carol", aud=stack.issuer, client_id=stack.agent.client_id)
-    assert_refused(present(stack, again))
+    assert_invalid_grant(present(stack, again), caplog, f"user {carol_id} is deprovisioned")
 
 
-def test_tenant_not_bound_to_the_idp(stack: Stack) -> None:
-    assert_refused(present(stack, minted(stack, extra={"tenant": "globex"})))
+def test_tenant_not_bound_to_the_idp(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    assert_invalid_grant(present(stack, minted(stack, extra={"tenant": "globex"})), caplog,
+                         "tenant 'globex' is not bound to idp corp")
 
 
 def test_idp_refuses_an_unknown_audience(stack: Stack) -> None:
@@ -322,11 +349,11 @@ def test_issued_token_type_is_not_confused(stack: Stack) -> None:
     assert resp.json().get("issued_token_type") in (None, TT_ACCESS_TOKEN)
 
 
-def test_idp_not_id_jag_enabled(tmp_path: Any) -> None:
+def test_idp_not_id_jag_enabled(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     s = _stack(tmp_path)  # [idps.corp] without id_jag
     try:
         grant = s.idp.mint_id_jag(USER, aud=s.issuer, client_id=s.agent.client_id,
                                   authorization_details=mandate())
-        assert_refused(present(s, grant))
+        assert_invalid_grant(present(s, grant), caplog, "idp corp is not enabled for ID-JAG")
     finally:
         s.close()
