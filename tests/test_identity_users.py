@@ -16,7 +16,6 @@ import requests
 from authserver.db import Database
 from authserver.identity import IdentityError, IdPConfig, OIDCProvider
 from authserver.identity.users import (
-    EPOCH_KEY_PREFIX,
     deprovision_user,
     is_token_current,
     provision_user,
@@ -25,6 +24,7 @@ from authserver.identity.users import (
 )
 from authserver.models import Base, User
 from authserver.store import Store
+from authserver.store import keys as store_keys
 from authserver.store.memory import MemoryStore
 from authserver.testing.idp import start_idp
 
@@ -218,7 +218,7 @@ def test_deprovision_marks_the_epoch_in_database_and_store(db: Database, store: 
         user = session.get(User, user_id)
         assert user is not None
         assert (user.active, user.tokens_valid_after) == (False, now + 100)
-    assert store.get(EPOCH_KEY_PREFIX + user_id) == str(now + 100)
+    assert store.get(store_keys.user_epoch(user_id)) == str(now + 100)
 
 
 def test_token_issued_before_the_epoch_is_not_current(db: Database, store: Store,
@@ -252,7 +252,7 @@ def test_epoch_falls_back_to_the_database(db: Database, store: Store, now: int) 
     user_id = _provisioned(db, now)
     with db.session() as session:
         deprovision_user(session, store, user_id, now=now + 100)
-    store.delete(EPOCH_KEY_PREFIX + user_id)  # e.g. Redis lost its data
+    store.delete(store_keys.user_epoch(user_id))  # e.g. Redis lost its data
     with db.session() as session:
         assert user_epoch(session, store, user_id) == now + 100
         assert not is_token_current(session, store, user_id, now + 50)
@@ -287,4 +287,4 @@ def test_unknown_user_token_is_not_current(db: Database, store: Store, now: int)
 def test_deprovision_unknown_user(db: Database, store: Store, now: int) -> None:
     with db.session() as session, pytest.raises(LookupError):
         deprovision_user(session, store, "usr_nobody", now=now)
-    assert store.get(EPOCH_KEY_PREFIX + "usr_nobody") is None
+    assert store.get(store_keys.user_epoch("usr_nobody")) is None

@@ -20,6 +20,7 @@ from authserver.identity.config import IdPConfig
 from authserver.identity.discovery import IdPDiscovery
 from authserver.identity.errors import IdentityError
 from authserver.store import Store
+from authserver.store import keys as store_keys
 
 #: Clock skew tolerated on `exp`, `iat` and `nbf`.
 ID_TOKEN_LEEWAY = JWT_LEEWAY
@@ -30,9 +31,11 @@ MAX_TOKEN_LENGTH = 16 * 1024
 ALLOWED_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
                       "ES512")
 
-#: Store key prefix of IdP tokens already exchanged at the edge mint (single use).
+#: Store key prefix of IdP tokens already exchanged at the edge mint (single use;
+#: authserver.store.keys.idp_subject_token spells the keys).
 SUBJECT_TOKEN_KEY = "idp-subject-token:"
-#: Store key prefix of ID-JAGs already redeemed (single use, by `iss` + `jti`).
+#: Store key prefix of ID-JAGs already redeemed (single use, by `iss` + `jti`;
+#: authserver.store.keys.idp_id_jag spells the keys).
 ID_JAG_KEY = "idp-id-jag:"
 #: The longest ID-JAG lifetime (`exp - iat`) accepted. The draft's examples last minutes; a
 #: longer grant would also keep its replay entry that long.
@@ -151,11 +154,10 @@ class TrustedIssuerTokens:
         if provider is None:
             raise IdentityError("claims are not from a configured IdP")
         jti = claims.get("jti")
-        ident = (json.dumps([claims["iss"], jti]) if isinstance(jti, str) and jti
-                 else token.rsplit(".", 1)[0])
-        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
+        key = store_keys.idp_subject_token(claims["iss"], jti if isinstance(jti, str) else None,
+                                           token.rsplit(".", 1)[0])
         ttl = max(int(claims["exp"]) + ID_TOKEN_LEEWAY - now, 1)
-        if not self._store.add_if_absent(SUBJECT_TOKEN_KEY + digest, ttl):
+        if not self._store.add_if_absent(key, ttl):
             raise IdentityError("subject_token already used")
 
     def verify_id_jag(self, token: str, *, now: int, audience: str
@@ -199,10 +201,9 @@ class TrustedIssuerTokens:
         provider = self.by_issuer(str(claims.get("iss")))
         if provider is None:
             raise IdentityError("claims are not from a configured IdP")
-        ident = json.dumps([claims["iss"], claims["jti"]])
-        digest = hashlib.sha256(ident.encode("utf-8")).hexdigest()
         ttl = max(int(claims["exp"]) + ID_TOKEN_LEEWAY - now, 1)
-        if not self._store.add_if_absent(ID_JAG_KEY + digest, ttl):
+        if not self._store.add_if_absent(store_keys.idp_id_jag(claims["iss"], claims["jti"]),
+                                         ttl):
             raise IdentityError("ID-JAG already used")
 
 

@@ -5,7 +5,6 @@ shared `Store`."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from authserver.identity.id_tokens import (
     IdTokenVerifier,
     check_at_hash,
 )
+from authserver.store import keys as store_keys
 
 #: Nonce replay entries live at least this long, even for an already-expiring ID token.
 NONCE_REPLAY_MIN_TTL = 60
@@ -121,8 +121,7 @@ class OIDCProvider(IdTokenVerifier):
         # OIDC Core §15.5.2: a nonce is accepted once. The entry outlives the ID token, so the
         # same token cannot be replayed into another login while it is valid.
         ttl = max(int(claims["exp"]) + ID_TOKEN_LEEWAY - now, NONCE_REPLAY_MIN_TTL)
-        digest = hashlib.sha256(expected_nonce.encode()).hexdigest()
-        if not self._store.add_if_absent("oidc-nonce:" + digest, ttl):
+        if not self._store.add_if_absent(store_keys.oidc_nonce(expected_nonce), ttl):
             raise IdentityError("login: nonce replayed")
         return claims
 

@@ -20,10 +20,12 @@ from sqlalchemy.orm import Session
 from authserver.identity.federation import IdentityError, IdPConfig
 from authserver.models import User
 from authserver.store import Store
+from authserver.store import keys as store_keys
 
 USER_ID_PREFIX = "usr_"
 #: 26 base32 characters = 130 bits of SHA-256: collisions are not a practical concern.
 USER_ID_HASH_CHARS = 26
+#: The store family of revocation epochs (authserver.store.keys.user_epoch: the id hashed).
 EPOCH_KEY_PREFIX = "user-epoch:"
 #: Column sizes of `User` (authserver.models.oauth); longer claims are refused, not truncated.
 MAX_EMAIL = 320
@@ -108,7 +110,7 @@ def deprovision_user(session: Session, store: Store, user_id: str, *, now: int) 
 def _set_epoch(session: Session, store: Store, user: User, now: int) -> None:
     user.tokens_valid_after = max(user.tokens_valid_after or 0, now)
     session.flush()
-    store.set(EPOCH_KEY_PREFIX + user.id, str(user.tokens_valid_after))
+    store.set(store_keys.user_epoch(user.id), str(user.tokens_valid_after))
 
 
 class AmbiguousUserError(LookupError):
@@ -196,7 +198,7 @@ def user_epoch(session: Session, store: Store, user_id: str) -> int:
     database does. LookupError if the user does not exist. Store and database failures
     propagate (503): they never read as "no epoch".
     """
-    cached = store.get(EPOCH_KEY_PREFIX + user_id)
+    cached = store.get(store_keys.user_epoch(user_id))
     if cached is not None:
         return int(cached)
     user = session.get(User, user_id)
@@ -213,7 +215,7 @@ def is_token_current(session: Session, store: Store, user_id: str, iat: int) -> 
     older than a stored epoch is refused from the store alone; anything else reads the row.
     Store and database failures are not answers: they propagate as 503 errors.
     """
-    cached = store.get(EPOCH_KEY_PREFIX + user_id)
+    cached = store.get(store_keys.user_epoch(user_id))
     if cached is not None and iat <= int(cached):
         # The common revocation case is answered by the store alone.
         return False

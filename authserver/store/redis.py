@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import redis
 from redis.exceptions import LockError, RedisError
 
-from authserver.store import LockTimeoutError, StoreUnavailableError
+from authserver.store import LockTimeoutError, StoreUnavailableError, keys
 
 KEY_PREFIX = "authserver:"
 
@@ -75,7 +75,7 @@ class RedisStore:
     @contextmanager
     def lock(self, name: str, *, timeout: float, blocking_timeout: float) -> Iterator[int]:
         lock = self._r.lock(
-            self._prefix + "lock:" + name, timeout=timeout, blocking_timeout=blocking_timeout
+            self._prefix + keys.lock(name), timeout=timeout, blocking_timeout=blocking_timeout
         )
         try:
             acquired = lock.acquire()
@@ -85,7 +85,7 @@ class RedisStore:
             raise LockTimeoutError(debug=f"lock {name} not acquired in {blocking_timeout}s")
         try:
             try:
-                fence = int(self._r.incr(self._prefix + "fence:" + name))
+                fence = int(self._r.incr(self._prefix + keys.fence(name)))
             except RedisError as e:
                 raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
             yield fence
