@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,9 +37,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from authserver.models.audit import GENESIS_HASH, AuditChainHead, AuditEvent
+from authserver.redaction import REDACTED as REDACTED  # re-exported: one marker
+from authserver.redaction import redact_credentials, redact_record_value
+from authserver.redaction import redact_mapping as _redact_mapping
+from authserver.redaction import redact_text as redact_text
 
 HEAD_ID = 1
-REDACTED = "[redacted]"
 #: At most one log line per (event, reason) per this many seconds for unauthenticated refusals.
 UNAUTHENTICATED_LOG_INTERVAL = 60.0
 
@@ -64,69 +66,21 @@ _COLUMN_WIDTH = {
     "client_ip": 45,
 }
 
-# A compact JWS (3 segments) or JWE (5 segments): base64url JSON headers start with "eyJ".
-_JWT = re.compile(r"eyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}")
-# An authorization header value, whatever the token looks like.
-_AUTH_SCHEME = re.compile(r"\b(Bearer|DPoP|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
-# Long runs of token alphabet with both letters and digits: opaque access/refresh tokens,
-# client secrets, API keys. '/' and '.' break a run so URL paths and host names survive.
-_OPAQUE = re.compile(r"(?<![A-Za-z0-9_~+=-])[A-Za-z0-9_~+=-]{32,}(?![A-Za-z0-9_~+=-])")
-_SENSITIVE_KEY = re.compile(
-    r"token|secret|password|passwd|assertion|authorization|cookie|credential|api[_-]?key"
-    r"|^code$|^dpop$|private",
-    re.IGNORECASE,
-)
-
-
-# Record ids are often UUIDs: long, mixed, and not secrets.
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
-
-def _is_opaque_token(run: str) -> bool:
-    if _UUID.fullmatch(run):
-        return False
-    return any(c.isdigit() for c in run) and any(c.isalpha() for c in run)
-
-
 def redact_jwts(text: str) -> str:
-    """`text` with JWTs and authorization header values replaced."""
-    text = _JWT.sub(REDACTED, text)
-    return _AUTH_SCHEME.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-
-
-def redact_text(text: str) -> str:
-    """`text` with JWTs, authorization header values and long opaque tokens replaced."""
-    return _OPAQUE.sub(
-        lambda m: REDACTED if _is_opaque_token(m.group(0)) else m.group(0), redact_jwts(text)
-    )
+    """`text` with JWTs, authorization header values and other credential shapes replaced."""
+    return redact_credentials(text)
 
 
 def redact_mapping(value: Mapping[Any, Any], *, max_string: int = MAX_DETAIL_STRING
                    ) -> dict[str, Any]:
     """`redact` for a mapping: values under credential-looking keys are replaced whole."""
-    return {
-        str(k): REDACTED if _SENSITIVE_KEY.search(str(k)) else redact(v, max_string=max_string)
-        for k, v in value.items()
-    }
+    return _redact_mapping(value, max_string=max_string)
 
 
 def redact(value: Any, *, max_string: int = MAX_DETAIL_STRING) -> Any:
-    """A copy of `value` safe to audit: defence in depth behind callers that never pass tokens.
-
-    Strips (never rejects: the record must still be written) every string that looks like a
-    token and every value under a credential-looking key, recursively; cuts long strings.
-    Side effect worth knowing: hex digests and other long mixed strings in `detail` are
-    stripped too; hashes and ids belong in the record's own columns.
-    """
-    if isinstance(value, Mapping):
-        return redact_mapping(value, max_string=max_string)
-    if isinstance(value, list | tuple):
-        return [redact(v, max_string=max_string) for v in value]
-    if isinstance(value, str):
-        return redact_text(value)[:max_string]
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    return redact_text(str(value))[:max_string]
+    """A copy of `value` safe to audit (authserver.redaction): defence in depth behind callers
+    that never pass tokens. Strips, never rejects; cuts long strings to `max_string`."""
+    return redact_record_value(value, max_string=max_string)
 
 
 def canonical_json(value: Any) -> str:

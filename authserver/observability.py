@@ -1,9 +1,9 @@
 """Observability: correlation ids (W3C Trace Context §3.2 traceparent), JSON logs, metrics.
 
-Correlation id, per request (`init_app`): a sane incoming `X-Request-ID` is kept, else the
-trace-id of a valid `traceparent`, else a fresh uuid4 hex. It is stored in `flask.g.correlation_id`
-and in a contextvar (`correlation_id()`, readable from core code), and echoed in the
-`X-Request-ID` response header. The incoming value is client-controlled: it correlates log lines,
+Correlation id, per request (the hooks of `authserver.http.observability.init_app`): a sane
+incoming `X-Request-ID` is kept, else the trace-id of a valid `traceparent`, else a fresh uuid4
+hex. It is stored in `flask.g.correlation_id` and in a contextvar (`correlation_id()`, readable
+from core code), and echoed in the `X-Request-ID` response header. The incoming value is client-controlled: it correlates log lines,
 it proves nothing and must never be used as a unique key or a security input.
 
 Logs (`configure_logging`): one JSON object per line on stderr with `ts`, `level`, `logger`,
@@ -20,8 +20,9 @@ first imported, each worker writes its values to files in that directory and `/m
 emptied before workers start, and `mark_process_dead` must run when a worker exits: gunicorn.conf.py
 does both (`on_starting`, `child_exit`).
 
-This module imports Flask only inside `init_app`, so core modules may import it for the metrics
-and `correlation_id()` without pulling in the HTTP layer.
+No Flask here: the request hooks are authserver/http/observability.py, which passes each
+request's values to `set_correlation_id` and `record_request`. Core modules import this one for
+the metrics and `correlation_id()` without pulling in the HTTP layer.
 """
 
 from __future__ import annotations
@@ -31,16 +32,14 @@ import json
 import logging
 import re
 import sys
-import time
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 from prometheus_client import Counter, Histogram
 
-if TYPE_CHECKING:
-    from flask import Flask, Response
+from authserver.redaction import REDACTED as REDACTED  # re-exported: one marker
+from authserver.redaction import redact_credentials, redact_log_value
 
 REQUEST_ID_HEADER = "X-Request-ID"
 TRACEPARENT_HEADER = "traceparent"
@@ -172,121 +171,52 @@ def choose_correlation_id(request_id: str | None, traceparent: str | None) -> st
     return uuid.uuid4().hex
 
 
-def _method_label(method: str) -> str:
+def method_label(method: str) -> str:
+    """The metrics' method label: `method` if it is in a closed set, else OTHER."""
     return method if method in _METHOD_LABELS else "OTHER"
 
 
-def init_app(app: Flask) -> None:
-    """Register the correlation-id, metrics and access-log hooks on `app`.
+# --- the request hooks' core (the hooks: authserver/http/observability.py) ---------------------
+def set_correlation_id(cid: str | None) -> None:
+    """Make `cid` the current request's correlation id (None at the end of a request: threads
+    are reused by gthread workers, and one request's id must never leak into the next)."""
+    _CORRELATION_ID.set(cid)
 
-    Call it before other `before_request` hooks are registered, so that the id exists for
-    everything that logs during the request.
-    """
-    from flask import g, request
 
-    @app.before_request
-    def _start_request() -> None:
-        cid = choose_correlation_id(
-            request.headers.get(REQUEST_ID_HEADER), request.headers.get(TRACEPARENT_HEADER)
-        )
-        g.correlation_id = cid
-        g.observability_started = time.perf_counter()
-        _CORRELATION_ID.set(cid)
-
-    @app.after_request
-    def _finish_request(response: Response) -> Response:
-        cid = g.get("correlation_id")
-        if cid is not None:
-            response.headers[REQUEST_ID_HEADER] = cid
-        rule = request.url_rule
-        endpoint = rule.rule if rule is not None else _UNMATCHED_ENDPOINT
-        method = _method_label(request.method)
-        status = str(response.status_code)
-        REQUESTS.labels(endpoint=endpoint, method=method, status=status).inc()
-        started = g.get("observability_started")
-        duration = time.perf_counter() - started if started is not None else None
-        if duration is not None:
-            REQUEST_LATENCY.labels(endpoint=endpoint).observe(duration)
-        # The path only: query strings may carry codes or tokens.
-        _access_log.info(
-            "%s %s %s",
-            method,
-            request.path,
-            status,
-            extra={
-                "http_method": method,
-                "path": request.path,
-                "endpoint": endpoint,
-                "status": response.status_code,
-                "duration_ms": round(duration * 1000, 3) if duration is not None else None,
-                "remote_addr": request.remote_addr,
-            },
-        )
-        return response
-
-    @app.teardown_request
-    def _end_request(_exc: BaseException | None) -> None:
-        # Threads are reused by gthread workers: never let one request's id leak into the next.
-        _CORRELATION_ID.set(None)
+def record_request(*, rule: str | None, method: str, path: str, status: int,
+                   duration: float | None, remote_addr: str | None) -> None:
+    """Count one answered request (REQUESTS, REQUEST_LATENCY by URL rule, `rule` None when no
+    route matched) and write its access-log line: the path only, as query strings may carry
+    codes or tokens."""
+    endpoint = rule if rule is not None else _UNMATCHED_ENDPOINT
+    method = method_label(method)
+    REQUESTS.labels(endpoint=endpoint, method=method, status=str(status)).inc()
+    if duration is not None:
+        REQUEST_LATENCY.labels(endpoint=endpoint).observe(duration)
+    _access_log.info(
+        "%s %s %s",
+        method,
+        path,
+        status,
+        extra={
+            "http_method": method,
+            "path": path,
+            "endpoint": endpoint,
+            "status": status,
+            "duration_ms": round(duration * 1000, 3) if duration is not None else None,
+            "remote_addr": remote_addr,
+        },
+    )
 
 
 # --- JSON logging -----------------------------------------------------------------------------
-REDACTED = "[REDACTED]"
-
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _RECORD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))
 ) | {"message", "asctime", "correlation_id"}
 
-# Extra keys whose values are credentials whatever they look like.
-_SENSITIVE_KEYS = frozenset(
-    {
-        "access_token", "refresh_token", "id_token", "subject_token", "actor_token",
-        "client_secret", "client_assertion", "assertion", "code_verifier", "password",
-        "authorization", "dpop", "cookie", "set-cookie", "secret", "token", "private_key",
-    }
-)
-_PARAM_NAMES = (
-    r"client_secret|refresh_token|access_token|id_token|subject_token|actor_token"
-    r"|client_assertion|assertion|code_verifier|password"
-)
-_REDACTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
-    # Authorization header values (RFC 6750 Bearer, RFC 9449 DPoP, RFC 7617 Basic). The length
-    # floor keeps prose such as "DPoP proof" or "Bearer token" readable.
-    (re.compile(r"\b(Bearer|DPoP)\s+[A-Za-z0-9._~+/-]{16,}=*", re.IGNORECASE), r"\1 " + REDACTED),
-    (re.compile(r"\b(Basic)\s+[A-Za-z0-9+/]{8,}=*", re.IGNORECASE), r"\1 " + REDACTED),
-    # Form/query parameters and JSON members that carry credentials.
-    (re.compile(rf"\b({_PARAM_NAMES})=[^&\s\"',;]+", re.IGNORECASE), r"\1=" + REDACTED),
-    (
-        re.compile(rf"\"({_PARAM_NAMES})\"\s*:\s*\"[^\"]*\"", re.IGNORECASE),
-        r'"\1": "' + REDACTED + '"',
-    ),
-    # Compact JWS/JWE: a JOSE header starts with base64url('{"') = "eyJ"; 3 or 5 segments.
-    (re.compile(r"\beyJ[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]*){2,4}"), REDACTED),
-    # Any other three long base64url segments (e.g. a header with leading whitespace).
-    (re.compile(r"\b[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}\.[A-Za-z0-9_-]{16,}"), REDACTED),
-    # Passwords in connection URLs (scheme://user:password@host), e.g. in driver errors.
-    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@"), r"\1" + REDACTED + "@"),
-)
-
-
-def redact(text: str) -> str:
-    """`text` with anything that looks like a credential replaced by [REDACTED]."""
-    for pattern, replacement in _REDACTIONS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def _redact_value(key: str | None, value: Any) -> Any:
-    if key is not None and key.lower() in _SENSITIVE_KEYS:
-        return REDACTED
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, Mapping):
-        return {k: _redact_value(str(k), v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_redact_value(None, v) for v in value]
-    return value
+#: `redact` is the log-line strength of authserver.redaction (one set of patterns, one marker).
+redact = redact_credentials
 
 
 class RedactingFilter(logging.Filter):
@@ -305,7 +235,7 @@ class RedactingFilter(logging.Filter):
         record.args = None
         for key, value in list(vars(record).items()):
             if key not in _RECORD_ATTRS:
-                setattr(record, key, _redact_value(key, value))
+                setattr(record, key, redact_log_value(key, value))
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -375,8 +305,10 @@ __all__ = [
     "choose_correlation_id",
     "configure_logging",
     "correlation_id",
-    "init_app",
     "is_sane_request_id",
+    "method_label",
+    "record_request",
     "redact",
+    "set_correlation_id",
     "trace_id_from_traceparent",
 ]
