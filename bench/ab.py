@@ -33,6 +33,7 @@ import base64
 import contextlib
 import os
 import secrets
+import shlex
 import socket
 import statistics
 import subprocess
@@ -224,6 +225,17 @@ def connections_per_worker(port: int, pids: Sequence[int]) -> list[int]:
     return counts
 
 
+def rss_mb(pids: Sequence[int]) -> float:
+    """Resident memory of the workers together (MB): does a worker grow from run to run?"""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
+
+
 def worker_cpu(pids: Sequence[int]) -> list[float]:
     ticks = os.sysconf("SC_CLK_TCK")
     out = []
@@ -277,6 +289,7 @@ def timed_run(side: Side, concurrency: int, duration: int, wd: Path) -> dict[str
         "conns/worker": "/".join(map(str, split)) if split else None,
         "cpu split %": "/".join(f"{100 * d / busy:.0f}" for d in worker_deltas)
         if pids else None,
+        "rss MB": rss_mb(pids) if pids else None,
         **probe,
     }
     if row["errors"]:
@@ -309,8 +322,8 @@ def alternate(a: Side, b: Side, *, runs: int, concurrency: int, duration: int, w
 
 
 COLUMNS = ["run", "side", "load1", "steal %", "req/s", "p50 ms", "p99 ms", "errors",
-           "server cpu ms/req", "conns/worker", "cpu split %", "pg rows", "pg dead",
-           "redis keys"]
+           "server cpu ms/req", "conns/worker", "cpu split %", "rss MB", "pg rows",
+           "pg dead", "redis keys"]
 
 
 def print_row(row: Mapping[str, Any]) -> None:
@@ -329,10 +342,15 @@ def summarise(rows: Sequence[Mapping[str, Any]], a: str, b: str) -> dict[str, An
             "median req/s": statistics.median(rps),
             "median p50 ms": statistics.median(r["p50 ms"] for r in rows if r["side"] == label),
             "median p99 ms": statistics.median(r["p99 ms"] for r in rows if r["side"] == label),
+            "median server cpu ms/req": statistics.median(
+                r["server cpu ms/req"] or 0.0 for r in rows if r["side"] == label),
             "errors": sum(r["errors"] for r in rows if r["side"] == label),
             "spread (max/min - 1) %": (max(rps) / min(rps) - 1) * 100 if min(rps) else None,
         }
     out["ratio"] = out[a]["median req/s"] / out[b]["median req/s"]
+    # Requests per CPU-second, ours over the peer's: moves less with the machine's load.
+    cpu_a, cpu_b = out[a]["median server cpu ms/req"], out[b]["median server cpu ms/req"]
+    out["cpu ratio"] = cpu_b / cpu_a if cpu_a else None
     return out
 
 
@@ -342,8 +360,10 @@ def print_summary(summary: Mapping[str, Any], a: str, b: str) -> None:
         s = summary[label]
         print(f"{label:>10}: median {s['median req/s']:.0f} req/s, p50 {s['median p50 ms']:.1f} "
               f"ms, p99 {s['median p99 ms']:.1f} ms, errors {s['errors']}, spread "
-              f"{s['spread (max/min - 1) %']:.0f} %")
-    print(f"{'ratio':>10}: {a}/{b} = {summary['ratio']:.2f}")
+              f"{s['spread (max/min - 1) %']:.0f} %, server cpu "
+              f"{s['median server cpu ms/req']:.2f} ms/req")
+    print(f"{'ratio':>10}: {a}/{b} = {summary['ratio']:.2f} (req/s); "
+          f"{summary['cpu ratio'] or 0:.2f} (requests per server CPU-second)")
 
 
 # --- authserver ----------------------------------------------------------------------------------
@@ -381,7 +401,7 @@ def vacuum(db_url: str) -> None:
 
 
 @contextlib.contextmanager
-def authserver_cc(workers: int, wd: Path) -> Iterator[tuple[Side, str]]:
+def authserver_cc(workers: int, wd: Path, extra: Sequence[str]) -> Iterator[tuple[Side, str]]:
     """authserver for client_credentials + DPoP (bench_token_endpoint.py's pg-redis set-up)."""
     from bench_token_endpoint import pg_redis_env, register_client
 
@@ -389,7 +409,8 @@ def authserver_cc(workers: int, wd: Path) -> Iterator[tuple[Side, str]]:
         port = free_port()
         env = pg_redis_env(wd, port, db_url, prefix)
         authserver_cli(["db", "upgrade"], env)  # migrate once, before the workers
-        with Gunicorn(port=port, workers=workers, env=env, log_path=wd / "gunicorn.log") as srv:
+        with Gunicorn(port=port, workers=workers, env=env, log_path=wd / "gunicorn.log",
+                      extra_args=extra) as srv:
             client_id, secret = register_client(srv.base_url)
             url = srv.base_url + "/token"
             maker = ProofMaker()
@@ -403,7 +424,8 @@ def authserver_cc(workers: int, wd: Path) -> Iterator[tuple[Side, str]]:
 
 
 @contextlib.contextmanager
-def authserver_exchange(workers: int, wd: Path) -> Iterator[tuple[Side, str]]:
+def authserver_exchange(workers: int, wd: Path, extra: Sequence[str]
+                        ) -> Iterator[tuple[Side, str]]:
     """authserver for the agent exchange, set up as bench_exchange.py does."""
     import logging
 
@@ -420,7 +442,7 @@ def authserver_exchange(workers: int, wd: Path) -> Iterator[tuple[Side, str]]:
             agent = bx.Agent()
             edge = bx.create_clients(env, agent)
             with Gunicorn(port=port, workers=workers, env=env,
-                          log_path=wd / "gunicorn.log") as srv:
+                          log_path=wd / "gunicorn.log", extra_args=extra) as srv:
                 bx.sign_in_and_connect(issuer)
                 user_assertion = bx.edge_mint(issuer, idp, edge, agent)
                 url = srv.base_url + "/token"
@@ -451,24 +473,107 @@ def peer_cc(wd: Path) -> Iterator[Side]:
                    cc_lines(maker, url), RATE_GUESS["peer"], cpu=peer.cpu_seconds)
 
 
+# --- the load generator's own ceiling ---------------------------------------------------------
+
+#: A Node server that answers every POST with a small JSON body at once: what the load
+#: generator alone can push, with nothing behind it.
+ECHO_SERVER = """
+const http = require('node:http');
+const body = JSON.stringify({access_token: 'x'.repeat(400), token_type: 'DPoP'});
+http.createServer((req, res) => {
+  req.resume();
+  req.on('end', () => {
+    res.writeHead(200, {'content-type': 'application/json'});
+    res.end(body);
+  });
+}).listen(Number(process.argv[1]), '127.0.0.1', () => console.log('ready'));
+"""
+
+
+def python_load(url: str, lines: Sequence[str], concurrency: int, duration: int
+                ) -> dict[str, float]:
+    """Threads with one persistent http.client connection each, one line per request."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    counts = [0] * concurrency
+    deadline = time.monotonic() + duration
+
+    def worker(i: int) -> None:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        n = i
+        while time.monotonic() < deadline:
+            proof, body = lines[n % len(lines)].split("\t", 1)
+            conn.request("POST", parts.path, body=body,
+                         headers={"DPoP": proof, "Content-Type": FORM})
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 200:
+                counts[i] += 1
+            n += concurrency
+        conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"req/s": sum(counts) / (time.monotonic() - t0)}
+
+
+def loadgen_check(concurrency: int, duration: int) -> None:
+    """wrk (C + Lua) and Python threads against a server that does nothing: each one's
+    ceiling on this machine, with the same lines (a real DPoP proof and form body)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/token"
+    lines = cc_lines(ProofMaker(), url)(20_000)
+    with workdir() as wd:
+        proc = subprocess.Popen(["node", "-e", ECHO_SERVER, str(port)], stdout=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            proc.stdout.readline()
+            load = loadavg()
+            wrk = run_wrk(url, lines, concurrency=concurrency, duration=duration,
+                          headers={"Content-Type": FORM}, workdir=wd)
+            load2 = loadavg()
+            py = python_load(url, lines, concurrency, duration)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    print(f"load generator ceiling, c={concurrency}, {duration} s, against a no-op Node server:")
+    print(f"  wrk + Lua lines : {wrk.rps:8.0f} req/s (p50 {wrk.p50_ms:.2f} ms), load1 {load[0]}")
+    print(f"  Python threads  : {py['req/s']:8.0f} req/s (http.client, one persistent "
+          f"connection per thread), load1 {load2[0]}")
+
+
 # --- main ----------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("cc", "exchange"), default="cc")
+    parser.add_argument("--mode", choices=("cc", "exchange", "loadgen"), default="cc")
     parser.add_argument("--runs", type=int, default=3, help="A B pairs (default 3: A B A B A B)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers for authserver")
     parser.add_argument("--vacuum", action="store_true",
                         help="VACUUM ANALYZE authserver's database before each of its runs")
+    parser.add_argument("--gunicorn-args", default="",
+                        help="extra gunicorn options for an experiment, e.g. '--reuse-port'")
     parser.add_argument("--out", help="write the JSON result here")
     args = parser.parse_args()
     started = time.monotonic()
     print(f"start: {uptime()}", flush=True)
+    if args.mode == "loadgen":
+        loadgen_check(args.concurrency, args.duration)
+        return
     servers = authserver_cc if args.mode == "cc" else authserver_exchange
-    with workdir() as wd, servers(args.workers, wd) as (ours, db_url), peer_cc(wd) as node:
+    extra = shlex.split(args.gunicorn_args)
+    with workdir() as wd, servers(args.workers, wd, extra) as (ours, db_url), \
+            peer_cc(wd) as node:
         between = (lambda: vacuum(db_url)) if args.vacuum else None
         rows = alternate(ours, node, runs=args.runs, concurrency=args.concurrency,
                          duration=args.duration, wd=wd, between=between)
@@ -476,13 +581,15 @@ def main() -> None:
     what = "client_credentials + DPoP" if args.mode == "cc" else \
         "agent exchange (A) vs node client_credentials + DPoP (B)"
     print(f"\n{what}, c={args.concurrency}, {args.duration} s per run, gunicorn -w "
-          f"{args.workers} (gthread) + PostgreSQL + Redis vs one Node process")
+          f"{args.workers} (gthread{' ' + args.gunicorn_args if extra else ''}) + PostgreSQL + "
+          f"Redis vs one Node process")
     print_summary(summary, "authserver", "node")
     print(f"end: {uptime()}")
     write_result(args.out, {
         "benchmark": f"ab_{args.mode}", "machine": machine(), "workers": args.workers,
         "concurrency": args.concurrency, "duration_per_run_s": args.duration,
-        "vacuum": args.vacuum, "runs": rows, "summary": summary,
+        "vacuum": args.vacuum, "gunicorn_extra_args": extra,
+        "runs": rows, "summary": summary,
         "node": subprocess.run(["node", "--version"], capture_output=True, text=True,
                                check=False).stdout.strip(),
         "elapsed_s": round(time.monotonic() - started, 1),
