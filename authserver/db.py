@@ -1,10 +1,19 @@
 """SQLAlchemy 2.0 engine and sessions; Alembic upgrades.
 
 The core receives a `Session` as a parameter; only the HTTP layer opens one per request.
+
+Disconnects (PostgreSQL): no `pool_pre_ping`, which cost a round trip on every checkout.
+Instead (SQLAlchemy's "Dealing with Disconnects"): a pooled connection whose socket the server
+has closed or written to while idle (a restart sends FATAL 57P01, then EOF) is found at checkout
+by a zero-timeout poll, with no round trip, and replaced (DisconnectionError: the pool retries
+with a fresh connection and invalidates the older ones); `pool_recycle` retires connections an
+idle-timeout on the path might have cut silently; and a disconnect that still happens mid-request
+invalidates the pool (optimistic handling), so that request is 503 and the next one reconnects.
 """
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +21,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InvalidatePoolError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from authserver.config import PACKAGE_DIR
@@ -21,6 +30,8 @@ from authserver.errors import TemporarilyUnavailableError
 MIGRATIONS_DIR = PACKAGE_DIR / "migrations"
 #: pg_advisory_lock key serialising `upgrade` across processes ("authsrv" as an integer).
 MIGRATION_LOCK_KEY = 0x61757468737276
+#: Seconds after which a pooled PostgreSQL connection is replaced at its next checkout.
+POOL_RECYCLE_SECONDS = 1800
 
 
 class DatabaseUnavailableError(TemporarilyUnavailableError):
@@ -48,10 +59,12 @@ class Database:
             # One process serves every thread from this pool (threaded dev server, demo).
             kwargs.update(pool_size=10, max_overflow=40)
         else:
-            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20)
+            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_SECONDS)
         self.engine: Engine = create_engine(self.url, **kwargs)
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine, "checkout", _drop_if_closed_by_server)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -124,6 +137,25 @@ def alembic_config(url: str) -> Any:
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", _normalise_url(url).replace("%", "%%"))
     return cfg
+
+
+def _drop_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """Pool checkout hook: refuse a connection the server has dropped while it sat idle.
+
+    An idle connection has nothing to read; a readable (or hung-up) socket means the server
+    closed it or said it is terminating it. InvalidatePoolError (a DisconnectionError) makes the
+    pool discard it, invalidate every connection opened before now, and check out a fresh one.
+    """
+    if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+        raise InvalidatePoolError("connection closed")
+    try:
+        fd = dbapi_conn.fileno()
+    except Exception as e:  # a connection without a usable socket is not usable either
+        raise InvalidatePoolError("connection has no socket") from e
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        raise InvalidatePoolError("server closed or wrote to an idle connection")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
