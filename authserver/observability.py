@@ -3,8 +3,9 @@
 Correlation id, per request (the hooks of `authserver.http.observability.init_app`): a sane
 incoming `X-Request-ID` is kept, else the trace-id of a valid `traceparent`, else a fresh uuid4
 hex. It is stored in `flask.g.correlation_id` and in a contextvar (`correlation_id()`, readable
-from core code), and echoed in the `X-Request-ID` response header. The incoming value is client-controlled: it correlates log lines,
-it proves nothing and must never be used as a unique key or a security input.
+from core code), and echoed in the `X-Request-ID` response header. The incoming value is
+client-controlled: it correlates log lines, it proves nothing and must never be used as a unique
+key or a security input.
 
 Logs (`configure_logging`): one JSON object per line on stderr with `ts`, `level`, `logger`,
 `message`, `correlation_id` and any `extra=` fields. `RedactingFilter` on that handler scrubs
@@ -183,6 +184,22 @@ def set_correlation_id(cid: str | None) -> None:
     _CORRELATION_ID.set(cid)
 
 
+#: The metric children of each (URL rule, method label, status) seen, bound once: `labels()`
+#: validates and looks its arguments up on every call. As bounded as the series themselves
+#: (rules are the app's, methods a closed set, statuses the codes we answer with).
+_BOUND_REQUEST_METRICS: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def _request_metrics(endpoint: str, method: str, status: int) -> tuple[Any, Any]:
+    key = (endpoint, method, status)
+    bound = _BOUND_REQUEST_METRICS.get(key)
+    if bound is None:  # a race binds the same children twice, which is harmless
+        bound = (REQUESTS.labels(endpoint=endpoint, method=method, status=str(status)),
+                 REQUEST_LATENCY.labels(endpoint=endpoint))
+        _BOUND_REQUEST_METRICS[key] = bound
+    return bound
+
+
 def record_request(*, rule: str | None, method: str, path: str, status: int,
                    duration: float | None, remote_addr: str | None) -> None:
     """Count one answered request (REQUESTS, REQUEST_LATENCY by URL rule, `rule` None when no
@@ -190,9 +207,12 @@ def record_request(*, rule: str | None, method: str, path: str, status: int,
     codes or tokens."""
     endpoint = rule if rule is not None else _UNMATCHED_ENDPOINT
     method = method_label(method)
-    REQUESTS.labels(endpoint=endpoint, method=method, status=str(status)).inc()
+    counter, latency = _request_metrics(endpoint, method, status)
+    counter.inc()
     if duration is not None:
-        REQUEST_LATENCY.labels(endpoint=endpoint).observe(duration)
+        latency.observe(duration)
+    if not _access_log.isEnabledFor(logging.INFO):
+        return
     _access_log.info(
         "%s %s %s",
         method,
