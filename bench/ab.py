@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import json
 import os
 import secrets
 import shlex
@@ -75,6 +76,8 @@ READY_TIMEOUT = 30
 WARMUP_SECONDS = 4
 #: First guesses at each side's rate, only to size the warm-up's proof batch.
 RATE_GUESS = {"cc": 1500.0, "exchange": 400.0, "peer": 3000.0}
+#: Above this 1-minute load per core the machine is not idle and the script says so.
+IDLE_LOAD = 0.5
 #: When wrk's connections are counted per worker, after the run has started.
 CONN_SAMPLE_DELAY = 1.5
 
@@ -168,6 +171,11 @@ def check_cc(url: str, authorization: str, maker: ProofMaker) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["token_type"] == "DPoP", resp.text
+    # Both issue a JWT access token (RFC 9068) bound to the proof's key (RFC 9449 §6).
+    header, claims = (json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+                      for part in body["access_token"].split(".")[:2])
+    assert header["alg"] == "ES256", header
+    assert claims["cnf"] == {"jkt": maker.jkt}, claims
     return dict(body)
 
 
@@ -567,6 +575,10 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     print(f"start: {uptime()}", flush=True)
+    cpus = len(os.sched_getaffinity(0))
+    if loadavg()[0] > IDLE_LOAD * cpus:
+        print(f"WARNING: the machine is busy (load {loadavg()[0]:.1f} on {cpus} cores): the "
+              "figures say more about the machine than about either server", flush=True)
     if args.mode == "loadgen":
         loadgen_check(args.concurrency, args.duration)
         return
