@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from authserver.clients import JwksCache
+from joserfc.jwk import KeySet
+
 from authserver.config import Settings
 from authserver.db import Database
+from authserver.errors import InvalidRequestError
+from authserver.jwks import JwksCache
 from authserver.keys import KeyRing
 from authserver.kms import KMS
 from authserver.store import Store
@@ -18,8 +21,11 @@ if TYPE_CHECKING:
     from authserver.audit import AuditLog
     from authserver.broker.profiles import Platform
     from authserver.broker.vault import Vault
+    from authserver.cimd import CimdResolver
     from authserver.dpop import NonceIssuer
+    from authserver.identity.federation import Federation
     from authserver.models import ResourceServer
+    from authserver.outbound import Outbound
     from authserver.policy import PolicyEngine
     from authserver.ratelimit import RateLimiter
 
@@ -31,7 +37,7 @@ class Services:
     store: Store
     kms: KMS
     keyring: KeyRing
-    jwks_cache: JwksCache
+    jwks_cache: JwksCache[KeySet]  # clients' jwks_uri (private_key_jwt)
     nonces: NonceIssuer  # the token endpoint's
     #: The gateway's: the same issuer as `nonces` (one nonce policy for our origin, DPOP-33);
     #: a third-party resource server keeps its own (authserver.resource).
@@ -40,17 +46,24 @@ class Services:
     rate_limiter: RateLimiter
     audit: AuditLog
     vault: Vault
-    outbound: Any = None  # authserver.outbound.Outbound: every fetch from a client's URL
-    cimd: Any = None  # authserver.cimd.CimdResolver: URL client ids (client metadata documents)
-    #: An `identity.federation.Federation`, or None when no IdP is configured (local accounts
-    #: only). Still `Any`: three callers (token_exchange.edge_mint, jwt_bearer, web's IdP
-    #: buttons) rely on an earlier check that an IdP exists; typing it `Federation | None`
-    #: needs a guard at each (issue 17).
-    federation: Any = None
+    outbound: Outbound  # every fetch from a client's URL (authserver.outbound)
+    cimd: CimdResolver  # URL client ids (client metadata documents)
+    #: The configured IdPs, or None when there are none (local accounts only). Code that may
+    #: run without an IdP checks for None; code that only runs after such a check (a spend
+    #: after a verify) calls `require_federation()`.
+    federation: Federation | None = None
     platforms: dict[str, Platform] = field(default_factory=dict)
     #: Derives rotated refresh tokens' successors (refresh_tokens.successor_key); without it
     #: the refresh grant refuses to rotate (server_error).
     refresh_successor_key: bytes | None = None
+
+    def require_federation(self) -> Federation:
+        """The configured IdPs; `invalid_request` when there are none (fail closed: a request
+        that needs an IdP cannot go on without one)."""
+        if self.federation is None:
+            raise InvalidRequestError("No identity provider is configured",
+                                      debug="no idp configured")
+        return self.federation
 
     def known_resources(self) -> set[str]:
         """RFC 8707 resources our own tokens may be audience-restricted to. A platform's API
