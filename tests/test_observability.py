@@ -13,7 +13,7 @@ import pytest
 from flask import Flask, Response, g, jsonify
 from prometheus_client import REGISTRY
 
-from authserver import observability
+from authserver.http import observability
 from authserver.http.ops import ops
 from authserver.observability import (
     GATEWAY_CALLS,

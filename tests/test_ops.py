@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from flask import Flask
 
-from authserver import observability
+from authserver.http import observability
 from authserver.http.ops import READY_CHECKS_KEY, ops
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,7 +127,7 @@ def test_metrics_exposes_request_counter_with_labels() -> None:
 _MULTIPROC_SCRIPT = textwrap.dedent(
     """
     from flask import Flask
-    from authserver import observability
+    from authserver.http import observability
     from authserver.http.ops import ops
 
     app = Flask("mp")
