@@ -1,4 +1,6 @@
-"""Server-side browser sessions, kept in the shared store so every instance sees them.
+"""Server-side browser sessions, kept in the shared store so every instance sees them: the
+store operations (no Flask here; the Flask `SessionInterface` that calls them is
+authserver/http/sessions.py).
 
 The cookie carries only a random session id (256 bits); the store holds, under a hash of the
 id, the session's data and when it was created and last used. So:
@@ -10,8 +12,8 @@ id, the session's data and when it was created and last used. So:
 - a session dies `SESSION_IDLE_TTL` after its last use and `SESSION_TTL` after it was
   created, whatever its use (both checked against the app's clock; the store's own expiry
   only reclaims the space);
-- `rotate_session()` (at sign-in) moves the data to a fresh id and deletes the old record:
-  an id planted before sign-in is never signed in (session fixation).
+- `rotate_session()` (authserver.http.sessions, at sign-in) moves the data to a fresh id and
+  deletes the old record: an id planted before sign-in is never signed in (session fixation).
 
 With Redis these hold across processes and hosts; the embedded store is one process only,
 like everything else it keeps. A store failure is a 503 (`StoreUnavailableError`): no store,
@@ -23,19 +25,33 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, Request, Response
-from flask import session as flask_session
-from flask.sessions import SessionInterface, SessionMixin
-from werkzeug.datastructures import CallbackDict
-
-from authserver.config import SESSION_IDLE_TTL, SESSION_TOUCH_INTERVAL, SESSION_TTL
-from authserver.store import Store, StoreUnavailableError
+from authserver.config import SESSION_IDLE_TTL, SESSION_TTL
+from authserver.store import Store
 from authserver.store import keys as store_keys
 
 _ID = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+@dataclass
+class SessionRecord:
+    """What the store keeps for one session id."""
+
+    data: dict[str, Any]
+    created: int
+    seen: int
+    generation: str
+
+
+def is_session_id(sid: str) -> bool:
+    """True if `sid` has the form of the ids `new_session_id` makes."""
+    return _ID.fullmatch(sid) is not None
+
+
+def new_session_id() -> str:
+    return secrets.token_urlsafe(32)
 
 
 def end_all_sessions(store: Store, user_id: str) -> None:
@@ -45,112 +61,47 @@ def end_all_sessions(store: Store, user_id: str) -> None:
     store.set(store_keys.session_generation(user_id), secrets.token_urlsafe(16))
 
 
-class ServerSession(CallbackDict[str, Any], SessionMixin):
-    def __init__(self, data: dict[str, Any] | None = None, *, sid: str | None = None,
-                 created: int = 0, seen: int = 0, generation: str = "",
-                 presented: bool = False) -> None:
-        def on_update(_: Any) -> None:
-            self.modified = True
-
-        super().__init__(data or {}, on_update)
-        self.sid = sid
-        self.created = created
-        self.seen = seen
-        self.generation = generation
-        self.presented = presented  # the request carried a session cookie
-        self.modified = False
-        self.rotate = False
-        self.ended = False
-        self.unavailable = False  # the store could not be read
+def current_generation(store: Store, user_id: Any) -> str:
+    """The session generation a new session of `user_id` (the session's `uid`) records: ""
+    for no user, or a user never signed out everywhere."""
+    if not isinstance(user_id, str):
+        return ""
+    return store.get(store_keys.session_generation(user_id)) or ""
 
 
-class StoreSessionInterface(SessionInterface):
-    def __init__(self, store: Store, clock: Callable[[], float]) -> None:
-        self.store = store
-        self.clock = clock
+def load_record(store: Store, sid: str, *, now: int) -> SessionRecord | None:
+    """The live record of session `sid`, or None: no record, a malformed one, or a dead one
+    (past either lifetime, or of a generation its user has ended), which is deleted. Store
+    failures raise `StoreUnavailableError`."""
+    record = _parse(store.get(store_keys.session(sid)))
+    if record is None:
+        return None
+    created, seen = record["created"], record["seen"]
+    generation = record["generation"]
+    alive = now < created + SESSION_TTL and now < seen + SESSION_IDLE_TTL
+    uid = record["data"].get("uid")
+    if alive and isinstance(uid, str):
+        alive = generation == current_generation(store, uid)
+    if not alive:
+        delete_record(store, sid)
+        return None
+    return SessionRecord(record["data"], created, seen, generation)
 
-    def open_session(self, app: Flask, request: Request) -> ServerSession:
-        sid = request.cookies.get(self.get_cookie_name(app))
-        if not sid:
-            return ServerSession()
-        if not _ID.fullmatch(sid):
-            return ServerSession(presented=True)
-        try:
-            return self._load(sid)
-        except StoreUnavailableError:
-            # Raised from before_request (see `init_app`), where the error handlers answer.
-            session = ServerSession(presented=True)
-            session.unavailable = True
-            return session
 
-    def _load(self, sid: str) -> ServerSession:
-        now = int(self.clock())
-        raw = self.store.get(store_keys.session(sid))
-        record = _parse(raw)
-        if record is None:
-            return ServerSession(presented=True)
-        created, seen = record["created"], record["seen"]
-        generation = record["generation"]
-        alive = now < created + SESSION_TTL and now < seen + SESSION_IDLE_TTL
-        uid = record["data"].get("uid")
-        if alive and isinstance(uid, str):
-            alive = generation == (self.store.get(store_keys.session_generation(uid)) or "")
-        if not alive:
-            self.store.delete(store_keys.session(sid))
-            return ServerSession(presented=True)
-        return ServerSession(record["data"], sid=sid, created=created, seen=seen,
-                             generation=generation, presented=True)
+def store_record(store: Store, sid: str, record: SessionRecord, *, now: int) -> bool:
+    """Keep `record` under `sid` for what is left of its lifetimes; False (nothing stored)
+    when nothing is left."""
+    remaining = min(SESSION_IDLE_TTL, record.created + SESSION_TTL - now)
+    if remaining <= 0:
+        return False
+    store.set(store_keys.session(sid), json.dumps({
+        "data": record.data, "created": record.created, "seen": record.seen,
+        "generation": record.generation}), ttl=remaining)
+    return True
 
-    def save_session(self, app: Flask, session: SessionMixin, response: Response) -> None:
-        assert isinstance(session, ServerSession)
-        name = self.get_cookie_name(app)
-        if session.unavailable:
-            return
-        if session.ended or (session.sid is not None and not session):
-            if session.sid is not None:
-                self.store.delete(store_keys.session(session.sid))
-            self._drop_cookie(app, response, name)
-            return
-        if not session:
-            if session.presented:  # a stale or forged id: forget it
-                self._drop_cookie(app, response, name)
-            return
-        now = int(self.clock())
-        if session.sid is not None and session.rotate:
-            self.store.delete(store_keys.session(session.sid))
-            session.sid = None
-        fresh = session.sid is None
-        if fresh:
-            session.sid = secrets.token_urlsafe(32)
-            session.created = now
-            uid = session.get("uid")
-            session.generation = (self.store.get(store_keys.session_generation(uid)) or "") \
-                if isinstance(uid, str) else ""
-        elif not session.modified and now - session.seen < SESSION_TOUCH_INTERVAL:
-            return  # nothing new to store; last-use precision is SESSION_TOUCH_INTERVAL
-        session.seen = now
-        remaining = min(SESSION_IDLE_TTL, session.created + SESSION_TTL - now)
-        if remaining <= 0:
-            return
-        assert session.sid is not None
-        self.store.set(store_keys.session(session.sid), json.dumps({
-            "data": dict(session), "created": session.created, "seen": session.seen,
-            "generation": session.generation}), ttl=remaining)
-        response.vary.add("Cookie")
-        if fresh:
-            # No Expires/Max-Age: the idle and absolute lifetimes are enforced here, on the
-            # server's clock. A persistent cookie would also be judged by the browser's clock
-            # (a skewed one drops a live session early or keeps a dead one), and it survives
-            # the browser being closed.
-            response.set_cookie(
-                name, session.sid,
-                path="/", httponly=True, secure=self.get_cookie_secure(app),
-                samesite=self.get_cookie_samesite(app))
 
-    def _drop_cookie(self, app: Flask, response: Response, name: str) -> None:
-        response.delete_cookie(name, path="/", secure=self.get_cookie_secure(app),
-                               httponly=True, samesite=self.get_cookie_samesite(app))
-        response.vary.add("Cookie")
+def delete_record(store: Store, sid: str) -> None:
+    store.delete(store_keys.session(sid))
 
 
 def _parse(raw: str | None) -> dict[str, Any] | None:
@@ -165,33 +116,3 @@ def _parse(raw: str | None) -> dict[str, Any] | None:
             not isinstance(record.get("generation"), str):
         return None
     return record
-
-
-def init_app(app: Flask, store: Store, clock: Callable[[], float]) -> None:
-    app.session_interface = StoreSessionInterface(store, clock)
-
-    @app.before_request
-    def session_store_answered() -> None:
-        if _current().unavailable:
-            raise StoreUnavailableError(debug="session store unreadable")
-
-
-def _current() -> ServerSession:
-    session = flask_session._get_current_object()  # type: ignore[attr-defined]
-    if not isinstance(session, ServerSession):
-        raise RuntimeError("server-side sessions are not installed")
-    return session
-
-
-def rotate_session() -> None:
-    """Start over under a fresh id at the end of this request; the old record is deleted."""
-    session = _current()
-    session.clear()
-    session.rotate = True
-
-
-def end_session() -> None:
-    """Sign out: delete this session's record and the cookie."""
-    session = _current()
-    session.clear()
-    session.ended = True

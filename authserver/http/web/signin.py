@@ -26,6 +26,7 @@ from werkzeug.security import check_password_hash
 from werkzeug.wrappers import Response
 
 from authserver.http.browser import allow_form_targets
+from authserver.http.sessions import end_session, rotate_session
 from authserver.http.web.common import (
     bp,
     check_csrf,
@@ -36,7 +37,7 @@ from authserver.http.web.common import (
 )
 from authserver.models import User
 from authserver.ratelimit import SIGN_IN_ACCOUNT, SIGN_IN_ADDRESS
-from authserver.sessions import end_all_sessions, end_session, rotate_session
+from authserver.sessions import end_all_sessions
 
 # A dummy hash so an unknown username costs the same as a wrong password.
 _DUMMY_HASH = "scrypt:32768:8:1$0000000000000000$" + "0" * 128
