@@ -36,15 +36,18 @@ def is_loopback_http_url(url: str) -> bool:
     return parts is not None and parts.scheme == "http" and is_loopback_host(parts.hostname)
 
 
-def is_https_or_loopback_url(url: str) -> bool:
-    """True if `url` is an absolute https URL with a host, or `is_loopback_http_url`; a URL
-    with userinfo (`https://user@host`) or a malformed port is neither."""
+def is_https_url(url: str) -> bool:
+    """True if `url` is an absolute https URL with a host and without userinfo. The scheme is
+    case-insensitive (RFC 3986 §3.1): `HTTPS://auth.example.com` is https, which a
+    `startswith("https://")` test would miss (and then, say, drop the cookies' Secure flag)."""
     parts = _split(url)
-    if parts is None:
-        return False
-    if parts.scheme == "https":
-        return bool(parts.hostname)
-    return parts.scheme == "http" and is_loopback_host(parts.hostname)
+    return parts is not None and parts.scheme == "https" and bool(parts.hostname)
+
+
+def is_https_or_loopback_url(url: str) -> bool:
+    """True if `url` is `is_https_url` or `is_loopback_http_url`; a URL with userinfo
+    (`https://user@host`) or a malformed port is neither."""
+    return is_https_url(url) or is_loopback_http_url(url)
 
 
 def _split(url: str) -> SplitResult | None:

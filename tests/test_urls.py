@@ -14,7 +14,12 @@ from authserver.broker.profiles import Platform, is_allowed_url
 from authserver.clients import is_acceptable_redirect_uri
 from authserver.config import Settings
 from authserver.identity.federation import IdPConfig
-from authserver.urls import is_https_or_loopback_url, is_loopback_host, is_loopback_http_url
+from authserver.urls import (
+    is_https_or_loopback_url,
+    is_https_url,
+    is_loopback_host,
+    is_loopback_http_url,
+)
 
 LOOPBACK = ["http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000",
             "http://127.0.0.2", "http://LOCALHOST"]
@@ -70,6 +75,48 @@ def test_https_urls(url):
 @pytest.mark.parametrize("url", ["https://", "https://user@auth.example.com", "auth.example.com"])
 def test_not_https_urls(url):
     assert not is_https_or_loopback_url(url)
+    assert not is_https_url(url)
+
+
+# --- cases where two spellings of the rule used to disagree ----------------------------------
+
+
+@pytest.mark.parametrize("url", ["https://auth.example.com", "HTTPS://auth.example.com",
+                                 "Https://localhost:8443"])
+def test_https_scheme_is_case_insensitive(url):
+    # `startswith("https://")` (the app's cookie flags, HSTS) said no to "HTTPS://", while the
+    # issuer setting accepted it as https.
+    assert is_https_url(url)
+    assert is_https_or_loopback_url(url)
+
+
+@pytest.mark.parametrize("url", [*LOOPBACK, "https://", "https://u:p@auth.example.com",
+                                 "https://auth.example.com:99999", "ftp://auth.example.com"])
+def test_not_https(url):
+    # `startswith("https://")` took "https://" with no host and "https://u:p@..." as https.
+    assert not is_https_url(url)
+
+
+def test_an_uppercase_https_issuer_gets_secure_cookies(tmp_path: Path):
+    from authserver.app import create_app
+
+    app = create_app({"data_dir": str(tmp_path / "data"), "testing": True,
+                      "issuer": "HTTPS://auth.example.com"})
+    try:
+        assert app.config["SESSION_COOKIE_SECURE"] is True
+        assert app.config["SESSION_COOKIE_NAME"] == "__Host-authserver"
+    finally:
+        app.extensions["authserver"].db.engine.dispose()
+
+
+@pytest.mark.parametrize("url", ["http://localhost.example.com/jwks",
+                                 "http://127.0.0.1.example.com/jwks"])
+def test_the_fetcher_applies_the_same_loopback_rule(url):
+    # Internal addresses allowed (a loopback issuer), still no plain http off loopback.
+    from authserver.outbound import Outbound, OutboundError
+
+    with pytest.raises(OutboundError, match="only https"):
+        Outbound(allow_internal=True).get(url, max_bytes=10)
 
 
 # --- every caller applies the same rule --------------------------------------------------------
