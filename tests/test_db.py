@@ -5,6 +5,7 @@ mid-request costs that request only (503), not the next."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 import sqlalchemy as sa
@@ -28,7 +29,7 @@ def _terminate(pid: int) -> None:
 
 
 @pytest.fixture
-def db() -> Database:
+def db() -> Iterator[Database]:
     database = Database(POSTGRES_URL)
     yield database
     database.engine.dispose()
@@ -40,7 +41,12 @@ def test_no_pre_ping_round_trip(db: Database) -> None:
                  lambda _c, _cur, statement, *_a: statements.append(statement))
     pings: list[object] = []
     original = db.engine.dialect.do_ping
-    db.engine.dialect.do_ping = lambda conn: pings.append(conn) or original(conn)  # type: ignore[method-assign]
+
+    def counting_ping(conn: object) -> bool:
+        pings.append(conn)
+        return original(conn)  # type: ignore[arg-type]
+
+    db.engine.dialect.do_ping = counting_ping  # type: ignore[method-assign,assignment]
     _backend_pid(db)
     _backend_pid(db)  # the second checkout reuses the pooled connection
     assert pings == []
