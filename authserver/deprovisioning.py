@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import update
 
 from authserver.audit import AuditRecord
-from authserver.broker.connections import revoke_all_for_user, user_connections
+from authserver.broker.records import user_connections
+from authserver.broker.revoke import revoke_all_for_user
 from authserver.identity.users import deprovision_user
 from authserver.models import Grant
 from authserver.services import Services

@@ -18,7 +18,6 @@ method forwarded (none when refused), and how many times it was sent.
 from __future__ import annotations
 
 import logging
-import threading
 import time as _time
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -29,14 +28,11 @@ import urllib3
 from sqlalchemy.orm import Session
 
 from authserver.audit import AuditRecord, refused_unauthenticated
-from authserver.broker.connections import (
-    connect_uri,
-    connection_epoch,
-    connection_sites,
-    force_refresh,
-    get_access_token,
-)
+from authserver.broker.http_session import PLATFORM_HTTP
 from authserver.broker.profiles import Platform, api_request_headers
+from authserver.broker.records import connect_uri, connection_sites
+from authserver.broker.refresh import force_refresh, get_access_token
+from authserver.broker.revoke import connection_epoch
 from authserver.dpop import DPOP_SIGNING_ALGS
 from authserver.errors import (
     InvalidTokenError,
@@ -74,18 +70,10 @@ PASSED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Last-Modified")
 CHALLENGE_ALGS = " ".join(DPOP_SIGNING_ALGS)
 
 
-class _ThreadLocalSessions(threading.local):
-    """One `requests.Session` per worker thread: kept-alive connections to the platforms
-    (a Session is not safe to share between threads). Redirects are never followed."""
-
-    def __init__(self) -> None:
-        self.session = requests.Session()
-
-    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        return self.session.request(method, url, **kwargs)
-
-
-_HTTP = _ThreadLocalSessions()
+#: One kept-alive `requests.Session` per worker thread, shared with the broker's token requests
+#: (authserver.broker.http_session: environment read once, no cookies). Redirects are never
+#: followed.
+_HTTP = PLATFORM_HTTP
 
 
 @dataclass

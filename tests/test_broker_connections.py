@@ -16,7 +16,7 @@ import pytest
 import requests
 from sqlalchemy import select, text, update
 
-from authserver.broker import connections
+from authserver.broker import connections, refresh
 from authserver.broker.connections import (
     CONNECT_STATE_TTL,
     REFRESH_ATTEMPTS,
@@ -260,13 +260,13 @@ def test_invalid_grant_marks_needs_reconnect_without_retry_storm(db, store, vaul
 def _database_fails_once_storing_the_refresh(monkeypatch: pytest.MonkeyPatch) -> None:
     from authserver.db import DatabaseUnavailableError
 
-    real = connections._store_refreshed
+    real = refresh._store_refreshed
 
     def fail_once(*args, **kwargs):
-        monkeypatch.setattr(connections, "_store_refreshed", real)
+        monkeypatch.setattr(refresh, "_store_refreshed", real)
         raise DatabaseUnavailableError(debug="database: OperationalError")
 
-    monkeypatch.setattr(connections, "_store_refreshed", fail_once)
+    monkeypatch.setattr(refresh, "_store_refreshed", fail_once)
 
 
 def test_refresh_the_database_could_not_store_is_stored_later(db, store, vault, crm, now,
@@ -390,8 +390,8 @@ def test_stale_fence_cannot_overwrite_newer_tokens(db, store, vault, crm, now):
     with db.session() as session:  # a newer writer (fence 10**6) has written since
         session.execute(update(Connection).values(generation=10**6))
     with db.session() as session:
-        written = connections._fenced_update(session, stale, stale.generation + 1,
-                                             {"updated_at": now + 5})
+        written = refresh._fenced_update(session, stale, stale.generation + 1,
+                                         {"updated_at": now + 5})
     assert written is False
     row = _row(db)
     assert row is not None and row.updated_at == now
