@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import re
 import sys
 import uuid
@@ -253,9 +254,12 @@ class RedactingFilter(logging.Filter):
             message = str(record.msg)
         record.msg = redact(message)
         record.args = None
-        for key, value in list(vars(record).items()):
-            if key not in _RECORD_ATTRS:
-                setattr(record, key, redact_log_value(key, value))
+        fields = record.__dict__
+        for key in [key for key in fields if key not in _RECORD_ATTRS]:
+            value = fields[key]
+            redacted = redact_log_value(key, value)
+            if redacted is not value:  # most fields are plain values that need no copy
+                fields[key] = redacted
         if record.exc_info and not record.exc_text:
             record.exc_text = logging.Formatter().formatException(record.exc_info)
         if record.exc_text:
@@ -265,13 +269,32 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+_LAST_SECOND: tuple[int, str] = (-1, "")
+
+
+def _timestamp(created: float) -> str:
+    """ISO 8601 UTC with milliseconds, as datetime.isoformat(timespec="milliseconds") writes it;
+    the date-time part is formatted once per second (a tuple swap: safe across threads)."""
+    global _LAST_SECOND
+    fraction, whole = math.modf(created)
+    micros, second = round(fraction * 1e6), int(whole)  # datetime.fromtimestamp's rounding
+    if micros >= 1_000_000:
+        second, micros = second + 1, micros - 1_000_000
+    millis = micros // 1000
+    cached_second, text = _LAST_SECOND
+    if cached_second != second:
+        text = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _LAST_SECOND = (second, text)
+    return f"{text}.{millis:03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ts, level, logger, message, correlation_id, extras."""
 
     def format(self, record: logging.LogRecord) -> str:
         cid = getattr(record, "correlation_id", None) or correlation_id()
         entry: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, tz=UTC).isoformat(timespec="milliseconds"),
+            "ts": _timestamp(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
