@@ -17,7 +17,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import requests
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 
@@ -35,8 +34,6 @@ DISCOVERY_CACHE_TTL = 3600
 #: How long a JWKS is reused. A key the IdP removes stays accepted here at most this long.
 JWKS_CACHE_TTL = 600
 
-#: Seconds to wait on the IdP (connect and read) for a token request.
-HTTP_TIMEOUT = 5.0
 #: Largest discovery document, JWKS or token response we read from an IdP.
 MAX_DOCUMENT_BYTES = 256 * 1024
 
@@ -46,17 +43,14 @@ _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 
 class IdPDiscovery:
-    """One IdP's discovery document and signing keys. `http` is for the token request
-    (authserver.identity.login); `outbound` fetches the documents (by default one that
-    reaches internal hosts only for a loopback-http issuer)."""
+    """One IdP's discovery document and signing keys. `outbound` makes every request to
+    the IdP (here, and the token request of authserver.identity.login); by default one that
+    reaches internal hosts only for a loopback-http issuer."""
 
-    def __init__(
-        self, config: IdPConfig, store: Store, http: requests.Session | None = None, *,
-        outbound: Outbound | None = None,
-    ) -> None:
+    def __init__(self, config: IdPConfig, store: Store, *, outbound: Outbound | None = None
+                 ) -> None:
         self.config = config
         self._store = store
-        self._http = http or requests.Session()
         self._outbound = outbound or Outbound(
             allow_internal=is_loopback_http_url(config.issuer))
         self._metadata = self._outbound.cache(self._check_metadata, max_bytes=MAX_DOCUMENT_BYTES,
@@ -153,19 +147,6 @@ def _fits(entry: tuple[str | None, _VerifyKey, str | None], alg: str) -> bool:
         return key_alg == alg
     family = {"RS": "RSA", "PS": "RSA", "ES": "EC"}[alg[:2]]
     return key.key_type == family
-
-def read_limited(resp: requests.Response) -> bytes:
-    """The body, refusing more than MAX_DOCUMENT_BYTES (the response is streamed)."""
-    chunks: list[bytes] = []
-    size = 0
-    for chunk in resp.iter_content(chunk_size=16384):
-        size += len(chunk)
-        if size > MAX_DOCUMENT_BYTES:
-            resp.close()
-            raise requests.RequestException("response too large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
 
 def json_object(raw: bytes, what: str, *, unavailable: bool) -> dict[str, Any]:
     try:

@@ -24,12 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import requests
-
 from authserver.identity.config import DEFAULT_CLAIM_MAP, DEFAULT_SCOPES, IdPConfig
 from authserver.identity.discovery import (
     DISCOVERY_CACHE_TTL,
-    HTTP_TIMEOUT,
     JWKS_CACHE_TTL,
     JWKS_REFETCH_MIN_INTERVAL,
     MAX_DOCUMENT_BYTES,
@@ -51,6 +48,7 @@ from authserver.identity.id_tokens import (
     parse_unverified,
 )
 from authserver.identity.login import NONCE_REPLAY_MIN_TTL, LoginStart, OIDCProvider
+from authserver.outbound import Outbound
 from authserver.store import Store
 
 __all__ = [
@@ -58,7 +56,6 @@ __all__ = [
     "DEFAULT_CLAIM_MAP",
     "DEFAULT_SCOPES",
     "DISCOVERY_CACHE_TTL",
-    "HTTP_TIMEOUT",
     "ID_JAG_KEY",
     "ID_JAG_TYP",
     "ID_TOKEN_LEEWAY",
@@ -87,27 +84,27 @@ class Federation(TrustedIssuerTokens):
     """Every configured IdP, by name and by issuer."""
 
     def __init__(
-        self, configs: Iterable[IdPConfig], store: Store, http: requests.Session | None = None
+        self, configs: Iterable[IdPConfig], store: Store, *, outbound: Outbound | None = None
     ) -> None:
         self._by_name: dict[str, OIDCProvider] = {}
         self._by_issuer: dict[str, OIDCProvider] = {}
         self._store = store
-        http = http or requests.Session()
         for config in configs:
             if config.name in self._by_name:
                 raise ValueError(f"duplicate IdP name {config.name}")
             if config.issuer in self._by_issuer:
                 raise ValueError(f"duplicate IdP issuer {config.issuer}")
-            provider = OIDCProvider(config, store, http)
+            provider = OIDCProvider(config, store, outbound=outbound)
             self._by_name[config.name] = provider
             self._by_issuer[config.issuer] = provider
 
     @classmethod
     def from_settings(
-        cls, idps: Mapping[str, Mapping[str, Any]], store: Store,
-        http: requests.Session | None = None,
+        cls, idps: Mapping[str, Mapping[str, Any]], store: Store, *,
+        outbound: Outbound | None = None,
     ) -> Federation:
-        return cls([IdPConfig.from_settings(n, m) for n, m in idps.items()], store, http)
+        return cls([IdPConfig.from_settings(n, m) for n, m in idps.items()], store,
+                   outbound=outbound)
 
     @property
     def names(self) -> list[str]:

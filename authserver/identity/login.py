@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-import requests
-
 from authserver.encoding import sha256_b64url
-from authserver.identity.discovery import HTTP_TIMEOUT, json_object, read_limited
+from authserver.identity.discovery import MAX_DOCUMENT_BYTES, json_object
 from authserver.identity.errors import IdentityError, IdPUnavailableError
 from authserver.identity.id_tokens import (
     ID_TOKEN_LEEWAY,
@@ -23,10 +21,13 @@ from authserver.identity.id_tokens import (
     IdTokenVerifier,
     check_at_hash,
 )
+from authserver.outbound import OutboundError
 from authserver.store import keys as store_keys
 
 #: Nonce replay entries live at least this long, even for an already-expiring ID token.
 NONCE_REPLAY_MIN_TTL = 60
+#: Token responses read (RFC 6749 §5.1, §5.2): 200, or an error; a 5xx is the IdP being down.
+_TOKEN_RESPONSE_STATUSES = tuple(range(200, 500))
 
 
 @dataclass(frozen=True)
@@ -131,31 +132,31 @@ class OIDCProvider(IdTokenVerifier):
         meta = self.metadata(now=now)
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri,
                 "code_verifier": code_verifier}
-        headers = {"Accept": "application/json"}
+        authorization = None
         methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
         if "client_secret_basic" in methods:
             # RFC 6749 §2.3.1: form-urlencode id and secret before base64.
             pair = f"{quote(self.config.client_id, safe='')}:" \
                    f"{quote(self.config.client_secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+            authorization = "Basic " + base64.b64encode(pair.encode()).decode()
         elif "client_secret_post" in methods:
             form["client_id"] = self.config.client_id
             form["client_secret"] = self.config.client_secret
         else:
             raise IdPUnavailableError(f"idp {self.config.name}: no supported client auth method")
         try:
-            resp = self._http.post(meta["token_endpoint"], data=form, headers=headers,
-                                   timeout=HTTP_TIMEOUT, allow_redirects=False, stream=True)
-            raw = read_limited(resp)
-        except requests.RequestException as e:
+            # The one outbound fetcher (no redirects, a size limit); a 5xx is the IdP being down.
+            resp = self._outbound.post(
+                meta["token_endpoint"], urlencode(form).encode("ascii"),
+                max_bytes=MAX_DOCUMENT_BYTES, content_type="application/x-www-form-urlencoded",
+                authorization=authorization, ok=_TOKEN_RESPONSE_STATUSES)
+        except OutboundError as e:
             raise IdPUnavailableError(f"idp {self.config.name}: token request failed "
-                                      f"({type(e).__name__})") from e
-        if resp.status_code >= 500:
-            raise IdPUnavailableError(f"idp {self.config.name}: token endpoint "
-                                      f"{resp.status_code}")
-        body = json_object(raw, f"idp {self.config.name}: token response", unavailable=False)
-        if resp.status_code != 200:
+                                      f"({e.reason})") from e
+        body = json_object(resp.body, f"idp {self.config.name}: token response",
+                           unavailable=False)
+        if resp.status != 200:
             # Only the error code is kept (debug); IdP descriptions are never passed on.
-            raise IdentityError(f"login: token endpoint {resp.status_code} "
+            raise IdentityError(f"login: token endpoint {resp.status} "
                                 f"{str(body.get('error'))[:64]!r}")
         return body
