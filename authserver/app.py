@@ -21,7 +21,7 @@ from authserver.kms import KEKError, LocalKMS
 from authserver.outbound import Outbound
 from authserver.services import Services
 from authserver.store import create_store
-from authserver.urls import is_loopback_http_url
+from authserver.urls import is_https_url, is_loopback_http_url
 
 log = logging.getLogger("authserver")
 
@@ -49,8 +49,8 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         SECRET_KEY=_secret_key(settings),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.issuer.startswith("https://"),
-        SESSION_COOKIE_NAME="__Host-authserver" if settings.issuer.startswith("https://")
+        SESSION_COOKIE_SECURE=is_https_url(settings.issuer),
+        SESSION_COOKIE_NAME="__Host-authserver" if is_https_url(settings.issuer)
         else "authserver_session",
         PERMANENT_SESSION_LIFETIME=SESSION_TTL,
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -61,31 +61,19 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
         "database": services.db.ping,
         "store": services.store.ping,
     }
-    from authserver.authorization_server import AuthorizationServer
-    from authserver.grants.authorization_code import AuthorizationCodeGrant
-    from authserver.grants.client_credentials import ClientCredentialsGrant
-    from authserver.grants.jwt_bearer import JwtBearerGrant
-    from authserver.grants.refresh_token import RefreshTokenGrant
-    from authserver.grants.token_exchange import TokenExchangeGrant
-
-    server = AuthorizationServer(services)
-    for grant in (ClientCredentialsGrant, AuthorizationCodeGrant, RefreshTokenGrant,
-                  TokenExchangeGrant, JwtBearerGrant):
-        server.register_grant(grant)
-    app.extensions["authserver.oauth"] = server
-
     # Observability first: hooks run in registration order, so every later log line has the
     # correlation id.
-    observability.init_app(app)
+    from authserver.http import observability as request_observability
+
+    request_observability.init_app(app)
     from authserver.http import browser
 
     # Security headers: registered before the commit hook, so they also reach the response
     # that hook may substitute (after_request hooks run in reverse order).
-    browser.init_app(app, https=settings.issuer.startswith("https://"))
+    browser.init_app(app, https=is_https_url(settings.issuer))
     _request_lifecycle(app, services, clock)
 
-    from authserver import sessions
-    from authserver.http import admin, errors, gateway, oauth, ops, web
+    from authserver.http import admin, errors, gateway, oauth, ops, sessions, web
 
     # Browser sessions live in the shared store; the cookie carries only their id.
     sessions.init_app(app, services.store, clock)
@@ -241,7 +229,7 @@ def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float
     def refuse_control_characters() -> None:
         # Before any lookup: a NUL would otherwise reach PostgreSQL (issue 13, item 4). The
         # gateway forwards its bodies, so only its query string is read here.
-        from authserver.authorization_server import check_parameter_characters
+        from authserver.token_endpoint.parameters import check_parameter_characters
 
         check_parameter_characters(
             request.args, *(() if request.blueprint == "gateway" else (request.form,)))

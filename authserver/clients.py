@@ -1,38 +1,29 @@
-"""Clients: RFC 7591 registration, and client authentication at the token endpoint.
+"""Clients: RFC 7591 registration, and the client as Authlib's method functions see it.
 
-Methods: `client_secret_basic`, `client_secret_post` (secrets are 256-bit random values stored
-as SHA-256 digests and compared in constant time), `private_key_jwt` (RFC 7523 §2.2/§3 with the
-rfc7523bis audience rule: `aud` is our issuer), and `none` for public clients (PKCE required).
+Secrets are 256-bit random values stored as SHA-256 digests and compared in constant time.
+How a client authenticates (the methods of `AUTH_METHODS`) is `authserver.client_auth`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
-import json
-import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
-from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session
 
-from authserver.config import CLIENT_ASSERTION_MAX_AGE, JWT_LEEWAY
 from authserver.errors import (
-    InvalidClientError,
     InvalidClientMetadataError,
     InvalidRedirectUriError,
 )
 from authserver.jwks import JWKS_URI_MAX_BYTES, JwksCache  # noqa: F401 (re-exported)
 from authserver.models import Client
-from authserver.store import Store
 from authserver.urls import is_https_or_loopback_url, is_loopback_http_url
 
 GRANT_AUTHORIZATION_CODE = "authorization_code"
@@ -287,176 +278,3 @@ class OAuthClient(ClientMixin):
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in self.row.grant_types
-
-
-# --- HTTP Basic (RFC 6749 §2.3.1, RFC 7617) ---------------------------------------------------
-
-#: C0 controls, DEL and C1 controls: never part of a client id (RFC 6749 §2.2 VSCHAR), and a NUL
-#: is refused by PostgreSQL text parameters.
-_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def has_control_characters(value: str) -> bool:
-    return _CONTROL_CHARACTERS.search(value) is not None
-
-
-def check_basic_credentials(authorization: str | None) -> None:
-    """Refuse malformed `Authorization: Basic` credentials before Authlib parses them.
-
-    Authlib's parser raises (and so answers 500) on a header with non-ASCII bytes or
-    credentials that are not UTF-8 after base64 decoding. Anything but
-    `Basic base64(urlencode(client_id) ":" urlencode(secret))` with a UTF-8 payload and a
-    client id without control characters is `invalid_client` (401, `WWW-Authenticate: Basic`).
-    Other schemes, and no header at all, are left to the other client authentication methods,
-    but a header with a space and not both a scheme and credentials (" ", "Bearer ") is
-    refused too: Authlib splits any header holding a space in two and raises on fewer parts.
-    """
-    parts = (authorization or "").split(None, 1)  # as Authlib splits it
-    failed = InvalidClientError("Client authentication failed")
-    if authorization and " " in authorization and len(parts) != 2:
-        raise failed
-    if not parts or parts[0].lower() != "basic":
-        return
-    if len(parts) != 2:
-        raise failed
-    try:
-        decoded = base64.b64decode(parts[1].strip().encode("ascii"), validate=True)
-        text = decoded.decode("utf-8")
-    except (UnicodeError, binascii.Error, ValueError) as e:
-        raise failed from e
-    client_id, colon, _secret = text.partition(":")
-    if not colon or not client_id or has_control_characters(text) \
-            or has_control_characters(unquote(client_id)):
-        raise failed
-
-
-# --- private_key_jwt (RFC 7523 §2.2, §3) --------------------------------------------------------
-
-
-def make_private_key_jwt_authenticator(
-    *, issuer: str, token_endpoint: str, store: Store, jwks_cache: JwksCache,
-    now: Callable[[], int],
-) -> Callable[[Callable[[str], OAuthClient | None], Any], OAuthClient | None]:
-    """An Authlib client-auth function for `private_key_jwt`.
-
-    Returns None when the request does not use this method (Authlib then tries the next one);
-    raises `InvalidClientError` when it does and fails.
-    """
-
-    def authenticate(query_client: Callable[[str], OAuthClient | None], request: Any):
-        form = request.form
-        if form.get("client_assertion_type") != CLIENT_ASSERTION_TYPE:
-            return None
-        assertion = form.get("client_assertion")
-        if not assertion:
-            raise InvalidClientError("Missing client_assertion")
-        client = _assertion_client(query_client, assertion, form.get("client_id"))
-        verify_client_assertion(assertion, client, issuer=issuer, token_endpoint=token_endpoint,
-                                store=store, jwks_cache=jwks_cache, now=now())
-        return client
-
-    return authenticate
-
-
-class ClientAssertionReplayedError(InvalidClientError):
-    """The assertion's (client, jti) was already spent, here or at any other endpoint."""
-
-
-def verify_client_assertion(
-    assertion: str, client: OAuthClient, *, issuer: str, token_endpoint: str, store: Store,
-    jwks_cache: JwksCache, now: int,
-) -> dict[str, Any]:
-    """The one private_key_jwt verifier (RFC 7523 §3): signed by one of `client`'s registered
-    keys, the claim checks below, and spent (JWTB-05) in one replay namespace wherever it is
-    presented: client authentication at any endpoint, or an edge's `actor_token` naming the
-    agent. Returns the claims; raises `InvalidClientError` (`ClientAssertionReplayedError` for
-    a second use).
-    """
-    keys = _client_keys(client, jwks_cache)
-    claims = _verify_client_assertion(assertion, keys, client, jwks_cache)
-    check_client_assertion_claims(claims, client=client, issuer=issuer,
-                                  token_endpoint=token_endpoint, now=now)
-    # One use per (client, jti) within the assertion's lifetime.
-    ttl = int(claims["exp"]) - now + JWT_LEEWAY
-    key = "client-assertion:" + hashlib.sha256(
-        json.dumps([client.client_id, claims["jti"]]).encode()
-    ).hexdigest()
-    if not store.add_if_absent(key, ttl=max(ttl, 1)):
-        raise ClientAssertionReplayedError("client_assertion was already used")
-    return claims
-
-
-def _assertion_client(
-    query_client: Callable[[str], OAuthClient | None], assertion: str, client_id: str | None
-) -> OAuthClient:
-    try:
-        from joserfc import jws
-
-        payload = json.loads(jws.extract_compact(assertion.encode()).payload)
-    except (JoseError, ValueError, TypeError) as e:
-        raise InvalidClientError("Malformed client_assertion") from e
-    sub = payload.get("sub") if isinstance(payload, dict) else None
-    if not isinstance(sub, str) or (client_id is not None and client_id != sub):
-        raise InvalidClientError("client_assertion sub does not name the client")
-    client = query_client(sub)
-    if client is None or client.row.token_endpoint_auth_method != "private_key_jwt":
-        raise InvalidClientError("Client authentication failed")
-    return client
-
-
-def _client_keys(client: OAuthClient, cache: JwksCache) -> KeySet:
-    md = client.row.client_metadata
-    try:
-        if "jwks" in md:
-            return KeySet.import_key_set(md["jwks"])
-        uri = md["jwks_uri"]
-    except (JoseError, ValueError, KeyError, TypeError) as e:
-        raise InvalidClientError("Client authentication failed",
-                                 debug=f"client keys: {type(e).__name__}") from e
-    return cache.get(uri)
-
-
-def _verify_client_assertion(
-    assertion: str, keys: KeySet, client: OAuthClient, cache: JwksCache
-) -> dict[str, Any]:
-    try:
-        return dict(jwt.decode(assertion, keys, algorithms=list(CLIENT_ASSERTION_ALGS)).claims)
-    except (JoseError, ValueError, TypeError) as e:
-        if "jwks_uri" in client.row.client_metadata:  # the client may have rotated its keys
-            try:
-                fresh = cache.get(client.row.client_metadata["jwks_uri"], refresh=True)
-                return dict(
-                    jwt.decode(assertion, fresh, algorithms=list(CLIENT_ASSERTION_ALGS)).claims
-                )
-            except (JoseError, ValueError, TypeError):
-                pass
-        raise InvalidClientError("client_assertion signature is invalid") from e
-
-
-def check_client_assertion_claims(
-    claims: dict[str, Any], *, client: OAuthClient, issuer: str, token_endpoint: str, now: int
-) -> None:
-    """RFC 7523 §3 claim checks; raises `InvalidClientError` (§3.2)."""
-    cid = client.client_id
-    if claims.get("iss") != cid or claims.get("sub") != cid:
-        raise InvalidClientError("client_assertion iss and sub must be the client_id")
-    aud = claims.get("aud")
-    audiences = [aud] if isinstance(aud, str) else aud
-    accepted = {issuer}
-    if client.row.attributes.get("legacy_token_endpoint_aud"):
-        accepted.add(token_endpoint)
-    # rfc7523bis: the audience is our issuer identifier, as a single value.
-    if not isinstance(audiences, list) or len(audiences) != 1 or audiences[0] not in accepted:
-        raise InvalidClientError("client_assertion aud must be the issuer identifier")
-    exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
-    if not isinstance(exp, int) or exp <= now - JWT_LEEWAY:
-        raise InvalidClientError("client_assertion is expired")
-    if exp > now + CLIENT_ASSERTION_MAX_AGE + JWT_LEEWAY:
-        raise InvalidClientError("client_assertion lifetime is too long")
-    if iat is not None and (not isinstance(iat, int) or iat > now + JWT_LEEWAY):
-        raise InvalidClientError("client_assertion iat is in the future")
-    if nbf is not None and (not isinstance(nbf, int) or nbf > now + JWT_LEEWAY):
-        raise InvalidClientError("client_assertion is not yet valid")
-    jti = claims.get("jti")
-    if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
-        raise InvalidClientError("client_assertion jti is required")

@@ -319,8 +319,8 @@ def audit_check(issuer: str, admin_token: str) -> dict[str, Any]:
 #: Stages of one agent exchange, as (file suffix, function) → label; inclusive time.
 STAGES = [
     (("app.py", "wsgi_app"), "whole request (Flask WSGI app)"),
-    (("token_exchange/__init__.py", "create_token_response"), "token exchange grant (incl. audit)"),
-    (("clients.py", "authenticate"), "client auth: private_key_jwt (DB + verify + replay)"),
+    (("token_exchange/__init__.py", "issue"), "token exchange grant (incl. audit)"),
+    (("client_auth.py", "_private_key_jwt"), "client auth: private_key_jwt (DB + verify + replay)"),
     (("dpop.py", "validate_proof"), "DPoP proof validation (incl. replay SET NX)"),
     (("token_exchange/agent.py", "check_subject_assertion"), "user assertion: verify + revocation"),
     (("token_exchange/agent.py", "check_intent"), "intent parse"),
@@ -329,7 +329,7 @@ STAGES = [
     (("token_exchange/agent.py", "check_connection"), "connection lookup (DB)"),
     (("tokens.py", "issue_access_token"), "capability token: build + ES256 sign"),
     (("token_exchange/outcome.py", "_audit"), "audit append (own transaction, chained)"),
-    (("app.py", "commit"), "request commit (after_request)"),
+    (("http/oauth.py", "_commit"), "request commit"),
 ]
 
 COMPONENTS = {

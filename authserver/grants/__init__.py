@@ -1,5 +1,7 @@
-"""Token-endpoint grants, one module each, shaped like Authlib's grants.
+"""Token-endpoint grants, one module each (the token exchange is a package).
 
-Each grant class has `GRANT_TYPE`, `TOKEN_ENDPOINT_AUTH_METHODS`, `validate_token_request()`
-(a list of named checks, each raising one typed error) and `create_token_response()`.
+Each grant is a `base.Grant`: `GRANT_TYPE`, `PARAMETERS` (what it reads; the pipeline drops the
+rest), `AUTH_METHODS`, and `issue(services, req, client)`, a list of named checks, each raising
+one typed error, that returns what it issued (`base.Issued`). The pipeline that runs them is
+`authserver.token_endpoint.pipeline`.
 """

@@ -1,158 +1,171 @@
-"""What every grant shares: DPoP binding (RFC 9449 §5), resource indicators (RFC 8707), the
-token response (RFC 6749 §5.1) and scope checks."""
+"""What every grant shares: its shape (`Grant`, `Issued`), DPoP binding (RFC 9449 §5), resource
+indicators (RFC 8707), scope checks and the token response body (RFC 6749 §5.1). Each helper
+takes what it reads as arguments: nothing is kept on the request."""
 
 from __future__ import annotations
 
-from typing import Any
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
-
-from sqlalchemy.orm import Session
 
 from authserver.clients import OAuthClient
 from authserver.dpop import DPoPProof, validate_proof
 from authserver.errors import InvalidDpopProofError, InvalidScopeError, InvalidTargetError
 from authserver.services import Services
+from authserver.token_endpoint.request import TokenRequest
 from authserver.tokens import AccessToken
 from authserver.urls import match_resource
 
-TOKEN_RESPONSE_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
-                          ("Pragma", "no-cache")]
+
+@dataclass(frozen=True)
+class Issued:
+    """What a grant issued: the token response body, and the access token we signed (None
+    when the body carries another party's token: the executor's platform token)."""
+
+    body: dict[str, Any]
+    token: AccessToken | None = None
 
 
-class GrantMixin:
-    """Mixed into Authlib grant classes. `self.request` is Authlib's OAuth2Request carrying
-    `now`, `db` (the request's Session) and `dpop_headers` (set by authorization_server)."""
+class Grant(ABC):
+    """A token-endpoint grant. The pipeline (authserver.token_endpoint.pipeline) drops every
+    parameter outside `PARAMETERS`, authenticates the client with one of `AUTH_METHODS`,
+    refuses a client not registered for `GRANT_TYPE` with `NOT_ALLOWED`, then calls `issue`."""
 
-    GRANT_TYPE: str
-    request: Any
-    server: Any
+    GRANT_TYPE: ClassVar[str]
+    #: The parameters the grant reads, beyond grant_type and client authentication's.
+    PARAMETERS: ClassVar[frozenset[str]]
+    AUTH_METHODS: ClassVar[tuple[str, ...]]
+    NOT_ALLOWED: ClassVar[str] = "The client may not use this grant type"
 
-    @property
-    def services(self) -> Services:
-        return self.server.services
+    @abstractmethod
+    def issue(self, services: Services, req: TokenRequest, client: OAuthClient) -> Issued:
+        """The grant's named checks, each raising one typed error, then what it issues."""
 
-    @property
-    def now(self) -> int:
-        return int(self.request.now)
+    def refused(self, services: Services, req: TokenRequest, client: OAuthClient | None,
+                error: Exception) -> None:
+        """A refusal before `issue` ran (a throttle, client authentication, the client's grant
+        types); `client` is None unless it authenticated. Nothing to audit by default."""
+        return None
 
-    @property
-    def db(self) -> Session:
-        return self.request.db
 
-    # --- RFC 9449 §5 -------------------------------------------------------------------------
+# --- RFC 9449 §5 -------------------------------------------------------------------------------
 
-    def check_dpop(self, client: OAuthClient, *, required: bool = False,
-                   grant_policy: bool = True) -> DPoPProof | None:
-        """Validate the DPoP proof if one is sent; require one where client or grant says so.
 
-        `grant_policy=False` skips the per-grant requirement (the edge mint binds its result to
-        the agent's key, not to the caller's); a client's own `dpop_bound_access_tokens` holds.
-        """
-        headers: list[str] = self.request.dpop_headers
-        settings = self.services.settings
-        required = (
-            required
-            or client.row.dpop_bound_access_tokens  # DPOP-23
-            or (grant_policy and self.GRANT_TYPE in settings.dpop_required_grants)
-        )
-        if not headers:
-            if required:
-                raise InvalidDpopProofError("DPoP proof required")
-            return None
-        nonce_required = settings.dpop_nonce == "all" or (
-            settings.dpop_nonce == "per_client" and bool(client.row.attributes.get("dpop_nonce"))
-        )
-        proof = validate_proof(
-            headers,
-            method="POST",
-            url=settings.token_endpoint,
-            now=self.now,
-            store=self.services.store,
-            nonces=self.services.nonces,
-            nonce_required=nonce_required,
-            window=settings.dpop_proof_window,
-        )
-        self.request.dpop = proof
-        return proof
+def check_dpop(services: Services, req: TokenRequest, client: OAuthClient, *,
+               grant_type: str | None, required: bool = False) -> DPoPProof | None:
+    """Validate the DPoP proof if one is sent; require one where the client, the grant or the
+    caller says so. `grant_type` None skips the per-grant requirement (the edge mint binds its
+    result to the agent's key, not to the caller's); a client's `dpop_bound_access_tokens`
+    holds regardless."""
+    settings = services.settings
+    required = (
+        required
+        or client.row.dpop_bound_access_tokens  # DPOP-23
+        or (grant_type is not None and grant_type in settings.dpop_required_grants)
+    )
+    if not req.dpop:
+        if required:
+            raise InvalidDpopProofError("DPoP proof required")
+        return None
+    nonce_required = settings.dpop_nonce == "all" or (
+        settings.dpop_nonce == "per_client" and bool(client.row.attributes.get("dpop_nonce"))
+    )
+    return validate_proof(
+        req.dpop,
+        method="POST",
+        url=settings.token_endpoint,
+        now=req.now,
+        store=services.store,
+        nonces=services.nonces,
+        nonce_required=nonce_required,
+        window=settings.dpop_proof_window,
+    )
 
-    # --- RFC 8707 ----------------------------------------------------------------------------
 
-    def requested_resources(self) -> list[str]:
-        """The requested resources as registered (RFC 3986 normalised comparison,
-        `authserver.urls.normalize_resource`), so `aud` is always the registered form."""
-        values: list[str] = self.request.payload.datalist.get("resource", [])
-        for value in values:
-            parts = urlsplit(value)
-            if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
-                raise InvalidTargetError("resource must be an absolute URI without a fragment")
-        known = self.services.known_resources() if values else set()
-        matched = [match_resource(value, known) for value in values]
-        if any(m is None for m in matched):
-            raise InvalidTargetError("The requested resource is not served by this server")
-        return list(dict.fromkeys(m for m in matched if m is not None))
+# --- RFC 8707 ----------------------------------------------------------------------------------
 
-    def check_still_served(self, resources: list[str]) -> None:
-        """A code's or grant's resources, used when the request names none: each must still be
-        one we serve (a resource server removed since is `invalid_target` at once)."""
-        known = self.services.known_resources() if resources else set()
-        if any(match_resource(r, known) is None for r in resources):
-            raise InvalidTargetError("The resource is no longer served by this server")
 
-    def check_resource_servers(self, resources: list[str], scope: str | None) -> None:
-        """What the admin-registered resource servers among `resources` require of the token
-        (`authserver.resource_servers.check_token_request`): a DPoP proof for a DPoP-only
-        resource, none for a Bearer-only one, a scope within theirs. Call it after
-        `check_dpop`, before anything is written."""
-        if not resources:
-            return
-        from authserver.resource_servers import check_token_request
+def requested_resources(services: Services, req: TokenRequest) -> list[str]:
+    """The requested resources as registered (RFC 3986 normalised comparison,
+    `authserver.urls.normalize_resource`), so `aud` is always the registered form."""
+    values = req.form.getlist("resource")
+    for value in values:
+        parts = urlsplit(value)
+        if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
+            raise InvalidTargetError("resource must be an absolute URI without a fragment")
+    known = services.known_resources() if values else set()
+    matched = [match_resource(value, known) for value in values]
+    if any(m is None for m in matched):
+        raise InvalidTargetError("The requested resource is not served by this server")
+    return list(dict.fromkeys(m for m in matched if m is not None))
 
-        registered = self.services.resource_servers(resources)
-        if registered:
-            check_token_request(registered.values(),
-                                bound=getattr(self.request, "dpop", None) is not None,
-                                scope=scope)
 
-    def audience_for(self, resources: list[str]) -> str | list[str]:
-        # RFC 9068 §3: a token always has an audience; ours by default.
-        if not resources:
-            return self.services.settings.issuer
-        return resources[0] if len(resources) == 1 else resources
+def check_still_served(services: Services, resources: list[str]) -> None:
+    """A code's or grant's resources, used when the request names none: each must still be one
+    we serve (a resource server removed since is `invalid_target` at once)."""
+    known = services.known_resources() if resources else set()
+    if any(match_resource(r, known) is None for r in resources):
+        raise InvalidTargetError("The resource is no longer served by this server")
 
-    # --- scope -------------------------------------------------------------------------------
 
-    def checked_scope(self, client: OAuthClient, requested: str | None, granted: str | None = None
-                      ) -> str:
-        """The requested scope, which must be supported, allowed to the client, and (when a
-        grant exists) within what was granted (RFC 6749 §3.3, §6)."""
-        scopes = (requested or "").split()
-        supported = set(self.services.settings.scopes)
-        if any(s not in supported for s in scopes):
-            raise InvalidScopeError("The requested scope is not supported")
-        allowed = client.get_allowed_scope(" ".join(scopes)).split()
-        if len(allowed) != len(scopes):
-            raise InvalidScopeError("The requested scope is not allowed for this client")
-        if granted is not None and not set(scopes) <= set(granted.split()):
-            raise InvalidScopeError("The requested scope exceeds the granted scope")
-        return " ".join(scopes)
+def check_resource_servers(services: Services, resources: list[str], scope: str | None, *,
+                           bound: bool) -> None:
+    """What the admin-registered resource servers among `resources` require of the token
+    (`authserver.resource_servers.check_token_request`): a DPoP proof for a DPoP-only resource
+    (`bound`: the request carried a valid one), none for a Bearer-only one, a scope within
+    theirs. Call it after `check_dpop`, before anything is written."""
+    if not resources:
+        return
+    from authserver.resource_servers import check_token_request
 
-    # --- RFC 6749 §5.1 -----------------------------------------------------------------------
+    registered = services.resource_servers(resources)
+    if registered:
+        check_token_request(registered.values(), bound=bound, scope=scope)
 
-    def token_response(
-        self, token: AccessToken, *, refresh_token: str | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> tuple[int, dict[str, Any], list[tuple[str, str]]]:
-        body: dict[str, Any] = {
-            "access_token": token.value,
-            "token_type": token.token_type,
-            "expires_in": token.expires_in,
-        }
-        if token.claims.get("scope"):
-            body["scope"] = token.claims["scope"]
-        if refresh_token:
-            body["refresh_token"] = refresh_token
-        if token.claims.get("authorization_details"):
-            body["authorization_details"] = token.claims["authorization_details"]
-        body.update(extra or {})
-        self.request.issued = token
-        return 200, body, list(TOKEN_RESPONSE_HEADERS)
+
+def audience_for(services: Services, resources: list[str]) -> str | list[str]:
+    # RFC 9068 §3: a token always has an audience; ours by default.
+    if not resources:
+        return services.settings.issuer
+    return resources[0] if len(resources) == 1 else resources
+
+
+# --- scope -------------------------------------------------------------------------------------
+
+
+def checked_scope(services: Services, client: OAuthClient, requested: str | None,
+                  granted: str | None = None) -> str:
+    """The requested scope, which must be supported, allowed to the client, and (when a grant
+    exists) within what was granted (RFC 6749 §3.3, §6)."""
+    scopes = (requested or "").split()
+    supported = set(services.settings.scopes)
+    if any(s not in supported for s in scopes):
+        raise InvalidScopeError("The requested scope is not supported")
+    allowed = client.get_allowed_scope(" ".join(scopes)).split()
+    if len(allowed) != len(scopes):
+        raise InvalidScopeError("The requested scope is not allowed for this client")
+    if granted is not None and not set(scopes) <= set(granted.split()):
+        raise InvalidScopeError("The requested scope exceeds the granted scope")
+    return " ".join(scopes)
+
+
+# --- RFC 6749 §5.1 -----------------------------------------------------------------------------
+
+
+def issued(token: AccessToken, *, refresh_token: str | None = None,
+           extra: dict[str, Any] | None = None) -> Issued:
+    """The success response body for `token` we signed."""
+    body: dict[str, Any] = {
+        "access_token": token.value,
+        "token_type": token.token_type,
+        "expires_in": token.expires_in,
+    }
+    if token.claims.get("scope"):
+        body["scope"] = token.claims["scope"]
+    if refresh_token:
+        body["refresh_token"] = refresh_token
+    if token.claims.get("authorization_details"):
+        body["authorization_details"] = token.claims["authorization_details"]
+    body.update(extra or {})
+    return Issued(body, token)

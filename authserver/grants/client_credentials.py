@@ -2,41 +2,43 @@
 
 from __future__ import annotations
 
-from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
-
-from authserver.errors import UnauthorizedClientError
-from authserver.grants.base import GrantMixin
+from authserver.clients import GRANT_CLIENT_CREDENTIALS, OAuthClient
+from authserver.grants.base import (
+    Grant,
+    Issued,
+    audience_for,
+    check_dpop,
+    check_resource_servers,
+    checked_scope,
+    issued,
+    requested_resources,
+)
+from authserver.services import Services
+from authserver.token_endpoint.request import TokenRequest
 from authserver.tokens import TokenRequestContext, issue_access_token
 
 
-class ClientCredentialsGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
-    GRANT_TYPE = "client_credentials"
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+class ClientCredentialsGrant(Grant):
+    GRANT_TYPE = GRANT_CLIENT_CREDENTIALS
+    PARAMETERS = frozenset({"scope", "resource"})
+    AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 
-    def validate_token_request(self) -> None:
-        client = self.authenticate_token_endpoint_client()
-        if not client.check_grant_type(self.GRANT_TYPE):
-            raise UnauthorizedClientError("The client may not use this grant type")
-        self.request.client = client
-        self.request.scope_checked = self.checked_scope(client, self.request.payload.scope)
-        self.request.resources = self.requested_resources()
-        self.check_dpop(client)
-        self.check_resource_servers(self.request.resources, self.request.scope_checked)
-
-    def create_token_response(self):
-        client = self.request.client
-        proof = getattr(self.request, "dpop", None)
+    def issue(self, services: Services, req: TokenRequest, client: OAuthClient) -> Issued:
+        scope = checked_scope(services, client, req.form.get("scope"))
+        resources = requested_resources(services, req)
+        proof = check_dpop(services, req, client, grant_type=self.GRANT_TYPE)
+        check_resource_servers(services, resources, scope, bound=proof is not None)
         token = issue_access_token(
-            self.services.keyring,
-            self.services.settings.issuer,
+            services.keyring,
+            services.settings.issuer,
             TokenRequestContext(
                 sub=client.client_id,
                 client_id=client.client_id,
-                audience=self.audience_for(self.request.resources),
-                scope=self.request.scope_checked,
-                ttl=self.services.settings.access_token_ttl,
+                audience=audience_for(services, resources),
+                scope=scope,
+                ttl=services.settings.access_token_ttl,
                 jkt=proof.jkt if proof else None,
             ),
-            now=self.now,
+            now=req.now,
         )
-        return self.token_response(token)
+        return issued(token)

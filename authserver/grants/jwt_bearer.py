@@ -20,11 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from authlib.oauth2.rfc6749 import OAuth2Error as AuthlibError
-from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
-
 from authserver.audit import AuditRecord, refused_unauthenticated
-from authserver.authorization_server import from_authlib
 from authserver.clients import GRANT_JWT_BEARER, OAuthClient
 from authserver.errors import (
     InvalidAuthorizationDetailsError,
@@ -32,75 +28,89 @@ from authserver.errors import (
     InvalidRequestError,
     InvalidTargetError,
     OAuthError,
-    UnauthorizedClientError,
 )
-from authserver.grants.base import GrantMixin
+from authserver.grants.base import (
+    Grant,
+    Issued,
+    audience_for,
+    check_dpop,
+    check_resource_servers,
+    checked_scope,
+    issued,
+    requested_resources,
+)
 from authserver.identity.federation import IdentityError, IdPConfig
 from authserver.intent import MANDATE_TYPE, parse_mandate
 from authserver.models import User
 from authserver.observability import correlation_id
+from authserver.services import Services
+from authserver.token_endpoint.request import TokenRequest
 from authserver.tokens import AccessToken, TokenRequestContext, issue_access_token
 
 #: Longest `assertion` parameter read (an ID-JAG is an ID-token-sized JWT).
 MAX_ASSERTION_LENGTH = 16 * 1024
 
 
-class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
+class JwtBearerGrant(Grant):
     GRANT_TYPE = GRANT_JWT_BEARER
+    PARAMETERS = frozenset({"assertion", "scope", "resource", "authorization_details"})
     # draft §7.1: confidential clients only.
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 
-    def validate_token_request(self) -> None:
-        """Everything happens in `create_token_response`, so that every refusal is audited."""
-
-    def create_token_response(self) -> Any:
-        self.request.id_jag_client = None
-        self.request.id_jag_user_id = None
+    def issue(self, services: Services, req: TokenRequest, client: OAuthClient) -> Issued:
+        request = IdJagRequest(services, req, client)
         try:
-            client = self.authenticate_token_endpoint_client()
-            self.request.id_jag_client = client
-            if not client.check_grant_type(self.GRANT_TYPE):
-                raise UnauthorizedClientError("The client may not use this grant type")
-            body = self._grant(client)
-        except AuthlibError as authlib_error:
-            error = from_authlib(authlib_error)
-            self._audit_failure(error)
-            raise error from authlib_error
-        except OAuthError as error:
-            self._audit_failure(error)
+            return request.grant(client)
+        except Exception as error:
+            request.audit_failure(error)
             raise
-        except Exception:
-            self._audit_failure(None)
-            raise
-        return body
 
-    def _grant(self, client: OAuthClient) -> Any:
+    def refused(self, services: Services, req: TokenRequest, client: OAuthClient | None,
+                error: Exception) -> None:
+        """Every outcome is audited, a failed client authentication too."""
+        IdJagRequest(services, req, client).audit_failure(error)
+
+
+class IdJagRequest:
+    """One jwt-bearer request: its named checks, and what the audit records (the client once
+    authenticated, the user once known)."""
+
+    def __init__(self, services: Services, req: TokenRequest,
+                 client: OAuthClient | None) -> None:
+        self.services = services
+        self.req = req
+        self.client = client
+        self.user_id: str | None = None
+
+    def grant(self, client: OAuthClient) -> Issued:
+        services, now = self.services, self.req.now
         assertion = self.check_assertion_parameter()
         config, claims = self.check_id_jag(assertion)
         self.check_client(client, claims)
         resources = self.check_resources(claims)
-        audience = self.audience_for(resources)
-        user_assertion = audience == self.services.settings.issuer
+        audience = audience_for(services, resources)
+        user_assertion = audience == services.settings.issuer
         scope = self.check_scope(client, claims)
         mandate = self.check_mandate(claims)
         user = self.check_user(config, claims)
         # IDJAG-06: a user assertion is always bound to the caller's key, like the edge mint's.
-        proof = self.check_dpop(client, required=user_assertion)
-        self.check_resource_servers(resources, scope)
+        proof = check_dpop(services, self.req, client, grant_type=GRANT_JWT_BEARER,
+                           required=user_assertion)
+        check_resource_servers(services, resources, scope, bound=proof is not None)
         # IDJAG-03, last check: a request refused above leaves the grant usable for a
         # corrected retry.
         try:
-            self.services.federation.spend_id_jag(claims, now=self.now)
+            services.require_federation().spend_id_jag(claims, now=now)
         except IdentityError as e:
             raise InvalidGrantError("The assertion is not acceptable", debug=e.debug) from e
-        settings = self.services.settings
+        settings = services.settings
         if user_assertion:
             # TX-08 analogue: a user assertion outlives neither its lifetime nor the grant.
-            ttl = max(1, min(settings.user_assertion_ttl, int(claims["exp"]) - self.now))
+            ttl = max(1, min(settings.user_assertion_ttl, int(claims["exp"]) - now))
         else:
             ttl = settings.access_token_ttl
         token = issue_access_token(
-            self.services.keyring, settings.issuer,
+            services.keyring, settings.issuer,
             TokenRequestContext(
                 sub=user.id,
                 client_id=client.client_id,
@@ -112,17 +122,17 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
                 authorization_details=[mandate] if mandate and user_assertion else None,
                 extra={"auth_time": claims.get("auth_time", claims["iat"])},
             ),
-            now=self.now,
+            now=now,
         )
-        self._audit(self.db, outcome="allowed", reason=None, token=token,
+        self._audit(self.req.db, outcome="allowed", reason=None, token=token,
                     detail={"issued": "user_assertion" if user_assertion else "access_token",
                             "idp": config.name})
-        return self.token_response(token)
+        return issued(token)
 
     # --- named checks ----------------------------------------------------------------------
 
     def check_assertion_parameter(self) -> str:
-        assertion = self.request.form.get("assertion")
+        assertion = self.req.form.get("assertion")
         if not assertion:
             raise InvalidRequestError("assertion is required")
         if len(assertion) > MAX_ASSERTION_LENGTH:
@@ -137,7 +147,7 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
             raise InvalidGrantError("The assertion is not acceptable", debug="no idp configured")
         try:
             return federation.verify_id_jag(
-                assertion, now=self.now, audience=self.services.settings.issuer)
+                assertion, now=self.req.now, audience=self.services.settings.issuer)
         except IdentityError as e:
             # RFC 7523 §3.1: a bad assertion is invalid_grant; which check failed is debug.
             raise InvalidGrantError("The assertion is not acceptable", debug=e.debug) from e
@@ -157,7 +167,7 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
                 isinstance(r, str) and r for r in granted_list)):
             raise InvalidGrantError("The assertion is not acceptable",
                                     debug="resource claim malformed")
-        requested = self.requested_resources()
+        requested = requested_resources(self.services, self.req)
         issuer = self.services.settings.issuer
         if requested:
             # No resource in the grant: only this server (a user assertion) is granted.
@@ -185,9 +195,9 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         if granted is not None and not isinstance(granted, str):
             raise InvalidGrantError("The assertion is not acceptable",
                                     debug="scope claim malformed")
-        requested = self.request.form.get("scope")
+        requested = self.req.form.get("scope")
         if requested is not None:
-            return self.checked_scope(client, requested, granted=granted or "")
+            return checked_scope(self.services, client, requested, granted=granted or "")
         supported = set(self.services.settings.scopes)
         wanted = [s for s in (granted or "").split() if s in supported]
         allowed = set(client.get_allowed_scope(" ".join(wanted)).split())
@@ -196,7 +206,7 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
     def check_mandate(self, claims: dict[str, Any]) -> dict[str, Any] | None:
         """The IdP's `agent_mandate` (in the grant's `authorization_details`), if any. The
         request cannot add one: the agent is not the party that says what the user asked."""
-        if self.request.form.get("authorization_details") is not None:
+        if self.req.form.get("authorization_details") is not None:
             raise InvalidRequestError("authorization_details come from the assertion only")
         details = claims.get("authorization_details")
         if details is None:
@@ -219,39 +229,40 @@ class JwtBearerGrant(GrantMixin, BaseGrant, TokenEndpointMixin):
         from authserver.identity.users import provision_user
 
         try:
-            user = provision_user(self.db, config, claims, now=self.now)
+            user = provision_user(self.req.db, config, claims, now=self.req.now)
         except IdentityError as e:
             raise InvalidGrantError("The assertion is not acceptable", debug=e.debug) from e
-        self.request.id_jag_user_id = user.id
+        self.user_id = user.id
         return user
 
     # --- audit -----------------------------------------------------------------------------
 
-    def _audit_failure(self, error: OAuthError | None) -> None:
-        self.db.rollback()
-        outcome = "error" if error is None or error.error in (
+    def audit_failure(self, error: Exception) -> None:
+        """A refusal: drop what the request did, then record it in a transaction of its own."""
+        self.req.db.rollback()
+        oauth_error = error if isinstance(error, OAuthError) else None
+        outcome = "error" if oauth_error is None or oauth_error.error in (
             "server_error", "temporarily_unavailable") else "invalid"
-        reason = error.error if error is not None else "server_error"
-        if getattr(self.request, "id_jag_client", None) is None:
+        reason = oauth_error.error if oauth_error is not None else "server_error"
+        if self.client is None:
             # No authenticated client: counted, not appended (the chain's lock is not for
             # anonymous callers; issue 13, item 8).
             refused_unauthenticated("id_jag", reason)
             return
         detail: dict[str, Any] = {"error": reason}
-        if error is not None and error.debug:
-            detail["debug"] = str(error.debug)[:128]
+        if oauth_error is not None and oauth_error.debug:
+            detail["debug"] = str(oauth_error.debug)[:128]
         with self.services.db.session() as session:
             self._audit(session, outcome=outcome, reason=reason, token=None, detail=detail)
 
     def _audit(self, session: Any, *, outcome: str, reason: str | None,
                token: AccessToken | None, detail: dict[str, Any]) -> None:
-        client = getattr(self.request, "id_jag_client", None)
-        user_id = getattr(self.request, "id_jag_user_id", None)
+        client = self.client
         self.services.audit.append(session, AuditRecord(
             event="id_jag", outcome=outcome, reason=reason, correlation_id=correlation_id(),
-            user_id=user_id,
+            user_id=self.user_id,
             agent_id=client.client_id if client is not None else None,
             token_jti=token.jti if token else None,
-            client_ip=getattr(self.request, "client_ip", None),
+            client_ip=self.req.client_ip,
             detail={"client_id": client.client_id if client is not None else None, **detail},
-        ), now=self.now)
+        ), now=self.req.now)

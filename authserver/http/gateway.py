@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 
 from authserver import gateway
-from authserver.authorization_server import dpop_header_values
+from authserver.http.oauth import dpop_header_values
 from authserver.observability import correlation_id
 
 bp = Blueprint("gateway", __name__)

@@ -20,11 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from authlib.oauth2.rfc6749 import OAuth2Error as AuthlibError
-from authlib.oauth2.rfc6749.grants import BaseGrant, TokenEndpointMixin
-
-from authserver.authorization_server import from_authlib
-from authserver.errors import InvalidRequestError, OAuthError, UnauthorizedClientError
+from authserver.clients import OAuthClient
+from authserver.errors import InvalidRequestError, OAuthError
+from authserver.grants.base import Grant, Issued
 from authserver.grants.token_exchange.agent import AgentExchange
 from authserver.grants.token_exchange.edge_mint import EdgeMint
 from authserver.grants.token_exchange.exchange import (
@@ -39,6 +37,8 @@ from authserver.grants.token_exchange.exchange import (
 )
 from authserver.grants.token_exchange.outcome import ExchangeAudit, outcome_of, reason_of
 from authserver.intent import MANDATE_TYPE, loads_authorization_details
+from authserver.services import Services
+from authserver.token_endpoint.request import TokenRequest
 
 __all__ = [
     "GRANT_TYPE",
@@ -53,44 +53,56 @@ __all__ = [
 ]
 
 
-class TokenExchangeGrant(EdgeMint, AgentExchange, ExchangeAudit, BaseGrant, TokenEndpointMixin):
+class TokenExchangeGrant(Grant):
     GRANT_TYPE = GRANT_TYPE
+    PARAMETERS = frozenset({
+        "subject_token", "subject_token_type", "actor_token", "actor_token_type",
+        "requested_token_type", "resource", "audience", "scope",  # RFC 8693 §2.1
+        "authorization_details", "intent", "approval_id", "dpop_jkt",  # ours (Part A)
+    })
     # TX-07: only authenticated confidential clients may exchange.
-    TOKEN_ENDPOINT_AUTH_METHODS = ["client_secret_basic", "client_secret_post", "private_key_jwt"]
+    AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
+    NOT_ALLOWED = "The client may not use token exchange"
 
-    def validate_token_request(self) -> None:
-        """Everything happens in `create_token_response`, so that even a failed client
-        authentication is audited."""
-
-    def create_token_response(self) -> Any:
-        ex = Exchange(client=None, form=self.request.form)  # type: ignore[arg-type]
+    def issue(self, services: Services, req: TokenRequest, client: OAuthClient) -> Issued:
+        exchange = TokenExchange(services, req)
+        ex = Exchange(client=client, form=req.form)
         try:
-            ex.client = self.authenticate_token_endpoint_client()
-            if not ex.client.check_grant_type(self.GRANT_TYPE):
-                raise UnauthorizedClientError("The client may not use token exchange")
-            body = self._exchange(ex)
-        except AuthlibError as authlib_error:
-            error = from_authlib(authlib_error)
-            self._audit_failure(ex, outcome="invalid", reason=error.error,
-                                detail={"error": error.error})
-            raise error from authlib_error
-        except OAuthError as error:
-            self._audit_failure(ex, outcome=outcome_of(error), reason=reason_of(error, ex),
-                                detail={"error": error.error})
+            result = exchange.exchange(ex)
+        except Exception as error:
+            exchange.refused(ex, error)
             raise
-        except Exception:
-            self._audit_failure(ex, outcome="error", reason="server_error", detail={})
-            raise
-        # Success: the record joins the request's transaction, so the token is issued only if
-        # its audit record commits with it.
+        exchange.allowed(ex)
+        return result
+
+    def refused(self, services: Services, req: TokenRequest, client: OAuthClient | None,
+                error: Exception) -> None:
+        """Every outcome is audited, a failed client authentication too."""
+        ex = Exchange(client=client, form=req.form)  # type: ignore[arg-type]
+        TokenExchange(services, req).refused(ex, error)
+
+
+class TokenExchange(EdgeMint, AgentExchange, ExchangeAudit):
+    """One exchange request: which exchange it is, and its steps."""
+
+    def allowed(self, ex: Exchange) -> None:
+        """Success: the record joins the request's transaction, so the token is issued only if
+        its audit record commits with it."""
         self._audit(ex, self.db, outcome="allowed", reason=None,
                     detail={"issued": "user_assertion" if ex.role == "edge" else
                             ("platform_token" if ex.role == "executor" else "capability")})
-        return body
+
+    def refused(self, ex: Exchange, error: Exception) -> None:
+        """A refusal, audited in a transaction of its own (`ExchangeAudit._audit_failure`)."""
+        if isinstance(error, OAuthError):
+            self._audit_failure(ex, outcome=outcome_of(error), reason=reason_of(error, ex),
+                                detail={"error": error.error})
+        else:
+            self._audit_failure(ex, outcome="error", reason="server_error", detail={})
 
     # --- dispatch: which exchange ----------------------------------------------------------
 
-    def _exchange(self, ex: Exchange) -> Any:
+    def exchange(self, ex: Exchange) -> Issued:
         self.check_parameters(ex)
         details = self.authorization_details(ex)
         subject_type = ex.form.get("subject_token_type")
@@ -116,7 +128,7 @@ class TokenExchangeGrant(EdgeMint, AgentExchange, ExchangeAudit, BaseGrant, Toke
 
     def check_parameters(self, ex: Exchange) -> None:
         # (Repeated parameters were refused before any grant ran: check_parameters in
-        # authserver.authorization_server.)
+        # authserver.token_endpoint.parameters.)
         # TX-02: subject_token and its type are required.
         if not ex.form.get("subject_token") or not ex.form.get("subject_token_type"):
             raise InvalidRequestError("subject_token and subject_token_type are required")

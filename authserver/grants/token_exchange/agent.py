@@ -17,8 +17,10 @@ from authserver.errors import (
     InvalidTargetError,
     PolicyDeniedError,
 )
+from authserver.grants.base import Issued, check_dpop
 from authserver.grants.token_exchange.delegation import DelegationSteps
 from authserver.grants.token_exchange.exchange import (
+    GRANT_TYPE,
     TT_ACCESS_TOKEN,
     Exchange,
     remaining_lifetime,
@@ -34,8 +36,9 @@ from authserver.tokens import TokenRequestContext, issue_access_token
 class AgentExchange(DelegationSteps):
     """An agent's exchange of its user assertion for a capability or platform token."""
 
-    def agent_exchange(self, ex: Exchange, details: list[dict[str, Any]]) -> Any:
-        ex.proof = self.check_dpop(ex.client, required=True)
+    def agent_exchange(self, ex: Exchange, details: list[dict[str, Any]]) -> Issued:
+        ex.proof = check_dpop(self.services, self.req, ex.client, grant_type=GRANT_TYPE,
+                              required=True)
         self.check_subject_assertion(ex)
         self.check_holder_key(ex)
         self.check_delegation(ex)
@@ -117,8 +120,7 @@ class AgentExchange(DelegationSteps):
     def check_target(self, ex: Exchange) -> tuple[str, bool] | None:
         """Part A4: audience=<platform> or resource=<issuer>/gateway/<platform> → capability;
         resource=<platform API base> → the platform token (executor). None: no target."""
-        datalist = self.request.payload.datalist
-        audiences, resources = datalist.get("audience", []), datalist.get("resource", [])
+        audiences, resources = self.req.form.getlist("audience"), self.req.form.getlist("resource")
         if len(audiences) + len(resources) == 0:
             return None
         if len(audiences) + len(resources) > 1:
@@ -215,7 +217,7 @@ class AgentExchange(DelegationSteps):
                 "The user has no live connection to this platform",
                 extra={"connect_uri": connect_uri(self.services.settings.issuer, ex.platform)})
 
-    def platform_token(self, ex: Exchange) -> Any:
+    def platform_token(self, ex: Exchange) -> Issued:
         """Part A4 executor path: only clients policy places in the executor trust zone."""
         assert ex.user is not None and ex.platform is not None
         if not ex.client.row.attributes.get("executor"):
@@ -227,10 +229,10 @@ class AgentExchange(DelegationSteps):
             s.db, s.store, s.vault, s.platforms[ex.platform], user_id=ex.user.id, now=self.now,
             connect_uri=connect_uri(s.settings.issuer, ex.platform))
         expires_in = max(1, (conn.access_expires_at or self.now + 60) - self.now)
-        return 200, {
+        # Not a token we signed: no `Issued.token` (counted as token_type "other").
+        return Issued({
             "access_token": token,
             "issued_token_type": TT_ACCESS_TOKEN,
             "token_type": "Bearer",
             "expires_in": min(expires_in, s.settings.capability_token_ttl),
-        }, [("Content-Type", "application/json"), ("Cache-Control", "no-store"),
-            ("Pragma", "no-cache")]
+        })

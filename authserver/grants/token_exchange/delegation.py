@@ -9,16 +9,14 @@ from typing import Any
 from joserfc import jws
 from joserfc.errors import JoseError
 
-from authserver.clients import (
-    ClientAssertionReplayedError,
-    OAuthClient,
-    verify_client_assertion,
-)
+from authserver.client_auth import ClientAssertionReplayedError, verify_client_assertion
+from authserver.clients import OAuthClient
 from authserver.errors import (
     InvalidAuthorizationDetailsError,
     InvalidClientError,
     InvalidRequestError,
 )
+from authserver.grants.base import Issued
 from authserver.grants.token_exchange.exchange import (
     GRANT_TYPE,
     MAX_ACT_DEPTH,
@@ -121,7 +119,8 @@ class DelegationSteps(ExchangeSteps):
                 return parse_mandate([entry])
         return None
 
-    def narrowed_assertion(self, ex: Exchange, details: list[dict[str, Any]], scope: str) -> Any:
+    def narrowed_assertion(self, ex: Exchange, details: list[dict[str, Any]], scope: str
+                           ) -> Issued:
         """No target: a new assertion for this server whose mandate may only narrow."""
         wider = self.subject_mandate(ex)
         narrower = parse_mandate(details) if details else wider

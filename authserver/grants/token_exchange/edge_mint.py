@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from authserver.errors import InvalidRequestError, InvalidTargetError
+from authserver.grants.base import Issued, check_dpop
 from authserver.grants.token_exchange.delegation import DelegationSteps
 from authserver.grants.token_exchange.exchange import (
     IDP_TOKEN_TYPES,
@@ -22,8 +23,9 @@ from authserver.tokens import TokenRequestContext, issue_access_token
 class EdgeMint(DelegationSteps):
     """The user assertion a trusted edge mints for an agent."""
 
-    def edge_mint(self, ex: Exchange, details: list[dict[str, Any]]) -> Any:
-        ex.proof = self.check_dpop(ex.client, grant_policy=False)
+    def edge_mint(self, ex: Exchange, details: list[dict[str, Any]]) -> Issued:
+        # Bound to the agent's key (`dpop_jkt`), not the edge's: no per-grant requirement.
+        ex.proof = check_dpop(self.services, self.req, ex.client, grant_type=None)
         self.check_requested_token_type(ex)
         self.check_subject_idp_token(ex)
         self.check_actor_is_agent(ex)
@@ -32,7 +34,7 @@ class EdgeMint(DelegationSteps):
         self.check_no_target(ex)
         settings = self.services.settings
         # Last check: a mint refused above leaves the IdP token usable for a corrected retry.
-        self.services.federation.spend_subject_token(
+        self.services.require_federation().spend_subject_token(
             ex.form["subject_token"], ex.subject, now=self.now)
         ex.act = {"sub": ex.agent_id}
         # TX-08: the assertion outlives neither its default lifetime nor the IdP token.
@@ -78,8 +80,8 @@ class EdgeMint(DelegationSteps):
         return jkt
 
     def check_no_target(self, ex: Exchange) -> None:
-        resources = self.request.payload.datalist.get("resource", [])
-        audiences = self.request.payload.datalist.get("audience", [])
+        resources = self.req.form.getlist("resource")
+        audiences = self.req.form.getlist("audience")
         issuer = self.services.settings.issuer
         if any(r != issuer for r in resources) or any(a != issuer for a in audiences):
             raise InvalidTargetError("A user assertion is only for this server")

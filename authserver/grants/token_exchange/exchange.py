@@ -7,12 +7,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from authserver.clients import OAuthClient
+from sqlalchemy.orm import Session
+
+from authserver.clients import GRANT_TOKEN_EXCHANGE, OAuthClient
 from authserver.dpop import DPoPProof
 from authserver.errors import InvalidRequestError
-from authserver.grants.base import GrantMixin
+from authserver.grants.base import Issued, issued
 from authserver.intent import Intent, Mandate
 from authserver.models import User
+from authserver.services import Services
+from authserver.token_endpoint.request import Form, TokenRequest
 from authserver.tokens import (
     AccessToken,
     TokenNotLiveError,
@@ -20,7 +24,7 @@ from authserver.tokens import (
     verify_access_token,
 )
 
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE = GRANT_TOKEN_EXCHANGE
 TT_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 TT_ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
 TT_JWT = "urn:ietf:params:oauth:token-type:jwt"
@@ -35,7 +39,7 @@ class Exchange:
     """What the checks established, in the order they run; also what the audit records."""
 
     client: OAuthClient
-    form: Any
+    form: Form
     proof: DPoPProof | None = None
     user: User | None = None
     subject: dict[str, Any] = field(default_factory=dict)
@@ -53,8 +57,21 @@ class Exchange:
     designee: str | None = None
 
 
-class ExchangeSteps(GrantMixin):
-    """The steps shared by the edge mint, the agent exchange and the narrowed assertion."""
+class ExchangeSteps:
+    """The steps shared by the edge mint, the agent exchange and the narrowed assertion. One
+    instance per request; `services` and `req` are only read."""
+
+    def __init__(self, services: Services, req: TokenRequest) -> None:
+        self.services = services
+        self.req = req
+
+    @property
+    def now(self) -> int:
+        return self.req.now
+
+    @property
+    def db(self) -> Session:
+        return self.req.db
 
     def check_requested_token_type(self, ex: Exchange) -> None:
         requested = ex.form.get("requested_token_type")
@@ -72,10 +89,8 @@ class ExchangeSteps(GrantMixin):
                                       debug=e.reason) from e
         return claims
 
-    def exchange_response(self, token: AccessToken) -> Any:
-        status, body, headers = self.token_response(
-            token, extra={"issued_token_type": TT_ACCESS_TOKEN})
-        return status, body, headers
+    def exchange_response(self, token: AccessToken) -> Issued:
+        return issued(token, extra={"issued_token_type": TT_ACCESS_TOKEN})
 
 
 def remaining_lifetime(subject: dict[str, Any], now: int, ttl: int) -> int:

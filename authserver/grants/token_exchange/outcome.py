@@ -47,7 +47,7 @@ class ExchangeAudit(ExchangeSteps):
             policy_ids=ex.policy_ids,
             approval_id=ex.approval_id,
             token_jti=ex.token.jti if ex.token else None,
-            client_ip=getattr(self.request, "client_ip", None),
+            client_ip=self.req.client_ip,
             detail={"client_id": ex.client.client_id if ex.client else None, **detail},
         )
         s.audit.append(session, record, now=self.now)
