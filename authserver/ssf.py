@@ -26,28 +26,29 @@ does (SSF-07):
 - RISC account-enabled: sign-in is allowed again (as SCIM `active=true`); nothing issued
   before comes back. An account-enabled SET whose `iat` is not after the deprovisioning is
   ignored (a late or reordered SET never undoes a newer disable).
-- SSF verification: nothing to do; accepted and audited.
+- SSF verification and stream-updated: the registered stream's state (SSF-09..11,
+  authserver/ssf_streams.py, which also runs every SET, pushed or polled, through here).
 
 A SET about a subject we cannot map to exactly one of that IdP's users, or of an event type
 we do not act on, is accepted (202: it was valid and delivered) and audited, and nothing
 changes. Every accepted SET is audited (event `ssf_event`) with the correlation id; every
 refused one is counted and logged rate-limited, never audited (no principal was established).
 
-No Flask here: authserver/http/ssf.py is the endpoint.
+No Flask here: authserver/http/ssf.py is the endpoint; the subject lookup (SSF-08) is
+authserver/ssf_subjects.py.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import update
 
 from authserver.audit import AuditRecord
 from authserver.config import JWT_LEEWAY
@@ -61,16 +62,11 @@ from authserver.identity.federation import (
     normalise_typ,
     parse_unverified,
 )
-from authserver.identity.users import (
-    AmbiguousUserError,
-    reactivate_user,
-    refresh_attributes,
-    resolve_user,
-    revoke_user_tokens,
-)
+from authserver.identity.users import reactivate_user, refresh_attributes, revoke_user_tokens
 from authserver.models import Grant, User
 from authserver.services import Services
 from authserver.sessions import end_all_sessions
+from authserver.ssf_subjects import find_user
 from authserver.store import Store
 from authserver.store import keys as store_keys
 
@@ -97,6 +93,11 @@ ACCOUNT_DISABLED = RISC + "account-disabled"
 ACCOUNT_PURGED = RISC + "account-purged"
 ACCOUNT_ENABLED = RISC + "account-enabled"
 VERIFICATION = "https://schemas.openid.net/secevent/ssf/event-type/verification"
+STREAM_UPDATED = "https://schemas.openid.net/secevent/ssf/event-type/stream-updated"
+#: SSF §8.1.4.1, §8.1.5: events about the stream itself; their subject is the stream id.
+STREAM_EVENTS = frozenset({VERIFICATION, STREAM_UPDATED})
+#: SSF §8.1.2: a stream's status.
+STREAM_STATUSES = frozenset({"enabled", "paused", "disabled"})
 #: The event types we act on, and the short name the audit record gives each.
 ACTIONS: Mapping[str, str] = {
     SESSION_REVOKED: "session_revoked",
@@ -106,12 +107,11 @@ ACTIONS: Mapping[str, str] = {
     ACCOUNT_PURGED: "account_purged",
     ACCOUNT_ENABLED: "account_enabled",
     VERIFICATION: "verification",
+    STREAM_UPDATED: "stream_updated",
 }
 #: CAEP 1.0 §2 and §3.3.1 value sets.
 _INITIATING_ENTITIES = frozenset({"admin", "user", "policy", "system"})
 _CHANGE_TYPES = frozenset({"create", "revoke", "update", "delete"})
-#: RFC 9493 §3 formats we map to a user; others are "not a subject we know".
-_USER_FORMATS = frozenset({"iss_sub", "email", "opaque", "aliases", "complex"})
 
 #: RFC 8935 §2.4 error codes.
 INVALID_REQUEST = "invalid_request"
@@ -226,15 +226,15 @@ def _check_claims(config: IdPConfig, claims: Mapping[str, Any], *, now: int) -> 
         raise SetError(INVALID_REQUEST, "txn must be a string")
     event_type, event, types = _the_event(claims.get("events"))
     subject = claims.get("sub_id")
-    if subject is None and event_type != VERIFICATION:
+    if subject is None and event_type not in STREAM_EVENTS:
         subject = event.get("subject")  # SSF §3.1.1: existing CAEP/RISC events may
     if not isinstance(subject, dict) or not isinstance(subject.get("format"), str):
         raise SetError(INVALID_REQUEST, "sub_id is required: a subject identifier with a "
                        "format (SSF 3.1, RFC 9493)")
-    if event_type == VERIFICATION and (subject.get("format") != "opaque"
-                                       or not isinstance(subject.get("id"), str)):
-        raise SetError(INVALID_REQUEST, "a verification event's sub_id is opaque, the "
-                       "stream id (SSF 8.1.4.1)")
+    if event_type in STREAM_EVENTS and (subject.get("format") != "opaque"
+                                        or not isinstance(subject.get("id"), str)):
+        raise SetError(INVALID_REQUEST, "a stream event's sub_id is opaque, the stream id "
+                       "(SSF 8.1.4.1, 8.1.5)")
     return ReceivedSet(idp=config, jti=jti, iat=int(iat), txn=txn, event_type=event_type,
                        event=event, event_types=types, subject=subject)
 
@@ -280,7 +280,10 @@ def _check_event(event_type: str, event: Mapping[str, Any]) -> None:
     elif event_type == TOKEN_CLAIMS_CHANGE and (not isinstance(event.get("claims"), dict)
                                                 or not event["claims"]):
         raise fail("claims is required (an object)")
-    for name, event_of in (("reason", ACCOUNT_DISABLED), ("state", VERIFICATION)):
+    if event_type == STREAM_UPDATED and event.get("status") not in STREAM_STATUSES:
+        raise fail("status must be enabled, paused or disabled")
+    for name, event_of in (("reason", ACCOUNT_DISABLED), ("state", VERIFICATION),
+                           ("reason", STREAM_UPDATED)):
         if event_type == event_of and name in event and not isinstance(event[name], str):
             raise fail(f"{name} must be a string")
 
@@ -300,64 +303,21 @@ def spend(store: Store, received: ReceivedSet, *, now: int) -> str:
     return key
 
 
-# --- the subject -------------------------------------------------------------------------------
-
-
-def find_user(session: Session, config: IdPConfig, subject: Mapping[str, Any]
-              ) -> tuple[str | None, str]:
-    """SSF-08: our user for the SET's subject, among this IdP's users only; (None, why)
-    when there is not exactly one. `iss_sub` is matched exactly (issuer: the IdP's or its
-    transmitter's); `email`, `opaque` (its `id`) and each of `aliases` go through the
-    deprovisioning lookup (our id, the IdP's `sub` or the e-mail); `complex` by its `user`."""
-    fmt = subject.get("format")
-    if fmt not in _USER_FORMATS:
-        return None, "unsupported_subject"
-    if fmt == "complex":
-        user = subject.get("user")
-        if not isinstance(user, dict) or user.get("format") in ("complex", "aliases", None):
-            return None, "unsupported_subject"
-        return find_user(session, config, user)
-    if fmt == "aliases":
-        identifiers = subject.get("identifiers")
-        if not isinstance(identifiers, list) or not 0 < len(identifiers) <= MAX_EVENTS * 4:
-            return None, "unsupported_subject"
-        found = set()
-        for identifier in identifiers:
-            if isinstance(identifier, dict) and identifier.get("format") in (
-                    "iss_sub", "email", "opaque"):
-                user_id, why = find_user(session, config, identifier)
-                if why == "ambiguous_subject":
-                    return None, why
-                if user_id is not None:
-                    found.add(user_id)
-        if len(found) > 1:
-            return None, "ambiguous_subject"
-        return (found.pop(), "found") if found else (None, "unknown_subject")
-    if fmt == "iss_sub":
-        iss, sub = subject.get("iss"), subject.get("sub")
-        if not isinstance(sub, str) or iss not in (config.issuer, config.ssf_transmitter):
-            return None, "unknown_subject"
-        user_id = session.scalars(select(User.id).where(
-            User.idp_issuer == config.issuer, User.idp_subject == sub)).first()
-        return (user_id, "found") if user_id is not None else (None, "unknown_subject")
-    ref = subject.get("email" if fmt == "email" else "id")
-    if not isinstance(ref, str):
-        return None, "unknown_subject"
-    try:
-        return resolve_user(session, ref, issuer=config.issuer), "found"
-    except AmbiguousUserError:
-        return None, "ambiguous_subject"
-    except LookupError:
-        return None, "unknown_subject"
-
-
 # --- acting on it ------------------------------------------------------------------------------
 
 
+#: Acts on a verification or stream-updated event (authserver.ssf_streams.on_stream_event):
+#: fills the detail, returns the audit reason (None: done).
+StreamHook = Callable[[Services, ReceivedSet, dict[str, Any], int, "str | None"],
+                      "str | None"]
+
+
 def handle(services: Services, received: ReceivedSet, *, now: int,
-           correlation_id: str | None) -> dict[str, Any]:
+           correlation_id: str | None, on_stream_event: StreamHook | None = None
+           ) -> dict[str, Any]:
     """SSF-07: act on a verified, spent SET, then append its audit record. Returns the
-    record's detail. Raises SetError for a claim we cannot apply (token-claims-change)."""
+    record's detail. Raises SetError for a claim we cannot apply (token-claims-change).
+    Stream events go to `on_stream_event` (SSF-09/10); without it they change nothing."""
     s = services
     config = received.idp
     detail: dict[str, Any] = {"idp": config.name, "set_jti": received.jti,
@@ -368,9 +328,12 @@ def handle(services: Services, received: ReceivedSet, *, now: int,
     outcome, reason, user_id = "allowed", None, None
     if action is None:
         reason = "unsupported_event"
-    elif action == "verification":
+    elif action in ("verification", "stream_updated"):
         detail["stream_id"] = received.subject.get("id")
-        detail["state_present"] = "state" in received.event
+        if action == "verification":
+            detail["state_present"] = "state" in received.event
+        if on_stream_event is not None:
+            reason = on_stream_event(s, received, detail, now, correlation_id)
     else:
         with s.db.session() as session:
             user_id, why = find_user(session, config, received.subject)

@@ -1,7 +1,8 @@
 """The Shared Signals push endpoint: `POST /ssf/events/<idp>` (RFC 8935; docs/standards.md
 SSF-01..08), for IdPs with `ssf_audience`.
 
-The rules are authserver/ssf.py; this layer finds the IdP, checks the transmitter's bearer
+The rules are authserver/ssf.py and authserver/ssf_streams.py (a registered stream's
+status, SSF-10); this layer finds the IdP, checks the transmitter's bearer
 token when one is configured, reads the `application/secevent+jwt` body, and answers 202 with
 no body, or 400 with an RFC 8935 §2.3 error body. A refusal is counted and logged
 rate-limited, never audited (`authserver.audit.refused_unauthenticated`).
@@ -14,7 +15,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
-from authserver import ssf
+from authserver import ssf, ssf_streams
 from authserver.audit import refused_unauthenticated
 from authserver.observability import correlation_id
 
@@ -56,15 +57,9 @@ def push(idp: str) -> Response:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError as e:
         raise ssf.SetError(ssf.INVALID_REQUEST, "The body is not a compact JWS") from e
-    received = ssf.verify_set(provider, token, now=g.now)
     g.db.rollback()  # the receiver writes in transactions of its own
-    key = ssf.spend(services.store, received, now=g.now)
-    try:
-        ssf.handle(services, received, now=g.now, correlation_id=correlation_id())
-    except BaseException:
-        # Not acted on: the transmitter's retry must not be taken for a replay.
-        services.store.delete(key)
-        raise
+    # The one path of every SET, pushed or polled (authserver.ssf_poll uses it too).
+    ssf_streams.receive(services, provider, token, now=g.now, correlation_id=correlation_id())
     response = Response(status=202)
     response.headers["Cache-Control"] = "no-store"
     return response

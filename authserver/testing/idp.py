@@ -10,8 +10,9 @@ this process's memory.
 
 Test controls: `rotate_keys(keep_old=...)`, `mint_id_token(...)`, `mint_id_jag(...)` and
 `mint_set(...)` (a Shared Signals SET, as this IdP's transmitter would push it; any claim or
-header can be made wrong), `register_client(...)`, `allow_id_jag(...)`, a settable `clock`,
-and `jwks_requests` (how often the JWKS was fetched).
+header can be made wrong), `ssf` (its SSF transmitter: streams, verification, poll; see
+authserver/testing/ssf_transmitter.py), `register_client(...)`, `allow_id_jag(...)`, a
+settable `clock`, and `jwks_requests` (how often the JWKS was fetched).
 
 Cross-App Access (draft-ietf-oauth-identity-assertion-authz-grant §4.3): a client registered
 with `allow_id_jag(client, audience=..., client_id_there=...)` trades an ID token this IdP issued
@@ -40,6 +41,8 @@ from joserfc.jwk import ECKey, RSAKey
 from markupsafe import escape
 
 from authserver.testing.server import ServerThread
+from authserver.testing.ssf_transmitter import Transmitter
+from authserver.testing.ssf_transmitter import install as install_transmitter
 
 CODE_TTL = 60
 ID_TOKEN_TTL = 300
@@ -146,6 +149,8 @@ class IdP:
         self._clients: dict[str, _Client] = {}
         self._codes: dict[str, _Code] = {}
         self._access_tokens: dict[str, tuple[str, int]] = {}
+        #: Its Shared Signals transmitter (authserver/testing/ssf_transmitter.py).
+        self.ssf = Transmitter(self)
         self.app = self._build_app()
 
     # --- test controls -----------------------------------------------------------------------
@@ -596,6 +601,7 @@ class IdP:
                 }
             )
 
+        install_transmitter(app, idp.ssf)
         return app
 
 
