@@ -1,5 +1,5 @@
 """`authserver …` — serve, demo, db upgrade, keys rotate, kms rotate, clients, resources, users,
-audit, config, platforms, connections, conformance.
+audit, config, platforms, connections, ssf, conformance.
 
 Every command reads the same settings as the server (AUTHSERVER_* variables, AUTHSERVER_CONFIG)
 and prints JSON where it prints data, so scripts can consume it. One module per command group
@@ -23,6 +23,7 @@ from authserver.cli.resources import resources
 from authserver.cli.serve import serve
 from authserver.cli.suites import conformance, demo
 from authserver.cli.users import users
+from authserver.ssf_cli import ssf
 
 #: One help style everywhere: `-h` and `--help` (subcommands inherit it).
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
@@ -34,7 +35,7 @@ def main() -> None:
 
 
 for _command in (serve, db, keys, kms, clients, resources, users, audit, config, platforms,
-                 connections, conformance, demo):
+                 connections, conformance, demo, ssf):
     main.add_command(_command)
 
 
