@@ -17,7 +17,6 @@ audit records.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import uuid
@@ -25,20 +24,17 @@ from typing import Any
 
 import click
 
-from authserver.config import ConfigError, Settings
-
 
 def _services() -> Any:
-    from authserver.app import build_services
+    from authserver.cli.common import load_services
 
-    try:
-        return build_services(Settings.load())
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from e
+    return load_services()
 
 
 def _print(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+    from authserver.cli.common import print_json
+
+    print_json(value)
 
 
 def _token(name: str | None) -> str | None:
