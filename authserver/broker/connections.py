@@ -1,8 +1,8 @@
 """Users' downstream platform grants ("connections"), in one import: connecting
 (`broker.connect`), the stored rows and the pages' queries (`broker.records`), access tokens
 refreshed single-flight (`broker.refresh`, `broker.keepalive`) and disconnecting
-(`broker.revoke`). Each job lives in its own module; this one only names them for callers (the
-HTTP pages, the gateway, deprovisioning).
+(`broker.revoke`). Each job lives in its own module; this one only names the public ones for
+callers that use several (the connections pages, token exchange, the tests).
 """
 
 from __future__ import annotations
