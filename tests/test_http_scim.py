@@ -1,5 +1,6 @@
-"""SCIM 2.0 provisioning (RFC 7643 / RFC 7644 subset; docs/standards.md SCIM-01..05): the IdP
-creates, finds, updates and deactivates users at /scim/v2 with a bearer token of its own.
+"""SCIM 2.0 provisioning (RFC 7643 / RFC 7644 subset; docs/standards.md SCIM-01..07): the IdP
+creates, finds, updates and deactivates users (and groups, whose members' `groups` follow) at
+/scim/v2 with a bearer token of its own.
 `active=false` and DELETE deprovision exactly as `authserver users deprovision` does."""
 
 from __future__ import annotations
@@ -315,3 +316,130 @@ def test_patch_active_false_kills_tokens_on_another_instance(shared_stack: Stack
     assert call.status_code == 401
     assert stack.crm.stats["revoked"] == revoked_before + 1
     assert stack.crm.stats["active_grants"] == 0
+
+
+# --- Groups (SCIM-06/07) ------------------------------------------------------------------------
+
+GROUP_SCHEMA = "urn:ietf:params:scim:schemas:core:2.0:Group"
+
+
+def new_group(stack: Stack, name: str | None = None, members: list[str] | None = None,
+              **attrs: Any) -> dict[str, Any]:
+    body = {"schemas": [GROUP_SCHEMA], "displayName": name or f"g-{secrets.token_hex(4)}",
+            **({"members": [{"value": m} for m in members]} if members is not None else {}),
+            **attrs}
+    resp = scim(stack, "POST", "/Groups", json=body)
+    assert resp.status_code == 201, resp.text
+    assert resp.headers["Content-Type"].startswith(SCIM_JSON)
+    assert resp.headers["Location"] == resp.json()["meta"]["location"]
+    return resp.json()  # type: ignore[no-any-return]
+
+
+def groups_of(stack: Stack, user: dict[str, Any]) -> list[str]:
+    return list(our_user(stack, user["externalId"]).groups)
+
+
+def test_group_create_get_and_members_feed_the_users_groups(stack: Stack) -> None:
+    ann, ben = new_user(stack), new_user(stack)
+    group = new_group(stack, "Finance", [ann["id"]], externalId="okta-00g1")
+    assert group["schemas"] == [GROUP_SCHEMA] and group["displayName"] == "Finance"
+    assert group["externalId"] == "okta-00g1"
+    assert [m["value"] for m in group["members"]] == [ann["id"]]
+    assert group["members"][0]["display"] == ann["userName"]
+    assert group["meta"]["resourceType"] == "Group"
+    got = scim(stack, "GET", f"/Groups/{group['id']}")
+    assert got.status_code == 200 and got.json() == group
+    # What Cedar sees as principal.groups at the next exchange (claim_map's groups).
+    assert "Finance" in groups_of(stack, ann) and "Finance" not in groups_of(stack, ben)
+
+
+def test_group_patch_members_add_remove_rename(stack: Stack) -> None:
+    ann, ben = new_user(stack), new_user(stack)
+    group = new_group(stack, f"Sales-{secrets.token_hex(3)}")
+    path = f"/Groups/{group['id']}"
+
+    def patch(*ops: dict[str, Any]) -> requests.Response:
+        return scim(stack, "PATCH", path, json={"schemas": [PATCH_SCHEMA],
+                                                "Operations": list(ops)})
+
+    added = patch({"op": "add", "path": "members",
+                   "value": [{"value": ann["id"]}, {"value": ben["id"]}]})
+    assert added.status_code == 200, added.text
+    assert {m["value"] for m in added.json()["members"]} == {ann["id"], ben["id"]}
+    assert group["displayName"] in groups_of(stack, ben)
+    # Okta's remove, then Entra ID's (a value list), then a rename.
+    removed = patch({"op": "remove", "path": f'members[value eq "{ann["id"]}"]'})
+    assert [m["value"] for m in removed.json()["members"]] == [ben["id"]]
+    assert group["displayName"] not in groups_of(stack, ann)
+    renamed = patch({"op": "Replace", "path": "displayName", "value": group["displayName"] + "X"})
+    assert renamed.json()["displayName"] == group["displayName"] + "X"
+    assert group["displayName"] + "X" in groups_of(stack, ben)
+    assert group["displayName"] not in groups_of(stack, ben)
+    gone = patch({"op": "Remove", "path": "members", "value": [{"value": ben["id"]}]})
+    assert gone.json()["members"] == []
+    assert group["displayName"] + "X" not in groups_of(stack, ben)
+
+
+def test_group_put_replaces_and_delete_removes(stack: Stack) -> None:
+    ann, ben = new_user(stack), new_user(stack)
+    group = new_group(stack, f"Ops-{secrets.token_hex(3)}", [ann["id"]])
+    put = scim(stack, "PUT", f"/Groups/{group['id']}", json={
+        "schemas": [GROUP_SCHEMA], "displayName": group["displayName"],
+        "members": [{"value": ben["id"]}]})
+    assert put.status_code == 200 and [m["value"] for m in put.json()["members"]] == [ben["id"]]
+    assert "externalId" not in put.json()
+    assert group["displayName"] not in groups_of(stack, ann)
+    assert group["displayName"] in groups_of(stack, ben)
+    deleted = scim(stack, "DELETE", f"/Groups/{group['id']}")
+    assert deleted.status_code == 204 and deleted.content == b""
+    assert group["displayName"] not in groups_of(stack, ben)
+    assert_scim_error(scim(stack, "GET", f"/Groups/{group['id']}"), 404)
+
+
+def test_group_filter_and_list(stack: Stack) -> None:
+    name = f"Legal-{secrets.token_hex(3)}"
+    group = new_group(stack, name)
+    found = scim(stack, "GET", "/Groups", params={"filter": f'displayName eq "{name.upper()}"'})
+    assert found.status_code == 200
+    body = found.json()
+    assert body["schemas"] == [LIST_SCHEMA] and body["totalResults"] == 1
+    assert body["Resources"][0]["id"] == group["id"]
+    none = scim(stack, "GET", "/Groups", params={"filter": 'externalId eq "nope"'})
+    assert none.json()["totalResults"] == 0
+    assert_scim_error(scim(stack, "GET", "/Groups", params={"filter": 'members co "x"'}), 400,
+                      "invalidFilter")
+
+
+def test_group_refusals(stack: Stack) -> None:
+    group = new_group(stack, f"Dup-{secrets.token_hex(3)}")
+    body = {"schemas": [GROUP_SCHEMA], "displayName": group["displayName"].lower()}
+    assert_scim_error(scim(stack, "POST", "/Groups", json=body), 409, "uniqueness")
+    assert_scim_error(scim(stack, "POST", "/Groups", json={"displayName": "x"}), 400,
+                      "invalidSyntax")
+    assert_scim_error(scim(stack, "POST", "/Groups", json={
+        "schemas": [GROUP_SCHEMA], "displayName": ""}), 400, "invalidValue")
+    assert_scim_error(scim(stack, "POST", "/Groups", json={
+        "schemas": [GROUP_SCHEMA], "displayName": "ghosts",
+        "members": [{"value": "not-a-user-of-this-idp"}]}), 400, "invalidValue")
+    assert_scim_error(scim(stack, "PATCH", f"/Groups/{group['id']}", json={
+        "schemas": [PATCH_SCHEMA], "Operations": [{"op": "replace", "path": "owner",
+                                                   "value": "x"}]}), 400, "invalidPath")
+    assert_scim_error(scim(stack, "GET", "/Groups/" + "0" * 32), 404)
+    resp = scim(stack, "GET", f"/Groups/{group['id']}", token="wrong")
+    assert_scim_error(resp, 401)
+    assert resp.headers["WWW-Authenticate"] == 'Bearer realm="scim"'
+    # Nothing of the refused requests was kept.
+    assert scim(stack, "GET", "/Groups", params={"filter": 'displayName eq "ghosts"'}
+                ).json()["totalResults"] == 0
+
+
+def test_group_changes_are_audited(stack: Stack) -> None:
+    from tests.stack import correlation
+
+    cid = correlation()
+    resp = scim(stack, "POST", "/Groups", headers={"X-Request-ID": cid}, json={
+        "schemas": [GROUP_SCHEMA], "displayName": f"Audit-{secrets.token_hex(3)}"})
+    assert resp.status_code == 201
+    [record] = stack.audit_for(cid)
+    assert record["event"] == "scim_group" and record["outcome"] == "allowed"
+    assert record["detail"]["action"] == "create" and record["detail"]["idp"] == "corp"

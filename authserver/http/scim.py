@@ -1,7 +1,8 @@
-"""SCIM 2.0 endpoints at /scim/v2 (RFC 7644 §3, §4; docs/standards.md SCIM-01..05), for IdPs
+"""SCIM 2.0 endpoints at /scim/v2 (RFC 7644 §3, §4; docs/standards.md SCIM-01..07), for IdPs
 with `scim_token_sha256`.
 
-The rules are in authserver/scim.py; this layer authenticates the IdP, parses JSON, answers
+The rules are in authserver/scim.py (Users) and authserver/scim_groups.py (Groups); this
+layer authenticates the IdP, parses JSON, answers
 `application/scim+json`, renders every error as a SCIM error body (RFC 7644 §3.12), and runs
 deprovisioning through authserver.deprovisioning.
 """
@@ -13,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
-from authserver import scim
+from authserver import scim, scim_groups
 from authserver.audit import AuditRecord
 from authserver.identity.federation import IdPConfig
 from authserver.observability import correlation_id
@@ -191,4 +192,71 @@ def delete_user(scim_id: str) -> Response:
     g.db.flush()
     # Our user stays (deprovisioned: the audit trail names them); the SCIM resource is gone.
     _apply_active(user_id, False, was_active)
+    return Response(status=204)
+
+
+# --- Groups (SCIM-06/07) ---------------------------------------------------------------------
+
+
+def _audit_group(action: str, group_id: str) -> None:
+    _services().audit.append(g.db, AuditRecord(
+        event="scim_group", outcome="allowed", correlation_id=correlation_id(),
+        detail={"action": action, "idp": _idp().name, "scim_id": group_id}), now=g.now)
+
+
+def _group(group_id: str) -> dict[str, Any]:
+    g.db.flush()
+    return scim_groups.to_resource(g.db, scim_groups.get_group(g.db, _idp(), group_id),
+                                   _base_url())
+
+
+@bp.post("/Groups")
+def create_group() -> Response:
+    group = scim_groups.create_group(g.db, _idp(), scim_groups.parse_group(_body()), now=g.now)
+    group_id = group.id
+    _audit_group("create", group_id)
+    resource = _group(group_id)
+    return _answer(resource, 201, {"Location": resource["meta"]["location"]})
+
+
+@bp.get("/Groups")
+def list_groups() -> Response:
+    start = request.args.get("startIndex", 1, type=int) or 1
+    count = request.args.get("count", scim.MAX_PAGE, type=int)
+    total, rows = scim_groups.list_groups(
+        g.db, _idp(), filter_=request.args.get("filter"), start_index=start,
+        count=scim.MAX_PAGE if count is None else count)
+    resources = [scim_groups.to_resource(g.db, r, _base_url()) for r in rows]
+    return _answer({"schemas": [scim.LIST_SCHEMA], "totalResults": total,
+                    "startIndex": max(start, 1), "itemsPerPage": len(resources),
+                    "Resources": resources})
+
+
+@bp.get("/Groups/<group_id>")
+def get_group(group_id: str) -> Response:
+    return _answer(_group(group_id))
+
+
+@bp.put("/Groups/<group_id>")
+def replace_group(group_id: str) -> Response:
+    data = scim_groups.parse_group(_body())
+    scim_groups.replace_group(g.db, _idp(), scim_groups.get_group(g.db, _idp(), group_id),
+                              data, now=g.now)
+    _audit_group("replace", group_id)
+    return _answer(_group(group_id))
+
+
+@bp.patch("/Groups/<group_id>")
+def patch_group(group_id: str) -> Response:
+    body = _body()
+    scim_groups.patch_group(g.db, _idp(), scim_groups.get_group(g.db, _idp(), group_id), body,
+                            now=g.now)
+    _audit_group("patch", group_id)
+    return _answer(_group(group_id))
+
+
+@bp.delete("/Groups/<group_id>")
+def delete_group(group_id: str) -> Response:
+    scim_groups.delete_group(g.db, scim_groups.get_group(g.db, _idp(), group_id))
+    _audit_group("delete", group_id)
     return Response(status=204)

@@ -21,7 +21,7 @@ from authserver.models.oauth import (
     User,
 )
 from authserver.models.resources import ResourceServer
-from authserver.models.scim import ScimUser
+from authserver.models.scim import ScimGroup, ScimGroupMember, ScimUser
 from authserver.models.ssf import SsfStream
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "RefreshToken",
     "ResourceServer",
     "RevokedToken",
+    "ScimGroup",
+    "ScimGroupMember",
     "ScimUser",
     "SigningKey",
     "SsfStream",

@@ -30,3 +30,32 @@ class ScimUser(Base):
     display_name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ScimGroup(Base):
+    """A SCIM group (RFC 7643 §4.2) an IdP provisioned; `displayName` unique per IdP
+    (case-insensitive, like userName). Its members' `users.groups` carry the name."""
+
+    __tablename__ = "scim_groups"
+    __table_args__ = (
+        UniqueConstraint("idp", "display_name_key", name="uq_scim_groups_display_name"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    idp: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(255))
+    display_name_key: Mapped[str] = mapped_column(String(255))
+    external_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ScimGroupMember(Base):
+    """One member (a SCIM user of the same IdP) of one SCIM group."""
+
+    __tablename__ = "scim_group_members"
+
+    group_id: Mapped[str] = mapped_column(
+        ForeignKey("scim_groups.id", ondelete="CASCADE"), primary_key=True)
+    scim_user_id: Mapped[str] = mapped_column(
+        ForeignKey("scim_users.id", ondelete="CASCADE"), primary_key=True)
