@@ -10,7 +10,8 @@ user who signed in first is linked, not duplicated.
 `active=false` and DELETE deprovision through authserver.deprovisioning (the CLI's and the
 admin API's path: epoch in the database and the shared store, sessions ended, downstream
 grants revoked at each platform); `active=true` re-enables sign-in, and nothing issued before
-comes back. No Flask here; every function takes the session and `now`.
+comes back. No Flask here; every function takes the session and `now`. Groups are
+authserver/scim_groups.py, the discovery documents authserver/scim_discovery.py.
 """
 
 from __future__ import annotations
@@ -272,57 +273,6 @@ def patch_user(session: Session, config: IdPConfig, row: ScimUser, user: User, b
     row.updated_at = now
     session.flush()
     return active
-
-
-# --- discovery (RFC 7644 §4) ---------------------------------------------------------------------
-
-
-def service_provider_config(base_url: str) -> dict[str, Any]:
-    return {
-        "schemas": [SPC_SCHEMA],
-        "documentationUri": "https://datatracker.ietf.org/doc/html/rfc7644",
-        "patch": {"supported": True},
-        "bulk": {"supported": False, "maxOperations": 0, "maxPayloadSize": 0},
-        "filter": {"supported": True, "maxResults": MAX_PAGE},
-        "changePassword": {"supported": False},
-        "sort": {"supported": False},
-        "etag": {"supported": False},
-        "authenticationSchemes": [{
-            "type": "oauthbearertoken", "name": "Bearer token",
-            "description": "The IdP's SCIM token (Authorization: Bearer)", "primary": True,
-        }],
-        "meta": {"resourceType": "ServiceProviderConfig",
-                 "location": f"{base_url}/ServiceProviderConfig"},
-    }
-
-
-def resource_types(base_url: str) -> list[dict[str, Any]]:
-    return [{"schemas": [RESOURCE_TYPE_SCHEMA], "id": "User", "name": "User",
-             "endpoint": "/Users", "description": "User Account", "schema": USER_SCHEMA,
-             "meta": {"resourceType": "ResourceType",
-                      "location": f"{base_url}/ResourceTypes/User"}}]
-
-
-def schemas(base_url: str) -> list[dict[str, Any]]:
-    def attr(name: str, type_: str = "string", **kw: Any) -> dict[str, Any]:
-        return {"name": name, "type": type_, "multiValued": False, "required": False,
-                "caseExact": False, "mutability": "readWrite", "returned": "default",
-                "uniqueness": "none", **kw}
-
-    return [{
-        "schemas": [SCHEMA_SCHEMA], "id": USER_SCHEMA, "name": "User",
-        "description": "User Account (the attributes this server stores)",
-        "attributes": [
-            attr("userName", required=True, uniqueness="server"),
-            attr("externalId", caseExact=True),
-            attr("name", "complex", subAttributes=[attr("formatted")]),
-            attr("displayName"),
-            attr("emails", "complex", multiValued=True, subAttributes=[
-                attr("value"), attr("type"), attr("primary", "boolean")]),
-            attr("active", "boolean"),
-        ],
-        "meta": {"resourceType": "Schema", "location": f"{base_url}/Schemas/{USER_SCHEMA}"},
-    }]
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -128,13 +128,17 @@ def test_service_provider_config(stack: Stack) -> None:
 
 def test_resource_types_and_schemas(stack: Stack) -> None:
     types = scim(stack, "GET", "/ResourceTypes").json()
-    assert [t["id"] for t in types["Resources"]] == ["User"]
+    assert [t["id"] for t in types["Resources"]] == ["User", "Group"]
     assert types["Resources"][0]["schema"] == USER_SCHEMA
+    assert types["Resources"][1]["schema"] == "urn:ietf:params:scim:schemas:core:2.0:Group"
+    assert scim(stack, "GET", "/ResourceTypes/Group").json()["endpoint"] == "/Groups"
     schemas = scim(stack, "GET", "/Schemas").json()
     [user] = [s for s in schemas["Resources"] if s["id"] == USER_SCHEMA]
     names = {a["name"] for a in user["attributes"]}
     assert {"userName", "name", "displayName", "emails", "active"} <= names
     assert scim(stack, "GET", "/Schemas/" + USER_SCHEMA).json()["id"] == USER_SCHEMA
+    group = scim(stack, "GET", "/Schemas/urn:ietf:params:scim:schemas:core:2.0:Group").json()
+    assert {a["name"] for a in group["attributes"]} == {"displayName", "externalId", "members"}
 
 
 # --- users --------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 from flask import Blueprint, Response, current_app, g, request
 
-from authserver import scim, scim_groups
+from authserver import scim, scim_discovery, scim_groups
 from authserver.audit import AuditRecord
 from authserver.identity.federation import IdPConfig
 from authserver.observability import correlation_id
@@ -103,31 +103,41 @@ def _resource(scim_id: str) -> dict[str, Any]:
 
 @bp.get("/ServiceProviderConfig")
 def service_provider_config() -> Response:
-    return _answer(scim.service_provider_config(_base_url()))
+    return _answer(scim_discovery.service_provider_config(_base_url()))
 
 
 @bp.get("/ResourceTypes")
 def resource_types() -> Response:
-    types = scim.resource_types(_base_url())
+    types = scim_discovery.resource_types(_base_url())
     return _answer({"schemas": [scim.LIST_SCHEMA], "totalResults": len(types),
                     "Resources": types, "startIndex": 1, "itemsPerPage": len(types)})
 
 
 @bp.get("/ResourceTypes/User")
 def resource_type_user() -> Response:
-    return _answer(scim.resource_types(_base_url())[0])
+    return _answer(scim_discovery.resource_types(_base_url())[0])
+
+
+@bp.get("/ResourceTypes/Group")
+def resource_type_group() -> Response:
+    return _answer(scim_discovery.resource_types(_base_url())[1])
 
 
 @bp.get("/Schemas")
 def schemas() -> Response:
-    found = scim.schemas(_base_url())
+    found = scim_discovery.schemas(_base_url())
     return _answer({"schemas": [scim.LIST_SCHEMA], "totalResults": len(found),
                     "Resources": found, "startIndex": 1, "itemsPerPage": len(found)})
 
 
 @bp.get(f"/Schemas/{scim.USER_SCHEMA}")
 def schema_user() -> Response:
-    return _answer(scim.schemas(_base_url())[0])
+    return _answer(scim_discovery.schemas(_base_url())[0])
+
+
+@bp.get(f"/Schemas/{scim_groups.GROUP_SCHEMA}")
+def schema_group() -> Response:
+    return _answer(scim_discovery.schemas(_base_url())[1])
 
 
 @bp.post("/Users")
