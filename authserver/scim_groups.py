@@ -9,8 +9,9 @@ members are that IdP's SCIM users only (another's ids are `invalidValue`).
 Membership feeds policy as the sign-in `groups` claim does: each member's `users.groups` (the
 list Cedar sees as `principal.groups` at the next exchange) gains the group's display name
 when they join, loses it when they leave or the group is deleted, and follows a rename. The
-IdP speaks for the same attribute at sign-in (`claim_map` groups), so the latest word of
-either wins. No Flask here; every function takes the session and `now`.
+IdP speaks for the same attribute in its tokens (`claim_map` groups: sign-in, edge mint and
+ID-JAG set it from the claim, empty without one), so the latest word of either wins. No
+Flask here; every function takes the session and `now`.
 """
 
 from __future__ import annotations
