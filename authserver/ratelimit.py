@@ -1,9 +1,10 @@
 """Rate limits per (user, action class) and per agent (docs/standards.md A3: 429).
 
-Sliding-window counters in the shared store (`Store.incr`/`get` on fixed windows, the
-previous one weighted), so every worker and host sees one budget and a burst across a window
-boundary is still limited. A request over any limit raises `RateLimitedError` (429
-`rate_limited`, `Retry-After` = seconds until the request would fit).
+Sliding-window counters in the shared store (fixed windows, the previous one weighted), so
+every worker and host sees one budget and a burst across a window boundary is still limited.
+A budget's spend is one `Store.incr_with_previous` (one Redis round trip). A request over any
+limit raises `RateLimitedError` (429 `rate_limited`, `Retry-After` = seconds until the request
+would fit).
 Store failures propagate as `StoreUnavailableError` (503): no store, no token.
 
 Action classes follow Part A1: *read*, *write*, *destructive*. A destructive action is also a
@@ -109,8 +110,8 @@ class RateLimiter:
         windows would let 2 x limit through around a boundary.
         """
         index, elapsed = divmod(now, rule.window)
-        current = self.store.incr(f"{key}:{index}", ttl=2 * rule.window)
-        previous = int(self.store.get(f"{key}:{index - 1}") or 0)
+        current, previous = self.store.incr_with_previous(
+            f"{key}:{index}", f"{key}:{index - 1}", ttl=2 * rule.window)
         remaining = rule.window - elapsed
         limit, window = rule.limit, rule.window
         if current * window + previous * remaining <= limit * window:

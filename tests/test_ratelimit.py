@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +15,7 @@ import redis
 from authserver.errors import RateLimitedError
 from authserver.ratelimit import DEFAULT_LIMITS, RateLimit, RateLimiter
 from authserver.store import Store, StoreUnavailableError
+from authserver.store.memory import MemoryStore
 from authserver.store.redis import RedisStore
 
 REDIS_URL = os.environ.get("AUTHSERVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -175,6 +177,82 @@ def test_unknown_action_class_is_rejected(store: Store, user: str) -> None:
     with pytest.raises(ValueError):
         RateLimiter(store).check(user_id=user, agent_id="a", action_class="delete",
                                  now=WINDOW_START)
+
+
+# --- the store's one-step spend (Store.incr_with_previous) -----------------------------------
+
+
+def test_incr_with_previous_counts_this_window_and_reads_the_last(store: Store) -> None:
+    key = f"rl:test:{{{uuid.uuid4().hex}}}"
+    assert store.incr_with_previous(f"{key}:7", f"{key}:6", ttl=120) == (1, 0)
+    assert store.incr_with_previous(f"{key}:7", f"{key}:6", ttl=120) == (2, 0)
+    # The next window: its own count from 1, the last one's as it was (not spent again).
+    assert store.incr_with_previous(f"{key}:8", f"{key}:7", ttl=120) == (1, 2)
+    assert store.incr_with_previous(f"{key}:8", f"{key}:7", ttl=120) == (2, 2)
+    assert store.get(f"{key}:7") == "2" and store.get(f"{key}:8") == "2"
+
+
+def test_incr_with_previous_expires_ttl_after_the_first_increment() -> None:
+    t = [1000.0]
+    store = MemoryStore(clock=lambda: t[0])
+    assert store.incr_with_previous("rl:x:{s}:1", "rl:x:{s}:0", ttl=10) == (1, 0)
+    t[0] += 9
+    assert store.incr_with_previous("rl:x:{s}:1", "rl:x:{s}:0", ttl=10) == (2, 0)
+    assert store.incr_with_previous("rl:x:{s}:2", "rl:x:{s}:1", ttl=10) == (1, 2)
+    t[0] += 1  # 10 s after the first increment of window 1, not after its last
+    assert store.incr_with_previous("rl:x:{s}:2", "rl:x:{s}:1", ttl=10) == (2, 0)
+
+
+def test_redis_incr_with_previous_sets_the_expiry_once() -> None:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    prefix = f"test:{uuid.uuid4().hex}:"
+    store = RedisStore(client, prefix=prefix)
+    try:
+        store.incr_with_previous("rl:x:{s}:1", "rl:x:{s}:0", ttl=100)
+        client.expire(prefix + "rl:x:{s}:1", 50)
+        store.incr_with_previous("rl:x:{s}:1", "rl:x:{s}:0", ttl=100)
+        assert 0 < client.ttl(prefix + "rl:x:{s}:1") <= 50
+        assert client.ttl(prefix + "rl:x:{s}:0") == -2  # the read creates nothing
+    finally:
+        client.delete(prefix + "rl:x:{s}:1")
+        client.close()
+
+
+def test_memory_incr_with_previous_is_thread_safe() -> None:
+    store = MemoryStore()
+    seen: list[int] = []
+
+    def spend() -> None:
+        for _ in range(500):
+            seen.append(store.incr_with_previous("rl:x:{s}:1", "rl:x:{s}:0", ttl=60)[0])
+
+    threads = [threading.Thread(target=spend) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(seen) == list(range(1, 8 * 500 + 1))
+
+
+def test_a_spend_is_one_redis_round_trip(user: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    limiter = RateLimiter(RedisStore(client, prefix=f"test:{uuid.uuid4().hex}:"), SMALL)
+    limiter.hit("token", user, now=WINDOW_START)  # loads the script (once per server)
+    sent: list[object] = []
+    send = redis.connection.Connection.send_command
+
+    def counting(self: redis.connection.Connection, *args: object, **kw: object) -> None:
+        sent.append(args[0])
+        send(self, *args, **kw)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_command", counting)
+    limiter.hit("token", user, now=WINDOW_START + 60)
+    assert sent == ["EVALSHA"]
+    sent.clear()
+    limiter.check(user_id=user, agent_id="a", action_class="destructive", now=WINDOW_START)
+    assert sent == ["EVALSHA"] * 3  # destructive, write, agent
+    monkeypatch.undo()
+    client.close()
 
 
 # --- configuration ---------------------------------------------------------------------------

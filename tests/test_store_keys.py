@@ -7,6 +7,8 @@ import importlib.util
 import inspect
 import json
 
+from redis.crc import key_slot
+
 from authserver import clients, dpop
 from authserver.identity import federation, login, users
 from authserver.store import keys
@@ -40,7 +42,7 @@ def test_each_builder_spells_its_registered_family():
         assert family in keys.FAMILIES
         assert key.startswith(family + ":"), key
     assert keys.rate_request("login", "alice").startswith("rl:login:")
-    assert keys.rate_agent("cli_a:b") == "rl:agent:cli_a%3Ab"
+    assert keys.rate_agent("cli_a:b") == "rl:agent:{cli_a%3Ab}"
 
 
 def test_user_ids_are_never_written_in_clear():
@@ -88,3 +90,16 @@ def test_identity_keys_are_built_here_and_keep_their_values():
     assert keys.client_assertion("cli_a", "j") == \
         "client-assertion:" + sha(json.dumps(["cli_a", "j"]))
     assert keys.user_epoch(USER) == users.EPOCH_KEY_PREFIX + sha(USER)
+
+
+def test_a_rate_budgets_windows_share_one_cluster_slot():
+    """authserver.ratelimit spends a window and reads the last in one Redis script: Redis
+    Cluster refuses a script whose keys hash to different slots. The subject is the tag."""
+    for key in (keys.rate_request("token", "cli_a"), keys.rate_user("write", USER),
+                keys.rate_agent("cli_{a}:b"), keys.rate_agent("}{")):
+        prefixed = "authserver:" + key
+        assert key.count("{") == key.count("}") == 1 and key.endswith("}"), key
+        assert key_slot(f"{prefixed}:41".encode()) == key_slot(f"{prefixed}:42".encode())
+    # Different subjects are spread over slots, not all in one.
+    assert len({key_slot(keys.rate_request("token", f"cli_{i}").encode())
+                for i in range(20)}) > 1

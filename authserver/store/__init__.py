@@ -34,6 +34,15 @@ class Store(Protocol):
         """Increment a counter that expires `ttl` seconds after its first increment."""
         ...
 
+    def incr_with_previous(self, key: str, previous: str, ttl: int) -> tuple[int, int]:
+        """`incr(key, ttl)` and the counter `previous` (0 if absent), in one atomic step.
+
+        A sliding window's spend (authserver.ratelimit): this window's count and the last
+        one's in one round trip. Both keys must share a Redis Cluster hash slot (one `{…}`
+        hash tag, authserver/store/keys.py).
+        """
+        ...
+
     def get(self, key: str) -> str | None: ...
 
     def set(self, key: str, value: str, ttl: int | None = None) -> None: ...

@@ -12,7 +12,9 @@ places these keys are spelled; a few owners still spell theirs (`SPELLED_BY_OWNE
 same prefixes (tests/test_store_keys.py holds them to it). A family's owner may add a suffix
 to a built key for the same entry's parts (a rate window's index, a connect state's `:used`
 marker). The Redis store prefixes every key with its namespace, and spells its lock and
-fencing-counter keys with `lock()` and `fence()`.
+fencing-counter keys with `lock()` and `fence()`. Keys one Redis script touches together carry
+one `{…}` hash tag (Redis Cluster hashes only it, so they share a slot): a rate budget's
+windows, read and written in one script, are `rl:…:{<subject>}:<index>`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ FAMILIES: dict[str, KeyFamily] = {
                                  "could not store)", "until stored, at most 1 day"),
     "conn-epoch": KeyFamily("broker.revoke (disconnect kills capability tokens)", "30 days"),
     "capability-writes": KeyFamily("gateway (a capability token's write budget)", "its lifetime"),
-    "rl": KeyFamily("ratelimit (sliding windows)", "2 x the window"),
+    "rl": KeyFamily("ratelimit (sliding windows; the subject is the hash tag)", "2 x the window"),
     "session": KeyFamily("sessions (server-side browser sessions)", "SESSION_TTL"),
     "session-gen": KeyFamily("sessions (sign out everywhere)", "none"),
     "dpop": KeyFamily("dpop (DPOP-12 proof replay, `dpop:jti:`)", "the proof window"),
@@ -104,16 +106,20 @@ def capability_writes(jti: str) -> str:
 
 
 def rate_request(name: str, subject: str) -> str:
-    """A front-door budget (`name`) of a username, a client address or a client id."""
-    return f"rl:{name}:{hashed(subject)}"
+    """A front-door budget (`name`) of a username, a client address or a client id.
+
+    The rate keys end in a `{…}` hash tag: a budget's windows (the limiter appends `:<index>`)
+    share a Redis Cluster slot, so one script spends this window and reads the last."""
+    return f"rl:{name}:{{{hashed(subject)}}}"
 
 
 def rate_user(budget: str, user_id: str) -> str:
-    return f"rl:user:{budget}:{hashed(user_id)}"
+    return f"rl:user:{budget}:{{{hashed(user_id)}}}"
 
 
 def rate_agent(agent_id: str) -> str:
-    return f"rl:agent:{_client(agent_id)}"
+    # `_client` percent-encodes "{" and "}": an id cannot end the hash tag early.
+    return f"rl:agent:{{{_client(agent_id)}}}"
 
 
 def session(sid: str) -> str:

@@ -44,13 +44,21 @@ class MemoryStore:
 
     def incr(self, key: str, ttl: int) -> int:
         with self._mutex:
-            current = self._live(key)
-            if current is None:
-                self._data[key] = ("1", self._clock() + ttl)
-                return 1
-            value = int(current) + 1
-            self._data[key] = (str(value), self._data[key][1])
-            return value
+            return self._incr(key, ttl)
+
+    def incr_with_previous(self, key: str, previous: str, ttl: int) -> tuple[int, int]:
+        with self._mutex:
+            return self._incr(key, ttl), int(self._live(previous) or 0)
+
+    def _incr(self, key: str, ttl: int) -> int:
+        """`incr` under the held mutex."""
+        current = self._live(key)
+        if current is None:
+            self._data[key] = ("1", self._clock() + ttl)
+            return 1
+        value = int(current) + 1
+        self._data[key] = (str(value), self._data[key][1])
+        return value
 
     def get(self, key: str) -> str | None:
         with self._mutex:

@@ -1,7 +1,9 @@
 """Redis-backed store, shared by every worker and host of a deployment.
 
-Atomic primitives only: `SET NX EX` for replay entries, a Lua INCR+EXPIRE for windows,
-redis-py's `Lock` (token-checked release) plus an INCR fencing counter for locks.
+Atomic primitives only: `SET NX EX` for replay entries, a Lua INCR+EXPIRE for counters (with
+the previous window's GET in the same script for rate windows: one round trip per spend),
+redis-py's `Lock` (token-checked release) plus an INCR fencing counter for locks. Scripts run
+on `self._r`, the one client every command uses.
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return n
 """
 
+#: KEYS[1] this window's counter, KEYS[2] the previous window's (same hash slot).
+_INCR_WITH_PREVIOUS = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return {n, tonumber(redis.call('GET', KEYS[2])) or 0}
+"""
+
 
 class RedisStore:
     single_process = False
@@ -31,6 +40,7 @@ class RedisStore:
         self._r = client
         self._prefix = prefix
         self._incr = client.register_script(_INCR_WITH_TTL)
+        self._incr_with_previous = client.register_script(_INCR_WITH_PREVIOUS)
 
     @classmethod
     def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> RedisStore:
@@ -49,9 +59,19 @@ class RedisStore:
 
     def incr(self, key: str, ttl: int) -> int:
         try:
-            return int(self._incr(keys=[self._prefix + key], args=[max(1, int(ttl))]))
+            return int(self._incr(keys=[self._prefix + key], args=[max(1, int(ttl))],
+                                  client=self._r))
         except RedisError as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+
+    def incr_with_previous(self, key: str, previous: str, ttl: int) -> tuple[int, int]:
+        try:
+            current, before = self._incr_with_previous(
+                keys=[self._prefix + key, self._prefix + previous], args=[max(1, int(ttl))],
+                client=self._r)
+        except RedisError as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+        return int(current), int(before)
 
     def get(self, key: str) -> str | None:
         try:
