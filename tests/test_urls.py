@@ -109,6 +109,20 @@ def test_an_uppercase_https_issuer_gets_secure_cookies(tmp_path: Path):
         app.extensions["authserver"].db.engine.dispose()
 
 
+def test_an_uppercase_https_issuer_still_requires_https_idps(tmp_path: Path):
+    # The configuration's "with an https issuer, every IdP URL is https" check used
+    # `startswith("https://")`, so "HTTPS://..." let a plain-http IdP through.
+    config = tmp_path / "authserver.toml"
+    config.write_text('issuer = "HTTPS://auth.example.com"\n[idps.corp]\n'
+                      'issuer = "http://127.0.0.1:9000"\nclient_id = "a"\nclient_secret = "b"\n')
+    with pytest.raises(ValueError, match="must be https when the issuer is https"):
+        Settings.load(environ={"AUTHSERVER_CONFIG": str(config)})
+    config.write_text('issuer = "https://auth.example.com"\n[idps.corp]\n'
+                      'issuer = "HTTPS://idp.example.com"\nclient_id = "a"\nclient_secret = "b"\n')
+    assert Settings.load(environ={"AUTHSERVER_CONFIG": str(config)}).idps["corp"]["client_id"] \
+        == "a"
+
+
 @pytest.mark.parametrize("url", ["http://localhost.example.com/jwks",
                                  "http://127.0.0.1.example.com/jwks"])
 def test_the_fetcher_applies_the_same_loopback_rule(url):

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from authserver.config.spec import ConfigError, check_value, kind_of
 from authserver.config.windows import MAX_RATE_LIMIT_WINDOW
+from authserver.urls import is_https_url
 
 if TYPE_CHECKING:
     from authserver.config.settings import Settings
@@ -120,14 +121,14 @@ def _check_tables(settings: Settings, labels: Mapping[str, str]) -> None:
             return f"`{path}` in {label.split(' in ', 1)[1]}"
         return path if label == name else f"{label} ({path})"
 
-    https = settings.issuer.startswith("https://")
+    https = is_https_url(settings.issuer)
     for table, build in (("idps", IdPConfig.from_settings), ("platforms", Platform.from_settings)):
         for entry, mapping in getattr(settings, table).items():
             if not isinstance(mapping, Mapping):
                 raise ConfigError(f"{where(table, f'{table}.{entry}')}: must be a table")
             for key in _TABLE_URLS[table]:
                 url = mapping.get(key)
-                if https and url is not None and not str(url).startswith("https://"):
+                if https and url is not None and not is_https_url(str(url)):
                     raise ConfigError(f"{where(table, f'{table}.{entry}.{key}')}: must be https "
                                       f"when the issuer is https, got {url!r}")
             try:
