@@ -178,6 +178,33 @@ def test_single_string_group_becomes_a_list(db: Database, now: int) -> None:
             "sales"]
 
 
+def test_groups_source_scim_leaves_groups_to_scim(db: Database, now: int) -> None:
+    # SCIM Groups membership is the IdP's word: a later token with another groups claim (or
+    # none) does not reset what SCIM set.
+    config = IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s",
+                       default_tenant="acme", scim_token_sha256="0" * 64,
+                       groups_source="scim")
+    with db.session() as session:
+        user = provision_user(session, config, _claims(groups=["sales"]), now=now)
+        assert user.groups == []  # a new user: groups arrive through SCIM only
+        user.groups = ["engineering"]
+        session.flush()
+        again = provision_user(session, config, _claims(groups=["sales"]), now=now)
+        assert again.groups == ["engineering"]
+
+
+def test_groups_source_must_be_token_or_scim() -> None:
+    with pytest.raises(ValueError, match="groups_source must be token or scim"):
+        IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s",
+                  groups_source="ldap")
+
+
+def test_groups_source_scim_needs_scim() -> None:
+    with pytest.raises(ValueError, match="needs scim_token_sha256"):
+        IdPConfig(name="corp", issuer=ISSUER, client_id="rp", client_secret="s",
+                  groups_source="scim")
+
+
 def test_malformed_groups_claim(db: Database, now: int) -> None:
     with db.session() as session, pytest.raises(IdentityError) as e:
         provision_user(session, CONFIG, _claims(groups=[{"name": "sales"}]), now=now)

@@ -44,6 +44,10 @@ class IdPConfig:
     #: Which SCIM attribute carries the `sub` this IdP's tokens have: `externalId` (Okta's
     #: default) or `userName`.
     scim_subject: str = "externalId"
+    #: Where users' `groups` come from: `token` (every sign-in, edge mint and ID-JAG sets them
+    #: from the token's groups claim) or `scim` (only SCIM Groups membership does; tokens leave
+    #: them alone). `scim` needs `scim_token_sha256`.
+    groups_source: str = "token"
     #: Shared Signals receiver (authserver/ssf.py): the `aud` this IdP's transmitter puts in
     #: the SETs it pushes to us; empty: no SSF for this IdP.
     ssf_audience: str = ""
@@ -89,6 +93,11 @@ class IdPConfig:
                              "digits (the SHA-256 of the token, never the token)")
         if self.scim_subject not in ("externalId", "userName"):
             raise ValueError(f"idps.{self.name}: scim_subject must be externalId or userName")
+        if self.groups_source not in ("token", "scim"):
+            raise ValueError(f"idps.{self.name}: groups_source must be token or scim")
+        if self.groups_source == "scim" and not self.scim_token_sha256:
+            raise ValueError(f"idps.{self.name}: groups_source = \"scim\" needs "
+                             "scim_token_sha256 (SCIM provisioning for this IdP)")
         self._check_ssf()
 
     def _check_ssf(self) -> None:
@@ -120,7 +129,7 @@ class IdPConfig:
         """Build from one `[idps.<name>]` table; unknown keys are a configuration error."""
         allowed = {"issuer", "client_id", "client_secret", "scopes", "claim_map",
                    "default_tenant", "trusted_audiences", "allow_machine_tokens", "tenants",
-                   "id_jag", "scim_token_sha256", "scim_subject", "ssf_audience",
+                   "id_jag", "scim_token_sha256", "scim_subject", "groups_source", "ssf_audience",
                    "ssf_issuer", "ssf_jwks_uri", "ssf_token_sha256"}
         unknown = set(mapping) - allowed
         if unknown:
@@ -148,6 +157,7 @@ class IdPConfig:
             id_jag=mapping.get("id_jag", False),
             scim_token_sha256=mapping.get("scim_token_sha256", ""),
             scim_subject=mapping.get("scim_subject", "externalId"),
+            groups_source=mapping.get("groups_source", "token"),
             ssf_audience=mapping.get("ssf_audience", ""),
             ssf_issuer=mapping.get("ssf_issuer", ""),
             ssf_jwks_uri=mapping.get("ssf_jwks_uri", ""),

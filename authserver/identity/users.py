@@ -61,7 +61,7 @@ def provision_user(
     user = session.get(User, user_id)
     if user is None:
         user = User(id=user_id, idp_issuer=iss, idp_subject=sub, active=True,
-                    tokens_valid_after=0, created_at=now, **attrs)
+                    tokens_valid_after=0, created_at=now, **{"groups": [], **attrs})
         session.add(user)
         session.flush()
         return user
@@ -83,13 +83,17 @@ def mapped_attributes(config: IdPConfig, claims: Mapping[str, Any]) -> dict[str,
     if tenant not in config.tenants:
         # An IdP speaks only for the tenants configured for it (`[idps.x] tenants`).
         raise IdentityError(f"tenant {tenant[:64]!r} is not bound to idp {config.name}")
-    return {
+    attributes: dict[str, Any] = {
         "email": _optional_str(claims, cmap["email"], MAX_EMAIL),
         "name": _optional_str(claims, cmap["name"], MAX_NAME),
         "groups": _str_list(claims, cmap["groups"]),
         "roles": _str_list(claims, cmap["roles"]),
         "tenant": tenant,
     }
+    if config.groups_source == "scim":
+        # SCIM Groups membership is this IdP's word on groups; a token does not undo it.
+        del attributes["groups"]
+    return attributes
 
 
 def deprovision_user(session: Session, store: Store, user_id: str, *, now: int) -> User:
