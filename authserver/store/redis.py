@@ -4,6 +4,12 @@ Atomic primitives only: `SET NX EX` for replay entries, a Lua INCR+EXPIRE for co
 the previous window's GET in the same script for rate windows: one round trip per spend),
 redis-py's `Lock` (token-checked release) plus an INCR fencing counter for locks. Scripts run
 on `self._r`, the one client every command uses.
+
+`from_url` takes one Redis (`redis://`, `rediss://`), a Redis Cluster (`redis+cluster://host:port`,
+any node: the client finds the others) or a Sentinel-managed primary
+(`redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`; the credentials
+are the primary's). Every script's keys share one Cluster hash slot
+(tests/test_redis_cluster_slots.py).
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import redis
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from authserver.store import LockTimeoutError, StoreUnavailableError, keys
 
 KEY_PREFIX = "authserver:"
+#: What a store call turns into StoreUnavailableError (a cluster's "no node answers" is not a
+#: RedisError).
+_ERRORS = (RedisError, RedisClusterException)
+_TIMEOUTS = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
 
 _INCR_WITH_TTL = """
 local n = redis.call('INCR', KEYS[1])
@@ -44,24 +54,19 @@ class RedisStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = KEY_PREFIX) -> RedisStore:
-        return cls(
-            redis.Redis.from_url(
-                url, decode_responses=True, socket_timeout=2.0, socket_connect_timeout=2.0
-            ),
-            prefix,
-        )
+        return cls(client_from_url(url), prefix)
 
     def add_if_absent(self, key: str, ttl: int) -> bool:
         try:
             return bool(self._r.set(self._prefix + key, "1", nx=True, ex=max(1, int(ttl))))
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     def incr(self, key: str, ttl: int) -> int:
         try:
             return int(self._incr(keys=[self._prefix + key], args=[max(1, int(ttl))],
                                   client=self._r))
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     def incr_with_previous(self, key: str, previous: str, ttl: int) -> tuple[int, int]:
@@ -69,27 +74,27 @@ class RedisStore:
             current, before = self._incr_with_previous(
                 keys=[self._prefix + key, self._prefix + previous], args=[max(1, int(ttl))],
                 client=self._r)
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
         return int(current), int(before)
 
     def get(self, key: str) -> str | None:
         try:
             value = self._r.get(self._prefix + key)
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
         return None if value is None else str(value)
 
     def set(self, key: str, value: str, ttl: int | None = None) -> None:
         try:
             self._r.set(self._prefix + key, value, ex=None if ttl is None else max(1, int(ttl)))
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     def delete(self, key: str) -> None:
         try:
             self._r.delete(self._prefix + key)
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
     @contextmanager
@@ -99,23 +104,58 @@ class RedisStore:
         )
         try:
             acquired = lock.acquire()
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis lock: {type(e).__name__}") from e
         if not acquired:
             raise LockTimeoutError(debug=f"lock {name} not acquired in {blocking_timeout}s")
         try:
             try:
                 fence = int(self._r.incr(self._prefix + keys.fence(name)))
-            except RedisError as e:
+            except _ERRORS as e:
                 raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
             yield fence
         finally:
             # Expired (held past `timeout`) or Redis gone: the fencing token protects writers.
-            with contextlib.suppress(LockError, RedisError):
+            with contextlib.suppress(LockError, *_ERRORS):
                 lock.release()
 
     def ping(self) -> None:
         try:
             self._r.ping()
-        except RedisError as e:
+        except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+
+
+def client_from_url(url: str) -> redis.Redis:
+    """The client for a `redis://`, `rediss://`, `redis+cluster://` or `redis+sentinel://` URL.
+
+    A cluster client reads the slot map from the node named at construction (it refuses to
+    start if none answers); a Sentinel client asks the sentinels for the primary on each new
+    connection, so a failover reaches it without a restart."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        from redis.cluster import RedisCluster
+
+        cluster = RedisCluster.from_url(
+            scheme.split("+")[0] + "://" + rest, decode_responses=True, **_TIMEOUTS)
+        return cluster  # type: ignore[return-value]  # the same command API
+    if scheme == "redis+sentinel" and sep:
+        from urllib.parse import unquote
+
+        from redis.sentinel import Sentinel
+
+        netloc, _, path = rest.partition("/")
+        userinfo, _, hosts = netloc.rpartition("@")
+        username, _, password = userinfo.partition(":")
+        service, _, db = path.strip("/").partition("/")
+        if not hosts or not service:
+            raise ValueError("redis+sentinel:// needs host:port[,host:port...]/service_name")
+        sentinels = []
+        for node in hosts.split(","):  # host:port, or [v6]:port
+            host, _, port = (node[1:].partition("]") if node.startswith("[")
+                             else node.partition(":"))
+            sentinels.append((host, int(port.lstrip(":") or 26379)))
+        return Sentinel(sentinels, sentinel_kwargs=dict(_TIMEOUTS), **_TIMEOUTS).master_for(
+            unquote(service), db=int(db or 0), username=unquote(username) or None,
+            password=unquote(password) or None, decode_responses=True)
+    return redis.Redis.from_url(url, decode_responses=True, **_TIMEOUTS)
