@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -130,7 +130,7 @@ def new_user(services: Services, user_id: str = "usr_alice", **values: Any) -> s
     return user_id
 
 
-def token_request(db: Session, form: dict[str, str | list[str]], *,
+def token_request(db: Session, form: Mapping[str, str | list[str]], *,
                   dpop: tuple[str, ...] = (), now: int = NOW) -> TokenRequest:
     """What the pipeline hands a grant: its allow-listed form, at `now`."""
     return TokenRequest(
