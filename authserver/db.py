@@ -9,6 +9,12 @@ by a zero-timeout poll, with no round trip, and replaced (DisconnectionError: th
 with a fresh connection and invalidates the older ones); `pool_recycle` retires connections an
 idle-timeout on the path might have cut silently; and a disconnect that still happens mid-request
 invalidates the pool (optimistic handling), so that request is 503 and the next one reconnects.
+
+Behind PgBouncer in transaction mode (before 1.21's `max_prepared_statements`), add
+`?prepare_threshold=none` to the URL: psycopg then never prepares a statement server-side (it
+does after 5 runs of one statement by default), as a prepared statement would outlive the
+transaction on a server connection the next client gets. The app holds no other session state:
+the only advisory lock (migrations) is taken and released inside one transaction.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class Database:
         # hide_parameters: a driver error never carries parameter values (client ids, token
         # hashes) into a log line or an exception message.
         kwargs: dict[str, Any] = {"future": True, "hide_parameters": True}
+        engine_url, connect_args = _driver_options(self.url)
         if self.url.startswith("sqlite"):
             path = self.url.split("sqlite:///", 1)[-1]
             if path and path != ":memory:":
@@ -59,8 +66,9 @@ class Database:
             # One process serves every thread from this pool (threaded dev server, demo).
             kwargs.update(pool_size=10, max_overflow=40)
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_SECONDS)
-        self.engine: Engine = create_engine(self.url, **kwargs)
+            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_SECONDS,
+                          connect_args=connect_args)
+        self.engine: Engine = create_engine(engine_url, **kwargs)
         if self.url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
@@ -135,8 +143,30 @@ def alembic_config(url: str) -> Any:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("sqlalchemy.url", _normalise_url(url).replace("%", "%%"))
+    engine_url, connect_args = _driver_options(_normalise_url(url))
+    cfg.set_main_option("sqlalchemy.url", engine_url.replace("%", "%%"))
+    cfg.attributes["connect_args"] = connect_args  # migrations/env.py passes them on
     return cfg
+
+
+def _driver_options(url: str) -> tuple[str, dict[str, Any]]:
+    """The URL without its `prepare_threshold` parameter, and the psycopg connect argument it
+    asks for (`none`: never prepare server-side; an integer: after that many runs)."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    value = parsed.query.get("prepare_threshold")
+    if parsed.get_backend_name() != "postgresql" or value is None:
+        return url, {}
+    value = value[-1] if isinstance(value, tuple) else value
+    if value.lower() in ("none", "off"):
+        threshold = None
+    elif value.isdigit():
+        threshold = int(value)
+    else:
+        raise ValueError("database URL: prepare_threshold must be `none` or a whole number")
+    stripped = parsed.difference_update_query(["prepare_threshold"])
+    return stripped.render_as_string(hide_password=False), {"prepare_threshold": threshold}
 
 
 def _drop_if_closed_by_server(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:

@@ -22,7 +22,8 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     connectable = engine_from_config(config.get_section(config.config_ini_section) or {},
-                                     prefix="sqlalchemy.", poolclass=pool.NullPool)
+                                     prefix="sqlalchemy.", poolclass=pool.NullPool,
+                                     connect_args=config.attributes.get("connect_args", {}))
     with connectable.connect() as connection:
         # render_as_batch: SQLite cannot ALTER most things in place.
         context.configure(connection=connection, target_metadata=target_metadata,
