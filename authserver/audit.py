@@ -2,13 +2,19 @@
 
 Every exchange, gateway call, approval decision, connection change and deprovisioning writes
 one `AuditEvent` before its response is sent. Each record's `hash` is SHA-256 over the
-canonical JSON (sorted keys, compact) of all its other columns, including `seq` and the
-previous record's hash, so editing, deleting or reordering records breaks the chain and
-`AuditLog.verify` names the first bad `seq`.
+canonical JSON (sorted keys, compact) of its content, its global `seq` and the previous
+record's hash, so editing, deleting or reordering records breaks the chain and
+`AuditLog.verify` names the first bad record (shard and position).
 
-Appends are serialised by locking the single `audit_chain_head` row (an UPDATE first, so the
-lock is taken before the head is read: a row lock on PostgreSQL, the database write lock on
-SQLite). The lock is held until the caller's transaction ends, so append last, then commit.
+The log is AUDIT_SHARDS chains (shards 1..N) so appends do not queue behind one lock (issue
+18): an append locks one shard's `audit_chain_head` row (an UPDATE first, so the lock is taken
+before the head is read: a row lock on PostgreSQL, the database write lock on SQLite), links
+to that shard's previous record and holds the lock until the caller's transaction ends, so
+append last, then commit. On PostgreSQL it takes the first shard nobody holds, starting at
+its thread's own (SKIP LOCKED), and waits only when all N are held. Shard 0 holds anchors:
+records that state every shard's (position, head hash), written by `authserver audit anchor`
+and by every ANCHOR_EVERY-th append of a shard, so deleting a shard's newest records and
+rewinding its head is caught up to the last anchor that covered them.
 
 No token value ever enters a record: `redact` strips JWT-shaped and long opaque strings, and
 values under credential-looking keys, from `detail` and the intent's free text.
@@ -24,8 +30,10 @@ counts it (`authserver_unauthenticated_rejections_total`) and logs it at most on
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -33,16 +41,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from authserver.models.audit import GENESIS_HASH, AuditChainHead, AuditEvent
+from authserver.db import DatabaseUnavailableError
+from authserver.models.audit import GLOBAL_SEQ, AuditChainHead, AuditEvent, shard_genesis
 from authserver.redaction import REDACTED as REDACTED  # re-exported: one marker
 from authserver.redaction import redact_credentials, redact_record_value
 from authserver.redaction import redact_mapping as _redact_mapping
 from authserver.redaction import redact_text as redact_text
 
-HEAD_ID = 1
+#: Record chains (shards 1..AUDIT_SHARDS); more shards, fewer appenders per lock.
+AUDIT_SHARDS = 8
+#: The shard of anchors (the top-level chain over the shards' heads).
+ANCHOR_SHARD = 0
+#: A shard's append at a position that is a multiple of this also writes an anchor.
+ANCHOR_EVERY = 1000
 #: At most one log line per (event, reason) per this many seconds for unauthenticated refusals.
 UNAUTHENTICATED_LOG_INTERVAL = 60.0
 
@@ -51,8 +65,9 @@ log = logging.getLogger(__name__)
 #: What a record may say happened; a typo in a caller is a bug, not a new outcome.
 OUTCOMES = frozenset({
     "allowed", "denied", "step_up", "pending", "approved", "declined", "expired",
-    "rate_limited", "invalid", "error", "revoked", "connected", "disconnected",
+    "rate_limited", "invalid", "error", "revoked", "connected", "disconnected", "anchored",
 })
+ANCHOR_EVENT = "audit_anchor"
 
 # Bounds keep one record small and the triggering request text from flooding the log.
 MAX_REQUEST_TEXT = 1024
@@ -112,11 +127,58 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
+class ShardResult:
+    """One shard's verification: `first_bad_seq` is a position in that shard's chain;
+    `anchored_seq` is how far the newest anchor vouches for it (truncation of records past
+    it, with the head rewound too, cannot be told from records never written)."""
+
+    shard: int
+    ok: bool
+    count: int
+    head_seq: int
+    first_bad_seq: int | None
+    reason: str
+    anchored_seq: int = 0
+
+
+@dataclass(frozen=True)
 class VerifyResult:
+    """The whole log: `count` records in all shards; the first failure (lowest shard) names
+    its `shard` and its position there (`first_bad_seq`); `shards` has every shard's result."""
+
     ok: bool
     count: int
     first_bad_seq: int | None
     reason: str
+    shard: int | None = None
+    shards: tuple[ShardResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """A reserved place: `shard_seq` in `shard` after `prev_hash`, global number `seq`."""
+
+    shard: int
+    shard_seq: int
+    prev_hash: str
+    seq: int
+
+
+_thread_shard = threading.local()
+_shard_counter = itertools.count()
+
+
+def preferred_shard() -> int:
+    """This thread's shard, 1..AUDIT_SHARDS: threads of a process take them in turn (offset
+    by the pid so processes start apart), so a thread, which serves one request at a time,
+    only meets another thread's appends when there are more threads than shards. Chosen
+    again after a fork (a child is a new appender)."""
+    pid = os.getpid()
+    mine = getattr(_thread_shard, "value", None)
+    if mine is None or mine[0] != pid:
+        mine = (pid, (pid + next(_shard_counter)) % AUDIT_SHARDS + 1)
+        _thread_shard.value = mine
+    return int(mine[1])
 
 
 _HASHED_COLUMNS = (
@@ -162,7 +224,8 @@ def _safe_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
     return safe
 
 
-def _row_values(record: AuditRecord, *, seq: int, prev_hash: str, now: int) -> dict[str, Any]:
+def _row_values(record: AuditRecord, *, seq: int, prev_hash: str, now: int,
+                trusted_detail: dict[str, Any] | None = None) -> dict[str, Any]:
     if record.outcome not in OUTCOMES:
         raise ValueError(f"unknown audit outcome {record.outcome!r}")
     if not record.event:
@@ -185,7 +248,7 @@ def _row_values(record: AuditRecord, *, seq: int, prev_hash: str, now: int) -> d
         "approval_id": _bounded("approval_id", record.approval_id),
         "token_jti": _bounded("token_jti", record.token_jti),
         "client_ip": _bounded("client_ip", record.client_ip),
-        "detail": _safe_detail(record.detail),
+        "detail": _safe_detail(record.detail) if trusted_detail is None else trusted_detail,
         "prev_hash": prev_hash,
     }
     # Hash exactly what the database will hand back: a JSON round trip normalises tuples,
@@ -198,104 +261,236 @@ def _row_values(record: AuditRecord, *, seq: int, prev_hash: str, now: int) -> d
 class AuditLog:
     """Append, verify and read the hash-chained audit log. Stateless; share one instance."""
 
-    def _lock_head(self, session: Session) -> tuple[int, str]:
-        """Lock the chain head and reserve the next `seq`; returns (seq, previous hash).
+    def _lock_head(self, session: Session, shard: int | None = None) -> _Slot:
+        """Lock a shard's head (`shard`, or one chosen for this thread) and reserve its next
+        position and a global `seq`.
 
         The UPDATE comes first so the lock is taken before anything is read: concurrent
-        appenders in any process queue here until the holder's transaction ends.
+        appenders to that shard in any process queue here until the holder's transaction
+        ends. On PostgreSQL, without an explicit shard, the UPDATE takes the first record
+        shard nobody holds (FOR UPDATE SKIP LOCKED), starting at this thread's, in the same
+        round trip that draws the global `seq`; it waits only if every shard is held.
         """
-        # One round trip: the head row stays locked until the caller's transaction ends, so
-        # every statement saved here raises the ceiling on appends per second.
+        postgres = session.get_bind().dialect.name == "postgresql"
+        returning: list[Any] = [AuditChainHead.id, AuditChainHead.seq, AuditChainHead.head_hash]
+        if postgres:
+            returning.append(GLOBAL_SEQ.next_value())
+        if shard is None:
+            shard = preferred_shard()
+            if postgres:
+                free = (
+                    select(AuditChainHead.id)
+                    .where(AuditChainHead.id.between(1, AUDIT_SHARDS))
+                    .order_by((AuditChainHead.id - shard + AUDIT_SHARDS) % AUDIT_SHARDS)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                    .scalar_subquery()
+                )
+                row: Any = session.execute(
+                    update(AuditChainHead).where(AuditChainHead.id == free)
+                    .values(seq=AuditChainHead.seq + 1).returning(*returning)
+                    .execution_options(synchronize_session=False)
+                ).one_or_none()
+                if row is not None:
+                    return _Slot(int(row[0]), int(row[1]), str(row[2]), int(row[3]))
         bump = (
             update(AuditChainHead)
-            .where(AuditChainHead.id == HEAD_ID)
+            .where(AuditChainHead.id == shard)
             .values(seq=AuditChainHead.seq + 1)
-            .returning(AuditChainHead.seq, AuditChainHead.head_hash)
+            .returning(*returning)
             .execution_options(synchronize_session=False)
         )
         row = session.execute(bump).one_or_none()
-        if row is not None:
-            return int(row[0]), str(row[1])
-        # First append on a database created without the migration's head row. A concurrent
-        # creator makes our INSERT fail; then its row exists and we lock it.
-        try:
-            with session.begin_nested():
-                session.add(AuditChainHead(id=HEAD_ID, seq=1, head_hash=GENESIS_HASH))
-                session.flush()
-            return 1, GENESIS_HASH
-        except IntegrityError:
-            seq, head_hash = session.execute(bump).one()
-            return int(seq), str(head_hash)
+        if row is None:
+            # A database created without the migration's head rows: add every missing one
+            # (so later appends spread over all shards). A concurrent creator makes our
+            # INSERT fail; then its rows exist: lock ours.
+            try:
+                with session.begin_nested():
+                    present = set(session.execute(select(AuditChainHead.id)).scalars())
+                    session.add_all(AuditChainHead(id=i, seq=0, head_hash=shard_genesis(i))
+                                    for i in {ANCHOR_SHARD, shard, *range(1, AUDIT_SHARDS + 1)}
+                                    - present)
+                    session.flush()
+            except IntegrityError:
+                pass
+            row = session.execute(bump).one()
+        seq = int(row[3]) if postgres else self._next_seq(session, postgres=False)
+        return _Slot(int(row[0]), int(row[1]), str(row[2]), seq)
 
-    def append(self, session: Session, record: AuditRecord, *, now: int) -> AuditEvent:
-        """Append `record` as the next link of the chain, in the caller's transaction.
+    @staticmethod
+    def _next_seq(session: Session, postgres: bool) -> int:
+        """The next global `seq`: the sequence on PostgreSQL (no lock); on SQLite max + 1,
+        safe because the head UPDATE already holds the database's single write lock."""
+        if postgres:
+            return int(session.execute(select(GLOBAL_SEQ.next_value())).scalar_one())
+        return int(session.execute(
+            select(func.coalesce(func.max(AuditEvent.seq), 0) + 1)).scalar_one())
 
-        Raises ValueError for an unknown outcome (a caller bug); database errors propagate
-        (the caller's session turns them into 503 and nothing is issued).
-        """
-        seq, prev_hash = self._lock_head(session)
-        values = _row_values(record, seq=seq, prev_hash=prev_hash, now=now)
-        row = AuditEvent(**values)
+    def _write(self, session: Session, slot: _Slot, values: dict[str, Any]) -> AuditEvent:
+        row = AuditEvent(**values, shard=slot.shard, shard_seq=slot.shard_seq)
         session.add(row)
         session.execute(
             update(AuditChainHead)
-            .where(AuditChainHead.id == HEAD_ID)
+            .where(AuditChainHead.id == slot.shard)
             .values(head_hash=values["hash"])
             .execution_options(synchronize_session=False)
         )
         session.flush()
         return row
 
-    def verify(self, session: Session) -> VerifyResult:
-        """Walk the chain from seq 1; the result names the first record that does not hold.
+    def append(self, session: Session, record: AuditRecord, *, now: int) -> AuditEvent:
+        """Append `record` as the next link of a shard's chain, in the caller's transaction.
 
-        reason: "ok", "missing_record" (a gap: first_bad_seq is the missing seq),
-        "hash_mismatch" (a record's content was changed), "broken_link" (prev_hash is not
-        the previous record's hash), "truncated" (the head is ahead of the last record) or
-        "head_mismatch" (the head's hash is not the last record's, or a record lies past a
-        head that did not move).
-
-        Safe while appends run: the head is read first and only the records it covers are
-        walked. Appends serialise on the head row and a record commits with its head move,
-        so once the head says N, records 1..N are all committed.
+        Every ANCHOR_EVERY-th record of a shard also writes an anchor in the same
+        transaction. Raises ValueError for an unknown outcome (a caller bug); database
+        errors propagate (the caller's session turns them into 503 and nothing is issued).
         """
-        head_seq, head_hash = self._head(session)
-        expected_seq, prev_hash, count = 1, GENESIS_HASH, 0
+        slot = self._lock_head(session)
+        values = _row_values(record, seq=slot.seq, prev_hash=slot.prev_hash, now=now)
+        row = self._write(session, slot, values)
+        if slot.shard_seq % ANCHOR_EVERY == 0:
+            self.anchor(session, now=now)
+        return row
+
+    def anchor(self, session: Session, *, now: int) -> AuditEvent:
+        """Append to shard 0 a record of every shard's (position, head hash), in the
+        caller's transaction (`authserver audit anchor` commits it).
+
+        Heads are read, not locked: each is a committed state (or this transaction's own),
+        whose records are all committed with it. Shard 0's lock is always taken last (an
+        append holding its shard's lock may take it; an anchor takes no other), so anchors
+        cannot deadlock with appends.
+        """
+        slot = self._lock_head(session, ANCHOR_SHARD)
+        heads = session.execute(
+            select(AuditChainHead.id, AuditChainHead.seq, AuditChainHead.head_hash)
+            .where(AuditChainHead.id != ANCHOR_SHARD).order_by(AuditChainHead.id)
+        ).all()
+        shards = {str(i): {"seq": int(seq), "hash": str(h)} for i, seq, h in heads}
+        values = _row_values(AuditRecord(event=ANCHOR_EVENT, outcome="anchored"),
+                             seq=slot.seq, prev_hash=slot.prev_hash, now=now,
+                             trusted_detail={"shards": shards})
+        return self._write(session, slot, values)
+
+    def append_refusal(self, session: Session, record: AuditRecord, *, now: int) -> None:
+        """The one path of a refusal's record: the request's unit of work on `session` is
+        abandoned (rolled back: nothing the refused request wrote persists, and the locks it
+        took are let go, which the record's transaction could otherwise wait on: a row lock on
+        PostgreSQL, the single writer on SQLite), then the record alone is appended and
+        committed at once, in a transaction of its own on the same connection. Whatever must
+        outlive a refusal besides its record (a pending approval) is committed by its own
+        unit before (authserver.approvals.request_approval).
+
+        A database failure raises DatabaseUnavailableError (503): the refusal then goes
+        unrecorded, and the client sees a retryable error rather than the refusal.
+        """
+        session.rollback()
+        try:
+            self.append(session, record, now=now)
+            session.commit()
+        except SQLAlchemyError as e:
+            session.rollback()
+            raise DatabaseUnavailableError(debug=f"database: {type(e).__name__}") from e
+        except BaseException:
+            session.rollback()
+            raise
+
+    def verify(self, session: Session) -> VerifyResult:
+        """Walk every shard's chain from position 1 and check it against the anchors; the
+        result names the first record that does not hold, and has every shard's result.
+
+        reason: "ok", "missing_record" (a gap: first_bad_seq is the missing position),
+        "hash_mismatch" (a record's content was changed), "broken_link" (prev_hash is not
+        the previous record's hash), "truncated" (the head, or an anchor, is ahead of the
+        last record), "head_mismatch" (the head's hash is not the last record's, or a record
+        lies past a head that did not move) or "anchor_mismatch" (an anchor states another
+        hash for that position).
+
+        Safe while appends run: all heads are read first, in one statement, and only the
+        records they cover are walked. A record commits with its head move, so once a head
+        says N, positions 1..N are committed; an anchor older than the heads read states
+        heads no newer than them.
+        """
+        heads = self._heads(session)
+        anchor_result, claims = self._verify_shard(
+            session, ANCHOR_SHARD, heads.get(ANCHOR_SHARD, (0, shard_genesis(ANCHOR_SHARD))), {})
+        stored = session.execute(select(AuditEvent.shard).distinct()).scalars()
+        shards = sorted((set(heads) | set(stored) | set(claims)) - {ANCHOR_SHARD})
+        results = [anchor_result] + [
+            self._verify_shard(session, shard, heads.get(shard, (0, shard_genesis(shard))),
+                               claims.get(shard, {}))[0]
+            for shard in shards
+        ]
+        total = sum(r.count for r in results)
+        for r in results:
+            if not r.ok:
+                return VerifyResult(False, total, r.first_bad_seq, r.reason, r.shard,
+                                    tuple(results))
+        return VerifyResult(True, total, None, "ok", None, tuple(results))
+
+    def _verify_shard(self, session: Session, shard: int, head: tuple[int, str],
+                      claims: Mapping[int, str]
+                      ) -> tuple[ShardResult, dict[int, dict[int, str]]]:
+        """One shard's chain, and the (shard -> position -> hash) its anchors state.
+
+        `claims` are the anchors' statements about this shard: each must match the record
+        at its position; one past the last record means the shard lost its tail.
+        """
+        head_seq, head_hash = head
+        anchored = max(claims, default=0)
+        found: dict[int, dict[int, str]] = {}
+        expected, prev_hash, count = 1, shard_genesis(shard), 0
+
+        def result(ok: bool, bad: int | None, reason: str) -> ShardResult:
+            return ShardResult(shard, ok, count, head_seq, bad, reason, anchored)
+
         rows = session.execute(
-            select(AuditEvent).where(AuditEvent.seq <= head_seq).order_by(AuditEvent.seq)
+            select(AuditEvent)
+            .where(AuditEvent.shard == shard, AuditEvent.shard_seq <= head_seq)
+            .order_by(AuditEvent.shard_seq)
             .execution_options(yield_per=500)
         ).scalars()
         for row in rows:
             values = {name: getattr(row, name) for name in _HASHED_COLUMNS}
-            if row.seq != expected_seq:
-                return VerifyResult(False, count, expected_seq, "missing_record")
+            if row.shard_seq != expected:
+                return result(False, expected, "missing_record"), found
             if record_hash(values) != row.hash:
-                return VerifyResult(False, count, row.seq, "hash_mismatch")
+                return result(False, row.shard_seq, "hash_mismatch"), found
             if row.prev_hash != prev_hash:
-                return VerifyResult(False, count, row.seq, "broken_link")
+                return result(False, row.shard_seq, "broken_link"), found
+            claimed = claims.get(row.shard_seq)
+            if claimed is not None and claimed != row.hash:
+                return result(False, row.shard_seq, "anchor_mismatch"), found
+            if shard == ANCHOR_SHARD and row.event == ANCHOR_EVENT:
+                for name, state in dict(row.detail.get("shards", {})).items():
+                    found.setdefault(int(name), {})[int(state["seq"])] = str(state["hash"])
             count += 1
             prev_hash = row.hash
-            expected_seq += 1
+            expected += 1
         if head_seq > count:
-            return VerifyResult(False, count, count + 1, "truncated")
+            return result(False, count + 1, "truncated"), found
         beyond = session.execute(
-            select(func.min(AuditEvent.seq)).where(AuditEvent.seq > head_seq)
+            select(func.min(AuditEvent.shard_seq))
+            .where(AuditEvent.shard == shard, AuditEvent.shard_seq > head_seq)
         ).scalar_one_or_none()
         # A record past the head is a concurrent append only if the head has moved to it.
-        if beyond is not None and self._head(session)[0] < beyond:
-            return VerifyResult(False, count, head_seq + 1, "head_mismatch")
+        if beyond is not None and self._heads(session, shard).get(shard, (0, ""))[0] < beyond:
+            return result(False, head_seq + 1, "head_mismatch"), found
         if head_hash != prev_hash:
-            return VerifyResult(False, count, count, "head_mismatch")
-        return VerifyResult(True, count, None, "ok")
+            return result(False, count, "head_mismatch"), found
+        if anchored > count:
+            # The head was rewound with the records: only an anchor still remembers them.
+            return result(False, count + 1, "truncated"), found
+        return result(True, None, "ok"), found
 
     @staticmethod
-    def _head(session: Session) -> tuple[int, str]:
-        head = session.execute(
-            select(AuditChainHead.seq, AuditChainHead.head_hash).where(
-                AuditChainHead.id == HEAD_ID
-            )
-        ).one_or_none()
-        return (0, GENESIS_HASH) if head is None else (int(head[0]), str(head[1]))
+    def _heads(session: Session, shard: int | None = None) -> dict[int, tuple[int, str]]:
+        """Every shard's (last position, head hash), or one shard's, in one statement."""
+        query = select(AuditChainHead.id, AuditChainHead.seq, AuditChainHead.head_hash)
+        if shard is not None:
+            query = query.where(AuditChainHead.id == shard)
+        return {int(i): (int(seq), str(h)) for i, seq, h in session.execute(query).all()}
 
     def tail(self, session: Session, n: int = 20) -> list[AuditEvent]:
         """The newest `n` records (1 ≤ n ≤ MAX_TAIL), oldest first, like tail(1)."""

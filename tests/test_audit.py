@@ -20,7 +20,7 @@ from authserver.audit import (
     redact,
 )
 from authserver.db import Database
-from authserver.models.audit import GENESIS_HASH, AuditChainHead, AuditEvent
+from authserver.models.audit import AuditChainHead, AuditEvent, shard_genesis
 from authserver.models.base import Base
 
 JWT = (
@@ -92,10 +92,13 @@ def test_records_link_to_previous_hash(db: Database, now: int) -> None:
     with db.session() as s:
         rows = s.execute(select(AuditEvent).order_by(AuditEvent.seq)).scalars().all()
         assert [r.seq for r in rows] == [1, 2, 3]
-        assert rows[0].prev_hash == GENESIS_HASH
+        assert rows[0].prev_hash == shard_genesis(rows[0].shard)
         assert rows[1].prev_hash == rows[0].hash
         assert rows[2].prev_hash == rows[1].hash
-        head = s.get(AuditChainHead, 1)
+        # One thread appends to one shard: positions 1..3 of that shard's chain.
+        assert {r.shard for r in rows} == {rows[0].shard}
+        assert [r.shard_seq for r in rows] == [1, 2, 3]
+        head = s.get(AuditChainHead, rows[0].shard)
         assert head is not None and (head.seq, head.head_hash) == (3, rows[2].hash)
 
 
@@ -206,9 +209,10 @@ def test_deleted_last_record_is_detected(db: Database, now: int) -> None:
 def test_deleted_record_renumbered_is_detected(db: Database, now: int) -> None:
     _append_n(db, 5, now)
     with db.session() as s:
+        # Close the gap in both numberings: the global seq and the chain position.
         s.execute(delete(AuditEvent).where(AuditEvent.seq == 3))
-        s.execute(update(AuditEvent).where(AuditEvent.seq == 4).values(seq=3))
-        s.execute(update(AuditEvent).where(AuditEvent.seq == 5).values(seq=4))
+        s.execute(update(AuditEvent).where(AuditEvent.seq == 4).values(seq=3, shard_seq=3))
+        s.execute(update(AuditEvent).where(AuditEvent.seq == 5).values(seq=4, shard_seq=4))
     result = _verify(db)
     assert (result.ok, result.first_bad_seq, result.reason) == (False, 3, "hash_mismatch")
 
@@ -227,7 +231,8 @@ def test_reordered_records_are_detected(db: Database, now: int) -> None:
 def test_record_inserted_past_the_head_is_detected(db: Database, now: int) -> None:
     _append_n(db, 3, now)
     with db.session() as s:
-        s.execute(update(AuditChainHead).values(seq=2))
+        shard = s.execute(select(AuditEvent.shard).limit(1)).scalar_one()  # the chain's head
+        s.execute(update(AuditChainHead).where(AuditChainHead.id == shard).values(seq=2))
     result = _verify(db)
     assert (result.ok, result.first_bad_seq, result.reason) == (False, 3, "head_mismatch")
 

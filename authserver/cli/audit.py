@@ -16,15 +16,33 @@ def audit() -> None:
 
 @audit.command("verify")
 def audit_verify() -> None:
-    """Check the hash chain; exit 1 if any record was changed, removed or reordered."""
+    """Check every shard's hash chain and the anchors; exit 1 if any record was changed,
+    removed or reordered, or a shard lost records an anchor vouched for."""
     from authserver.audit import AuditLog
 
     with existing_database(load_settings()).session() as session:
         result = AuditLog().verify(session)
     print_json({"ok": result.ok, "count": result.count, "first_bad_seq": result.first_bad_seq,
-               "reason": result.reason})
+                "reason": result.reason, "shard": result.shard,
+                "shards": [{"shard": r.shard, "ok": r.ok, "count": r.count,
+                            "head_seq": r.head_seq, "first_bad_seq": r.first_bad_seq,
+                            "reason": r.reason, "anchored_seq": r.anchored_seq}
+                           for r in result.shards]})
     if not result.ok:
         sys.exit(1)
+
+
+@audit.command("anchor")
+def audit_anchor() -> None:
+    """Record every shard's head in the anchor chain (run from cron: truncating a shard's
+    newest records is detected up to its last anchor)."""
+    import time
+
+    from authserver.audit import AuditLog
+
+    with existing_database(load_settings()).session() as session:
+        row = AuditLog().anchor(session, now=int(time.time()))
+        print_json({"anchor_seq": row.shard_seq, "shards": row.detail["shards"]})
 
 
 @audit.command("tail")
