@@ -37,10 +37,12 @@ class Settings:
         https_url=True)
     data_dir: str = setting("var", "SQLite file, KEK file and generated secret live here")
     database_url: str = setting(
-        "", "e.g. `postgresql://user@db:5432/authserver` (psycopg 3)",
+        "", "e.g. `postgresql://user@db:5432/authserver` (psycopg 3); behind PgBouncer in "
+        "transaction mode add `?prepare_threshold=none`",
         default_doc="SQLite in `DATA_DIR`", secret=True)
     redis_url: str = setting(
-        "", "e.g. `redis://redis:6379/0` (required with more than one process)",
+        "", "e.g. `redis://redis:6379/0` (required with more than one process); a cluster: "
+        "`redis+cluster://node:6379`; Sentinel: `redis+sentinel://sentinel:26379/service_name`",
         default_doc="*(unset: embedded store, one process only)*", secret=True)
     #: Namespace for every key in Redis (deployments, or test runs, sharing one Redis).
     redis_key_prefix: str = setting("authserver:", "namespace for keys in a shared Redis")
