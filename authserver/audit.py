@@ -14,7 +14,8 @@ append last, then commit. On PostgreSQL it takes the first shard nobody holds, s
 its thread's own (SKIP LOCKED), and waits only when all N are held. Shard 0 holds anchors:
 records that state every shard's (position, head hash), written by `authserver audit anchor`
 and by every ANCHOR_EVERY-th append of a shard, so deleting a shard's newest records and
-rewinding its head is caught up to the last anchor that covered them.
+rewinding its head is caught up to the last anchor that covered them (docs/standards.md
+AUD-01..03).
 
 No token value ever enters a record: `redact` strips JWT-shaped and long opaque strings, and
 values under credential-looking keys, from `detail` and the intent's free text.

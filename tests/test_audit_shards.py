@@ -1,5 +1,6 @@
 """The sharded audit log (issue 18): N chains, anchors in shard 0, tamper and truncation
-detection across shards, concurrent and crashing appenders, and a pre-shard database."""
+detection across shards, concurrent and crashing appenders, and a pre-shard database
+(docs/standards.md AUD-01, AUD-02, AUD-03)."""
 
 from __future__ import annotations
 
