@@ -5,7 +5,9 @@ RFC 7591 §3.2.2 (registration), RFC 8707 §2, RFC 9396 §5, and the local codes
 docs/standards.md A3.
 
 `description` is shown to the client and must be safe to show; `debug` is for logs and audit
-only. Exactly one Flask handler (authserver.http.errors) renders these; anything that is not an
+only (free text); `reason` is the refusal's stable snake_case code for the audit trail and the
+"request rejected" log line (docs/operating.md "Audit refusal reasons"), defaulting to `error`.
+Exactly one Flask handler (authserver.http.errors) renders these; anything that is not an
 `OAuthError` becomes `server_error` with no detail.
 """
 
@@ -29,6 +31,7 @@ class OAuthError(Exception):
         description: str | None = None,
         *,
         debug: str | None = None,
+        reason: str | None = None,
         headers: dict[str, str] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> None:
@@ -37,8 +40,17 @@ class OAuthError(Exception):
         super().__init__(debug or description or self.error)
         self.description = description
         self.debug = debug
+        #: Which check refused (audit and logs only; never sent to the client).
+        self.reason = reason or self.error
         self.extra_headers = dict(headers or {})
         self.extra = dict(extra or {})
+
+    def with_reason(self, reason: str) -> OAuthError:
+        """This error, with `reason` unless a more specific one was set where it was raised:
+        a caller names the step that failed for an error another module raised."""
+        if self.reason == self.error:
+            self.reason = reason
+        return self
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"error": self.error}

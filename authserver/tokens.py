@@ -80,12 +80,31 @@ def issue_access_token(
     return AccessToken(keyring.sign(claims, typ=ACCESS_TOKEN_TYP), claims, ctx.ttl)
 
 
+#: `TokenNotLiveError.code` for each `reason` (free text for logs): the stable snake_case
+#: suffix of the audit refusal reason (`subject_token_expired`, `actor_token_revoked`, …).
+TOKEN_NOT_LIVE_CODES = {
+    "signature": "bad_signature",
+    "iss": "wrong_issuer",
+    "claims": "bad_claims",
+    "expired": "expired",
+    "iat in the future": "issued_in_future",
+    "revoked": "revoked",
+    "grant revoked": "grant_revoked",
+    "client deleted": "client_deleted",
+    "user inactive": "user_inactive",
+    "issued before the user's revocation epoch": "before_revocation_epoch",
+    "the user withdrew this agent": "agent_withdrawn",
+}
+
+
 class TokenNotLiveError(Exception):
-    """A token is not (or no longer) acceptable. `reason` is for logs and audit only."""
+    """A token is not (or no longer) acceptable. `reason` is for logs and audit only; `code`
+    is its stable snake_case name (`TOKEN_NOT_LIVE_CODES`)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.code = TOKEN_NOT_LIVE_CODES.get(reason, "not_live")
 
 
 def verify_access_token(

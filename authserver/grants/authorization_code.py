@@ -46,26 +46,29 @@ class AuthorizationCodeGrant(Grant):
         form, db = req.form, req.db
         code_value = form.get("code")
         if not code_value:
-            raise InvalidRequestError("Missing code")
+            raise InvalidRequestError("Missing code", reason="code_missing")
         code = db.get(AuthorizationCode, code_hash(code_value))
         if code is None or code.client_id != client.client_id:
-            raise InvalidGrantError("Invalid code")
+            raise InvalidGrantError("Invalid code", reason="code_unknown")
         if code.used_at is not None:
             # Checked before expiry: a replay after the code's short lifetime still revokes.
             revoke_reused(services, req, code)
         if code.expires_at <= req.now:
-            raise InvalidGrantError("The code has expired")
+            raise InvalidGrantError("The code has expired", reason="code_expired")
         # RFC 6749 §4.1.3: redirect_uri must be identical to the authorization request's.
         if form.get("redirect_uri") != code.redirect_uri:
-            raise InvalidGrantError("redirect_uri does not match the authorization request")
+            raise InvalidGrantError("redirect_uri does not match the authorization request",
+                                    reason="redirect_uri_mismatch")
         check_pkce(code, form.get("code_verifier"))
         proof = check_dpop(services, req, client, grant_type=self.GRANT_TYPE)
         # RFC 9449 §10: the code is bound to the key named at the authorization endpoint.
         if code.dpop_jkt is not None and (proof is None or proof.jkt != code.dpop_jkt):
-            raise InvalidGrantError("DPoP key does not match the authorization request")
+            raise InvalidGrantError("DPoP key does not match the authorization request",
+                                    reason="code_dpop_key_mismatch")
         resources = requested_resources(services, req)
         if not set(resources) <= set(code.resources):
-            raise InvalidTargetError("resource was not part of the authorization request")
+            raise InvalidTargetError("resource was not part of the authorization request",
+                                     reason="resource_not_authorized")
         if not resources:
             check_still_served(services, code.resources)
         check_resource_servers(services, resources or code.resources, code.scope,
@@ -74,7 +77,7 @@ class AuthorizationCodeGrant(Grant):
 
         user = db.get(User, code.user_id)
         if user is None or not user.active:
-            raise InvalidGrantError("The user is no longer active")
+            raise InvalidGrantError("The user is no longer active", reason="user_inactive")
         settings = services.settings
         grant = GrantRow(
             id=refresh_tokens.new_grant_id(),
@@ -119,12 +122,13 @@ class AuthorizationCodeGrant(Grant):
 def check_pkce(code: AuthorizationCode, verifier: str | None) -> None:
     # RFC 7636 §4.6; codes are only ever issued with an S256 challenge.
     if not verifier:
-        raise InvalidRequestError("Missing code_verifier")
+        raise InvalidRequestError("Missing code_verifier", reason="code_verifier_missing")
     if not 43 <= len(verifier) <= 128:
-        raise InvalidGrantError("Invalid code_verifier")
+        raise InvalidGrantError("Invalid code_verifier", reason="code_verifier_malformed")
     expected = create_s256_code_challenge(verifier)
     if not hmac.compare_digest(expected, code.code_challenge):
-        raise InvalidGrantError("code_verifier does not match the code_challenge")
+        raise InvalidGrantError("code_verifier does not match the code_challenge",
+                                reason="code_verifier_mismatch")
 
 
 def consume(services: Services, req: TokenRequest, code: AuthorizationCode) -> None:
@@ -145,7 +149,7 @@ def revoke_reused(services: Services, req: TokenRequest, code: AuthorizationCode
     grant_id = code.grant_id
     if grant_id:
         refresh_tokens.revoke_grant(services.db, grant_id, now=req.now)
-    raise InvalidGrantError("The code was already used")
+    raise InvalidGrantError("The code was already used", reason="code_reused")
 
 
 def id_token(services: Services, user_id: str, code: AuthorizationCode, *, now: int) -> str:

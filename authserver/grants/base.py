@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 from authserver.clients import OAuthClient
 from authserver.dpop import DPoPProof, validate_proof
-from authserver.errors import InvalidDpopProofError, InvalidScopeError, InvalidTargetError
+from authserver.errors import (
+    InvalidDpopProofError,
+    InvalidScopeError,
+    InvalidTargetError,
+    OAuthError,
+    UseDpopNonceError,
+)
 from authserver.services import Services
 from authserver.token_endpoint.request import TokenRequest
 from authserver.tokens import AccessToken
@@ -66,21 +72,28 @@ def check_dpop(services: Services, req: TokenRequest, client: OAuthClient, *,
     )
     if not req.dpop:
         if required:
-            raise InvalidDpopProofError("DPoP proof required")
+            raise InvalidDpopProofError("DPoP proof required", reason="dpop_proof_required")
         return None
     nonce_required = settings.dpop_nonce == "all" or (
         settings.dpop_nonce == "per_client" and bool(client.row.attributes.get("dpop_nonce"))
     )
-    return validate_proof(
-        req.dpop,
-        method="POST",
-        url=settings.token_endpoint,
-        now=req.now,
-        store=services.store,
-        nonces=services.nonces,
-        nonce_required=nonce_required,
-        window=settings.dpop_proof_window,
-    )
+    try:
+        return validate_proof(
+            req.dpop,
+            method="POST",
+            url=settings.token_endpoint,
+            now=req.now,
+            store=services.store,
+            nonces=services.nonces,
+            nonce_required=nonce_required,
+            window=settings.dpop_proof_window,
+        )
+    except InvalidDpopProofError as e:  # which check failed is its description
+        e.with_reason("dpop_proof_invalid")
+        raise
+    except UseDpopNonceError as e:
+        e.with_reason("dpop_nonce_missing" if e.missing else "dpop_nonce_invalid")
+        raise
 
 
 # --- RFC 8707 ----------------------------------------------------------------------------------
@@ -93,11 +106,13 @@ def requested_resources(services: Services, req: TokenRequest) -> list[str]:
     for value in values:
         parts = urlsplit(value)
         if not parts.scheme or not parts.netloc or parts.fragment or "#" in value:
-            raise InvalidTargetError("resource must be an absolute URI without a fragment")
+            raise InvalidTargetError("resource must be an absolute URI without a fragment",
+                                     reason="resource_malformed")
     known = services.known_resources() if values else set()
     matched = [match_resource(value, known) for value in values]
     if any(m is None for m in matched):
-        raise InvalidTargetError("The requested resource is not served by this server")
+        raise InvalidTargetError("The requested resource is not served by this server",
+                                 reason="resource_unknown")
     return list(dict.fromkeys(m for m in matched if m is not None))
 
 
@@ -106,7 +121,8 @@ def check_still_served(services: Services, resources: list[str]) -> None:
     we serve (a resource server removed since is `invalid_target` at once)."""
     known = services.known_resources() if resources else set()
     if any(match_resource(r, known) is None for r in resources):
-        raise InvalidTargetError("The resource is no longer served by this server")
+        raise InvalidTargetError("The resource is no longer served by this server",
+                                 reason="resource_no_longer_served")
 
 
 def check_resource_servers(services: Services, resources: list[str], scope: str | None, *,
@@ -121,7 +137,17 @@ def check_resource_servers(services: Services, resources: list[str], scope: str 
 
     registered = services.resource_servers(resources)
     if registered:
-        check_token_request(registered.values(), bound=bound, scope=scope)
+        try:
+            check_token_request(registered.values(), bound=bound, scope=scope)
+        except InvalidDpopProofError as e:
+            e.with_reason("resource_requires_dpop")
+            raise
+        except InvalidScopeError as e:
+            e.with_reason("resource_scope_not_served")
+            raise
+        except OAuthError as e:  # invalid_request: a DPoP proof for a Bearer-only resource
+            e.with_reason("resource_requires_bearer")
+            raise
 
 
 def audience_for(services: Services, resources: list[str]) -> str | list[str]:
@@ -141,12 +167,15 @@ def checked_scope(services: Services, client: OAuthClient, requested: str | None
     scopes = (requested or "").split()
     supported = set(services.settings.scopes)
     if any(s not in supported for s in scopes):
-        raise InvalidScopeError("The requested scope is not supported")
+        raise InvalidScopeError("The requested scope is not supported",
+                                reason="scope_unsupported")
     allowed = client.get_allowed_scope(" ".join(scopes)).split()
     if len(allowed) != len(scopes):
-        raise InvalidScopeError("The requested scope is not allowed for this client")
+        raise InvalidScopeError("The requested scope is not allowed for this client",
+                                reason="scope_not_allowed")
     if granted is not None and not set(scopes) <= set(granted.split()):
-        raise InvalidScopeError("The requested scope exceeds the granted scope")
+        raise InvalidScopeError("The requested scope exceeds the granted scope",
+                                reason="scope_exceeds_grant")
     return " ".join(scopes)
 
 

@@ -102,7 +102,9 @@ class IdJagRequest:
         try:
             services.require_federation().spend_id_jag(claims, now=now)
         except IdentityError as e:
-            raise InvalidGrantError("The assertion is not acceptable", debug=e.debug) from e
+            raise InvalidGrantError("The assertion is not acceptable", debug=e.debug,
+                                    reason="id_jag_replayed" if e.debug == "ID-JAG already used"
+                                    else "id_jag_rejected") from e
         settings = services.settings
         if user_assertion:
             # TX-08 analogue: a user assertion outlives neither its lifetime nor the grant.
@@ -134,9 +136,9 @@ class IdJagRequest:
     def check_assertion_parameter(self) -> str:
         assertion = self.req.form.get("assertion")
         if not assertion:
-            raise InvalidRequestError("assertion is required")
+            raise InvalidRequestError("assertion is required", reason="assertion_missing")
         if len(assertion) > MAX_ASSERTION_LENGTH:
-            raise InvalidRequestError("assertion is too large")
+            raise InvalidRequestError("assertion is too large", reason="assertion_too_large")
         return str(assertion)
 
     def check_id_jag(self, assertion: str) -> tuple[IdPConfig, dict[str, Any]]:
@@ -144,19 +146,22 @@ class IdJagRequest:
         client_id."""
         federation = self.services.federation
         if federation is None:
-            raise InvalidGrantError("The assertion is not acceptable", debug="no idp configured")
+            raise InvalidGrantError("The assertion is not acceptable", debug="no idp configured",
+                                    reason="no_idp_configured")
         try:
             return federation.verify_id_jag(
                 assertion, now=self.req.now, audience=self.services.settings.issuer)
         except IdentityError as e:
             # RFC 7523 §3.1: a bad assertion is invalid_grant; which check failed is debug.
-            raise InvalidGrantError("The assertion is not acceptable", debug=e.debug) from e
+            raise InvalidGrantError("The assertion is not acceptable", debug=e.debug,
+                                    reason="id_jag_rejected") from e
 
     def check_client(self, client: OAuthClient, claims: dict[str, Any]) -> None:
         # IDJAG-02 (draft §4.4.1): the client_id claim identifies the authenticated client.
         if claims["client_id"] != client.client_id:
             raise InvalidGrantError("The assertion is not acceptable",
-                                    debug="client_id is not the authenticated client")
+                                    debug="client_id is not the authenticated client",
+                                    reason="id_jag_other_client")
 
     def check_resources(self, claims: dict[str, Any]) -> list[str]:
         """IDJAG-04, RFC 8707 resources: those requested, each within the grant's `resource`,
@@ -166,26 +171,31 @@ class IdJagRequest:
         if granted_list is not None and (not isinstance(granted_list, list) or not all(
                 isinstance(r, str) and r for r in granted_list)):
             raise InvalidGrantError("The assertion is not acceptable",
-                                    debug="resource claim malformed")
+                                    debug="resource claim malformed",
+                                    reason="id_jag_resource_malformed")
         requested = requested_resources(self.services, self.req)
         issuer = self.services.settings.issuer
         if requested:
             # No resource in the grant: only this server (a user assertion) is granted.
             allowed = set(granted_list) if granted_list is not None else {issuer}
             if not set(requested) <= allowed:
-                raise InvalidTargetError("The requested resource exceeds the grant")
+                raise InvalidTargetError("The requested resource exceeds the grant",
+                                         reason="resource_exceeds_grant")
             resources = requested
         else:
             resources = list(dict.fromkeys(granted_list or []))
             unknown = set(resources) - self.services.known_resources()
             if unknown:
-                raise InvalidTargetError("The granted resource is not served by this server")
+                raise InvalidTargetError("The granted resource is not served by this server",
+                                         reason="resource_granted_unknown")
         if any(r.startswith(f"{issuer}/gateway/") for r in resources):
-            raise InvalidTargetError("Gateway tokens are issued only for an intent")
+            raise InvalidTargetError("Gateway tokens are issued only for an intent",
+                                     reason="resource_gateway")
         if resources == [issuer]:
             return []
         if issuer in resources:
-            raise InvalidTargetError("A user assertion is only for this server")
+            raise InvalidTargetError("A user assertion is only for this server",
+                                     reason="resource_mixes_this_server")
         return resources
 
     def check_scope(self, client: OAuthClient, claims: dict[str, Any]) -> str:
@@ -194,7 +204,8 @@ class IdJagRequest:
         granted = claims.get("scope")
         if granted is not None and not isinstance(granted, str):
             raise InvalidGrantError("The assertion is not acceptable",
-                                    debug="scope claim malformed")
+                                    debug="scope claim malformed",
+                                    reason="id_jag_scope_malformed")
         requested = self.req.form.get("scope")
         if requested is not None:
             return checked_scope(self.services, client, requested, granted=granted or "")
@@ -207,13 +218,15 @@ class IdJagRequest:
         """The IdP's `agent_mandate` (in the grant's `authorization_details`), if any. The
         request cannot add one: the agent is not the party that says what the user asked."""
         if self.req.form.get("authorization_details") is not None:
-            raise InvalidRequestError("authorization_details come from the assertion only")
+            raise InvalidRequestError("authorization_details come from the assertion only",
+                                      reason="authorization_details_in_request")
         details = claims.get("authorization_details")
         if details is None:
             return None
         if not isinstance(details, list) or not all(isinstance(d, dict) for d in details):
             raise InvalidGrantError("The assertion is not acceptable",
-                                    debug="authorization_details malformed")
+                                    debug="authorization_details malformed",
+                                    reason="id_jag_details_malformed")
         mandates = [d for d in details if d.get("type") == MANDATE_TYPE]
         if not mandates:
             return None
@@ -221,7 +234,8 @@ class IdJagRequest:
             return parse_mandate(mandates).to_authorization_details()
         except InvalidAuthorizationDetailsError as e:
             raise InvalidGrantError("The assertion is not acceptable",
-                                    debug=f"mandate: {e.description}") from e
+                                    debug=f"mandate: {e.description}",
+                                    reason="id_jag_mandate_invalid") from e
 
     def check_user(self, config: IdPConfig, claims: dict[str, Any]) -> User:
         """IDJAG-05: `iss` + `sub` to our user as sign-in does (JIT, tenant binding, deprovisioned
@@ -231,38 +245,49 @@ class IdJagRequest:
         try:
             user = provision_user(self.req.db, config, claims, now=self.req.now)
         except IdentityError as e:
-            raise InvalidGrantError("The assertion is not acceptable", debug=e.debug) from e
+            raise InvalidGrantError("The assertion is not acceptable", debug=e.debug,
+                                    reason="id_jag_user_refused") from e
         self.user_id = user.id
         return user
 
     # --- audit -----------------------------------------------------------------------------
 
     def audit_failure(self, error: Exception) -> None:
-        """A refusal: drop what the request did, then record it in a transaction of its own."""
-        self.req.db.rollback()
+        """A refusal: its record alone persists (`AuditLog.append_refusal` drops what the request
+        did, a JIT-provisioned user too)."""
         oauth_error = error if isinstance(error, OAuthError) else None
         outcome = "error" if oauth_error is None or oauth_error.error in (
             "server_error", "temporarily_unavailable") else "invalid"
-        reason = oauth_error.error if oauth_error is not None else "server_error"
+        error_code = oauth_error.error if oauth_error is not None else "server_error"
         if self.client is None:
-            # No authenticated client: counted, not appended (the chain's lock is not for
-            # anonymous callers; issue 13, item 8).
-            refused_unauthenticated("id_jag", reason)
+            # No authenticated client: counted (by error code: a bounded label), not appended
+            # (the chain's lock is not for anonymous callers; issue 13, item 8).
+            refused_unauthenticated("id_jag", error_code)
             return
-        detail: dict[str, Any] = {"error": reason}
+        # The specific check that refused (docs/operating.md "Audit refusal reasons").
+        reason = oauth_error.reason if oauth_error is not None else "server_error"
+        detail: dict[str, Any] = {"error": error_code}
         if oauth_error is not None and oauth_error.debug:
             detail["debug"] = str(oauth_error.debug)[:128]
-        with self.services.db.session() as session:
-            self._audit(session, outcome=outcome, reason=reason, token=None, detail=detail)
+        self.services.audit.append_refusal(
+            self.req.db, self._record(outcome=outcome, reason=reason, token=None, detail=detail),
+            now=self.req.now)
 
     def _audit(self, session: Any, *, outcome: str, reason: str | None,
                token: AccessToken | None, detail: dict[str, Any]) -> None:
+        """The allowed grant's record, in the request's transaction (commits with the token)."""
+        self.services.audit.append(
+            session, self._record(outcome=outcome, reason=reason, token=token, detail=detail),
+            now=self.req.now)
+
+    def _record(self, *, outcome: str, reason: str | None, token: AccessToken | None,
+                detail: dict[str, Any]) -> AuditRecord:
         client = self.client
-        self.services.audit.append(session, AuditRecord(
+        return AuditRecord(
             event="id_jag", outcome=outcome, reason=reason, correlation_id=correlation_id(),
             user_id=self.user_id,
             agent_id=client.client_id if client is not None else None,
             token_jti=token.jti if token else None,
             client_ip=self.req.client_ip,
             detail={"client_id": client.client_id if client is not None else None, **detail},
-        ), now=self.req.now)
+        )

@@ -42,29 +42,33 @@ class RefreshTokenGrant(Grant):
         db, now = req.db, req.now
         value = req.form.get("refresh_token")
         if not value:
-            raise InvalidRequestError("Missing refresh_token")
+            raise InvalidRequestError("Missing refresh_token", reason="refresh_token_missing")
         row = refresh_tokens.find(db, value)
         if row is None:
-            raise InvalidGrantError("Invalid refresh token")
+            raise InvalidGrantError("Invalid refresh token", reason="refresh_token_unknown")
         grant = db.get(GrantRow, row.grant_id)
         if grant is None or grant.client_id != client.client_id:
-            raise InvalidGrantError("Invalid refresh token")
+            raise InvalidGrantError("Invalid refresh token", reason="refresh_token_other_client")
         if grant.revoked_at is not None:
-            raise InvalidGrantError("The refresh token was revoked")
+            raise InvalidGrantError("The refresh token was revoked",
+                                    reason="refresh_token_revoked")
         if row.expires_at <= now:
-            raise InvalidGrantError("The refresh token has expired")
+            raise InvalidGrantError("The refresh token has expired",
+                                    reason="refresh_token_expired")
         user = db.get(User, grant.user_id) if grant.user_id else None
         if grant.user_id and (user is None or not user.active):
-            raise InvalidGrantError("The user is no longer active")
+            raise InvalidGrantError("The user is no longer active", reason="user_inactive")
         proof = check_dpop(services, req, client, grant_type=self.GRANT_TYPE)
         if grant.dpop_jkt is not None and (proof is None or proof.jkt != grant.dpop_jkt):
-            raise InvalidGrantError("The refresh token is bound to another DPoP key")
+            raise InvalidGrantError("The refresh token is bound to another DPoP key",
+                                    reason="refresh_token_dpop_key_mismatch")
         settings = services.settings
         scope = checked_scope(services, client, req.form.get("scope") or grant.scope,
                               granted=grant.scope)
         resources = requested_resources(services, req)
         if not set(resources) <= set(grant.resources):
-            raise InvalidTargetError("resource was not part of the grant")
+            raise InvalidTargetError("resource was not part of the grant",
+                                     reason="resource_not_granted")
         if not resources:
             check_still_served(services, grant.resources)
         check_resource_servers(services, resources or grant.resources, scope,
@@ -90,7 +94,8 @@ class RefreshTokenGrant(Grant):
             REFRESH_TOKEN_REUSE.labels(outcome="revoked").inc()
             db.rollback()
             refresh_tokens.revoke_grant(services.db, grant.id, now=now)
-            raise InvalidGrantError("The refresh token was already used")
+            raise InvalidGrantError("The refresh token was already used",
+                                    reason="refresh_token_reused")
 
         token = issue_access_token(
             services.keyring,

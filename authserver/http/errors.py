@@ -22,6 +22,7 @@ from authserver.errors import (
     TemporarilyUnavailableError,
 )
 from authserver.http.browser import is_page_request, render_error_page
+from authserver.observability import correlation_id
 
 log = logging.getLogger("authserver.errors")
 
@@ -87,8 +88,9 @@ def init_app(app: Flask) -> None:
         elif error.status_code >= 500:
             log.error("request failed: %s (%s)", error.error, error.debug or "")
         else:
-            log.info("request rejected: %s", error.error,
-                     extra={"error": error.error, "debug": error.debug or ""})
+            log.info("request rejected: %s (%s)", error.error, error.reason,
+                     extra={"error": error.error, "reason": error.reason,
+                            "debug": error.debug or "", "correlation_id": correlation_id()})
         return _answer(error)
 
     @app.errorhandler(HTTPException)

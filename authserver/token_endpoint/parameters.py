@@ -41,10 +41,12 @@ def check_parameters(query: Form, form: Form) -> None:
     Raises `InvalidRequestError`.
     """
     if query:
-        raise errors.InvalidRequestError("Parameters must be sent in the request body")
+        raise errors.InvalidRequestError("Parameters must be sent in the request body",
+                                         reason="parameters_in_query")
     for name in form:
         if name not in REPEATABLE_PARAMETERS and len(form.getlist(name)) > 1:
-            raise errors.InvalidRequestError("A parameter was sent more than once")
+            raise errors.InvalidRequestError("A parameter was sent more than once",
+                                             reason="parameter_repeated")
 
 
 def check_parameter_characters(*sources: MultiValued) -> None:
@@ -57,9 +59,11 @@ def check_parameter_characters(*sources: MultiValued) -> None:
     for source in sources:
         for name, values in source.lists():
             if "\x00" in name or any("\x00" in value for value in values):
-                raise errors.InvalidRequestError("A parameter contains a NUL character")
+                raise errors.InvalidRequestError("A parameter contains a NUL character",
+                                                 reason="parameter_nul_character")
             if name == "client_id" and any(has_control_characters(v) for v in values):
-                raise errors.InvalidRequestError("client_id contains a control character")
+                raise errors.InvalidRequestError("client_id contains a control character",
+                                                 reason="client_id_control_character")
 
 
 def restrict_parameters(req: TokenRequest, declared: Iterable[str]) -> TokenRequest:

@@ -17,6 +17,7 @@ from authserver.clients import OAuthClient
 from authserver.errors import (
     InvalidRequestError,
     OAuthError,
+    RateLimitedError,
     UnauthorizedClientError,
     UnsupportedGrantTypeError,
 )
@@ -88,28 +89,36 @@ def select_grant(req: TokenRequest) -> Grant:
     do not serve (the password grant among them, BCP-04) is `unsupported_grant_type`."""
     grant_type = req.form.get("grant_type")
     if not grant_type:
-        raise InvalidRequestError("Missing grant_type")
+        raise InvalidRequestError("Missing grant_type", reason="grant_type_missing")
     grant = GRANTS.get(grant_type)
     if grant is None:
-        raise UnsupportedGrantTypeError()
+        raise UnsupportedGrantTypeError(reason="grant_type_unsupported")
     return grant
 
 
 def throttle_address(services: Services, req: TokenRequest) -> None:
     """The per-address budget, spent before client authentication (429 `rate_limited`)."""
-    services.rate_limiter.hit(TOKEN_ADDRESS, req.client_ip or "unknown", now=req.now)
+    try:
+        services.rate_limiter.hit(TOKEN_ADDRESS, req.client_ip or "unknown", now=req.now)
+    except RateLimitedError as e:
+        e.with_reason("rate_limited_address")
+        raise
 
 
 def throttle_client(services: Services, req: TokenRequest, client: OAuthClient) -> None:
     """The per-client budget, spent only once the client authenticated: nobody can spend
     another client's budget by presenting its id (429 `rate_limited`)."""
-    services.rate_limiter.hit(TOKEN, client.client_id, now=req.now)
+    try:
+        services.rate_limiter.hit(TOKEN, client.client_id, now=req.now)
+    except RateLimitedError as e:
+        e.with_reason("rate_limited_client")
+        raise
 
 
 def check_grant_type_allowed(grant: Grant, client: OAuthClient) -> None:
     """RFC 6749 §5.2: a client uses only the grant types it registered."""
     if not client.check_grant_type(grant.GRANT_TYPE):
-        raise UnauthorizedClientError(grant.NOT_ALLOWED)
+        raise UnauthorizedClientError(grant.NOT_ALLOWED, reason="grant_type_not_allowed")
 
 
 def metric_label(req: TokenRequest) -> str:

@@ -115,13 +115,14 @@ class TokenExchange(EdgeMint, AgentExchange, ExchangeAudit):
             if subject_type in IDP_TOKEN_TYPES:
                 if ex.client.row.attributes.get("trusted_edge"):
                     raise InvalidRequestError("The edge mint needs authorization_details with "
-                                              "one agent_mandate")
+                                              "one agent_mandate", reason="edge_mint_no_mandate")
                 if any(d.get("type") == MANDATE_TYPE for d in details):
                     raise InvalidRequestError("Only a client registered as a trusted edge may "
-                                              "mint user assertions")
+                                              "mint user assertions", reason="edge_not_trusted")
             # Say which type is accepted: clients that default to `...:jwt` get no further.
             raise InvalidRequestError(f"Unsupported subject_token_type: the agent exchange "
-                                      f"takes {TT_ACCESS_TOKEN} (the user assertion)")
+                                      f"takes {TT_ACCESS_TOKEN} (the user assertion)",
+                                      reason="subject_token_type_unsupported")
         return self.agent_exchange(ex, details)
 
     # --- named checks ----------------------------------------------------------------------
@@ -131,16 +132,23 @@ class TokenExchange(EdgeMint, AgentExchange, ExchangeAudit):
         # authserver.token_endpoint.parameters.)
         # TX-02: subject_token and its type are required.
         if not ex.form.get("subject_token") or not ex.form.get("subject_token_type"):
-            raise InvalidRequestError("subject_token and subject_token_type are required")
+            raise InvalidRequestError("subject_token and subject_token_type are required",
+                                      reason="subject_token_missing")
         if len(ex.form["subject_token"]) > MAX_TOKEN_LENGTH:
-            raise InvalidRequestError("subject_token is too large")
+            raise InvalidRequestError("subject_token is too large",
+                                      reason="subject_token_too_large")
         # TX-03: actor_token_type if and only if actor_token.
         if bool(ex.form.get("actor_token")) != bool(ex.form.get("actor_token_type")):
-            raise InvalidRequestError("actor_token and actor_token_type go together")
+            raise InvalidRequestError("actor_token and actor_token_type go together",
+                                      reason="actor_token_type_mismatch")
 
     def authorization_details(self, ex: Exchange) -> list[dict[str, Any]]:
         raw = ex.form.get("authorization_details")
         if raw is None:
             return []
         # The one strict parser (no duplicate members, RAR-01 shape), as for `intent`.
-        return loads_authorization_details(raw)
+        try:
+            return loads_authorization_details(raw)
+        except OAuthError as e:
+            e.with_reason("authorization_details_malformed")
+            raise

@@ -15,6 +15,7 @@ from authserver.errors import (
     InvalidRequestError,
     InvalidScopeError,
     InvalidTargetError,
+    OAuthError,
     PolicyDeniedError,
 )
 from authserver.grants.base import Issued, check_dpop
@@ -48,7 +49,8 @@ class AgentExchange(DelegationSteps):
         if target is None:
             return self.narrowed_assertion(ex, details, scope)
         if ex.designee is not None or ex.form.get("dpop_jkt"):
-            raise InvalidRequestError("actor_token does not name the client")
+            raise InvalidRequestError("actor_token does not name the client",
+                                      reason="actor_not_client")
         ex.platform, executor = target
         ex.intent = self.check_intent(ex, details)
         ex.mandate = self.subject_mandate(ex)
@@ -88,25 +90,29 @@ class AgentExchange(DelegationSteps):
         aud = claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else list(aud or [])
         if self.services.settings.issuer not in audiences:
-            raise InvalidRequestError("subject_token is not for this server")
+            raise InvalidRequestError("subject_token is not for this server",
+                                      reason="subject_token_wrong_audience")
         if int(claims["exp"]) <= self.now:
             # Our own token: no clock skew to allow for, and TX-08 caps the output at its exp.
             raise InvalidRequestError("subject_token is invalid, expired or revoked",
-                                      debug="expired")
+                                      debug="expired", reason="subject_token_expired_in_leeway")
         if claims["sub"] == claims["client_id"]:
-            raise InvalidRequestError("subject_token does not represent a user")
+            raise InvalidRequestError("subject_token does not represent a user",
+                                      reason="subject_token_not_user")
         user = self.db.get(User, claims["sub"])
         if user is None or not user.active:
-            raise InvalidRequestError("subject_token is invalid, expired or revoked")
+            raise InvalidRequestError("subject_token is invalid, expired or revoked",
+                                      reason="subject_user_inactive")
         ex.user, ex.subject = user, claims
 
     def check_holder_key(self, ex: Exchange) -> None:
         """TX-16: a DPoP-bound subject token needs a proof made with that same key."""
         cnf = ex.subject.get("cnf") or {}
         if cnf.get("jkt") and ex.proof is not None and ex.proof.jkt != cnf["jkt"]:
-            raise InvalidRequestError("DPoP proof key does not match the subject token")
+            raise InvalidRequestError("DPoP proof key does not match the subject token",
+                                      reason="dpop_key_mismatch")
         if ex.proof is None:
-            raise InvalidDpopProofError("DPoP proof required")
+            raise InvalidDpopProofError("DPoP proof required", reason="dpop_proof_required")
 
     def check_scope_narrows(self, ex: Exchange) -> str:
         requested = ex.form.get("scope")
@@ -114,7 +120,8 @@ class AgentExchange(DelegationSteps):
         if requested is None:
             return granted
         if not set(requested.split()) <= set(granted.split()):
-            raise InvalidScopeError("scope may only narrow the subject token's scope")
+            raise InvalidScopeError("scope may only narrow the subject token's scope",
+                                    reason="scope_widened")
         return requested
 
     def check_target(self, ex: Exchange) -> tuple[str, bool] | None:
@@ -124,13 +131,14 @@ class AgentExchange(DelegationSteps):
         if len(audiences) + len(resources) == 0:
             return None
         if len(audiences) + len(resources) > 1:
-            raise InvalidTargetError("Exactly one audience or resource")
+            raise InvalidTargetError("Exactly one audience or resource",
+                                     reason="target_not_single")
         platforms = self.services.platforms
         issuer = self.services.settings.issuer
         if audiences:
             if audiences[0] in platforms:
                 return audiences[0], False
-            raise InvalidTargetError("Unknown audience")
+            raise InvalidTargetError("Unknown audience", reason="target_unknown_audience")
         resource = resources[0]
         prefix = f"{issuer}/gateway/"
         if resource.startswith(prefix) and resource[len(prefix):] in platforms:
@@ -138,13 +146,18 @@ class AgentExchange(DelegationSteps):
         for name, platform in platforms.items():
             if platform.api_base_url and resource == platform.api_base_url:
                 return name, True
-        raise InvalidTargetError("Unknown resource")
+        raise InvalidTargetError("Unknown resource", reason="target_unknown_resource")
 
     def check_intent(self, ex: Exchange, details: list[dict[str, Any]]) -> Intent:
         # A mandate only ever comes from the assertion: parse_intent rejects one sent here.
-        intent = parse_intent(ex.form.get("intent"), details or None)
+        try:
+            intent = parse_intent(ex.form.get("intent"), details or None)
+        except OAuthError as e:
+            e.with_reason("intent_invalid")
+            raise
         if intent is None:
-            raise InvalidRequestError("An intent is required to reach a platform")
+            raise InvalidRequestError("An intent is required to reach a platform",
+                                      reason="intent_missing")
         return intent
 
     def check_approval(self, ex: Exchange) -> bool:
@@ -196,7 +209,8 @@ class AgentExchange(DelegationSteps):
                 approval, approval_uri=f"{self.services.settings.issuer}/approvals/{approval.id}",
                 now=self.now)
         reason = "intent_mismatch" if decision.is_intent_mismatch else decision.reason
-        raise PolicyDeniedError("The intent is not allowed", debug=reason)
+        # The reason is the policy's own `@reason` (docs/policies.md), e.g. intent_mismatch.
+        raise PolicyDeniedError("The intent is not allowed", debug=reason, reason=reason)
 
     def check_rate_limit(self, ex: Exchange) -> None:
         assert ex.intent is not None and ex.user is not None
@@ -215,6 +229,7 @@ class AgentExchange(DelegationSteps):
         if conn is None or conn.status != CONNECTION_ACTIVE:
             raise ConnectionRequiredError(
                 "The user has no live connection to this platform",
+                reason="connection_missing",
                 extra={"connect_uri": connect_uri(self.services.settings.issuer, ex.platform)})
 
     def platform_token(self, ex: Exchange) -> Issued:
@@ -222,7 +237,7 @@ class AgentExchange(DelegationSteps):
         assert ex.user is not None and ex.platform is not None
         if not ex.client.row.attributes.get("executor"):
             raise PolicyDeniedError("This client may not receive platform tokens",
-                                    debug="not_executor")
+                                    debug="not_executor", reason="not_executor")
         ex.role = "executor"
         s = self.services
         token, conn = get_access_token(

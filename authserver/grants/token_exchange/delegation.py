@@ -15,6 +15,7 @@ from authserver.errors import (
     InvalidAuthorizationDetailsError,
     InvalidClientError,
     InvalidRequestError,
+    OAuthError,
 )
 from authserver.grants.base import Issued
 from authserver.grants.token_exchange.exchange import (
@@ -39,7 +40,8 @@ class DelegationSteps(ExchangeSteps):
         it. Unacceptable actor tokens are `invalid_request` (RFC 8693 §2.2.2)."""
         token, token_type = ex.form.get("actor_token"), ex.form.get("actor_token_type")
         if not token:
-            raise InvalidRequestError("actor_token naming the agent is required")
+            raise InvalidRequestError("actor_token naming the agent is required",
+                                      reason="actor_token_missing")
         ex.agent_id, cnf = self.verify_actor_token(token, token_type)
         if token_type == TT_ACCESS_TOKEN:
             ex.subject["actor_cnf"] = cnf
@@ -54,9 +56,11 @@ class DelegationSteps(ExchangeSteps):
         if token_type == TT_ACCESS_TOKEN:
             claims = self._verify_our_token(token, what="actor_token")
             if claims["sub"] != claims["client_id"]:
-                raise InvalidRequestError("actor_token must be the agent's own token")
+                raise InvalidRequestError("actor_token must be the agent's own token",
+                                          reason="actor_token_not_agent_own")
             return claims["client_id"], claims.get("cnf")
-        raise InvalidRequestError("Unsupported actor_token_type")
+        raise InvalidRequestError("Unsupported actor_token_type",
+                                  reason="actor_token_type_unsupported")
 
     def _verify_agent_assertion(self, token: str) -> str:
         """The agent's own private_key_jwt-style assertion (RFC 7523 §3 claims, `aud` = us,
@@ -65,10 +69,11 @@ class DelegationSteps(ExchangeSteps):
             payload = json.loads(jws.extract_compact(token.encode()).payload)
             agent_id = payload["sub"]
         except (JoseError, ValueError, KeyError, TypeError) as e:
-            raise InvalidRequestError("Malformed actor_token") from e
+            raise InvalidRequestError("Malformed actor_token",
+                                      reason="actor_token_malformed") from e
         agent = self.db.get(Client, agent_id) if isinstance(agent_id, str) else None
         if agent is None:
-            raise InvalidRequestError("Unknown actor")
+            raise InvalidRequestError("Unknown actor", reason="actor_unknown")
         s = self.services
         try:
             # The same verifier and replay namespace as client authentication: an assertion
@@ -78,10 +83,12 @@ class DelegationSteps(ExchangeSteps):
                 token_endpoint=s.settings.token_endpoint, store=s.store,
                 jwks_cache=s.jwks_cache, now=self.now)
         except ClientAssertionReplayedError as e:
-            raise InvalidRequestError("actor_token was already used", debug=e.debug) from e
+            raise InvalidRequestError("actor_token was already used", debug=e.debug,
+                                      reason="actor_token_replayed") from e
         except InvalidClientError as e:
+            # Which client-assertion check refused it: its `client_assertion_*` reason.
             raise InvalidRequestError("actor_token is not acceptable",
-                                      debug=e.debug or e.description) from e
+                                      debug=e.debug or e.description, reason=e.reason) from e
         return str(agent_id)
 
     def check_delegation(self, ex: Exchange) -> None:
@@ -94,10 +101,12 @@ class DelegationSteps(ExchangeSteps):
         else:
             may_act = claims.get("may_act") or {}
             if may_act.get("sub") != caller:
-                raise InvalidRequestError("The client may not act for this subject")
+                raise InvalidRequestError("The client may not act for this subject",
+                                          reason="delegation_not_permitted")
             ex.act = {"sub": caller, "act": previous} if previous else {"sub": caller}
         if _act_depth(ex.act) > MAX_ACT_DEPTH:
-            raise InvalidRequestError("Delegation chain is too long")
+            raise InvalidRequestError("Delegation chain is too long",
+                                      reason="delegation_too_long_chain")
         actor_token = ex.form.get("actor_token")
         if actor_token:
             agent, _ = self.verify_actor_token(actor_token, ex.form.get("actor_token_type"))
@@ -111,7 +120,8 @@ class DelegationSteps(ExchangeSteps):
     def check_is_agent(self, client_id: str) -> None:
         agent = self.db.get(Client, client_id)
         if agent is None or GRANT_TYPE not in agent.grant_types:
-            raise InvalidRequestError("The actor is not an agent allowed to exchange")
+            raise InvalidRequestError("The actor is not an agent allowed to exchange",
+                                      reason="actor_not_agent")
 
     def subject_mandate(self, ex: Exchange) -> Mandate | None:
         for entry in ex.subject.get("authorization_details") or []:
@@ -123,9 +133,19 @@ class DelegationSteps(ExchangeSteps):
                            ) -> Issued:
         """No target: a new assertion for this server whose mandate may only narrow."""
         wider = self.subject_mandate(ex)
-        narrower = parse_mandate(details) if details else wider
-        if narrower is None or wider is None or not narrower.narrows(wider):
-            raise InvalidAuthorizationDetailsError("A mandate can only be narrowed")
+        try:
+            narrower = parse_mandate(details) if details else wider
+        except OAuthError as e:
+            e.with_reason("mandate_invalid")
+            raise
+        if narrower is None or wider is None:
+            raise InvalidAuthorizationDetailsError("A mandate can only be narrowed",
+                                                   reason="mandate_missing")
+        if not narrower.narrows(wider):
+            raise InvalidAuthorizationDetailsError(
+                "A mandate can only be narrowed",
+                reason="mandate_widened" if _same_request(narrower, wider)
+                else "mandate_other_request")
         ex.mandate = narrower
         s = self.services
         jkt, extra = self.check_designee_key(ex)
@@ -147,14 +167,25 @@ class DelegationSteps(ExchangeSteps):
         that agent's key (`dpop_jkt`), like the edge mint; otherwise to the caller's key."""
         if ex.designee is None:
             if ex.form.get("dpop_jkt"):
-                raise InvalidRequestError("dpop_jkt is only for designating another agent")
+                raise InvalidRequestError("dpop_jkt is only for designating another agent",
+                                          reason="dpop_jkt_without_designee")
             return ex.proof.jkt, {}  # type: ignore[union-attr]
         jkt = ex.form.get("dpop_jkt")
         if not isinstance(jkt, str) or len(jkt) != 43:
-            raise InvalidRequestError("dpop_jkt (the designated agent's key) is required")
+            raise InvalidRequestError("dpop_jkt (the designated agent's key) is required",
+                                      reason="designee_key_missing")
         if _act_depth({"sub": ex.designee, "act": ex.act}) > MAX_ACT_DEPTH:
-            raise InvalidRequestError("Delegation chain is too long")
+            raise InvalidRequestError("Delegation chain is too long",
+                                      reason="designee_chain_too_long")
         return jkt, {"may_act": {"sub": ex.designee, "iss": self.services.settings.issuer}}
+
+
+def _same_request(narrower: Mandate, wider: Mandate) -> bool:
+    """The first half of `Mandate.narrows` (RAR-06): the same channel and user request, so a
+    mandate that fails to narrow is one that widens (not one for another request)."""
+    return narrower.channel == wider.channel and narrower.request_hash == wider.request_hash \
+        and (narrower.request_text is None or wider.request_text is None
+             or narrower.request_text == wider.request_text)
 
 
 def _act_depth(act: dict[str, Any] | None) -> int:

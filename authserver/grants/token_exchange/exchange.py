@@ -76,9 +76,12 @@ class ExchangeSteps:
     def check_requested_token_type(self, ex: Exchange) -> None:
         requested = ex.form.get("requested_token_type")
         if requested not in (None, TT_ACCESS_TOKEN):
-            raise InvalidRequestError("Unsupported requested_token_type")
+            raise InvalidRequestError("Unsupported requested_token_type",
+                                      reason="requested_token_type_unsupported")
 
     def _verify_our_token(self, token: str, *, what: str) -> dict[str, Any]:
+        """One of our tokens, as `what` (subject_token or actor_token): refused with reason
+        `<what>_<TokenNotLiveError.code>` (`subject_token_expired`, `actor_token_revoked`)."""
         s = self.services
         try:
             claims = verify_access_token(s.keyring, s.settings.issuer, token, now=self.now)
@@ -86,7 +89,7 @@ class ExchangeSteps:
         except TokenNotLiveError as e:
             # RFC 8693 §2.2.2: an unacceptable input token is invalid_request.
             raise InvalidRequestError(f"{what} is invalid, expired or revoked",
-                                      debug=e.reason) from e
+                                      debug=e.reason, reason=f"{what}_{e.code}") from e
         return claims
 
     def exchange_response(self, token: AccessToken) -> Issued:
@@ -98,5 +101,5 @@ def remaining_lifetime(subject: dict[str, Any], now: int, ttl: int) -> int:
     left = int(subject.get("exp", now + ttl)) - now
     if left <= 0:
         raise InvalidRequestError("subject_token is invalid, expired or revoked",
-                                  debug="expired")
+                                  debug="expired", reason="subject_token_no_lifetime_left")
     return min(ttl, left)
