@@ -58,6 +58,18 @@ class Counter:
 
         for name in ("begin", "commit", "rollback"):
             event.listen(engine, name, lambda _conn, name=name: self.add("sql " + name))
+        self.held = 0
+
+        @event.listens_for(engine, "checkout")
+        def _checkout(*_a: Any) -> None:
+            with self.lock:
+                self.held += 1
+                self.counts["pool max held"] = max(self.counts["pool max held"], self.held)
+
+        @event.listens_for(engine, "checkin")
+        def _checkin(*_a: Any) -> None:
+            with self.lock:
+                self.held -= 1
         client = services.store._r
         execute = client.execute_command
 
@@ -69,10 +81,14 @@ class Counter:
 
     def measure(self, call: Callable[[], Any]) -> collections.Counter[str]:
         with self.lock:
+            self.counts["pool max held"] = base = self.held  # relative: held before the call
             before = collections.Counter(self.counts)
         call()
         with self.lock:
-            return self.counts - before
+            assert self.held == base, "a connection is still checked out after the request"
+            delta = self.counts - before
+            delta["pool max held"] = self.counts["pool max held"] - base
+            return delta
 
 
 def summarise(samples: list[collections.Counter[str]]) -> dict[str, Any]:
@@ -81,6 +97,7 @@ def summarise(samples: list[collections.Counter[str]]) -> dict[str, Any]:
 
     sql_statements = median(lambda k: k.split()[-1] in (*SQL_VERBS, "other")
                             and k.startswith("sql "))
+    held = max(s["pool max held"] for s in samples)
     transactions = median(lambda k: k in ("sql commit", "sql rollback"))
     writes = median(lambda k: k in ("sql INSERT", "sql UPDATE", "sql DELETE"))
     redis_commands = median(lambda k: k.startswith("redis "))
@@ -94,6 +111,8 @@ def summarise(samples: list[collections.Counter[str]]) -> dict[str, Any]:
         # psycopg sends BEGIN before a transaction's first statement and COMMIT at its end.
         "pg round trips": sql_statements + 2 * transactions,
         "redis commands": redis_commands,
+        # The most pooled connections one request held at once.
+        "pg connections": held,
         "detail (total over runs)": dict(sorted(kinds.items())),
     }
 
@@ -178,7 +197,7 @@ def main(argv: list[str]) -> None:
     print_table(f"Round trips per request, median of {args.runs} ({where}; PostgreSQL + Redis)",
                 [{"request": k, **v} for k, v in rows.items()],
                 ["request", "sql statements", "of which writes", "transactions",
-                 "pg round trips", "redis commands"])
+                 "pg round trips", "pg connections", "redis commands"])
     for name, row in rows.items():
         print(f"\n{name}: {json.dumps(row['detail (total over runs)'])}")
     if args.out:
