@@ -550,5 +550,7 @@ def refused_unauthenticated(event: str, reason: str) -> None:
 
 
 def event_as_dict(event: AuditEvent) -> dict[str, Any]:
-    """An event as plain JSON-ready data (CLI `audit tail`, the admin API, the demo)."""
-    return {name: getattr(event, name) for name in (*_HASHED_COLUMNS, "hash")}
+    """An event as plain JSON-ready data (CLI `audit tail`, the admin API, the demo), with
+    its place in its shard's chain (`shard`, `shard_seq`)."""
+    return {name: getattr(event, name)
+            for name in (*_HASHED_COLUMNS, "hash", "shard", "shard_seq")}
