@@ -5,7 +5,8 @@ Deprovisioning (admin API) kills an already-issued assertion on its next use.
 Every refusal is checked for status, `error` and the exact `error_description` of the check that
 should refuse it (tests.http_helpers.assert_refusal); where several checks share one description
 (an IdP token or an actor token that is "not acceptable"), the server's logged reason tells them
-apart (`assert_rejected_because`)."""
+apart (`assert_rejected_because`). Every refusal also asserts its specific reason code, logged
+and in the audit record (tests.refusal_helpers.assert_audited_reason)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.http_helpers import REJECTION_LOGGER, assert_refusal, assert_rejected_because
+from tests.refusal_helpers import assert_audited_reason
 from tests.stack import TT_ACCESS_TOKEN, Stack, compact, correlation, make_stack, mandate
 
 USER = "alice"
@@ -76,7 +78,7 @@ def test_edge_mint_binds_assertion_to_agent_key(stack: Stack) -> None:
     assert body["authorization_details"] == claims["authorization_details"]
 
 
-def test_edge_cannot_use_what_it_minted(stack: Stack) -> None:
+def test_edge_cannot_use_what_it_minted(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     """The edge, with its own key and its own client authentication, is refused."""
     assertion, _agent_key = stack.edge_mint(USER)
     edge_key = stack.dpop_key()
@@ -92,12 +94,14 @@ def test_edge_cannot_use_what_it_minted(stack: Stack) -> None:
     # Refused at the first check it fails: its proof key is not the agent's.
     assert_refusal(resp, 400, "invalid_request",
                    "DPoP proof key does not match the subject token")
+    assert_audited_reason(stack, caplog, "dpop_key_mismatch", event="token_exchange")
 
 
-def test_untrusted_edge_cannot_mint(stack: Stack) -> None:
+def test_untrusted_edge_cannot_mint(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     untrusted = stack.register_edge(trusted=False)
     body = assert_refusal(mint(stack, edge=untrusted), 400, "invalid_request",
                           "Only a client registered as a trusted edge may mint user assertions")
+    assert_audited_reason(stack, caplog, "edge_not_trusted")
     assert "trusted edge" in body["error_description"], body
 
 
@@ -112,20 +116,23 @@ def test_edge_mint_audited(stack: Stack) -> None:
     assert record["detail"]["client_id"] == stack.edge_id
 
 
-def test_missing_dpop_jkt(stack: Stack) -> None:
+def test_missing_dpop_jkt(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     assert_refusal(mint(stack, dpop_jkt=None), 400, "invalid_request", NO_DPOP_JKT)
+    assert_audited_reason(stack, caplog, "agent_key_missing", event="edge_mint")
 
 
-def test_missing_actor_token(stack: Stack) -> None:
+def test_missing_actor_token(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     assert_refusal(mint(stack, drop=("actor_token", "actor_token_type")), 400,
                    "invalid_request", "actor_token naming the agent is required")
+    assert_audited_reason(stack, caplog, "actor_token_missing")
 
 
-def test_actor_token_replayed(stack: Stack) -> None:
+def test_actor_token_replayed(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     actor = stack.agent.assertion(stack.issuer)
     assert mint(stack, actor_token=actor).status_code == 200
     assert_refusal(mint(stack, actor_token=actor), 400, "invalid_request",
                    "actor_token was already used")
+    assert_audited_reason(stack, caplog, "actor_token_replayed")
 
 
 def test_actor_token_signed_by_another_key(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -134,12 +141,14 @@ def test_actor_token_signed_by_another_key(stack: Stack, caplog: pytest.LogCaptu
                                 sub=stack.agent.client_id)
     assert_refusal(mint(stack, actor_token=forged), 400, "invalid_request", BAD_ACTOR)
     assert_rejected_because(caplog, "client_assertion signature is invalid")
+    assert_audited_reason(stack, caplog, "client_assertion_bad_signature")
 
 
 def test_actor_token_expired(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     stale = stack.agent.assertion(stack.issuer, lifetime=-120)
     assert_refusal(mint(stack, actor_token=stale), 400, "invalid_request", BAD_ACTOR)
     assert_rejected_because(caplog, "client_assertion is expired")
+    assert_audited_reason(stack, caplog, "client_assertion_expired")
 
 
 def test_forged_id_token(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -148,6 +157,7 @@ def test_forged_id_token(stack: Stack, caplog: pytest.LogCaptureFixture) -> None
     resp = stack.edge_mint_response(forged, mandate(), dpop_jkt=key.dpop_jkt)
     assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
     assert_rejected_because(caplog, "bad signature (BadSignatureError)")
+    assert_audited_reason(stack, caplog, "subject_token_idp_rejected")
 
 
 def test_id_token_for_untrusted_audience(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -156,6 +166,7 @@ def test_id_token_for_untrusted_audience(stack: Stack, caplog: pytest.LogCapture
     resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
     assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
     assert_rejected_because(caplog, "aud mismatch")
+    assert_audited_reason(stack, caplog, "subject_token_idp_rejected")
 
 
 def test_expired_id_token(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -164,6 +175,19 @@ def test_expired_id_token(stack: Stack, caplog: pytest.LogCaptureFixture) -> Non
     resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
     assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
     assert_rejected_because(caplog, "expired")
+    assert_audited_reason(stack, caplog, "subject_token_idp_rejected")
+
+
+def test_id_token_expired_within_the_leeway_leaves_no_lifetime(
+        stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
+    """An IdP token just past `exp` passes the IdP check (clock-skew leeway), but TX-08 has
+    nothing left to cap the assertion at: refused with its own reason (remaining_lifetime)."""
+    token = stack.idp.mint_id_token(USER, aud="chat-edge", exp_in=-5)
+    key = stack.dpop_key()
+    resp = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
+    assert_refusal(resp, 400, "invalid_request", "subject_token is invalid, expired or revoked")
+    assert_rejected_because(caplog, "expired")
+    assert_audited_reason(stack, caplog, "subject_token_no_lifetime_left", event="edge_mint")
 
 
 def test_malformed_mandate(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -171,6 +195,7 @@ def test_malformed_mandate(stack: Stack, caplog: pytest.LogCaptureFixture) -> No
     bad[0]["platforms"] = []
     assert_refusal(mint(stack, details=bad), 400, "invalid_authorization_details", BAD_DETAILS)
     assert_rejected_because(caplog, "agent_mandate.platforms must hold 1..16 entries")
+    assert_audited_reason(stack, caplog, "mandate_invalid")
 
 
 @pytest.mark.parametrize("duplicate", ["channel", "type"])
@@ -189,16 +214,19 @@ def test_mandate_with_a_duplicate_member_is_refused(
     assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
     assert_rejected_because(caplog, "authorization_details is not valid strict JSON: "
                                     f"repeated JSON member {duplicate!r}")
+    assert_audited_reason(stack, caplog, "authorization_details_malformed")
     # The same mandate without the repeated member mints.
     resp = stack.edge_mint_response(stack.idp_id_token(USER), None, dpop_jkt=key.dpop_jkt,
                                     authorization_details=good)
     assert resp.status_code == 200, resp.text
 
 
-def test_mint_without_mandate_says_it_needs_one(stack: Stack) -> None:
+def test_mint_without_mandate_says_it_needs_one(stack: Stack,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A trusted edge's IdP token without an agent_mandate is not read as an agent exchange."""
     body = assert_refusal(mint(stack, details=None), 400, "invalid_request",
                           "The edge mint needs authorization_details with one agent_mandate")
+    assert_audited_reason(stack, caplog, "edge_mint_no_mandate")
     assert "agent_mandate" in body["error_description"], body
 
 
@@ -207,16 +235,20 @@ def test_mandate_request_hash_mismatch(stack: Stack, caplog: pytest.LogCaptureFi
     bad[0]["request"] = "Something else entirely"
     assert_refusal(mint(stack, details=bad), 400, "invalid_authorization_details", BAD_DETAILS)
     assert_rejected_because(caplog, "agent_mandate.request_hash does not match request")
+    assert_audited_reason(stack, caplog, "mandate_invalid")
 
 
-def test_mint_for_another_target(stack: Stack) -> None:
+def test_mint_for_another_target(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     assert_refusal(mint(stack, audience="crm"), 400, "invalid_target",
                    "A user assertion is only for this server")
+    assert_audited_reason(stack, caplog, "target_not_this_server")
 
 
-def test_mint_unsupported_requested_token_type(stack: Stack) -> None:
+def test_mint_unsupported_requested_token_type(stack: Stack,
+        caplog: pytest.LogCaptureFixture) -> None:
     resp = mint(stack, requested_token_type="urn:ietf:params:oauth:token-type:id_token")
     assert_refusal(resp, 400, "invalid_request", "Unsupported requested_token_type")
+    assert_audited_reason(stack, caplog, "requested_token_type_unsupported")
 
 
 # --- revocation epochs (deprovisioning) ---------------------------------------------------------
@@ -244,6 +276,7 @@ def test_deprovisioning_kills_issued_assertion(
                        "subject_token is invalid, expired or revoked")
         # tokens.check_token_live, not check_subject_assertion's own user check (no reason).
         assert_rejected_because(caplog, "user inactive")
+        assert_audited_reason(stack, caplog, "subject_token_user_inactive")
     finally:
         stack.close()
 
@@ -264,6 +297,7 @@ def test_id_token_for_our_own_login_client_is_refused(
                                     headers={"X-Request-ID": cid})
     assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
     assert_rejected_because(caplog, "aud is our own login client")
+    assert_audited_reason(stack, caplog, "subject_token_idp_rejected")
     [record] = stack.audit_for(cid)
     assert record["outcome"] == "invalid"
 
@@ -276,13 +310,16 @@ def test_id_token_is_single_use(stack: Stack, caplog: pytest.LogCaptureFixture) 
     again = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
     assert_refusal(again, 400, "invalid_request", BAD_ID_TOKEN)
     assert_rejected_because(caplog, "subject_token already used")
+    assert_audited_reason(stack, caplog, "subject_token_replayed")
 
 
-def test_refused_mint_does_not_spend_the_id_token(stack: Stack) -> None:
+def test_refused_mint_does_not_spend_the_id_token(stack: Stack,
+        caplog: pytest.LogCaptureFixture) -> None:
     token = stack.idp_id_token(USER)
     key = stack.dpop_key()
     assert_refusal(stack.edge_mint_response(token, mandate(), drop=("dpop_jkt",)), 400,
                    "invalid_request", NO_DPOP_JKT)
+    assert_audited_reason(stack, caplog, "agent_key_missing")
     ok = stack.edge_mint_response(token, mandate(), dpop_jkt=key.dpop_jkt)
     assert ok.status_code == 200, ok.text
 
@@ -295,3 +332,4 @@ def test_tenant_not_bound_to_the_idp_is_refused(
     resp = stack.edge_mint_response(stack.idp_id_token(USER), mandate(), dpop_jkt=key.dpop_jkt)
     assert_refusal(resp, 400, "invalid_request", BAD_ID_TOKEN)
     assert_rejected_because(caplog, "tenant 'globex' is not bound to idp corp")
+    assert_audited_reason(stack, caplog, "subject_user_refused")

@@ -20,6 +20,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from tests.http_helpers import REJECTION_LOGGER, assert_refusal, assert_rejected_because
+from tests.refusal_helpers import assert_audited_reason
 from tests.stack import (
     EDGE_AT_IDP,
     GRANT_TOKEN_EXCHANGE,
@@ -114,12 +115,15 @@ def _log_rejections(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger=REJECTION_LOGGER)
 
 
-def assert_invalid_grant(resp: requests.Response, caplog: pytest.LogCaptureFixture,
-                         because: str) -> dict[str, Any]:
-    """A refused assertion: 400 invalid_grant, the one description, and `because` the reason
-    the server logged (which check of JwtBearerGrant / verify_id_jag refused it)."""
+def assert_invalid_grant(stack: Stack, resp: requests.Response,
+                         caplog: pytest.LogCaptureFixture, because: str,
+                         reason: str) -> dict[str, Any]:
+    """A refused assertion: 400 invalid_grant, the one description, `because` the debug the
+    server logged (which check of JwtBearerGrant / verify_id_jag refused it) and `reason` its
+    reason code, logged and in the `id_jag` audit record."""
     body = assert_refusal(resp, 400, "invalid_grant", NOT_ACCEPTABLE)
     assert_rejected_because(caplog, because)
+    assert_audited_reason(stack, caplog, reason, event="id_jag")
     return body
 
 
@@ -181,7 +185,8 @@ def test_without_a_mandate_the_intent_is_denied(
 def test_replayed_id_jag(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     grant = minted(stack)
     assert present(stack, grant).status_code == 200
-    assert_invalid_grant(present(stack, grant), caplog, "ID-JAG already used")
+    assert_invalid_grant(stack, present(stack, grant), caplog, "ID-JAG already used",
+                         "id_jag_replayed")
 
 
 def test_refused_grant_is_not_spent(stack: Stack) -> None:
@@ -195,7 +200,7 @@ def test_wrong_audience(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     cid = correlation()
     resp = present(stack, minted(stack, aud="https://other-as.example"),
                    headers={"X-Request-ID": cid})
-    assert_invalid_grant(resp, caplog, "aud mismatch")
+    assert_invalid_grant(stack, resp, caplog, "aud mismatch", "id_jag_rejected")
     [record] = stack.audit_for(cid)
     assert (record["event"], record["outcome"]) == ("id_jag", "invalid")
     assert record["detail"]["debug"] == "aud mismatch"
@@ -204,38 +209,42 @@ def test_wrong_audience(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
 def test_several_audiences(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     grant = minted(stack, aud=[stack.issuer, "https://other.example"],
                    extra={"azp": stack.issuer})
-    assert_invalid_grant(present(stack, grant), caplog, "aud is not exactly this server")
+    assert_invalid_grant(stack, present(stack, grant), caplog, "aud is not exactly this server",
+                         "id_jag_rejected")
 
 
 def test_wrong_client(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     other = stack.register_agent(grant_types=AGENT_GRANTS)
-    assert_invalid_grant(present(stack, minted(stack), agent=other), caplog,
-                         "client_id is not the authenticated client")
+    assert_invalid_grant(stack, present(stack, minted(stack), agent=other), caplog,
+                         "client_id is not the authenticated client", "id_jag_other_client")
 
 
 def test_expired(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    assert_invalid_grant(present(stack, minted(stack, exp_in=-120)), caplog, "expired")
+    assert_invalid_grant(stack, present(stack, minted(stack, exp_in=-120)), caplog, "expired",
+                         "id_jag_rejected")
 
 
 def test_issued_in_the_future(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     now = stack.clock()
     grant = minted(stack, extra={"iat": now + 600, "exp": now + 900})
-    assert_invalid_grant(present(stack, grant), caplog, "iat in the future")
+    assert_invalid_grant(stack, present(stack, grant), caplog, "iat in the future",
+                         "id_jag_rejected")
 
 
 def test_missing_jti(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    assert_invalid_grant(present(stack, minted(stack, extra={"jti": None})), caplog,
-                         "jti missing or invalid")
+    assert_invalid_grant(stack, present(stack, minted(stack, extra={"jti": None})), caplog,
+                         "jti missing or invalid", "id_jag_rejected")
 
 
 def test_missing_client_id(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    assert_invalid_grant(present(stack, minted(stack, extra={"client_id": None})), caplog,
-                         "client_id missing or invalid")
+    assert_invalid_grant(stack, present(stack, minted(stack, extra={"client_id": None})), caplog,
+                         "client_id missing or invalid", "id_jag_rejected")
 
 
 def test_forged_signature(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     grant = minted(stack, sign_with=stack.idp.foreign_key())
-    assert_invalid_grant(present(stack, grant), caplog, "bad signature (BadSignatureError)")
+    assert_invalid_grant(stack, present(stack, grant), caplog, "bad signature (BadSignatureError)",
+                         "id_jag_rejected")
 
 
 def test_unsigned_alg_none(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
@@ -248,26 +257,29 @@ def test_unsigned_alg_none(stack: Stack, caplog: pytest.LogCaptureFixture) -> No
     signed = minted(stack)
     payload = json.loads(base64.urlsafe_b64decode(signed.split(".")[1] + "=="))
     unsigned = seg({"alg": "none", "typ": "oauth-id-jag+jwt"}) + "." + seg(payload) + "."
-    assert_invalid_grant(present(stack, unsigned), caplog, "alg 'none' not allowed")
+    assert_invalid_grant(stack, present(stack, unsigned), caplog, "alg 'none' not allowed",
+                         "id_jag_rejected")
 
 
 @pytest.mark.parametrize("typ", [None, "JWT", "at+jwt", "id-jag+jwt"])
 def test_wrong_typ(stack: Stack, typ: str | None, caplog: pytest.LogCaptureFixture) -> None:
     # typ=None drops the member, but joserfc's jwt.encode (the test IdP signs with it) then
     # writes `typ: JWT`: that case is the JWT one again, not a token without typ.
-    assert_invalid_grant(present(stack, minted(stack, header={"typ": typ})), caplog,
-                         f"typ {typ or 'JWT'!r} is not oauth-id-jag+jwt")
+    assert_invalid_grant(stack, present(stack, minted(stack, header={"typ": typ})), caplog,
+                         f"typ {typ or 'JWT'!r} is not oauth-id-jag+jwt", "id_jag_rejected")
 
 
 def test_id_token_is_not_an_id_jag(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     token = stack.idp.mint_id_token(USER, aud=stack.issuer,
                                     extra={"client_id": stack.agent.client_id, "jti": "x1"})
-    assert_invalid_grant(present(stack, token), caplog, "typ 'JWT' is not oauth-id-jag+jwt")
+    assert_invalid_grant(stack, present(stack, token), caplog, "typ 'JWT' is not oauth-id-jag+jwt",
+                         "id_jag_rejected")
 
 
 def test_unknown_issuer(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     grant = minted(stack, extra={"iss": "https://evil.example"})
-    assert_invalid_grant(present(stack, grant), caplog, "untrusted issuer 'https://evil.example'")
+    assert_invalid_grant(stack, present(stack, grant), caplog, "untrusted issuer 'https://evil.example'",
+                         "id_jag_rejected")
 
 
 def test_scope_beyond_the_grant(stack: Stack) -> None:
@@ -330,12 +342,13 @@ def test_deprovisioned_user(stack: Stack, caplog: pytest.LogCaptureFixture) -> N
         carol_id = carol.id
     assert stack.deprovision(carol_id).status_code == 200
     again = stack.idp.mint_id_jag("carol", aud=stack.issuer, client_id=stack.agent.client_id)
-    assert_invalid_grant(present(stack, again), caplog, f"user {carol_id} is deprovisioned")
+    assert_invalid_grant(stack, present(stack, again), caplog, f"user {carol_id} is deprovisioned",
+                         "id_jag_user_refused")
 
 
 def test_tenant_not_bound_to_the_idp(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
-    assert_invalid_grant(present(stack, minted(stack, extra={"tenant": "globex"})), caplog,
-                         "tenant 'globex' is not bound to idp corp")
+    assert_invalid_grant(stack, present(stack, minted(stack, extra={"tenant": "globex"})), caplog,
+                         "tenant 'globex' is not bound to idp corp", "id_jag_user_refused")
 
 
 def test_idp_refuses_an_unknown_audience(stack: Stack) -> None:
@@ -354,6 +367,7 @@ def test_idp_not_id_jag_enabled(tmp_path: Any, caplog: pytest.LogCaptureFixture)
     try:
         grant = s.idp.mint_id_jag(USER, aud=s.issuer, client_id=s.agent.client_id,
                                   authorization_details=mandate())
-        assert_invalid_grant(present(s, grant), caplog, "idp corp is not enabled for ID-JAG")
+        assert_invalid_grant(s, present(s, grant), caplog, "idp corp is not enabled for ID-JAG",
+                             "id_jag_rejected")
     finally:
         s.close()

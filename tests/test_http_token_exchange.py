@@ -3,7 +3,9 @@
 Every refusal is checked for status, `error`, the exact `error_description` of the check that
 should refuse it (tests.http_helpers.assert_refusal) and headers; where several checks share one
 description, the server's logged reason for the refusal tells them apart
-(`assert_rejected_because`). Every outcome writes exactly one audit record with the request's
+(`assert_rejected_because`). Every refusal also asserts its specific reason code, logged and
+in the audit record (tests.refusal_helpers.assert_audited_reason; docs/operating.md "Audit
+refusal reasons"). Every outcome writes exactly one audit record with the request's
 correlation id. The stack (tests/stack.py) is real: IdP, CRM, Taskboard and authserver on
 loopback, one per module (SQLite, embedded store).
 """
@@ -26,6 +28,7 @@ from tests.http_helpers import (
     assert_refusal,
     assert_rejected_because,
 )
+from tests.refusal_helpers import assert_audited_reason
 from tests.stack import (
     GRANT_TOKEN_EXCHANGE,
     TT_ACCESS_TOKEN,
@@ -162,33 +165,42 @@ def test_requests_oauth2client_sees_policy_denial(stack: Stack, minted: Any) -> 
 # --- TX-02 / TX-03 / TX-06 request validation ---------------------------------------------------
 
 
-def test_missing_subject_token(stack: Stack, minted: Any) -> None:
+def test_missing_subject_token(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     _, key = minted
     assert_refusal(stack.agent_exchange("", key), 400, "invalid_request",
                    "subject_token and subject_token_type are required")
+    assert_audited_reason(stack, caplog, "subject_token_missing")
 
 
-def test_missing_subject_token_type(stack: Stack, minted: Any) -> None:
+def test_missing_subject_token_type(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, subject_token_type="")
     assert_refusal(resp, 400, "invalid_request",
                    "subject_token and subject_token_type are required")
+    assert_audited_reason(stack, caplog, "subject_token_missing")
 
 
-def test_actor_token_without_type(stack: Stack, minted: Any) -> None:
+def test_actor_token_without_type(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key,
                                 actor_token=stack.agent.assertion(stack.issuer))
     assert_refusal(resp, 400, "invalid_request", "actor_token and actor_token_type go together")
+    assert_audited_reason(stack, caplog, "actor_token_type_mismatch")
 
 
-def test_actor_token_type_without_actor_token(stack: Stack, minted: Any) -> None:
+def test_actor_token_type_without_actor_token(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, actor_token_type=TT_JWT)
     assert_refusal(resp, 400, "invalid_request", "actor_token and actor_token_type go together")
+    assert_audited_reason(stack, caplog, "actor_token_type_mismatch")
 
 
-def test_repeated_subject_token(stack: Stack, minted: Any) -> None:
+def test_repeated_subject_token(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     form = {"grant_type": GRANT_TOKEN_EXCHANGE, "subject_token": [assertion, assertion]}
     resp = requests.post(stack.issuer + "/token", timeout=10, data={
@@ -198,56 +210,67 @@ def test_repeated_subject_token(stack: Stack, minted: Any) -> None:
         "client_assertion": stack.agent.assertion(stack.issuer),
     }, headers={"DPoP": stack.dpop_proof(key)})
     assert_refusal(resp, 400, "invalid_request", "A parameter was sent more than once")
+    assert_audited_reason(stack, caplog, "parameter_repeated", audited=False)
 
 
-def test_unsupported_requested_token_type(stack: Stack, minted: Any) -> None:
+def test_unsupported_requested_token_type(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key,
                                 requested_token_type="urn:ietf:params:oauth:token-type:id_token")
     assert_refusal(resp, 400, "invalid_request", "Unsupported requested_token_type")
+    assert_audited_reason(stack, caplog, "requested_token_type_unsupported")
 
 
-def test_unsupported_subject_token_type(stack: Stack, minted: Any) -> None:
+def test_unsupported_subject_token_type(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key,
                                 subject_token_type="urn:ietf:params:oauth:token-type:saml2")
     assert_refusal(resp, 400, "invalid_request", UNSUPPORTED_SUBJECT_TYPE)
+    assert_audited_reason(stack, caplog, "subject_token_type_unsupported")
 
 
 @pytest.mark.parametrize("subject_token_type", [TT_JWT, "urn:ietf:params:oauth:token-type:saml2"])
 def test_unsupported_subject_token_type_names_the_one_accepted(stack: Stack, minted: Any,
-                                                               subject_token_type: str) -> None:
+                                                               subject_token_type: str,
+        caplog: pytest.LogCaptureFixture) -> None:
     """A client that defaults to `...:jwt` learns which type the agent exchange takes."""
     assertion, key = minted
     body = assert_refusal(stack.agent_exchange(assertion, key,
                                                subject_token_type=subject_token_type),
                           400, "invalid_request", UNSUPPORTED_SUBJECT_TYPE)
+    assert_audited_reason(stack, caplog, "subject_token_type_unsupported")
     assert TT_ACCESS_TOKEN in body["error_description"], body
 
 
-def test_unknown_audience(stack: Stack, minted: Any) -> None:
+def test_unknown_audience(stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     assert_refusal(stack.agent_exchange(assertion, key, audience="warehouse"), 400,
                    "invalid_target", "Unknown audience")
+    assert_audited_reason(stack, caplog, "target_unknown_audience")
 
 
-def test_unknown_resource(stack: Stack, minted: Any) -> None:
+def test_unknown_resource(stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, audience=None,
                                 resource=f"{stack.issuer}/gateway/warehouse")
     assert_refusal(resp, 400, "invalid_target", "Unknown resource")
+    assert_audited_reason(stack, caplog, "target_unknown_resource")
 
 
-def test_two_targets(stack: Stack, minted: Any) -> None:
+def test_two_targets(stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, resource=f"{stack.issuer}/gateway/projects")
     assert_refusal(resp, 400, "invalid_target", "Exactly one audience or resource")
+    assert_audited_reason(stack, caplog, "target_not_single")
 
 
-def test_scope_widening(stack: Stack, minted: Any) -> None:
+def test_scope_widening(stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     assert_refusal(stack.agent_exchange(assertion, key, scope="write"), 400, "invalid_scope",
                    "scope may only narrow the subject token's scope")
+    assert_audited_reason(stack, caplog, "scope_widened")
 
 
 def test_foreign_subject_token(stack: Stack, minted: Any,
@@ -262,6 +285,7 @@ def test_foreign_subject_token(stack: Stack, minted: Any,
     }, foreign, algorithms=["ES256"])
     assert_refusal(stack.agent_exchange(token, key), 400, "invalid_request", INVALID_SUBJECT)
     assert_rejected_because(caplog, "signature")
+    assert_audited_reason(stack, caplog, "subject_token_bad_signature")
 
 
 def test_idp_token_as_agent_subject_token(stack: Stack, minted: Any,
@@ -272,6 +296,7 @@ def test_idp_token_as_agent_subject_token(stack: Stack, minted: Any,
     resp = stack.agent_exchange(stack.idp_id_token(USER), key)
     assert_refusal(resp, 400, "invalid_request", INVALID_SUBJECT)
     assert_rejected_because(caplog, "signature")
+    assert_audited_reason(stack, caplog, "subject_token_bad_signature")
 
 
 def test_tampered_subject_token(stack: Stack, minted: Any,
@@ -282,18 +307,33 @@ def test_tampered_subject_token(stack: Stack, minted: Any,
     assert_refusal(stack.agent_exchange(f"{head}.{body}.{bad_sig}", key), 400,
                    "invalid_request", INVALID_SUBJECT)
     assert_rejected_because(caplog, "signature")
+    assert_audited_reason(stack, caplog, "subject_token_bad_signature")
 
 
 def test_expired_subject_token(stack: Stack, minted: Any, monkeypatch: pytest.MonkeyPatch,
                                caplog: pytest.LogCaptureFixture) -> None:
     """At exactly `exp`: our own token gets no leeway (check_subject_assertion), though
-    verify_access_token's would still accept it. Both log "expired" (see the report)."""
+    verify_access_token's would still accept it; the audit tells the two apart."""
     assertion, key = minted
     exp = claims_of(stack, assertion)["exp"]
     stack.shift_clock(monkeypatch, exp - stack.clock())
     assert_refusal(stack.agent_exchange(assertion, key), 400, "invalid_request",
                    INVALID_SUBJECT)
     assert_rejected_because(caplog, "expired")
+    assert_audited_reason(stack, caplog, "subject_token_expired_in_leeway")
+
+
+def test_subject_token_expired_past_the_leeway(stack: Stack, minted: Any,
+                                               monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Past `exp` and the leeway: verify_access_token refuses it, with its own reason."""
+    assertion, key = minted
+    exp = claims_of(stack, assertion)["exp"]
+    stack.shift_clock(monkeypatch, exp - stack.clock() + 3600)
+    assert_refusal(stack.agent_exchange(assertion, key), 400, "invalid_request",
+                   INVALID_SUBJECT)
+    assert_rejected_because(caplog, "expired")
+    assert_audited_reason(stack, caplog, "subject_token_expired")
 
 
 def test_revoked_subject_token(stack: Stack, minted: Any,
@@ -308,35 +348,42 @@ def test_revoked_subject_token(stack: Stack, minted: Any,
     assert_refusal(stack.agent_exchange(assertion, key), 400, "invalid_request",
                    INVALID_SUBJECT)
     assert_rejected_because(caplog, "revoked")
+    assert_audited_reason(stack, caplog, "subject_token_revoked")
 
 
 # --- DPoP (TX-16, Part A3) -----------------------------------------------------------------------
 
 
-def test_missing_dpop_proof(stack: Stack, minted: Any) -> None:
+def test_missing_dpop_proof(stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, _ = minted
     assert_refusal(stack.agent_exchange(assertion, None), 400, "invalid_dpop_proof",
                    "DPoP proof required", headers={"DPoP-Nonce": None})
+    assert_audited_reason(stack, caplog, "dpop_proof_required")
 
 
-def test_invalid_dpop_proof_htu(stack: Stack, minted: Any) -> None:
+def test_invalid_dpop_proof_htu(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = stack.agent_exchange(assertion, key, headers={
         "DPoP": stack.dpop_proof(key, htu=stack.issuer + "/other")})
     assert_refusal(resp, 400, "invalid_dpop_proof",
                    "DPoP proof htu does not match the request URI", headers={"DPoP-Nonce": None})
+    assert_audited_reason(stack, caplog, "dpop_proof_invalid")
 
 
-def test_proof_key_not_subject_cnf(stack: Stack, minted: Any) -> None:
+def test_proof_key_not_subject_cnf(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, _ = minted
     assert_refusal(stack.agent_exchange(assertion, stack.dpop_key()), 400, "invalid_request",
                    KEY_MISMATCH)
+    assert_audited_reason(stack, caplog, "dpop_key_mismatch")
 
 
 # --- client authentication (TX-07) --------------------------------------------------------------
 
 
-def test_unauthenticated_client(stack: Stack, minted: Any) -> None:
+def test_unauthenticated_client(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     resp = requests.post(stack.issuer + "/token", timeout=10, data={
         "grant_type": GRANT_TOKEN_EXCHANGE, "client_id": stack.agent.client_id,
@@ -345,22 +392,26 @@ def test_unauthenticated_client(stack: Stack, minted: Any) -> None:
     }, headers={"DPoP": stack.dpop_proof(key)})
     assert_refusal(resp, 401, "invalid_client", "Client authentication failed",
                    headers={"WWW-Authenticate": 'Basic realm="authserver"'})
+    assert_audited_reason(stack, caplog, "client_auth_missing_credentials", audited=False)
 
 
-def test_client_without_token_exchange_grant(stack: Stack, minted: Any) -> None:
+def test_client_without_token_exchange_grant(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     other = stack.register_agent(grant_types=("client_credentials",))
     resp = stack.agent_exchange(assertion, key, agent=other)
     assert_refusal(resp, 400, "unauthorized_client", "The client may not use token exchange")
+    assert_audited_reason(stack, caplog, "grant_type_not_allowed")
 
 
 # --- intent (Part A1) ---------------------------------------------------------------------------
 
 
-def test_missing_intent(stack: Stack, minted: Any) -> None:
+def test_missing_intent(stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     assert_refusal(stack.agent_exchange(assertion, key, intent=None), 400, "invalid_request",
                    "An intent is required to reach a platform")
+    assert_audited_reason(stack, caplog, "intent_missing")
 
 
 def test_empty_intent(stack: Stack, minted: Any,
@@ -370,6 +421,7 @@ def test_empty_intent(stack: Stack, minted: Any,
     assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
     assert_rejected_because(
         caplog, "intent is not valid strict JSON: Expecting value: line 1 column 1 (char 0)")
+    assert_audited_reason(stack, caplog, "intent_invalid")
 
 
 def test_malformed_intent(stack: Stack, minted: Any,
@@ -378,6 +430,7 @@ def test_malformed_intent(stack: Stack, minted: Any,
     resp = stack.agent_exchange(assertion, key, intent={"action": "launch", "resource": "x"})
     assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
     assert_rejected_because(caplog, "intent lacks required fields ['context']")
+    assert_audited_reason(stack, caplog, "intent_invalid")
 
 
 def test_intent_and_authorization_details_disagree(stack: Stack, minted: Any,
@@ -388,6 +441,7 @@ def test_intent_and_authorization_details_disagree(stack: Stack, minted: Any,
     resp = stack.agent_exchange(assertion, key, authorization_details=compact([detail]))
     assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
     assert_rejected_because(caplog, 'intent and authorization_details disagree')
+    assert_audited_reason(stack, caplog, "intent_invalid")
 
 
 def test_mandate_from_agent_rejected(stack: Stack, minted: Any,
@@ -397,6 +451,7 @@ def test_mandate_from_agent_rejected(stack: Stack, minted: Any,
     resp = stack.agent_exchange(assertion, key, authorization_details=compact(mandate()))
     assert_refusal(resp, 400, "invalid_authorization_details", BAD_DETAILS)
     assert_rejected_because(caplog, "authorization_details type 'agent_mandate' not accepted here")
+    assert_audited_reason(stack, caplog, "intent_invalid")
 
 
 # --- Part A3 rows ------------------------------------------------------------------------------
@@ -410,6 +465,7 @@ def test_policy_denial_is_access_denied_and_audited_as_intent_mismatch(
                                 headers={"X-Request-ID": cid})
     body = assert_refusal(resp, 403, "access_denied", NOT_ALLOWED)
     assert_rejected_because(caplog, "intent_mismatch")
+    assert_audited_reason(stack, caplog, "intent_mismatch")
     assert "policy" not in json.dumps(body)  # policy ids go to the audit, not the client
     [record] = stack.audit_for(cid)
     assert record["event"] == "token_exchange"
@@ -429,6 +485,7 @@ def test_agent_not_allowlisted_is_access_denied(
                                 headers={"X-Request-ID": cid})
     assert_refusal(resp, 403, "access_denied", NOT_ALLOWED)
     assert_rejected_because(caplog, "intent_mismatch")
+    assert_audited_reason(stack, caplog, "intent_mismatch")
     [record] = stack.audit_for(cid)
     # An admin allowlist violation is audited as the prompt-injection signal too.
     assert record["reason"] == "intent_mismatch"
@@ -442,21 +499,24 @@ def test_platform_token_denied_by_default(
     resp = stack.agent_exchange(assertion, key, audience=None, resource=api)
     assert_refusal(resp, 403, "access_denied", "This client may not receive platform tokens")
     assert_rejected_because(caplog, "not_executor")
+    assert_audited_reason(stack, caplog, "not_executor")
 
 
-def test_connection_required(stack: Stack) -> None:
+def test_connection_required(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = stack.edge_mint("bob")  # bob never connected the CRM
     body = assert_refusal(stack.agent_exchange(assertion, key), 403, "connection_required",
                           "The user has no live connection to this platform")
+    assert_audited_reason(stack, caplog, "connection_missing")
     assert body["connect_uri"].startswith(stack.issuer + "/connections")
 
 
-def test_approval_required_row(stack: Stack) -> None:
+def test_approval_required_row(stack: Stack, caplog: pytest.LogCaptureFixture) -> None:
     details = mandate({"platform": "crm", "actions": ["delete"], "resources": ["deal:*"],
                        "max_count": 1})
     assertion, key = stack.edge_mint(USER, details)
     body = assert_refusal(stack.agent_exchange(assertion, key, intent=intent("delete")), 403,
                           "approval_required", "User confirmation required")
+    assert_audited_reason(stack, caplog, "approval_required")
     assert body["approval_uri"] == f"{stack.issuer}/approvals/{body['approval_id']}"
     assert 0 < body["expires_in"] <= 600
     assert body["interval"] >= 1
@@ -532,7 +592,7 @@ def test_delegation_chain_nests_act(stack: Stack, minted: Any) -> None:
     assert act == {"sub": agent_b.client_id, "act": {"sub": stack.agent.client_id}}
 
 
-def test_may_act_enforced(stack: Stack, minted: Any) -> None:
+def test_may_act_enforced(stack: Stack, minted: Any, caplog: pytest.LogCaptureFixture) -> None:
     assertion, key_a = minted
     agent_b, key_b = stack.register_agent(), stack.dpop_key()
     delegated = designate(stack, assertion, key_a, stack.agent, agent_b,
@@ -540,16 +600,20 @@ def test_may_act_enforced(stack: Stack, minted: Any) -> None:
     intruder = stack.register_agent()
     assert_refusal(stack.agent_exchange(delegated, key_b, agent=intruder), 400,
                    "invalid_request", MAY_NOT_ACT)
+    assert_audited_reason(stack, caplog, "delegation_not_permitted")
 
 
-def test_other_agent_cannot_use_assertion_without_may_act(stack: Stack, minted: Any) -> None:
+def test_other_agent_cannot_use_assertion_without_may_act(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     intruder = stack.register_agent()
     assert_refusal(stack.agent_exchange(assertion, key, agent=intruder), 400,
                    "invalid_request", MAY_NOT_ACT)
+    assert_audited_reason(stack, caplog, "delegation_not_permitted")
 
 
-def test_designation_requires_dpop_jkt(stack: Stack, minted: Any) -> None:
+def test_designation_requires_dpop_jkt(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     agent_b = stack.register_agent()
     resp = stack.agent_exchange(assertion, key, audience=None, intent=None,
@@ -557,17 +621,21 @@ def test_designation_requires_dpop_jkt(stack: Stack, minted: Any) -> None:
                                 actor_token_type=TT_JWT)
     assert_refusal(resp, 400, "invalid_request",
                    "dpop_jkt (the designated agent's key) is required")
+    assert_audited_reason(stack, caplog, "designee_key_missing")
 
 
-def test_actor_token_naming_another_agent_with_target(stack: Stack, minted: Any) -> None:
+def test_actor_token_naming_another_agent_with_target(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     agent_b = stack.register_agent()
     resp = stack.agent_exchange(assertion, key, actor_token=agent_b.assertion(stack.issuer),
                                 actor_token_type=TT_JWT)
     assert_refusal(resp, 400, "invalid_request", "actor_token does not name the client")
+    assert_audited_reason(stack, caplog, "actor_not_client")
 
 
-def test_delegation_depth_bound(stack: Stack, minted: Any) -> None:
+def test_delegation_depth_bound(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     agent = stack.agent
     depth = 1
@@ -578,6 +646,7 @@ def test_delegation_depth_bound(stack: Stack, minted: Any) -> None:
             # check_designee_key's bound (the new may_act would be a fifth actor); the same
             # description as check_delegation's own bound, and no logged reason either.
             assert_refusal(resp, 400, "invalid_request", "Delegation chain is too long")
+            assert_audited_reason(stack, caplog, "designee_chain_too_long")
             break
         assert resp.status_code == 200, (depth, resp.text)
         assertion, key, agent = resp.json()["access_token"], nxt_key, nxt
@@ -615,7 +684,8 @@ def test_mandate_narrowing_exchange(stack: Stack) -> None:
     assert stack.agent_exchange(narrowed, key).status_code == 200
 
 
-def test_mandate_widening_rejected(stack: Stack, minted: Any) -> None:
+def test_mandate_widening_rejected(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     wider = mandate({"platform": "crm", "actions": ["read", "delete"], "resources": ["deal:*"],
                      "max_count": 1})
@@ -623,12 +693,15 @@ def test_mandate_widening_rejected(stack: Stack, minted: Any) -> None:
                                 authorization_details=compact(wider))
     assert_refusal(resp, 400, "invalid_authorization_details",
                    "A mandate can only be narrowed")
+    assert_audited_reason(stack, caplog, "mandate_widened")
 
 
-def test_mandate_other_request_rejected(stack: Stack, minted: Any) -> None:
+def test_mandate_other_request_rejected(stack: Stack, minted: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
     assertion, key = minted
     other = mandate(request="Delete everything")
     resp = stack.agent_exchange(assertion, key, audience=None, intent=None,
                                 authorization_details=compact(other))
     assert_refusal(resp, 400, "invalid_authorization_details",
                    "A mandate can only be narrowed")
+    assert_audited_reason(stack, caplog, "mandate_other_request")

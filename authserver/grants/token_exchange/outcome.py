@@ -1,12 +1,12 @@
 """The outcome of an exchange: which audit outcome each error is, the specific refusal reason,
-and the one record per exchange (a refusal in a transaction of its own)."""
+and the one record per exchange (a refusal through `AuditLog.append_refusal`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from authserver.audit import AuditRecord, refused_unauthenticated
-from authserver.errors import OAuthError, PolicyDeniedError
+from authserver.errors import OAuthError
 from authserver.grants.token_exchange.exchange import Exchange, ExchangeSteps
 from authserver.observability import correlation_id
 
@@ -17,22 +17,30 @@ class ExchangeAudit(ExchangeSteps):
 
     def _audit_failure(self, ex: Exchange, *, outcome: str, reason: str | None,
                        detail: dict[str, Any]) -> None:
-        """A refused exchange: drop what the request did (its locks too), then record the
-        refusal in a transaction of its own, since the request's own one will not commit.
-        A client that did not authenticate is nobody to hold to account: it is counted, not
-        appended to the chain, whose lock it could otherwise take at will (issue 13, item 8)."""
-        self.db.rollback()
+        """A refused exchange: its record alone persists (`AuditLog.append_refusal` drops what
+        the request did, its locks too); a pending approval it created was committed by
+        `approvals.request_approval`. A client that did not authenticate is nobody to hold to
+        account: it is counted, not appended to the chain, whose lock it could otherwise take
+        at will (issue 13, item 8)."""
         if ex.client is None:
             refused_unauthenticated("token_exchange", reason or "server_error")
             return
-        with self.services.db.session() as session:
-            self._audit(ex, session, outcome=outcome, reason=reason, detail=detail)
+        self.services.audit.append_refusal(
+            self.db, self._record(ex, outcome=outcome, reason=reason, detail=detail),
+            now=self.now)
 
     def _audit(self, ex: Exchange, session: Any, *, outcome: str, reason: str | None,
                detail: dict[str, Any]) -> None:
+        """The allowed exchange's record, in the request's transaction: the token is issued
+        only if the record commits with it."""
+        self.services.audit.append(
+            session, self._record(ex, outcome=outcome, reason=reason, detail=detail),
+            now=self.now)
+
+    def _record(self, ex: Exchange, *, outcome: str, reason: str | None,
+                detail: dict[str, Any]) -> AuditRecord:
         """One record per exchange, written before the response leaves."""
-        s = self.services
-        record = AuditRecord(
+        return AuditRecord(
             event="edge_mint" if ex.role == "edge" else "token_exchange",
             outcome=outcome,
             reason=reason,
@@ -50,7 +58,6 @@ class ExchangeAudit(ExchangeSteps):
             client_ip=self.req.client_ip,
             detail={"client_id": ex.client.client_id if ex.client else None, **detail},
         )
-        s.audit.append(session, record, now=self.now)
 
 
 def _actor_chain(act: dict[str, Any] | None) -> list[str]:
@@ -74,6 +81,9 @@ def outcome_of(error: OAuthError) -> str:
     }.get(error.error, "invalid")
 
 def reason_of(error: OAuthError, ex: Exchange) -> str:
-    if isinstance(error, PolicyDeniedError) and error.debug:
-        return error.debug
-    return error.error
+    """The audit record's `reason`: the specific check that refused (`OAuthError.reason`,
+    docs/operating.md "Audit refusal reasons"). A refusal before the client authenticated is
+    only counted, labelled with the OAuth error code (a bounded label set)."""
+    if ex.client is None:
+        return error.error
+    return error.reason
