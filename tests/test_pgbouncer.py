@@ -31,6 +31,7 @@ from sqlalchemy.exc import ProgrammingError
 
 from authserver import create_app
 from authserver.db import Database
+from authserver.models import AuditEvent
 from tests.conftest import POSTGRES_URL, fresh_postgres_database
 from tests.http_helpers import (
     ISSUER,
@@ -49,6 +50,8 @@ PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer"
 needs_pgbouncer = pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer not installed")
 #: psycopg's default: a statement run this many times on one connection is prepared.
 PSYCOPG_PREPARE_THRESHOLD = 5
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 #: Server connections per app database: an instance's start-up migration holds one (the
 #: advisory lock's transaction) while Alembic runs on a second.
 APP_POOL_SIZE = 2
@@ -147,18 +150,30 @@ def test_migrations_and_two_instances_run_through_transaction_pooling(
     apps = [create_app(config, clock=clock), create_app(config, clock=clock)]
     try:
         clients = [a.test_client() for a in apps]
-        registered = confidential_client(clients[0], scope="read write")
+        registered = confidential_client(clients[0], scope="read write", grant_types=[
+            "authorization_code", "refresh_token", "client_credentials", TOKEN_EXCHANGE])
         create_local_user(apps[0], "alice", "correct horse battery staple")
         for c in clients:
             login(c, "alice", "correct horse battery staple")
         # Past the threshold on each instance, in turns: every statement of registration,
-        # client authentication, issuance, the audit append, code, refresh and revocation.
+        # client authentication, issuance, introspection, the audit append, code, refresh and
+        # revocation.
         for _ in range(PSYCOPG_PREPARE_THRESHOLD + 2):
             for c in clients:
                 response = token_request(c, registered, grant_type="client_credentials",
                                          scope="read")
                 assert response.status_code == 200, response.get_json()
                 assert introspect(c, registered, response.get_json()["access_token"])["active"]
+            # A refused token exchange by an authenticated client: an audit append (the
+            # shard's head row locked, SKIP LOCKED on PostgreSQL) in the request's transaction.
+            for c in clients:
+                response = token_request(c, registered, grant_type=TOKEN_EXCHANGE,
+                                         subject_token="not-a-token",
+                                         subject_token_type=ACCESS_TOKEN_TYPE)
+                assert response.status_code == 400, response.get_json()
+        with apps[1].extensions["authserver"].db.session() as session:
+            audited = session.scalar(sa.select(sa.func.count()).select_from(AuditEvent))
+        assert audited == 2 * (PSYCOPG_PREPARE_THRESHOLD + 2)
         for c in clients:
             tokens = code_flow(c, registered, scope="read")
             for _ in range(PSYCOPG_PREPARE_THRESHOLD + 1):
