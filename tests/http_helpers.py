@@ -14,7 +14,6 @@ import base64
 import hashlib
 import secrets
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from html.parser import HTMLParser
 from typing import Any
@@ -27,8 +26,7 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
 from werkzeug.security import generate_password_hash
 
-from authserver import create_app
-from tests.conftest import REDIS_URL, delete_prefixed
+from tests.conftest import REDIS_URL, base_settings, running_app
 
 ISSUER = "http://127.0.0.1:8000"
 RESOURCE = "https://api.example.com/mcp"
@@ -51,26 +49,17 @@ def redis_url() -> str:
 
 @pytest.fixture
 def app_config(tmp_path: Any, database_url: str, redis_url: str) -> dict[str, Any]:
-    """Settings for `app`; a test may override this fixture to add settings."""
-    return {
-        "data_dir": str(tmp_path / "data"),
-        "testing": True,
-        "issuer": ISSUER,
-        "database_url": database_url,
-        "redis_url": redis_url,
-        "redis_key_prefix": f"test:{uuid.uuid4().hex}:",
-        "resources": (RESOURCE,),
-    }
+    """Settings for `app` (conftest `base_settings` at `ISSUER`, with `RESOURCE`); a test may
+    override this fixture to add settings."""
+    return {**base_settings(tmp_path, database_url, redis_url, issuer=ISSUER),
+            "resources": (RESOURCE,)}
 
 
 @pytest.fixture
 def app(app_config: dict[str, Any], clock: Any) -> Iterator[Flask]:
-    application = create_app(app_config, clock=clock)
-    yield application
-    services = application.extensions["authserver"]
-    services.db.engine.dispose()
-    if app_config.get("redis_url"):
-        delete_prefixed(app_config["redis_url"], app_config["redis_key_prefix"])
+    """The app over `app_config` on the test's `clock` (conftest `running_app`)."""
+    with running_app(app_config, clock) as application:
+        yield application
 
 
 @pytest.fixture
@@ -313,10 +302,17 @@ def code_flow(client: FlaskClient, registered: Mapping[str, Any], **extra: Any) 
 # --- tokens -------------------------------------------------------------------------------------
 
 
-def decode_access_token(client: FlaskClient, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Verify an access token against the published JWKS; return (header, claims)."""
-    keys = KeySet.import_key_set(client.get("/jwks.json").get_json())
-    decoded = jwt.decode(token, keys, algorithms=["ES256"])
+def decode_access_token(client: Any, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Verify one of our JWTs against the published JWKS, as any resource server would; return
+    (header, claims). `client` is the Flask test client, or a loopback `Stack`
+    (tests/stack.py), whose JWKS is fetched over HTTP (the stack modules' `claims_of`)."""
+    if isinstance(client, FlaskClient):
+        published = client.get("/jwks.json").get_json()
+    else:
+        import requests
+
+        published = requests.get(client.issuer + "/jwks.json", timeout=10).json()
+    decoded = jwt.decode(token, KeySet.import_key_set(published), algorithms=["ES256"])
     return dict(decoded.header), dict(decoded.claims)
 
 
@@ -332,10 +328,11 @@ def assert_token_error(response: Any, status: int, error: str) -> dict[str, Any]
     return body  # type: ignore[no-any-return]
 
 
-def assert_refusal(response: Any, status: int, error: str, description: str, *,
+def assert_refusal(response: Any, status: int, error: str, description: str | None, *,
                    headers: Mapping[str, str | None] | None = None) -> dict[str, Any]:
     """A refusal, checked so that it cannot pass for another reason: status, `error` and the
-    exact `error_description` the server sends for that check (RFC 6749 §5.2), JSON,
+    exact `error_description` the server sends for that check (RFC 6749 §5.2; None: it sends
+    none), JSON,
     `Cache-Control: no-store`, a challenge on a 401, and each of `headers` exactly (None: the
     header is absent). Works for a Flask test response and a `requests` response."""
     body = response.get_json() if hasattr(response, "get_json") else response.json()

@@ -1,8 +1,12 @@
 """A reusable end-to-end test stack: the test IdP, Acme CRM and Taskboard on loopback, and
 authserver served over real HTTP, set up only through the product's interfaces.
 
-`make_stack(tmp_path, database_url=..., redis_url=..., extra_settings=...)` returns a `Stack`;
-call `stack.close()` when done (or use the `stack` fixture pattern of the HTTP test modules).
+`make_stack(tmp_path, database_url=..., redis_url=..., extra_settings=..., clock=...)` returns
+a `Stack`; call `stack.close()` when done. A test module usually takes the module-scoped `stack`
+fixture of tests/conftest.py instead, configured by `pytestmark = pytest.mark.stack(...)`
+(make_stack's keyword arguments); the function-scoped `stack` fixture here (imported by a
+module) gives each test its own. The clock (conftest `TestClock`), the settings
+(`base_settings`) and the app's lifecycle (`running_app`) are the test client's own.
 
 Client artefacts (DPoP proofs, client assertions, the edge's OIDC flow) are built with
 requests-oauth2client / jwskate only, never with the server's own helpers. The IdP and the
@@ -17,6 +21,7 @@ import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ from authserver.testing.idp import IdP, start_idp
 from authserver.testing.projects import Projects, start_projects
 from authserver.testing.server import ServerThread
 from authserver.testing.settings import CLIENT_ID_AT_PLATFORMS, crm_platform, projects_platform
+from tests.conftest import TestClock, WholeSeconds, base_settings, running_app
 
 IDP_NAME = "corp"
 AUTHSERVER_AT_IDP = "authserver"
@@ -95,31 +101,11 @@ class _Deferred:
         return self.app(environ, start_response)
 
 
-class Clock:
-    """The test's clock: real time plus an offset. The IdP, our client artefacts and (through
-    `Stack.shift_clock`) the in-process server all read it, so a test can jump ahead."""
-
-    def __init__(self) -> None:
-        self.offset = 0
-        self.frozen: int | None = None
-
-    def __call__(self) -> int:
-        return int(self.time())
-
-    def time(self) -> float:
-        if self.frozen is not None:
-            return float(self.frozen + self.offset)
-        return _real_time() + self.offset
-
-
-_real_time = time.time
-
-
 @dataclass
 class Agent:
     client_id: str
     private_jwk: Jwk = field(repr=False)
-    clock: Clock = field(default_factory=Clock, repr=False)
+    clock: WholeSeconds = field(default_factory=WholeSeconds, repr=False)
 
     def auth(self, issuer: str) -> PrivateKeyJwt:
         return PrivateKeyJwt(self.client_id, self.private_jwk, alg="ES256", aud=issuer)
@@ -152,19 +138,27 @@ class Stack:
     admin_token: str = field(repr=False)
     servers: list[ServerThread] = field(default_factory=list)
     extra_apps: list[Any] = field(default_factory=list)
-    clock: Clock = field(default_factory=Clock)
+    clock: WholeSeconds = field(default_factory=WholeSeconds)
+    #: Sessions of the users the `stack` fixture signed in and connected (`connected=`).
+    browsers: dict[str, requests.Session] = field(default_factory=dict)
+    #: The apps' `running_app` contexts, closed by `close()`.
+    exits: ExitStack = field(default_factory=ExitStack, repr=False)
 
-    def shift_clock(self, monkeypatch: Any, seconds: int) -> None:
-        """Move the test clock `seconds` ahead: the IdP, client artefacts and this process's
-        authserver instances (built with `create_app(..., clock=stack.clock)`) all read it."""
-        monkeypatch.setattr(self.clock, "offset", self.clock.offset + seconds)
+    def shift_clock(self, monkeypatch: Any, seconds: float) -> None:
+        """Move the test clock `seconds` ahead until the test ends (`monkeypatch` undoes it:
+        a module's stack outlives the test): the IdP, client artefacts and this process's
+        authserver instances all read it."""
+        clock = self.clock.clock
+        monkeypatch.setattr(clock, "offset", clock.offset + seconds)
 
     def freeze_clock(self, monkeypatch: Any, at: int | None = None) -> None:
-        """Stop the test clock at `at` (default: the current second): a test can then make
-        several requests at one instant, deterministically, at any time of day."""
-        instant = int(self.clock.time()) if at is None else at
-        monkeypatch.setattr(self.clock, "offset", 0)
-        monkeypatch.setattr(self.clock, "frozen", instant)
+        """Stop the test clock at `at` (default: the current second) until the test ends: a
+        test can then make several requests at one instant, deterministically, at any time
+        of day."""
+        clock = self.clock.clock
+        instant = self.clock() if at is None else at
+        monkeypatch.setattr(clock, "offset", 0.0)
+        monkeypatch.setattr(clock, "frozen", instant)
 
     def dpop_key(self) -> DPoPKey:
         """A new DPoP key whose proofs are dated by the test clock."""
@@ -392,9 +386,7 @@ class Stack:
     def second_instance(self) -> str:
         """Another app instance over the same settings (database, store, keys, secret);
         returns its base URL. Its issuer is the stack's (proofs target the issuer's URL)."""
-        from authserver import create_app
-
-        app = create_app(self.settings, clock=self.clock.time)
+        app = self.exits.enter_context(running_app(self.settings, self.clock.clock))
         server = ServerThread(app)
         self.servers.append(server)
         self.extra_apps.append(app)
@@ -404,12 +396,7 @@ class Stack:
         for server in reversed(self.servers):
             server.stop()
         self.servers.clear()
-        for app in [self.app, *self.extra_apps]:
-            app.extensions["authserver"].db.engine.dispose()
-        if self.settings.get("redis_url"):
-            from tests.conftest import delete_prefixed
-
-            delete_prefixed(self.settings["redis_url"], self.settings["redis_key_prefix"])
+        self.exits.close()  # each app: its engine disposed, the Redis prefix deleted
 
 
 def correlation() -> str:
@@ -424,30 +411,32 @@ def platform_settings(crm_url: str, crm_secret: str, projects_url: str, projects
 
 def make_stack(tmp_path: Path, *, database_url: str | None = None, redis_url: str = "",
                extra_settings: Mapping[str, Any] | None = None,
-               idp_settings: Mapping[str, Any] | None = None) -> Stack:
+               idp_settings: Mapping[str, Any] | None = None,
+               clock: TestClock | None = None) -> Stack:
     """Start the IdP, the CRM, Taskboard and authserver; register the edge and the agent.
-    `idp_settings` adds keys to the `[idps.corp]` table (e.g. `id_jag = true`)."""
+    `idp_settings` adds keys to the `[idps.corp]` table (e.g. `id_jag = true`). `clock` is the
+    test's (the conftest fixture; default: a new one): everything in the stack reads it."""
     servers: list[ServerThread] = []
+    exits = ExitStack()
     try:
-        return _make(Path(tmp_path), servers, database_url, redis_url, extra_settings or {},
-                     idp_settings or {})
+        return _make(Path(tmp_path), servers, exits, database_url, redis_url,
+                     extra_settings or {}, idp_settings or {}, clock or TestClock())
     except BaseException:
         for server in reversed(servers):
             server.stop()
+        exits.close()
         raise
 
 
-def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
-          redis_url: str, extra_settings: Mapping[str, Any],
-          idp_settings: Mapping[str, Any]) -> Stack:
-    from authserver import create_app
-
+def _make(tmp_path: Path, servers: list[ServerThread], exits: ExitStack,
+          database_url: str | None, redis_url: str, extra_settings: Mapping[str, Any],
+          idp_settings: Mapping[str, Any], test_clock: TestClock) -> Stack:
     deferred = _Deferred()
     as_server = ServerThread(deferred)
     servers.append(as_server)
     issuer = as_server.base_url
 
-    clock = Clock()
+    clock = test_clock.whole_seconds()
     idp, idp_url, idp_server = start_idp(clock=clock)
     servers.append(idp_server)
     idp_secret, edge_idp_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -467,13 +456,9 @@ def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
 
     admin_token = secrets.token_urlsafe(32)
     settings: dict[str, Any] = {
-        "issuer": issuer,
-        "data_dir": str(tmp_path / "authserver"),
+        **base_settings(tmp_path, database_url, redis_url, issuer=issuer),
         "secret_key": secrets.token_urlsafe(32),
         "admin_token": admin_token,
-        "redis_url": redis_url,
-        "redis_key_prefix": f"test:{uuid.uuid4().hex}:",
-        "testing": True,
         "idps": {IDP_NAME: {
             "issuer": idp_url,
             "client_id": AUTHSERVER_AT_IDP,
@@ -485,10 +470,8 @@ def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
         }},
         "platforms": platform_settings(crm_url, crm_secret, projects_url, projects_secret),
     }
-    if database_url:
-        settings["database_url"] = database_url
     settings.update(extra_settings)
-    app = create_app(settings, clock=clock.time)
+    app = exits.enter_context(running_app(settings, test_clock))
     deferred.app = app
     as_server.start()
     services = app.extensions["authserver"]
@@ -496,7 +479,7 @@ def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
     stack = Stack(issuer=issuer, settings=settings, app=app, services=services, idp=idp,
                   crm=crm, projects=projects, edge_id="", edge_secret="",
                   edge_idp_secret=edge_idp_secret, agent=None,  # type: ignore[arg-type]
-                  admin_token=admin_token, servers=servers, clock=clock)
+                  admin_token=admin_token, servers=servers, clock=clock, exits=exits)
     stack.edge_id, stack.edge_secret = stack.register_edge()
     stack.agent = stack.register_agent()
     return stack
@@ -504,7 +487,8 @@ def _make(tmp_path: Path, servers: list[ServerThread], database_url: str | None,
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
-    """A stack on SQLite and the embedded store (`from tests.stack import stack`)."""
+    """A stack for each test, on SQLite and the embedded store (`from tests.stack import
+    stack`; without the import a module gets conftest's module-scoped one)."""
     s = make_stack(tmp_path)
     yield s
     s.close()

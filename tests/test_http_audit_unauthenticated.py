@@ -14,7 +14,6 @@ Prometheus registry, where the stack's authserver runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,19 +29,13 @@ from tests.stack import (
     Stack,
     correlation,
     intent,
-    make_stack,
 )
 
 METRIC = "authserver_unauthenticated_rejections_total"
 TIMEOUT = 30
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("audit-anon"))
-    s.signed_in_and_connected("alice", ("crm",))
-    yield s
-    s.close()
+#: The module's `stack` (tests/conftest.py): alice signed in and connected to the CRM.
+pytestmark = pytest.mark.stack(connected=("alice",))
 
 
 def records(stack: Stack) -> int:

@@ -9,7 +9,6 @@ the CRM issued and every API request that reached it.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from tests.gateway_helpers import (
     raw_request,
     write_mandate,
 )
-from tests.stack import Stack, correlation, intent, make_stack
+from tests.stack import Stack, correlation, intent
 
 CRM_DETAIL_MARKERS = ("AclDenied", "acl.py", "DealRepository", "deals_v2", "detail",
                       "You do not have permission", "No such deal")
@@ -32,14 +31,14 @@ ALGS = 'algs="'
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("gateway"))
-    s.recorder = PlatformRecorder.install(s.crm)  # type: ignore[attr-defined]
-    s.responses = []  # type: ignore[attr-defined]
+def stack(stack: Stack) -> Stack:
+    """The module's stack (tests/conftest.py): the recorder in front of the CRM first, then
+    alice and bob connected (the recorder sees their connections too)."""
+    stack.recorder = PlatformRecorder.install(stack.crm)  # type: ignore[attr-defined]
+    stack.responses = []  # type: ignore[attr-defined]
     for username in ("alice", "bob"):
-        s.signed_in_and_connected(username, ("crm",))
-    yield s
-    s.close()
+        stack.signed_in_and_connected(username, ("crm",))
+    return stack
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ error code, in the next request."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,18 +15,19 @@ from authserver import ssf, ssf_poll, ssf_streams
 from authserver.errors import TemporarilyUnavailableError
 from authserver.models import SsfStream, User
 from authserver.ssf_streams import StreamError
-from tests.stack import Stack, correlation, make_stack
+from tests.stack import Stack, correlation
 
 AUD = "https://authserver.test/ssf-receiver"
 IDP = "corp"
 
+pytestmark = pytest.mark.stack(idp_settings={"ssf_audience": AUD})
+
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("ssf-poll"), idp_settings={"ssf_audience": AUD})
-    s.idp.ssf.audience = AUD
-    yield s
-    s.close()
+def stack(stack: Stack) -> Stack:
+    """The module's stack (tests/conftest.py), its IdP's transmitter naming our audience."""
+    stack.idp.ssf.audience = AUD
+    return stack
 
 
 @pytest.fixture(scope="module")

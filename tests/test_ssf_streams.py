@@ -7,7 +7,6 @@ the correlation id."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,18 +16,19 @@ from click.testing import CliRunner
 from authserver import ssf, ssf_streams
 from authserver.models import SsfStream, User
 from authserver.ssf_streams import StreamError
-from tests.stack import Stack, correlation, make_stack
+from tests.stack import Stack, correlation
 
 AUD = "https://authserver.test/ssf-receiver"
 IDP = "corp"
 
+pytestmark = pytest.mark.stack(idp_settings={"ssf_audience": AUD})
+
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("ssf-streams"), idp_settings={"ssf_audience": AUD})
-    s.idp.ssf.audience = AUD
-    yield s
-    s.close()
+def stack(stack: Stack) -> Stack:
+    """The module's stack (tests/conftest.py), its IdP's transmitter naming our audience."""
+    stack.idp.ssf.audience = AUD
+    return stack
 
 
 def add(stack: Stack, *, token: str | None = "", cid: str | None = None, **kw: Any
