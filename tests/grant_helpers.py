@@ -32,6 +32,15 @@ ISSUER = "http://127.0.0.1:8000"
 TOKEN_ENDPOINT = ISSUER + "/token"
 RESOURCE = "https://api.example.com/mcp"
 NO_STORE = {"Cache-Control": "no-store"}
+CRM_API = "https://crm.example.com/api/v1"
+#: One downstream platform (`[platforms.crm]`): its gateway resource is ISSUER/gateway/crm.
+PLATFORMS = {"crm": {
+    "profile": "generic", "display_name": "Acme CRM",
+    "authorize_url": "https://crm.example.com/oauth/authorize",
+    "token_url": "https://crm.example.com/oauth/token",
+    "revocation_url": "https://crm.example.com/oauth/revoke",
+    "client_id": "authserver", "client_secret": "s", "scopes": ["deals.read"],
+    "api_base_url": CRM_API, "resources": {"deal:{id}": "deals/{id}"}}}
 
 
 # --- databases: migrated once per session, copied per test -----------------------------------

@@ -47,9 +47,11 @@ from authserver.services import Services
 from authserver.tokens import TokenRequestContext, issue_access_token, revoke_access_token
 from tests.dpop_helpers import ProofKey
 from tests.grant_helpers import (  # noqa: F401 (fixtures)
+    CRM_API,
     ISSUER,
     NO_STORE,
     NOW,
+    PLATFORMS,
     assert_refusal,
     built_services,
     claims_of,
@@ -67,16 +69,8 @@ from tests.stack import intent, mandate
 
 GRANT = TokenExchangeGrant()
 TX = "urn:ietf:params:oauth:grant-type:token-exchange"
-CRM_API = "https://crm.example.com/api/v1"
 GATEWAY = ISSUER + "/gateway/crm"
 ALL_ACTIONS = ["read", "create", "update", "delete", "bulk_update", "bulk_delete"]
-PLATFORMS = {"crm": {
-    "profile": "generic", "display_name": "Acme CRM",
-    "authorize_url": "https://crm.example.com/oauth/authorize",
-    "token_url": "https://crm.example.com/oauth/token",
-    "revocation_url": "https://crm.example.com/oauth/revoke",
-    "client_id": "authserver", "client_secret": "s", "scopes": ["deals.read"],
-    "api_base_url": CRM_API, "resources": {"deal:{id}": "deals/{id}"}}}
 READ_DELETE = mandate({"platform": "crm", "actions": ["read", "delete"], "resources": ["deal:*"],
                        "max_count": 1})
 
