@@ -15,7 +15,6 @@ from flask import Flask, Response, g, request
 from authserver.clients import JwksCache
 from authserver.config import SESSION_TTL, Settings
 from authserver.db import Database
-from authserver.errors import OAuthError, TemporarilyUnavailableError
 from authserver.keys import KeyRing, check_secret_key
 from authserver.kms import KEKError, LocalKMS
 from authserver.outbound import Outbound
@@ -68,8 +67,7 @@ def create_app(config: Settings | Mapping[str, Any] | None = None, *,
     request_observability.init_app(app)
     from authserver.http import browser
 
-    # Security headers: registered before the commit hook, so they also reach the response
-    # that hook may substitute (after_request hooks run in reverse order).
+    # Security headers on every response, error pages included.
     browser.init_app(app, https=is_https_url(settings.issuer))
     _request_lifecycle(app, services, clock)
 
@@ -223,7 +221,11 @@ def _secret_key(settings: Settings) -> str:
 
 
 def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float]) -> None:
-    """One clock reading and one DB session per request; commit before the response leaves."""
+    """One clock reading and one DB session per request (the unit of work).
+
+    No hook commits: a handler that writes commits explicitly (authserver.http.unit_of_work),
+    and teardown rolls back whatever was not committed and closes the session. A request that
+    ran no statement costs no round trip (the session begins on its first statement)."""
 
     @app.before_request
     def refuse_control_characters() -> None:
@@ -240,30 +242,6 @@ def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float
         g.db = services.db.sessionmaker()
 
     @app.after_request
-    def commit(response: Response) -> Response:
-        session = g.pop("db", None)
-        if session is None:
-            return response
-        try:
-            if response.status_code < 400:
-                session.commit()
-            else:
-                session.rollback()
-        except Exception as e:  # any commit failure means nothing was issued
-            session.rollback()
-            from authserver.http.errors import dependency_failure, render
-
-            if dependency_failure(e) is not None:  # an outage: one line per request, no more
-                log.warning("commit failed: %s", type(e).__name__)
-            else:
-                log.error("commit failed: %s", type(e).__name__)
-            error: OAuthError = TemporarilyUnavailableError()
-            return render(error)
-        finally:
-            session.close()
-        return response
-
-    @app.after_request
     def expose_dpop_headers(response: Response) -> Response:
         # RFC 9449 §8, §7.1 (DPOP-34): browser clients must be able to read these.
         if request.path == "/token" or request.path.startswith("/gateway/"):
@@ -274,5 +252,9 @@ def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float
     def close(_exc: BaseException | None) -> None:
         session = g.pop("db", None)
         if session is not None:
-            session.rollback()
-            session.close()
+            try:
+                session.rollback()  # what the handler did not commit (nothing, if it did)
+            except Exception as e:  # a dead connection: close() below discards it
+                log.warning("rollback failed: %s", type(e).__name__)
+            finally:
+                session.close()

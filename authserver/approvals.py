@@ -19,9 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from authserver.config import APPROVAL_POLL_INTERVAL, APPROVAL_TTL
+from authserver.db import DatabaseUnavailableError
 from authserver.errors import (
     AccessDeniedError,
     ApprovalRequiredError,
@@ -115,40 +117,59 @@ def request_approval(
     ttl: int = APPROVAL_TTL,
     max_pending: int = MAX_PENDING_APPROVALS,
 ) -> Approval:
-    """The pending approval for this (user, agent, platform, intent hash), created and
-    committed if there is none yet.
+    """The pending approval for this (user, agent, platform, intent hash), created if there
+    is none yet. This function writes: the approval is a unit of work of its own, committed
+    here, in a session of its own on `session`'s engine; the caller's session (the request's,
+    which is refused with `approval_required` and so never commits) is only its engine.
 
     The same intent again gets the approval already waiting (one card, however often the
     agent asks). A new one is refused with RateLimitedError (429, `Retry-After` = until the
     oldest pending one expires) when the agent already has `max_pending` waiting for the
     user. Look-up, count and insert run under a store lock per (user, agent) and commit
     before it is released, so concurrent requests on any instance cannot exceed the cap or
-    create two cards for one intent. Lock or store failures propagate (503).
+    create two cards for one intent. Lock or store failures propagate (503); so does a
+    database failure (DatabaseUnavailableError), and then no approval exists.
     """
     with store.lock(store_keys.approval_lock(user_id, agent_id), timeout=LOCK_TIMEOUT,
-                    blocking_timeout=LOCK_WAIT):
-        waiting = list(session.execute(
-            select(Approval)
-            .where(Approval.user_id == user_id, Approval.agent_id == agent_id,
-                   Approval.status == PENDING, Approval.expires_at > now)
-            .order_by(Approval.created_at, Approval.id)
-            .execution_options(populate_existing=True)
-        ).scalars())
-        for approval in waiting:
-            if approval.platform == platform and approval.intent_hash == intent_hash:
-                return approval
-        if len(waiting) >= max_pending:
-            raise RateLimitedError(
-                min(a.expires_at for a in waiting) - now,
-                "Too many requests are waiting for the user's confirmation",
-                debug=f"{len(waiting)} pending approvals")
-        approval = create_approval(
-            session, user_id=user_id, agent_id=agent_id, platform=platform, intent=intent,
-            intent_hash=intent_hash, now=now, ttl=ttl)
-        approval.mandate = dict(mandate) if mandate is not None else None
-        # The pending approval must survive the 403 the request ends with.
-        session.commit()
+                    blocking_timeout=LOCK_WAIT), \
+            Session(session.get_bind(), expire_on_commit=False) as own:
+        try:
+            approval = _pending_or_new(
+                own, user_id=user_id, agent_id=agent_id, platform=platform, intent=intent,
+                intent_hash=intent_hash, mandate=mandate, now=now, ttl=ttl,
+                max_pending=max_pending)
+            own.commit()  # before the lock is released: the cap holds across instances
+        except SQLAlchemyError as e:
+            own.rollback()
+            raise DatabaseUnavailableError(debug=f"database: {type(e).__name__}") from e
         return approval
+
+
+def _pending_or_new(session: Session, *, user_id: str, agent_id: str, platform: str,
+                    intent: dict[str, Any], intent_hash: str, mandate: dict[str, Any] | None,
+                    now: int, ttl: int, max_pending: int) -> Approval:
+    """`request_approval`'s look-up, cap and insert (flushed; the caller commits)."""
+    waiting = list(session.execute(
+        select(Approval)
+        .where(Approval.user_id == user_id, Approval.agent_id == agent_id,
+               Approval.status == PENDING, Approval.expires_at > now)
+        .order_by(Approval.created_at, Approval.id)
+        .execution_options(populate_existing=True)
+    ).scalars())
+    for approval in waiting:
+        if approval.platform == platform and approval.intent_hash == intent_hash:
+            return approval
+    if len(waiting) >= max_pending:
+        raise RateLimitedError(
+            min(a.expires_at for a in waiting) - now,
+            "Too many requests are waiting for the user's confirmation",
+            debug=f"{len(waiting)} pending approvals")
+    approval = create_approval(
+        session, user_id=user_id, agent_id=agent_id, platform=platform, intent=intent,
+        intent_hash=intent_hash, now=now, ttl=ttl)
+    approval.mandate = dict(mandate) if mandate is not None else None
+    session.flush()
+    return approval
 
 
 def approval_required_error(

@@ -13,6 +13,14 @@ PATCH the platform may have acted on is never sent twice); a size limit, and a r
 credentials and hop-by-hop headers stripped and downstream error text replaced by a safe
 summary. Every call is audited with the request's correlation id, the method asked for and the
 method forwarded (none when refused), and how many times it was sent.
+
+One session per call, in two units of work: the reads (the token is live, the user's
+connection) end before the platform is called, so a burst of slow calls does not hold the pool
+the refresher needs; then the call's audit record. An allowed call's record joins the request's
+transaction, which the HTTP handler commits before the response leaves (a failed commit: 503,
+and the platform's answer is not relayed); a refused call's record goes through
+`AuditLog.append_refusal`. A refresh of the user's platform token is a unit of its own
+(authserver.broker.refresh: committed under the connection lock before the new token is used).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from sqlalchemy.orm import Session
 from authserver.audit import AuditRecord, refused_unauthenticated
 from authserver.broker.http_session import PLATFORM_HTTP
 from authserver.broker.profiles import Platform, api_request_headers
-from authserver.broker.records import connect_uri, connection_sites
+from authserver.broker.records import connect_uri, connection_sites, select_connection
 from authserver.broker.refresh import force_refresh, get_access_token
 from authserver.broker.revoke import connection_epoch
 from authserver.dpop import DPOP_SIGNING_ALGS
@@ -47,6 +55,7 @@ from authserver.gateway_routes import (
     resource_site,
 )
 from authserver.intent import ACTION_METHODS, INTENT_TYPE, READ
+from authserver.models.broker import Connection
 from authserver.resource import ResourceVerifier, protected_resource_metadata_url
 from authserver.resource import protected_resource_metadata as _prm_document
 from authserver.services import Services
@@ -111,7 +120,9 @@ class _Call:
 
 def handle(services: Services, session: Session, req: GatewayRequest, *, now: int
            ) -> GatewayResponse:
-    """One gateway call. Raises `OAuthError` (rendered by the one error handler) on refusal."""
+    """One gateway call. Raises `OAuthError` (rendered by the one error handler) on refusal,
+    its record committed (`AuditLog.append_refusal`). On success the record is in `session`'s
+    transaction, uncommitted: the caller commits it before it answers."""
     call = _Call()
     started = _time.perf_counter()
     try:
@@ -120,21 +131,24 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
             raise InvalidTokenError("Unknown platform", algs=CHALLENGE_ALGS)
         verify_capability(services, session, req, now=now, seen=call.claims)
         call.intent = check_fits_intent(services, platform, req, call.claims, now=now)
-        # Give the request's DB connection back before waiting on the platform (or on the
-        # refresh lock): a burst of calls must not exhaust the pool the refresher needs.
-        session.rollback()
+        conn = select_connection(session, call.claims["sub"], platform.name)
+        # The read unit ends: the connection goes back to the pool before we wait on the
+        # platform (or on the refresh lock), and the rows read stay usable, detached.
+        session.close()
         response = forward(services, platform, req, call.claims, now=now,
                            target=call.intent["path"], call=call,
-                           site=resource_site(platform, call.intent["resource"]))
+                           site=resource_site(platform, call.intent["resource"]), loaded=conn)
         call.status = response.status
     except OAuthError as error:
-        _audit(services, req, call, outcome="denied" if error.status_code < 500 else "error",
-               reason=error.error, now=now)
+        _audit_refusal(services, session, req, call,
+                       outcome="denied" if error.status_code < 500 else "error",
+                       reason=error.error, now=now)
         raise
     except Exception:
-        _audit(services, req, call, outcome="error", reason="server_error", now=now)
+        _audit_refusal(services, session, req, call, outcome="error", reason="server_error",
+                       now=now)
         raise
-    _audit(services, req, call, outcome="allowed", reason=None, now=now)
+    services.audit.append(session, _record(req, call, outcome="allowed", reason=None), now=now)
     from authserver.observability import GATEWAY_CALLS, GATEWAY_LATENCY
 
     GATEWAY_CALLS.labels(platform=req.platform, method=req.method,
@@ -240,12 +254,13 @@ def check_fits_intent(services: Services, platform: Platform, req: GatewayReques
 
 def forward(services: Services, platform: Platform, req: GatewayRequest,
             claims: dict[str, Any], *, now: int, target: str, call: _Call | None = None,
-            site: str | None = None) -> GatewayResponse:
+            site: str | None = None, loaded: Connection | None = None) -> GatewayResponse:
     """Call `target` (relative to the API base; checked against the intent by the caller).
 
     `call`, when given, records the method sent and how many times (for the audit). `site`
     is the intent's `{cloud_id}` (`gateway_routes.resource_site`): on a platform with sites it
-    must be one the connection stores (`api_base`)."""
+    must be one the connection stores (`api_base`). `loaded`: the user's connection as the
+    caller already read it (else it is read here)."""
     if len(req.body) > MAX_REQUEST_BYTES:
         raise _forbidden("Request body too large")
     s = services
@@ -253,7 +268,7 @@ def forward(services: Services, platform: Platform, req: GatewayRequest,
     user_id = claims["sub"]
     reconnect = connect_uri(s.settings.issuer, platform.name)
     token, conn = get_access_token(s.db, s.store, s.vault, platform, user_id=user_id, now=now,
-                                   connect_uri=reconnect)
+                                   connect_uri=reconnect, loaded=loaded)
     base = api_base(platform, conn, site)
     call.forwarded_method = req.method
     call.attempts += 1
@@ -348,29 +363,34 @@ def _relay(response: requests.Response) -> GatewayResponse:
     return GatewayResponse(relayed, body.encode(), {"Content-Type": "application/json"})
 
 
-def _audit(services: Services, req: GatewayRequest, call: _Call, *, outcome: str,
-           reason: str | None, now: int) -> None:
-    claims = call.claims
-    if not claims:
+def _audit_refusal(services: Services, session: Session, req: GatewayRequest, call: _Call, *,
+                   outcome: str, reason: str, now: int) -> None:
+    if not call.claims:
         # No verified token: nobody to hold to account, and an audit append would take the
         # chain's lock for an anonymous client (issue 13, item 8). Counted and logged instead.
-        refused_unauthenticated("gateway_call", reason or "server_error")
+        refused_unauthenticated("gateway_call", reason)
         return
+    services.audit.append_refusal(session, _record(req, call, outcome=outcome, reason=reason),
+                                  now=now)
+
+
+def _record(req: GatewayRequest, call: _Call, *, outcome: str, reason: str | None
+            ) -> AuditRecord:
+    claims = call.claims
     act = claims.get("act") or {}
-    with services.db.session() as session:
-        services.audit.append(session, AuditRecord(
-            event="gateway_call",
-            outcome=outcome,
-            reason=reason,
-            correlation_id=req.correlation_id,
-            user_id=claims.get("sub"),
-            agent_id=claims.get("client_id"),
-            actor_chain=[act["sub"]] if "sub" in act else [],
-            platform=req.platform,
-            intent=call.intent,
-            intent_hash=claims.get("intent_hash"),
-            token_jti=claims.get("jti"),
-            client_ip=req.client_ip,
-            detail={"method": req.method, "forwarded_method": call.forwarded_method,
-                    "attempts": call.attempts, "status": call.status},
-        ), now=now)
+    return AuditRecord(
+        event="gateway_call",
+        outcome=outcome,
+        reason=reason,
+        correlation_id=req.correlation_id,
+        user_id=claims.get("sub"),
+        agent_id=claims.get("client_id"),
+        actor_chain=[act["sub"]] if "sub" in act else [],
+        platform=req.platform,
+        intent=call.intent,
+        intent_hash=claims.get("intent_hash"),
+        token_jti=claims.get("jti"),
+        client_ip=req.client_ip,
+        detail={"method": req.method, "forwarded_method": call.forwarded_method,
+                "attempts": call.attempts, "status": call.status},
+    )

@@ -132,9 +132,12 @@ def test_database_down_at_readyz_is_503_with_retry_after(
 def test_commit_failure_is_503_with_retry_after(
     app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The request's own session is committed after the view, when the response is a success.
+    # A handler that writes commits its unit of work explicitly (authserver.http.unit_of_work).
     @app.get("/admin/commit-probe")  # an API path: JSON errors
     def commit_probe() -> Any:
+        from authserver.http.unit_of_work import commit
+
+        commit()
         return {}
 
     def fail_commit(self: Any) -> None:

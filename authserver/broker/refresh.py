@@ -74,15 +74,17 @@ Sleep = Callable[[float], None]
 
 def get_access_token(db: Database, store: Store, vault: Vault, platform: Platform, *,
                      user_id: str, now: int, connect_uri: str,
-                     sleep: Sleep = time.sleep) -> tuple[str, Connection]:
+                     sleep: Sleep = time.sleep, loaded: Connection | None = None
+                     ) -> tuple[str, Connection]:
     """The user's live access token at `platform`, refreshed first if it is stale (it has no
-    more than `refresh_margin` seconds left).
+    more than `refresh_margin` seconds left). `loaded`: the connection row as the caller's own
+    transaction just read it (the gateway's one session); else it is read here.
 
     Raises ConnectionRequiredError (with `connect_uri`) when there is no usable connection or
     the platform refused the refresh token; TemporarilyUnavailableError when the platform or a
     dependency is down (after bounded retries) or another refresh did not finish in time.
     """
-    conn = load_connection(db, user_id, platform.name)
+    conn = loaded if loaded is not None else load_connection(db, user_id, platform.name)
     require_usable(conn, connect_uri)
     assert conn is not None
     if _is_fresh(platform, conn, now):

@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, g, json, request
 
 from authserver.errors import InvalidTokenError
+from authserver.http.unit_of_work import commit, end_reads
 from authserver.observability import correlation_id
 
 bp = Blueprint("admin", __name__, url_prefix="/admin")
@@ -43,7 +44,7 @@ def deprovision(user_ref: str) -> Response:
         return _json({"error": "ambiguous_user", "candidates": e.candidates}, 409)
     except LookupError:
         abort(404)
-    g.db.rollback()  # deprovisioning writes in transactions of its own
+    end_reads()  # deprovisioning writes in transactions of its own
     try:
         result = run(current_app.extensions["authserver"], user_id, now=g.now,
                      correlation_id=correlation_id())
@@ -112,7 +113,8 @@ def resources_add() -> Response:
     out = resource_servers.as_dict(reg.resource)
     if reg.client_secret:
         out["client_secret"] = reg.client_secret
-    return _json(out, 201)  # committed after the request (a failed commit: 503, no secret)
+    commit()  # a failed commit: 503, and no secret is shown
+    return _json(out, 201)
 
 
 @bp.delete("/resources")
@@ -128,4 +130,5 @@ def resources_remove() -> Response:
         row = resource_servers.remove(g.db, uri)
     except LookupError:
         abort(404)
+    commit()
     return _json({"removed": row.uri})

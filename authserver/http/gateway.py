@@ -6,6 +6,7 @@ from flask import Blueprint, Response, abort, current_app, g, jsonify, request
 
 from authserver import gateway
 from authserver.http.oauth import dpop_header_values
+from authserver.http.unit_of_work import commit
 from authserver.observability import correlation_id
 
 bp = Blueprint("gateway", __name__)
@@ -50,6 +51,7 @@ def call(platform: str, path: str) -> Response:
         correlation_id=correlation_id(),
         client_ip=request.remote_addr,
     ), now=g.now)
+    commit()  # the call's audit record, before its answer leaves (a failure: 503)
     response = Response(result.body, status=result.status)
     for name, value in result.headers.items():
         response.headers[name] = value

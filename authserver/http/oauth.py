@@ -20,8 +20,8 @@ from authserver.errors import (
     InvalidClientMetadataError,
     InvalidRequestError,
     InvalidTokenError,
-    TemporarilyUnavailableError,
 )
+from authserver.http.unit_of_work import commit
 from authserver.metadata import authorization_server_metadata, compact
 from authserver.ratelimit import REGISTER
 from authserver.services import Services
@@ -75,17 +75,8 @@ def token() -> Response:
     if s.settings.dpop_nonce != "off" and s.nonces is not None:
         # RFC 9449 §8.2: push a fresh nonce with every successful response.
         response.headers["DPoP-Nonce"] = s.nonces.issue(g.now)
-    _commit()
+    commit()  # the token is issued only if what the request wrote (its audit record) commits
     return response
-
-
-def _commit() -> None:
-    """What the request wrote commits before the response leaves, or nothing was issued."""
-    try:
-        g.db.commit()
-    except Exception as e:
-        g.db.rollback()
-        raise TemporarilyUnavailableError(debug=f"commit: {type(e).__name__}") from e
 
 
 def _authenticate(methods: list[str]) -> OAuthClient:
@@ -116,6 +107,7 @@ def revoke() -> Response:
         raise InvalidRequestError("Missing token")
     s = services()
     introspection.revoke(g.db, s.keyring, s.settings.issuer, client.row, token, now=g.now)
+    commit()
     return _json({})
 
 
@@ -139,6 +131,7 @@ def register() -> Response:
     # Marked, so the user pages can say that nobody checked its name or domain.
     client, secret = register_client(g.db, metadata, now=g.now,
                                      attributes={"registration": "open"})
+    commit()  # no secret is shown for a client that was not stored
     return _json(registration_response(client, secret), 201)
 
 

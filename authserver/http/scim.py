@@ -4,7 +4,8 @@ with `scim_token_sha256`.
 The rules are in authserver/scim.py (Users) and authserver/scim_groups.py (Groups); this
 layer authenticates the IdP, parses JSON, answers
 `application/scim+json`, renders every error as a SCIM error body (RFC 7644 §3.12), and runs
-deprovisioning through authserver.deprovisioning.
+deprovisioning through authserver.deprovisioning. Every write commits explicitly
+(`unit_of_work.commit`) before the resource is read back and answered.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from flask import Blueprint, Response, current_app, g, request
 
 from authserver import scim, scim_discovery, scim_groups
 from authserver.audit import AuditRecord
+from authserver.http.unit_of_work import commit
 from authserver.identity.federation import IdPConfig
 from authserver.observability import correlation_id
 
@@ -90,8 +92,8 @@ def _apply_active(user_id: str, active: bool, was_active: bool) -> None:
         return
     from authserver.deprovisioning import deprovision
 
-    # The request's own transaction first: deprovisioning writes the same rows in its own.
-    g.db.commit()
+    # The request's own unit first: deprovisioning writes the same rows in units of its own.
+    commit()
     deprovision(_services(), user_id, now=g.now, correlation_id=correlation_id())
 
 
@@ -148,6 +150,7 @@ def create_user() -> Response:
     _audit("create", user_id, scim_id)
     if not data.active:
         _apply_active(user_id, False, True)
+    commit()
     resource = _resource(scim_id)
     return _answer(resource, 201, {"Location": resource["meta"]["location"]})
 
@@ -178,6 +181,7 @@ def replace_user(scim_id: str) -> Response:
     scim.replace_user(g.db, _idp(), row, user, data, now=g.now)
     _audit("replace", user_id, scim_id)
     _apply_active(user_id, data.active, was_active)
+    commit()
     return _answer(_resource(scim_id))
 
 
@@ -190,6 +194,7 @@ def patch_user(scim_id: str) -> Response:
     _audit("patch", user_id, scim_id)
     if active is not None:
         _apply_active(user_id, active, was_active)
+    commit()
     return _answer(_resource(scim_id))
 
 
@@ -202,6 +207,7 @@ def delete_user(scim_id: str) -> Response:
     g.db.flush()
     # Our user stays (deprovisioned: the audit trail names them); the SCIM resource is gone.
     _apply_active(user_id, False, was_active)
+    commit()
     return Response(status=204)
 
 
@@ -225,6 +231,7 @@ def create_group() -> Response:
     group = scim_groups.create_group(g.db, _idp(), scim_groups.parse_group(_body()), now=g.now)
     group_id = group.id
     _audit_group("create", group_id)
+    commit()
     resource = _group(group_id)
     return _answer(resource, 201, {"Location": resource["meta"]["location"]})
 
@@ -253,6 +260,7 @@ def replace_group(group_id: str) -> Response:
     scim_groups.replace_group(g.db, _idp(), scim_groups.get_group(g.db, _idp(), group_id),
                               data, now=g.now)
     _audit_group("replace", group_id)
+    commit()
     return _answer(_group(group_id))
 
 
@@ -262,6 +270,7 @@ def patch_group(group_id: str) -> Response:
     scim_groups.patch_group(g.db, _idp(), scim_groups.get_group(g.db, _idp(), group_id), body,
                             now=g.now)
     _audit_group("patch", group_id)
+    commit()
     return _answer(_group(group_id))
 
 
@@ -269,4 +278,5 @@ def patch_group(group_id: str) -> Response:
 def delete_group(group_id: str) -> Response:
     scim_groups.delete_group(g.db, scim_groups.get_group(g.db, _idp(), group_id))
     _audit_group("delete", group_id)
+    commit()
     return Response(status=204)

@@ -5,7 +5,9 @@ The rules are authserver/ssf.py and authserver/ssf_streams.py (a registered stre
 status, SSF-10); this layer finds the IdP, checks the transmitter's bearer
 token when one is configured, reads the `application/secevent+jwt` body, and answers 202 with
 no body, or 400 with an RFC 8935 §2.3 error body. A refusal is counted and logged
-rate-limited, never audited (`authserver.audit.refused_unauthenticated`).
+rate-limited, never audited (`authserver.audit.refused_unauthenticated`). The receiver's
+writes are units of work of their own (ssf_streams.receive commits each); this handler opens no
+transaction of the request's.
 """
 
 from __future__ import annotations
@@ -57,7 +59,6 @@ def push(idp: str) -> Response:
         token = raw.decode("ascii").strip()
     except UnicodeDecodeError as e:
         raise ssf.SetError(ssf.INVALID_REQUEST, "The body is not a compact JWS") from e
-    g.db.rollback()  # the receiver writes in transactions of its own
     # The one path of every SET, pushed or polled (authserver.ssf_poll uses it too).
     ssf_streams.receive(services, provider, token, now=g.now, correlation_id=correlation_id())
     response = Response(status=202)

@@ -7,6 +7,7 @@ from typing import Any
 from flask import abort, g, redirect, render_template, request, url_for
 from sqlalchemy import select
 
+from authserver.http.unit_of_work import commit
 from authserver.http.web.common import (
     audit_user_event,
     bp,
@@ -106,5 +107,6 @@ def withdraw(agent_id: str) -> Any:
     withdraw_agent(g.db, user.id, agent_id, now=g.now)
     audit_user_event("agent_withdrawn", "revoked", user.id, None, {"agent": agent_id},
                      agent_id=agent_id)
+    commit()
     notice(f"You withdrew {name}.")
     return redirect(url_for("web.agents"), 303)

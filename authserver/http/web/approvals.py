@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import abort, g, redirect, render_template, request, session, url_for
 
+from authserver.http.unit_of_work import commit
 from authserver.http.web.common import (
     audit_user_event,
     bp,
@@ -97,5 +98,6 @@ def decide(approval_id: str) -> Any:
     audit_user_event("approval", "approved" if decision == "approve" else "declined",
                      user.id, item.platform, {"approval_id": item.id, "agent": item.agent_id},
                      agent_id=item.agent_id, intent=item.intent, approval_id=item.id)
+    commit()
     session["decided"] = item.id
     return redirect(url_for("web.approvals"), 303)

@@ -15,6 +15,7 @@ from authserver.authorize import (
 )
 from authserver.errors import AccessDeniedError
 from authserver.http.browser import allow_form_targets
+from authserver.http.unit_of_work import commit
 from authserver.http.web.common import bp, check_csrf, current_user, login_redirect, services
 
 
@@ -66,6 +67,7 @@ def authorize() -> Any:
         return _authorize_error(AuthorizeError(
             AccessDeniedError("The user denied the request"), req.redirect_uri, req.state))
     code = issue_code(g.db, req, user, now=g.now)
+    commit()  # the code is handed out only once it is stored
     # RFC 9700 §4.12: 303 after a POST, so the browser does not re-post credentials.
     return redirect(redirect_location(req.redirect_uri, {"code": code, "state": req.state},
                                       issuer=s.settings.issuer), 303)

@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from flask import abort, g, redirect, render_template, request, session, url_for
 
 from authserver.http.browser import allow_form_targets
+from authserver.http.unit_of_work import commit
 from authserver.http.web.common import (
     audit_user_event,
     bp,
@@ -129,6 +130,7 @@ def connect_callback(name: str) -> Any:
     except OAuthError as e:
         return _connection_error(e.error, e.description, e.status_code)
     audit_user_event("connection", "connected", user.id, name, {"connection": conn.id})
+    commit()
     notice(f"You connected {platform.display_name}.")
     return redirect(url_for("web.connections"), 303)
 
@@ -159,6 +161,7 @@ def disconnect(name: str) -> Any:
     s = services()
     existed = broker_disconnect(s.db, s.store, s.vault, platform, user_id=user.id, now=g.now)
     audit_user_event("connection", "disconnected", user.id, name, {"existed": existed})
+    commit()
     notice(f"You disconnected {platform.display_name}." if existed
            else f"{platform.display_name} was not connected.")
     return redirect(url_for("web.connections"), 303)

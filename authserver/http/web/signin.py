@@ -27,6 +27,7 @@ from werkzeug.wrappers import Response
 
 from authserver.http.browser import allow_form_targets
 from authserver.http.sessions import end_session, rotate_session
+from authserver.http.unit_of_work import commit
 from authserver.http.web.common import (
     bp,
     check_csrf,
@@ -186,5 +187,6 @@ def login_idp_callback(name: str) -> Any:
     except OAuthError as e:
         return render_template("error.html", error=e.error, description=e.description), \
             e.status_code
+    commit()  # the user (JIT, claims synced) is stored before a session names them
     sign_in(user, now=g.now)
     return redirect(safe_next(pending.get("next")))

@@ -1,0 +1,45 @@
+"""One unit of work per request, committed by the handler that wrote it.
+
+The request's session (`g.db`, opened lazily by SQLAlchemy's autobegin: a request that runs no
+statement costs no round trip) is never committed by a hook: a handler that writes calls
+`commit()` once, before it builds its response, and teardown rolls back whatever was not
+committed. So a refusal (an exception, any status) commits nothing of the request, and a
+forgotten commit loses the write instead of persisting something half-checked. A refusal's
+audit record goes through its own path (`AuditLog.append_refusal`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import g
+
+from authserver.errors import TemporarilyUnavailableError
+
+log = logging.getLogger("authserver")
+
+
+def commit() -> None:
+    """Commit what the request wrote, or raise TemporarilyUnavailableError (503 with
+    Retry-After): a failed commit means nothing was done, so nothing may be answered as done
+    (no token, no secret, no "saved")."""
+    try:
+        g.db.commit()
+    except Exception as e:
+        g.db.rollback()
+        from authserver.http.errors import dependency_failure
+
+        if dependency_failure(e) is None:  # not an outage (that is one warning line): a bug
+            log.error("commit failed: %s", type(e).__name__)
+        raise TemporarilyUnavailableError(debug=f"commit: {type(e).__name__}") from e
+
+
+def end_reads() -> None:
+    """End the request's transaction before work that runs in transactions of its own
+    (deprovisioning, the SSF receiver): what the request read is let go, with its connection
+    and, on SQLite, the read lock those transactions would wait on. Only for a request that has
+    written nothing: pending writes are a bug, refused loudly rather than dropped."""
+    session = g.db
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("end_reads() with unflushed writes: commit() them or drop them")
+    session.rollback()
