@@ -41,9 +41,12 @@ def delete_prefixed(redis_url: str, prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
 
 
 class TestClock:
@@ -166,9 +169,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[object]:
     # pytest) may share this database.
     prefix = f"test:{uuid.uuid4().hex}:"
     yield RedisStore(client, prefix=prefix)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
+    delete_prefixed(REDIS_URL, prefix)
 
 
 @contextmanager

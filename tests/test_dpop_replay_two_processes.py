@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 import requests
-import sqlalchemy as sa
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
 from authserver.testing.server import free_port
-from tests.conftest import POSTGRES_URL, REDIS_URL
+from tests.conftest import REDIS_URL, delete_prefixed, fresh_postgres_database
 from tests.dpop_helpers import ProofKey
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
@@ -46,32 +45,6 @@ class Deployment:
     @property
     def htu(self) -> str:
         return self.issuer + "/token"
-
-
-def _create_database() -> tuple[str, str]:
-    name = "t_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-
-
-def _drop_database(name: str) -> None:
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-def _delete_redis_keys(prefix: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(REDIS_URL)
-    keys = list(client.scan_iter(match=prefix + "*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None:
@@ -101,40 +74,39 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     tmp = tmp_path_factory.mktemp("two-processes")
-    db_name, database_url = _create_database()
-    prefix = f"test:{uuid.uuid4().hex}:"
-    ports = [free_port(), free_port()]
-    issuer = f"http://127.0.0.1:{ports[0]}"
-    shared = {
-        "AUTHSERVER_ISSUER": issuer,
-        "AUTHSERVER_DATABASE_URL": database_url,
-        "AUTHSERVER_REDIS_URL": REDIS_URL,
-        "AUTHSERVER_REDIS_KEY_PREFIX": prefix,
-        "AUTHSERVER_SECRET_KEY": secrets.token_urlsafe(48),
-        "AUTHSERVER_KEK_FILE": str(tmp / "kek.key"),
-        "AUTHSERVER_LOG_LEVEL": "WARNING",
-    }
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        for i, port in enumerate(ports):
-            data_dir = tmp / f"data{i}"
-            log = tmp / f"gunicorn{i}.log"
-            env = {**os.environ, **shared, "AUTHSERVER_DATA_DIR": str(data_dir)}
-            env.pop("AUTHSERVER_CONFIG", None)
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
-                     "wsgi:app"],
-                    cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-            procs.append(proc)
-            # One after the other: the first migrates the database and creates the signing key.
-            _wait_ready(proc, f"http://127.0.0.1:{port}", log)
-        yield Deployment(issuer=issuer, instances=[f"http://127.0.0.1:{p}" for p in ports])
-    finally:
-        for proc in procs:
-            _stop(proc)
-        _delete_redis_keys(prefix)
-        _drop_database(db_name)
+    with fresh_postgres_database() as database_url:
+        prefix = f"test:{uuid.uuid4().hex}:"
+        ports = [free_port(), free_port()]
+        issuer = f"http://127.0.0.1:{ports[0]}"
+        shared = {
+            "AUTHSERVER_ISSUER": issuer,
+            "AUTHSERVER_DATABASE_URL": database_url,
+            "AUTHSERVER_REDIS_URL": REDIS_URL,
+            "AUTHSERVER_REDIS_KEY_PREFIX": prefix,
+            "AUTHSERVER_SECRET_KEY": secrets.token_urlsafe(48),
+            "AUTHSERVER_KEK_FILE": str(tmp / "kek.key"),
+            "AUTHSERVER_LOG_LEVEL": "WARNING",
+        }
+        procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for i, port in enumerate(ports):
+                data_dir = tmp / f"data{i}"
+                log = tmp / f"gunicorn{i}.log"
+                env = {**os.environ, **shared, "AUTHSERVER_DATA_DIR": str(data_dir)}
+                env.pop("AUTHSERVER_CONFIG", None)
+                with log.open("wb") as out:
+                    proc = subprocess.Popen(
+                        [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
+                         "wsgi:app"],
+                        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                procs.append(proc)
+                # One after the other: the first migrates the database and creates the signing key.
+                _wait_ready(proc, f"http://127.0.0.1:{port}", log)
+            yield Deployment(issuer=issuer, instances=[f"http://127.0.0.1:{p}" for p in ports])
+        finally:
+            for proc in procs:
+                _stop(proc)
+            delete_prefixed(REDIS_URL, prefix)
 
 
 @pytest.fixture(scope="module")

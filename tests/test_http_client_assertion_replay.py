@@ -8,25 +8,20 @@ one assertion could be spent once at each).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 import requests
 
 from authserver.clients import CLIENT_ASSERTION_TYPE
-from tests.stack import Stack, make_stack, mandate
+from tests.http_helpers import assert_refusal
+from tests.stack import Stack, mandate
 
 USER = "alice"
 HTTP_TIMEOUT = 30
+ACTOR_TOKEN_SPENT = "actor_token was already used"
+CLIENT_ASSERTION_SPENT = "client_assertion was already used"
 
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("assertion-replay"))
-    s.signed_in_and_connected(USER, ("crm",))
-    yield s
-    s.close()
+#: The module's `stack` (tests/conftest.py): the user signed in and connected to the CRM.
+pytestmark = pytest.mark.stack(connected=(USER,))
 
 
 def _client_auth(assertion: str) -> dict[str, str]:
@@ -51,46 +46,34 @@ def mint_with(stack: Stack, actor_token: str) -> requests.Response:
                                     dpop_jkt=key.dpop_jkt, actor_token=actor_token)
 
 
-def assert_error(resp: requests.Response, status: int, error: str,
-                 description: str) -> dict[str, Any]:
-    body = resp.json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert body["error"] == error, body
-    assert description in body.get("error_description", ""), body
-    assert resp.headers["Cache-Control"] == "no-store"
-    if status == 401:
-        assert resp.headers.get("WWW-Authenticate"), resp.headers
-    return body  # type: ignore[no-any-return]
-
-
 def test_spent_at_token_endpoint_then_as_actor_token(stack: Stack) -> None:
     assertion = stack.agent.assertion(stack.issuer)
     assert token_with(stack, assertion).status_code == 200
-    assert_error(mint_with(stack, assertion), 400, "invalid_request", "already used")
+    assert_refusal(mint_with(stack, assertion), 400, "invalid_request", ACTOR_TOKEN_SPENT)
 
 
 def test_spent_as_actor_token_then_at_token_endpoint(stack: Stack) -> None:
     assertion = stack.agent.assertion(stack.issuer)
     assert mint_with(stack, assertion).status_code == 200
-    assert_error(token_with(stack, assertion), 401, "invalid_client", "")
+    assert_refusal(token_with(stack, assertion), 401, "invalid_client", CLIENT_ASSERTION_SPENT)
 
 
 def test_spent_as_actor_token_then_at_introspection(stack: Stack) -> None:
     assertion = stack.agent.assertion(stack.issuer)
     assert mint_with(stack, assertion).status_code == 200
-    assert_error(introspect_with(stack, assertion), 401, "invalid_client", "")
+    assert_refusal(introspect_with(stack, assertion), 401, "invalid_client", CLIENT_ASSERTION_SPENT)
 
 
 def test_spent_at_introspection_then_as_actor_token(stack: Stack) -> None:
     assertion = stack.agent.assertion(stack.issuer)
     assert introspect_with(stack, assertion).status_code == 200
-    assert_error(mint_with(stack, assertion), 400, "invalid_request", "already used")
+    assert_refusal(mint_with(stack, assertion), 400, "invalid_request", ACTOR_TOKEN_SPENT)
 
 
 def test_spent_at_introspection_then_at_token_endpoint(stack: Stack) -> None:
     assertion = stack.agent.assertion(stack.issuer)
     assert introspect_with(stack, assertion).status_code == 200
-    assert_error(token_with(stack, assertion), 401, "invalid_client", "")
+    assert_refusal(token_with(stack, assertion), 401, "invalid_client", CLIENT_ASSERTION_SPENT)
 
 
 def test_a_fresh_assertion_works_everywhere(stack: Stack) -> None:

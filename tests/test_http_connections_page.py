@@ -12,6 +12,7 @@ from flask.testing import FlaskClient
 
 from authserver.models.broker import Connection
 from authserver.presentation import EXPIRY_WARNING, expires_soon, grant_expires_at
+from tests.conftest import base_settings
 from tests.http_helpers import ISSUER, RESOURCE, app, client, signed_in, user_id
 
 FIXTURES = (app, client, signed_in, user_id)
@@ -20,9 +21,8 @@ DAY = 86400
 
 @pytest.fixture
 def app_config(tmp_path: Any, database_url: str) -> dict[str, Any]:
-    return {"data_dir": str(tmp_path / "data"), "testing": True, "issuer": ISSUER,
-            "database_url": database_url, "redis_url": "",
-            "redis_key_prefix": "test:", "resources": (RESOURCE,), "platforms": {
+    return {**base_settings(tmp_path, database_url, "", issuer=ISSUER),
+            "resources": (RESOURCE,), "platforms": {
         "jira": {"profile": "atlassian", "display_name": "Jira", "client_id": "c",
                  "client_secret": "s"},
         "crm": {"authorize_url": "http://127.0.0.1:9/a", "token_url": "http://127.0.0.1:9/t",

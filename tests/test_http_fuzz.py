@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +28,9 @@ from flask.testing import FlaskClient
 from hypothesis import given
 from hypothesis import strategies as st
 
-from authserver import create_app
 from authserver.clients import SUPPORTED_GRANT_TYPES
 from authserver.testing.settings import crm_platform
-from tests.conftest import POSTGRES_URL
+from tests.conftest import TestClock, base_settings, fresh_postgres_database, running_app
 from tests.fuzz_helpers import (
     KEYS,
     PROFILE,
@@ -95,18 +93,8 @@ def fuzz_database(request: pytest.FixtureRequest,
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('fuzzdb')}/fuzz.db"
         return
-    import sqlalchemy as sa
-
-    name = "t_fuzz_" + uuid.uuid4().hex[:10]
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    yield f"{POSTGRES_URL.rsplit('/', 1)[0]}/{name}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @dataclass
@@ -130,43 +118,42 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(fuzz_database: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    app = create_app({
-        "data_dir": str(tmp_path_factory.mktemp("fuzzdata")), "testing": True,
-        "issuer": ISSUER, "database_url": fuzz_database, "redis_url": "",
+    settings = {
+        **base_settings(tmp_path_factory.mktemp("fuzzdata"), fuzz_database, "", issuer=ISSUER),
         "resources": (RESOURCE,),
         # Port 9 (discard) on loopback: a call that got this far fails at once, never hangs.
         "platforms": {"crm": crm_platform("http://127.0.0.1:9", "s3cret")},
-    })
-    client = app.test_client()
-    user_id = create_local_user(app, USERNAME, PASSWORD)
-    everything = confidential_client(client, grant_types=list(SUPPORTED_GRANT_TYPES))
-    posting = confidential_client(client, token_endpoint_auth_method="client_secret_post")
-    public = public_client(client)
-    key_jwt = register_client(client, token_endpoint_auth_method="private_key_jwt",
-                              grant_types=["client_credentials"],
-                              jwks={"keys": [public_jwk(_key())]})
-    registered = [everything, posting, public, key_jwt]
-    known = [c["client_id"] for c in registered] + [
-        everything["client_secret"], posting["client_secret"], *SUPPORTED_GRANT_TYPES,
-        *TOKEN_TYPES, "crm", RESOURCE, f"{ISSUER}/gateway/crm", ISSUER,
-        "https://client.example.com/cb", "http://127.0.0.1:8765/cb", "S256", "plain", "code",
-        "openid read", "read write offline_access", USERNAME, PASSWORD, user_id,
-        "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "access_token",
-        "refresh_token",
-    ]
-    browser = app.test_client()
-    login(browser, USERNAME, PASSWORD)
-    page = browser.get("/authorize", query_string={
-        "response_type": "code", "client_id": everything["client_id"],
-        "redirect_uri": "https://client.example.com/cb", "scope": "read", "state": "s",
-        "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
-        "code_challenge_method": "S256"})
-    csrf = form_with(page.get_data(as_text=True), "csrf_token")["fields"]["csrf_token"]
-    yield Target(app, user_id,
-                 [(everything["client_id"], everything["client_secret"]),
-                  (posting["client_id"], posting["client_secret"])],
-                 [c["client_id"] for c in registered], [*known, csrf], browser, csrf)
-    app.extensions["authserver"].db.engine.dispose()
+    }
+    with running_app(settings, TestClock()) as app:
+        client = app.test_client()
+        user_id = create_local_user(app, USERNAME, PASSWORD)
+        everything = confidential_client(client, grant_types=list(SUPPORTED_GRANT_TYPES))
+        posting = confidential_client(client, token_endpoint_auth_method="client_secret_post")
+        public = public_client(client)
+        key_jwt = register_client(client, token_endpoint_auth_method="private_key_jwt",
+                                  grant_types=["client_credentials"],
+                                  jwks={"keys": [public_jwk(_key())]})
+        registered = [everything, posting, public, key_jwt]
+        known = [c["client_id"] for c in registered] + [
+            everything["client_secret"], posting["client_secret"], *SUPPORTED_GRANT_TYPES,
+            *TOKEN_TYPES, "crm", RESOURCE, f"{ISSUER}/gateway/crm", ISSUER,
+            "https://client.example.com/cb", "http://127.0.0.1:8765/cb", "S256", "plain", "code",
+            "openid read", "read write offline_access", USERNAME, PASSWORD, user_id,
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer", "access_token",
+            "refresh_token",
+        ]
+        browser = app.test_client()
+        login(browser, USERNAME, PASSWORD)
+        page = browser.get("/authorize", query_string={
+            "response_type": "code", "client_id": everything["client_id"],
+            "redirect_uri": "https://client.example.com/cb", "scope": "read", "state": "s",
+            "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            "code_challenge_method": "S256"})
+        csrf = form_with(page.get_data(as_text=True), "csrf_token")["fields"]["csrf_token"]
+        yield Target(app, user_id,
+                     [(everything["client_id"], everything["client_secret"]),
+                      (posting["client_id"], posting["client_secret"])],
+                     [c["client_id"] for c in registered], [*known, csrf], browser, csrf)
 
 
 def _key() -> Any:

@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 from tests.http_helpers import (  # noqa: F401
     app,
     app_config,
+    assert_refusal,
     basic_auth,
     client,
     confidential_client,
@@ -33,17 +34,8 @@ CLIENT_AUTH_ENDPOINTS = [
 ENDPOINT_IDS = [path for path, _ in CLIENT_AUTH_ENDPOINTS]
 
 
-def assert_error(response: Any, status: int, error: str) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == "application/json"
-    body: dict[str, Any] = response.get_json()
-    assert body["error"] == error
-    assert response.headers["Cache-Control"] == "no-store"
-    return body
-
-
 def assert_invalid_client(response: Any) -> None:
-    assert_error(response, 401, "invalid_client")
+    assert_refusal(response, 401, "invalid_client", "Client authentication failed")
     assert response.headers["WWW-Authenticate"].startswith("Basic")
 
 
@@ -113,7 +105,10 @@ def test_well_formed_basic_credentials_still_work(client: FlaskClient) -> None:
 def test_control_character_in_form_client_id(client: FlaskClient, path: str,
                                              form: dict[str, str], client_id: str) -> None:
     response = client.post(path, data={**form, "client_id": client_id, "client_secret": "s"})
-    assert_error(response, 400, "invalid_request")
+    # A NUL is refused first, in any parameter (the next test).
+    assert_refusal(response, 400, "invalid_request",
+                   "A parameter contains a NUL character" if "\x00" in client_id
+                   else "client_id contains a control character")
 
 
 @pytest.mark.parametrize("client_id", ["a\x00b", "a\nb", "a\x7fb"], ids=["nul", "newline", "del"])
@@ -130,7 +125,7 @@ def test_nul_in_any_form_parameter(client: FlaskClient) -> None:
                                            "scope": "a\x00b"},
                            headers=basic_auth(registered["client_id"],
                                               registered["client_secret"]))
-    assert_error(response, 400, "invalid_request")
+    assert_refusal(response, 400, "invalid_request", "A parameter contains a NUL character")
 
 
 def test_nul_in_a_sign_in_form_is_refused(client: FlaskClient) -> None:
@@ -152,12 +147,12 @@ def test_missing_grant_type_is_invalid_request(client: FlaskClient) -> None:
     response = client.post("/token", data={"scope": "openid"},
                            headers=basic_auth(registered["client_id"],
                                               registered["client_secret"]))
-    assert_error(response, 400, "invalid_request")
+    assert_refusal(response, 400, "invalid_request", "Missing grant_type")
 
 
 def test_empty_grant_type_is_invalid_request(client: FlaskClient) -> None:
     response = client.post("/token", data={"grant_type": ""})
-    assert_error(response, 400, "invalid_request")
+    assert_refusal(response, 400, "invalid_request", "Missing grant_type")
 
 
 def test_unknown_grant_type_is_still_unsupported(client: FlaskClient) -> None:
@@ -165,7 +160,7 @@ def test_unknown_grant_type_is_still_unsupported(client: FlaskClient) -> None:
     response = client.post("/token", data={"grant_type": "urn:example:nope"},
                            headers=basic_auth(registered["client_id"],
                                               registered["client_secret"]))
-    assert_error(response, 400, "unsupported_grant_type")
+    assert_refusal(response, 400, "unsupported_grant_type", None)
 
 
 # --- item 7: the body limit holds on the stream, not on Content-Length -------------------------
