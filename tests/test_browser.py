@@ -30,9 +30,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.stack import Stack, intent, make_stack, mandate
-
-pytestmark = pytest.mark.slow
+from tests.stack import Stack, intent, mandate
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -45,6 +43,9 @@ USER = "alice"
 BOARD = "launch"
 ROOMY_LIMITS = {"rate_limits": {"destructive": {"limit": 1000, "window": 60},
                                 "write": {"limit": 1000, "window": 60}}}
+
+#: The module's `stack` (tests/conftest.py) has room for the walk-through's writes.
+pytestmark = [pytest.mark.slow, pytest.mark.stack(extra_settings=ROOMY_LIMITS)]
 
 
 def _playwright() -> Any:
@@ -73,13 +74,6 @@ def chromium() -> Iterator[Any]:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, env=env)
         yield browser
         browser.close()
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    s = make_stack(tmp_path_factory.mktemp("browser"), extra_settings=ROOMY_LIMITS)
-    yield s
-    s.close()
 
 
 class Pages:

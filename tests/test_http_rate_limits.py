@@ -12,49 +12,32 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 from authserver.demo.stack import to_toml
 from authserver.testing.server import free_port
-from tests.conftest import POSTGRES_URL, REDIS_URL
+from tests.conftest import REDIS_URL, fresh_postgres_database
+from tests.http_helpers import assert_refusal
 from tests.stack import Stack, correlation, make_stack
 
 USER = "alice"
+#: The refusal of a user assertion whose user was deprovisioned.
+REVOKED = "subject_token is invalid, expired or revoked"
 WINDOW = 86_400
 READ_LIMIT = 3
 RATE_LIMITS = {"read": {"limit": READ_LIMIT, "window": WINDOW}}
 GUNICORN_START_TIMEOUT = 60
 
 
-def assert_error(resp: requests.Response, status: int, error: str) -> dict[str, Any]:
-    body = resp.json()
-    assert resp.status_code == status, (resp.status_code, body)
-    assert body["error"] == error, body
-    assert resp.headers["Cache-Control"] == "no-store"
-    return body  # type: ignore[no-any-return]
-
-
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database (the services are required: never skipped)."""
-    import sqlalchemy as sa
-
-    name = "t_" + uuid.uuid4().hex[:12]
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    yield POSTGRES_URL.rsplit("/", 1)[0] + "/" + name
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -78,7 +61,7 @@ def test_rate_limited_with_retry_after(tmp_path: Path, monkeypatch: pytest.Monke
             assert stack.agent_exchange(assertion, key).status_code == 200
         cid = correlation()
         resp = stack.agent_exchange(assertion, key, headers={"X-Request-ID": cid})
-        assert_error(resp, 429, "rate_limited")
+        assert_refusal(resp, 429, "rate_limited", "Rate limit exceeded")
         # 4 counted of 3 a day: the rest of today (63,000 s) and half of tomorrow (43,200 s),
         # when 1 + 4 x 1/2 = 3 fits (tests/test_ratelimit.py covers other times of day).
         assert resp.headers["Retry-After"] == "106200"
@@ -100,7 +83,7 @@ def test_rate_limit_shared_by_two_app_instances(shared_stack: Stack) -> None:
     for base in bases:
         assert stack.agent_exchange(assertion, key, base_url=base).status_code == 200
     resp = stack.agent_exchange(assertion, key, base_url=other)
-    assert_error(resp, 429, "rate_limited")
+    assert_refusal(resp, 429, "rate_limited", "Rate limit exceeded")
     assert int(resp.headers["Retry-After"]) > 0
 
 
@@ -111,7 +94,8 @@ def test_deprovisioning_on_one_instance_kills_assertion_on_another(shared_stack:
     assertion, key = stack.edge_mint(USER)
     assert stack.agent_exchange(assertion, key, base_url=other).status_code == 200
     assert stack.deprovision(stack.user_id(USER)).status_code == 200
-    assert_error(stack.agent_exchange(assertion, key, base_url=other), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(assertion, key, base_url=other), 400, "invalid_request",
+                   REVOKED)
 
 
 @pytest.mark.services
@@ -134,7 +118,7 @@ def test_store_unavailable_is_temporarily_unavailable(shared_stack: Stack,
     before = refused._value.get()
     cid = correlation()
     resp = stack.agent_exchange(assertion, key, headers={"X-Request-ID": cid})
-    assert_error(resp, 503, "temporarily_unavailable")
+    assert_refusal(resp, 503, "temporarily_unavailable", None)
     assert int(resp.headers["Retry-After"]) > 0
     monkeypatch.undo()
     # The agent's client assertion could not be checked for replay, so no principal was
@@ -190,7 +174,7 @@ def test_rate_limit_shared_with_gunicorn_process(shared_stack: Stack, gunicorn: 
     for base in (gunicorn, gunicorn, stack.issuer):
         assert stack.agent_exchange(assertion, key, base_url=base).status_code == 200
     resp = stack.agent_exchange(assertion, key, base_url=gunicorn)
-    assert_error(resp, 429, "rate_limited")
+    assert_refusal(resp, 429, "rate_limited", "Rate limit exceeded")
     assert int(resp.headers["Retry-After"]) > 0
 
 
@@ -203,5 +187,6 @@ def test_deprovisioning_in_process_kills_assertion_in_gunicorn(shared_stack: Sta
     assert stack.agent_exchange(assertion, key, base_url=gunicorn).status_code == 200
     resp = stack.deprovision(stack.user_id(USER), base_url=gunicorn)
     assert resp.status_code == 200, resp.text
-    assert_error(stack.agent_exchange(assertion, key), 400, "invalid_request")
-    assert_error(stack.agent_exchange(assertion, key, base_url=gunicorn), 400, "invalid_request")
+    assert_refusal(stack.agent_exchange(assertion, key), 400, "invalid_request", REVOKED)
+    assert_refusal(stack.agent_exchange(assertion, key, base_url=gunicorn), 400,
+                   "invalid_request", REVOKED)
