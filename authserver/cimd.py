@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +47,10 @@ from authserver.encoding import loads_strict_json
 from authserver.errors import InvalidClientError, OAuthError
 from authserver.models import Client
 from authserver.outbound import FetchResult, Outbound, OutboundError
+
+if TYPE_CHECKING:
+    from authserver.client_cache import RegistryCache
+    from authserver.clients import ClientRecord
 
 #: §6.6: "The recommended maximum response size for client metadata documents is 5 kilobytes."
 CIMD_MAX_BYTES = 5 * 1024
@@ -184,3 +188,14 @@ def find_client(session: Session, client_id: str | None, *, cimd: CimdResolver |
     if cimd is not None and is_url_client_id(client_id):
         return cimd.client(session, client_id, now=now)
     return session.get(Client, client_id)
+
+
+def find_client_record(session: Session, client_id: str | None, *, cimd: CimdResolver | None,
+                       registry: RegistryCache, now: int) -> ClientRecord | None:
+    """`find_client`, with a registered id's client from `registry`'s read-only snapshots
+    (authserver.client_cache: no SQL while the shared generation holds). A URL id is
+    `find_client`'s as always: its row follows a fetched document."""
+    if isinstance(client_id, str) and client_id and len(client_id) <= CIMD_URL_MAX_LENGTH \
+            and not (cimd is not None and is_url_client_id(client_id)):
+        return registry.client(session, client_id, now=now)
+    return find_client(session, client_id, cimd=cimd, now=now)

@@ -10,7 +10,7 @@ import hashlib
 import hmac
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import ClientMixin
@@ -58,7 +58,33 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def secret_matches(client: Client, presented: str) -> bool:
+class ClientRecord(Protocol):
+    """What is read of a client: a `Client` row, or its cached, read-only snapshot
+    (`authserver.client_cache.ClientSnapshot`)."""
+
+    @property
+    def client_id(self) -> str: ...
+    @property
+    def secret_hash(self) -> str | None: ...
+    @property
+    def token_endpoint_auth_method(self) -> str: ...
+    @property
+    def client_metadata(self) -> Mapping[str, Any]: ...
+    @property
+    def attributes(self) -> Mapping[str, Any]: ...
+    @property
+    def client_id_issued_at(self) -> int: ...
+    @property
+    def redirect_uris(self) -> list[str]: ...
+    @property
+    def grant_types(self) -> list[str]: ...
+    @property
+    def dpop_bound_access_tokens(self) -> bool: ...
+    @property
+    def is_public(self) -> bool: ...
+
+
+def secret_matches(client: ClientRecord, presented: str) -> bool:
     if not client.secret_hash:
         return False
     return hmac.compare_digest(client.secret_hash, hash_secret(presented))
@@ -233,9 +259,9 @@ def registration_response(client: Client, secret: str | None) -> dict[str, Any]:
 
 
 class OAuthClient(ClientMixin):
-    """Authlib's view of a `Client` row."""
+    """Authlib's view of a client (a `Client` row, or its cached snapshot)."""
 
-    def __init__(self, row: Client) -> None:
+    def __init__(self, row: ClientRecord) -> None:
         self.row = row
 
     @property

@@ -7,8 +7,9 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from authserver import refresh_tokens
+from authserver.clients import ClientRecord
 from authserver.keys import KeyRing
-from authserver.models import Client, Grant
+from authserver.models import Grant
 from authserver.tokens import (
     TokenNotLiveError,
     check_token_live,
@@ -22,7 +23,7 @@ _AT_MEMBERS = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "nbf", "
                "act", "authorization_details", "auth_time")
 
 
-def may_see(caller: Client, claims: dict[str, Any]) -> bool:
+def may_see(caller: ClientRecord, claims: dict[str, Any]) -> bool:
     """INT-05: the token's own client, or a resource server in the token's audience."""
     if caller.client_id == claims.get("client_id"):
         return True
@@ -34,7 +35,7 @@ def may_see(caller: Client, claims: dict[str, Any]) -> bool:
     return any(isinstance(a, str) and normalize_resource(a) in served for a in audiences)
 
 
-def introspect(session: Session, keyring: KeyRing, issuer: str, caller: Client, token: str,
+def introspect(session: Session, keyring: KeyRing, issuer: str, caller: ClientRecord, token: str,
                *, now: int) -> dict[str, Any]:
     if token.count(".") == 2:
         try:
@@ -61,7 +62,7 @@ def introspect(session: Session, keyring: KeyRing, issuer: str, caller: Client, 
     return body
 
 
-def revoke(session: Session, keyring: KeyRing, issuer: str, caller: Client, token: str,
+def revoke(session: Session, keyring: KeyRing, issuer: str, caller: ClientRecord, token: str,
            *, now: int) -> None:
     """Revoke if the token is ours and belongs to `caller`; otherwise do nothing (REV-02/04)."""
     if token.count(".") == 2:

@@ -1,8 +1,8 @@
 """Registered resource servers (issue 14): add, list, remove, and what a token for one must be.
 
 A resource server is registered once (`authserver resources add`, `POST /admin/resources`) and
-lives in the database, so it takes effect on every instance at once: nothing about it is
-cached in process memory (`Services.known_resources` reads it on each token request). Its URI
+lives in the database, and takes effect on every instance at once: instances cache it only
+while the shared generation every write renews holds (authserver.client_cache). Its URI
 is stored in `authserver.urls.normalize_resource` form, the form tokens then carry in `aud`.
 
 `token_types` is what the resource accepts: `dpop` (DPoP-bound tokens, RFC 9449), `bearer`
@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -30,6 +30,9 @@ from authserver.errors import (
 )
 from authserver.models import Client, ResourceServer
 from authserver.urls import normalize_resource
+
+if TYPE_CHECKING:
+    from authserver.client_cache import ResourceSnapshot
 
 TOKEN_TYPES = ("dpop", "bearer")
 MAX_NAME_LENGTH = 255
@@ -146,7 +149,7 @@ def remove(session: Session, uri: Any) -> ResourceServer:
     return row
 
 
-def check_token_request(registered: Iterable[ResourceServer], *, bound: bool,
+def check_token_request(registered: Iterable[ResourceServer | ResourceSnapshot], *, bound: bool,
                         scope: str | None) -> None:
     """What the registered resources a token is for require of it: `bound` is whether it will
     be DPoP-bound (the request carried a valid proof), `scope` the scope it will carry."""

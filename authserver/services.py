@@ -22,9 +22,9 @@ if TYPE_CHECKING:
     from authserver.broker.profiles import Platform
     from authserver.broker.vault import Vault
     from authserver.cimd import CimdResolver
+    from authserver.client_cache import RegistryCache, Resources, ResourceSnapshot
     from authserver.dpop import NonceIssuer
     from authserver.identity.federation import Federation
-    from authserver.models import ResourceServer
     from authserver.outbound import Outbound
     from authserver.policy import PolicyEngine
     from authserver.ratelimit import RateLimiter
@@ -56,6 +56,7 @@ class Services:
     #: Derives rotated refresh tokens' successors (refresh_tokens.successor_key); without it
     #: the refresh grant refuses to rotate (server_error).
     refresh_successor_key: bytes | None = None
+    registry: RegistryCache = field(init=False, repr=False)
 
     def require_federation(self) -> Federation:
         """The configured IdPs; `invalid_request` when there are none (fail closed: a request
@@ -65,46 +66,48 @@ class Services:
                                       debug="no idp configured")
         return self.federation
 
+    def __post_init__(self) -> None:
+        from authserver.client_cache import RegistryCache, watch
+
+        #: Clients and registered resource servers, cached while the shared generation holds
+        #: (authserver.client_cache); every write through `db` renews it.
+        self.registry = RegistryCache(lambda: self.store)
+        watch(self.db.sessionmaker, self.registry)
+
     def known_resources(self) -> set[str]:
         """RFC 8707 resources our own tokens may be audience-restricted to. A platform's API
         base is not one of them: only the executor exchange names it (for the platform's
         own token), never as the audience of a token we sign."""
         s = self.settings
+        registered = self._resources()
         return {s.issuer, *s.resources, *(f"{s.issuer}/gateway/{name}" for name in self.platforms),
-                *self.registered_resources(), *self.resource_servers()}
+                *registered.served, *registered.servers}
 
-    def resource_servers(self, uris: Iterable[str] | None = None) -> dict[str, ResourceServer]:
+    def resource_servers(self, uris: Iterable[str] | None = None) -> dict[str, ResourceSnapshot]:
         """The admin-registered resource servers (`authserver resources add`), by URI (all of
-        them, or those among `uris`, compared normalised): read from the database on each
-        call, never cached, so an added or removed resource takes effect on every instance at
-        once."""
-        from sqlalchemy import select
-
-        from authserver.models import ResourceServer
+        them, or those among `uris`, compared normalised). Cached while the shared generation
+        holds (authserver.client_cache), so an added or removed resource takes effect on
+        every instance at once."""
         from authserver.urls import normalize_resource
 
-        query = select(ResourceServer)
-        if uris is not None:
-            wanted = {n for n in (normalize_resource(u) for u in uris) if n is not None}
-            if not wanted:
-                return {}
-            query = query.where(ResourceServer.uri.in_(sorted(wanted)))
-        with self.db.session() as session:
-            rows = list(session.scalars(query))
-            session.expunge_all()
-        return {row.uri: row for row in rows}
+        servers = self._resources().servers
+        if uris is None:
+            return dict(servers)
+        wanted = {n for n in (normalize_resource(u) for u in uris) if n is not None}
+        return {uri: servers[uri] for uri in sorted(wanted) if uri in servers}
 
     def registered_resources(self) -> set[str]:
         """The resources admin-registered resource-server clients serve (their `resources`
-        attribute, which DCR cannot set): read from the database on each call, so a resource
-        server added with `authserver clients create --resource URI` takes effect on every
-        instance without a restart."""
-        from sqlalchemy import select
+        attribute, which DCR cannot set), cached as `resource_servers` is: a resource server
+        added with `authserver clients create --resource URI` takes effect on every instance
+        without a restart."""
+        return set(self._resources().served)
 
-        from authserver.models import Client
+    def _resources(self) -> Resources:
+        from authserver.client_cache import load_resources
 
-        with self.db.session() as session:
-            rows = session.scalars(
-                select(Client.attributes).where(Client.attributes["resources"].is_not(None)))
-            return {r for attrs in rows for r in (attrs or {}).get("resources") or []
-                    if isinstance(r, str)}
+        def load() -> Resources:
+            with self.db.session() as session:
+                return load_resources(session)
+
+        return self.registry.resources(load, now=int(self.outbound.clock()))

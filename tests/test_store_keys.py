@@ -26,6 +26,7 @@ BUILT = {
     "rl": keys.rate_user("write", USER),
     "session": keys.session("s" * 43),
     "session-gen": keys.session_generation(USER),
+    "registry-gen": keys.registry_generation(),
     "user-epoch": keys.user_epoch(USER),
     "oidc-nonce": keys.oidc_nonce("nonce-value"),
     "idp-subject-token": keys.idp_subject_token("https://idp.example", "jti-1", "h.p"),

@@ -49,6 +49,8 @@ FAMILIES: dict[str, KeyFamily] = {
     "oidc-nonce": KeyFamily("identity.login (ID token nonce, one use)", "the login"),
     "idp-subject-token": KeyFamily("identity.federation (edge mint, one use)", "the token's exp"),
     "idp-id-jag": KeyFamily("identity.federation (ID-JAG, one use)", "the grant's exp"),
+    "registry-gen": KeyFamily("client_cache (clients and resource servers changed: one "
+                              "random value per change)", "none (absent: nothing cached holds)"),
     "user-epoch": KeyFamily("identity.users (deprovisioning)", "none (the database is the truth)"),
     "ssf-set": KeyFamily("ssf (a pushed SET's `jti`, one use)", "the SET's `iat` window"),
     "lock": KeyFamily("store.redis (a named lock; the name is a family key)", "its timeout"),
@@ -138,6 +140,13 @@ def ssf_set(issuer: str, jti: str) -> str:
 def user_epoch(user_id: str) -> str:
     """A user's revocation epoch (authserver.identity.users)."""
     return f"user-epoch:{hashed(user_id)}"
+
+
+def registry_generation() -> str:
+    """The one generation of the clients and resource servers (authserver.client_cache): a new
+    random value after every change to either table, so an instance's cached snapshots hold
+    only while it is unchanged."""
+    return "registry-gen:all"
 
 
 def oidc_nonce(nonce: str) -> str:
