@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from authserver.app import build_services
-from authserver.clients import register_client, validate_client_metadata
+from authserver.clients import CLIENT_ASSERTION_TYPE, register_client, validate_client_metadata
 from authserver.config import Settings
 from authserver.errors import OAuthError
 from authserver.grants.client_credentials import ClientCredentialsGrant
@@ -175,12 +175,18 @@ def test_a_control_character_in_client_id_is_invalid_request(services: Services,
     assert_refused(error, 400, "invalid_request", "client_id contains a control character")
 
 
-@pytest.mark.parametrize("authorization", ["Basic !!!", " ", "Bearer ",
-                                           "Basic " + base64.b64encode(b"\xff:x").decode()])
+@pytest.mark.parametrize(("authorization", "reason"), [
+    ("Basic !!!", "client_auth_basic_not_decodable"),
+    (" ", "client_auth_header_malformed"),
+    ("Bearer ", "client_auth_header_malformed"),
+    ("Basic " + base64.b64encode(b"\xff:x").decode(), "client_auth_basic_not_decodable"),
+    ("Basic " + base64.b64encode(b"no-colon").decode(), "client_auth_basic_malformed"),
+])
 def test_malformed_basic_credentials_are_invalid_client(services: Services, db: Session,
-                                                        authorization: str) -> None:
+                                                        authorization: str, reason: str) -> None:
     error = refused(services, request(db, {"grant_type": CC}, authorization=authorization))
     assert_refused(error, 401, "invalid_client", "Client authentication failed", CHALLENGE)
+    assert error.reason == reason  # logs and audit only: the answer is the same
 
 
 # --- select_grant ------------------------------------------------------------------------------
@@ -268,17 +274,28 @@ def test_a_wrong_secret_is_invalid_client(services: Services, db: Session) -> No
     error = refused(services, request(db, {"grant_type": CC},
                                       authorization=basic(cc["client_id"], "wrong")))
     assert_refused(error, 401, "invalid_client", "Client authentication failed", CHALLENGE)
+    assert error.reason == "client_auth_bad_secret"  # logs and audit only
 
 
 def test_an_unknown_client_is_the_same_invalid_client(services: Services, db: Session) -> None:
     error = refused(services, request(db, {"grant_type": CC},
                                       authorization=basic("cli_nobody", "secret")))
     assert_refused(error, 401, "invalid_client", "Client authentication failed", CHALLENGE)
+    assert error.reason == "client_auth_unknown_client"
 
 
 def test_no_credentials_is_invalid_client(services: Services, db: Session) -> None:
     error = refused(services, request(db, {"grant_type": CC}))
     assert_refused(error, 401, "invalid_client", "Client authentication failed", CHALLENGE)
+    assert error.reason == "client_auth_missing_credentials"
+
+
+def test_a_client_assertion_type_without_an_assertion_is_invalid_client(
+        services: Services, db: Session) -> None:
+    error = refused(services, request(db, {
+        "grant_type": CC, "client_assertion_type": CLIENT_ASSERTION_TYPE}))
+    assert (error.status_code, error.error, error.description, error.reason) == (
+        401, "invalid_client", "Missing client_assertion", "client_auth_missing_assertion")
 
 
 def test_a_method_the_grant_does_not_take_is_invalid_client(services: Services,
@@ -296,6 +313,7 @@ def test_a_method_the_client_did_not_register_is_invalid_client(services: Servic
     error = refused(services, request(db, {"grant_type": CC},
                                       authorization=basic(post["client_id"], post["secret"])))
     assert_refused(error, 401, "invalid_client", "Client authentication failed", CHALLENGE)
+    assert error.reason == "client_auth_wrong_method"
     response = pipeline.handle(services, request(db, {
         "grant_type": CC, "client_id": post["client_id"], "client_secret": post["secret"]}))
     assert response.status == 200
@@ -310,6 +328,7 @@ def test_a_grant_the_client_did_not_register_is_unauthorized_client(services: Se
     error = refused(services, request(db, {"grant_type": "refresh_token", "refresh_token": "x"},
                                       authorization=cc["basic"]))
     assert_refused(error, 400, "unauthorized_client", "The client may not use this grant type")
+    assert error.reason == "grant_type_not_allowed"
 
 
 def test_the_grant_type_is_checked_after_authentication(services: Services,
@@ -328,7 +347,8 @@ def test_token_exchange_refusal_is_audited_with_its_own_description(services: Se
     with services.db.session() as session:
         events = session.scalars(select(AuditEvent)).all()
         assert [(e.event, e.outcome, e.reason, e.agent_id, e.client_ip) for e in events] == [
-            ("token_exchange", "invalid", "unauthorized_client", cc["client_id"], "192.0.2.1")]
+            ("token_exchange", "invalid", "grant_type_not_allowed", cc["client_id"],
+             "192.0.2.1")]
 
 
 def test_token_exchange_counts_a_failed_authentication(services: Services, db: Session) -> None:
@@ -395,19 +415,10 @@ def test_the_client_budget_is_spent_only_once_authenticated(services: Services,
 
 
 def _rollback_only(app: Any) -> None:
-    """Replace the app's "commit if status < 400" hook by one that only rolls back: what the
-    token endpoint issued must already be committed by the endpoint itself."""
-    from flask import Response, g
-
-    def rollback_only(response: Response) -> Response:
-        session = g.pop("db", None)
-        if session is not None:
-            session.rollback()
-            session.close()
-        return response
-
+    """No hook commits (issue 17 item 2: teardown only rolls back what the handler did not
+    commit), so what the token endpoint issued must be committed by the endpoint itself."""
     hooks = app.after_request_funcs[None]
-    hooks[[hook.__name__ for hook in hooks].index("commit")] = rollback_only
+    assert "commit" not in [hook.__name__ for hook in hooks]
 
 
 def test_the_token_endpoint_commits_what_it_issued(app: Any, client: Any,
