@@ -191,6 +191,10 @@ class AgentExchange(DelegationSteps):
 
     def enforce_decision(self, ex: Exchange, decision: PolicyDecision, *,
                          approved: bool) -> None:
+        """Act on the decision. The one step before issuing that writes: on step-up, the
+        pending approval, through `approvals.request_approval` (a unit of work of its own,
+        committed there, so it outlives the `approval_required` refusal raised here; the
+        request's own transaction is never committed by it)."""
         assert ex.user is not None and ex.intent is not None and ex.platform is not None
         if decision.outcome == "allow":
             return
