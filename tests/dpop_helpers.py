@@ -11,13 +11,13 @@ import hashlib
 import json
 import secrets
 import time
-import uuid
 from typing import Any
 
 import pytest
 from joserfc import jws
 from joserfc.jwk import ECKey, Key
 
+from tests.conftest import base_settings
 from tests.http_helpers import ISSUER, RESOURCE
 
 TOKEN_ENDPOINT = ISSUER + "/token"
@@ -103,17 +103,9 @@ def settings_overrides() -> dict[str, Any]:
 @pytest.fixture
 def app_config(tmp_path: Any, database_url: str, redis_url: str,
                settings_overrides: dict[str, Any]) -> dict[str, Any]:
-    """tests.http_helpers' settings, a Redis key prefix of its own, plus `settings_overrides`."""
-    return {
-        "data_dir": str(tmp_path / "data"),
-        "testing": True,
-        "issuer": ISSUER,
-        "database_url": database_url,
-        "redis_url": redis_url,
-        "redis_key_prefix": f"test:{uuid.uuid4().hex}:",
-        "resources": (RESOURCE,),
-        **settings_overrides,
-    }
+    """tests.http_helpers' settings (conftest `base_settings`), plus `settings_overrides`."""
+    return {**base_settings(tmp_path, database_url, redis_url, issuer=ISSUER),
+            "resources": (RESOURCE,), **settings_overrides}
 
 
 def with_settings(**settings: Any) -> pytest.MarkDecorator:

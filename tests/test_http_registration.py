@@ -18,6 +18,7 @@ from tests.http_helpers import (  # noqa: F401
     REDIRECT_URI,
     app,
     app_config,
+    assert_refusal,
     client,
     ec_key,
     public_jwks,
@@ -27,11 +28,9 @@ from tests.http_helpers import (  # noqa: F401
 INITIAL_ACCESS_TOKEN = "iat-" + "x" * 40
 
 
-def assert_registration_error(response: Any, error: str) -> None:
-    body = response.get_json()
-    assert response.status_code == 400, body
-    assert body["error"] == error
-    assert response.headers["Cache-Control"] == "no-store"
+def assert_registration_error(response: Any, error: str, description: str) -> None:
+    """RFC 7591 §3.2.2: a 400 refusal (http_helpers.assert_refusal) that registered nothing."""
+    body = assert_refusal(response, 400, error, description)
     assert "client_id" not in body
 
 
@@ -137,18 +136,22 @@ def test_secret_is_stored_only_as_its_sha256_digest(app: Flask, client: FlaskCli
 ])
 def test_bad_redirect_uri_is_invalid_redirect_uri(client: FlaskClient, uri: str) -> None:
     response = client.post("/register", json={"redirect_uris": [uri]})
-    assert_registration_error(response, "invalid_redirect_uri")
+    assert_registration_error(response, "invalid_redirect_uri",
+                              "Redirect URIs must be https, loopback http or a private-use "
+                              "scheme, without a fragment")
 
 
 def test_authorization_code_client_without_redirect_uris_is_invalid_redirect_uri(
         client: FlaskClient) -> None:
     response = client.post("/register", json={"grant_types": ["authorization_code"]})
-    assert_registration_error(response, "invalid_redirect_uri")
+    assert_registration_error(response, "invalid_redirect_uri",
+                              "authorization_code clients need redirect_uris")
 
 
 def test_redirect_uris_not_a_list_is_invalid_redirect_uri(client: FlaskClient) -> None:
     response = client.post("/register", json={"redirect_uris": REDIRECT_URI})
-    assert_registration_error(response, "invalid_redirect_uri")
+    assert_registration_error(response, "invalid_redirect_uri",
+                              "redirect_uris must be a list of URIs")
 
 
 # --- invalid_client_metadata ------------------------------------------------------------------
@@ -159,26 +162,29 @@ def test_unsupported_grant_type_is_invalid_client_metadata(client: FlaskClient,
                                                            grant_type: str) -> None:
     response = client.post("/register", json={"redirect_uris": [REDIRECT_URI],
                                               "grant_types": [grant_type]})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata", "Unsupported grant_types")
 
 
 def test_unsupported_auth_method_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={"redirect_uris": [REDIRECT_URI],
                                               "token_endpoint_auth_method": "client_secret_jwt"})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "Unsupported token_endpoint_auth_method")
 
 
 def test_public_client_asking_for_client_credentials_is_invalid_client_metadata(
         client: FlaskClient) -> None:
     response = client.post("/register", json={"grant_types": ["client_credentials"],
                                               "token_endpoint_auth_method": "none"})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "Public clients cannot use this grant type")
 
 
 def test_token_response_type_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={"redirect_uris": [REDIRECT_URI],
                                               "response_types": ["token"]})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "Only response_type code is supported")
 
 
 def test_inconsistent_grant_and_response_types_are_invalid_client_metadata(
@@ -186,62 +192,71 @@ def test_inconsistent_grant_and_response_types_are_invalid_client_metadata(
     # DCR-03: response_type code without the authorization_code grant.
     response = client.post("/register", json={"grant_types": ["client_credentials"],
                                               "response_types": ["code"]})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "grant_types and response_types are inconsistent")
 
 
 def test_jwks_and_jwks_uri_together_are_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={
         "grant_types": ["client_credentials"], "token_endpoint_auth_method": "private_key_jwt",
         "jwks": public_jwks(ec_key()), "jwks_uri": "https://client.example.com/jwks"})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "jwks and jwks_uri are mutually exclusive")
 
 
 def test_private_key_in_jwks_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={
         "grant_types": ["client_credentials"], "token_endpoint_auth_method": "private_key_jwt",
         "jwks": {"keys": [ec_key().as_dict(private=True)]}})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "jwks must hold public keys only")
 
 
 def test_symmetric_key_in_jwks_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={
         "grant_types": ["client_credentials"], "token_endpoint_auth_method": "private_key_jwt",
         "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "jwks must hold public keys only")
 
 
 def test_private_key_jwt_without_keys_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={"grant_types": ["client_credentials"],
                                               "token_endpoint_auth_method": "private_key_jwt"})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "private_key_jwt needs jwks or jwks_uri")
 
 
 def test_plain_http_jwks_uri_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={
         "grant_types": ["client_credentials"], "token_endpoint_auth_method": "private_key_jwt",
         "jwks_uri": "http://client.example.com/jwks"})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata", "jwks_uri must be an https URL")
 
 
 def test_unsupported_scope_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", json={"redirect_uris": [REDIRECT_URI],
                                               "scope": "read admin"})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "scope lists an unsupported scope")
 
 
 def test_non_boolean_dpop_bound_access_tokens_is_invalid_client_metadata(
         client: FlaskClient) -> None:
     response = client.post("/register", json={"redirect_uris": [REDIRECT_URI],
                                               "dpop_bound_access_tokens": "yes"})
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "dpop_bound_access_tokens must be a boolean")
 
 
 def test_body_that_is_not_a_json_object_is_invalid_client_metadata(client: FlaskClient) -> None:
     response = client.post("/register", data="redirect_uris=x",
                            content_type="application/x-www-form-urlencoded")
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "The request body must be a JSON object")
     response = client.post("/register", json=[REDIRECT_URI])
-    assert_registration_error(response, "invalid_client_metadata")
+    assert_registration_error(response, "invalid_client_metadata",
+                              "The request body must be a JSON object")
 
 
 # --- DCR-01: registration protected by an initial access token ---------------------------------

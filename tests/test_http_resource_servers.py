@@ -16,6 +16,7 @@ from tests.dpop_helpers import TOKEN_ENDPOINT, ProofKey
 from tests.http_helpers import (  # noqa: F401
     ISSUER,
     app_config,
+    assert_refusal,
     assert_token_error,
     code_flow,
     confidential_client,
@@ -30,6 +31,21 @@ from tests.http_helpers import (  # noqa: F401
 
 ADMIN = {"Authorization": "Bearer " + "a" * 32}
 NEW = "https://tools.example.net/mcp"
+URI_RULE = "uri must be an absolute https URI (http only on loopback) without userinfo or fragment"
+SHAPES = "scopes and token_types must be arrays, introspection a boolean"
+NOT_AN_OBJECT = ("The body must be a JSON object with uri, name and optionally scopes, "
+                 "token_types, introspection")
+#: The refusal of each malformed registration, by the word the test looks for in it.
+MALFORMED = {
+    "https": URI_RULE, "fragment": URI_RULE, "userinfo": URI_RULE, "absolute": URI_RULE,
+    "this server": "uri is this server or its gateway, which are not registrable",
+    "name": "name must be 1 to 255 printable characters",
+    "token_types": "token_types must be one or both of dpop, bearer",
+    "arrays": SHAPES, "boolean": SHAPES,
+    "scopes": "scopes must be supported by this server (openid, profile, email, "
+              "offline_access, read, write); not admin",
+    "JSON object": NOT_AN_OBJECT,
+}
 
 
 @pytest.fixture
@@ -77,15 +93,6 @@ def cc(client: FlaskClient, registered: dict[str, Any], proof: str | None = None
                        headers={**auth, **headers})
 
 
-def assert_admin_error(response: Any, status: int, error: str) -> dict[str, Any]:
-    body = response.get_json()
-    assert response.status_code == status, (response.status_code, body)
-    assert body["error"] == error, body
-    assert response.mimetype == "application/json"
-    assert response.headers["Cache-Control"] == "no-store"
-    return body  # type: ignore[no-any-return]
-
-
 # --- the admin API ----------------------------------------------------------------------------
 
 
@@ -113,8 +120,8 @@ def test_add_defaults_to_both_token_kinds_and_any_scope(client: FlaskClient) -> 
 
 def test_duplicate_under_another_spelling_is_409(client: FlaskClient) -> None:
     assert add(client).status_code == 201
-    body = assert_admin_error(add(client, uri="https://TOOLS.example.net/mcp/"), 409,
-                              "resource_exists")
+    body = assert_refusal(add(client, uri="https://TOOLS.example.net/mcp/"), 409,
+                          "resource_exists", f"resource {NEW} is already registered")
     assert NEW in body["error_description"]
     assert len(client.get("/admin/resources", headers=ADMIN).get_json()) == 1
 
@@ -138,14 +145,14 @@ def test_duplicate_under_another_spelling_is_409(client: FlaskClient) -> None:
 ], ids=lambda v: v if isinstance(v, str) else next(iter(v)))
 def test_malformed_registration_is_invalid_request(client: FlaskClient, body: dict[str, Any],
                                                    why: str) -> None:
-    body = assert_admin_error(add(client, **body), 400, "invalid_request")
+    body = assert_refusal(add(client, **body), 400, "invalid_request", MALFORMED[why])
     assert why in body["error_description"]
     assert client.get("/admin/resources", headers=ADMIN).get_json() == []
 
 
 def test_body_not_json_is_invalid_request(client: FlaskClient) -> None:
     response = client.post("/admin/resources", data="uri=x", headers=ADMIN)
-    assert_admin_error(response, 400, "invalid_request")
+    assert_refusal(response, 400, "invalid_request", NOT_AN_OBJECT)
 
 
 def test_remove_unknown_is_404(client: FlaskClient) -> None:
@@ -154,7 +161,8 @@ def test_remove_unknown_is_404(client: FlaskClient) -> None:
 
 
 def test_remove_without_uri_is_invalid_request(client: FlaskClient) -> None:
-    assert_admin_error(client.delete("/admin/resources", headers=ADMIN), 400, "invalid_request")
+    assert_refusal(client.delete("/admin/resources", headers=ADMIN), 400, "invalid_request",
+                   "uri is required")
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer " + "b" * 32}],
