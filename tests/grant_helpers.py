@@ -4,6 +4,8 @@ and the one assertion of a refusal (class, `error`, description, status, `reason
 
 from __future__ import annotations
 
+import json
+import secrets
 import shutil
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -13,6 +15,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from joserfc import jwt
+from joserfc.jwk import ECKey
 from sqlalchemy.orm import Session
 
 from authserver.app import build_services
@@ -21,6 +25,7 @@ from authserver.config import Settings
 from authserver.db import Database
 from authserver.errors import OAuthError
 from authserver.models import Client, User
+from authserver.outbound import FetchResult, Outbound, OutboundError
 from authserver.services import Services
 from authserver.token_endpoint.request import Form, TokenRequest
 from authserver.tokens import verify_access_token
@@ -32,6 +37,10 @@ ISSUER = "http://127.0.0.1:8000"
 TOKEN_ENDPOINT = ISSUER + "/token"
 RESOURCE = "https://api.example.com/mcp"
 NO_STORE = {"Cache-Control": "no-store"}
+IDP = "https://idp.example.com"
+IDP_JWKS = IDP + "/jwks"
+#: The edge's client id at the IdP: the audience of the ID tokens an edge exchanges.
+EDGE_AUD = "edge-chat-app"
 CRM_API = "https://crm.example.com/api/v1"
 #: One downstream platform (`[platforms.crm]`): its gateway resource is ISSUER/gateway/crm.
 PLATFORMS = {"crm": {
@@ -113,6 +122,14 @@ def built_services(tmp_path: Any, database_url: str, **extra: Any) -> Iterator[S
         services.db.engine.dispose()
 
 
+@pytest.fixture
+def db(services: Services) -> Iterator[Session]:
+    """The request's session (each module's `services` fixture says over which database)."""
+    session = services.db.sessionmaker()
+    yield session
+    session.close()
+
+
 def new_client(services: Services, attributes: dict[str, Any] | None = None,
                **metadata: Any) -> str:
     """A registered client's id (confidential, client_secret_basic unless told)."""
@@ -171,3 +188,54 @@ def assert_refusal(error: OAuthError, cls: type[OAuthError], status: int, code: 
 def claims_of(services: Services, access_token: str) -> dict[str, Any]:
     """The verified claims of an access token we issued, at NOW."""
     return dict(verify_access_token(services.keyring, ISSUER, access_token, now=NOW))
+
+
+# --- a corporate IdP without a server ----------------------------------------------------------
+
+
+class FakeOutbound(Outbound):
+    """The IdP's discovery document and JWKS, from memory."""
+
+    def __init__(self, documents: dict[str, Any]) -> None:
+        super().__init__(clock=lambda: NOW)
+        self.documents = documents
+
+    def get(self, url: str, *, max_bytes: int, accept: str = "application/json",
+            authorization: str | None = None) -> FetchResult:
+        if url not in self.documents:
+            raise OutboundError("status 404")
+        return FetchResult(url, 200, {}, json.dumps(self.documents[url]).encode())
+
+
+class IdP:
+    """The IdP's signing key, and the ID-JAGs and ID tokens it issues for alice."""
+
+    def __init__(self) -> None:
+        self.key = ECKey.generate_key("P-256", parameters={"kid": "idp-1"})
+        self.documents = {
+            IDP + "/.well-known/openid-configuration": {
+                "issuer": IDP, "authorization_endpoint": IDP + "/authorize",
+                "token_endpoint": IDP + "/token", "jwks_uri": IDP_JWKS},
+            IDP_JWKS: {"keys": [{**self.key.as_dict(private=False), "use": "sig",
+                                 "alg": "ES256"}]},
+        }
+
+    def outbound(self) -> FakeOutbound:
+        return FakeOutbound(self.documents)
+
+    def id_jag(self, client_id: str, *, header: dict[str, Any] | None = None,
+               **claims: Any) -> str:
+        """An ID-JAG for alice, for this server, naming `client_id` (None removes a claim)."""
+        return self._sign({"typ": "oauth-id-jag+jwt", **(header or {})}, {
+            "aud": ISSUER, "client_id": client_id, **claims})
+
+    def id_token(self, **claims: Any) -> str:
+        """Alice's ID token for the edge (`aud` EDGE_AUD), as the edge mint's subject_token."""
+        return self._sign({"typ": "JWT"}, {"aud": EDGE_AUD, **claims})
+
+    def _sign(self, header: dict[str, Any], claims: dict[str, Any]) -> str:
+        body = {"iss": IDP, "sub": "alice", "jti": secrets.token_urlsafe(12), "iat": NOW,
+                "exp": NOW + 300, "auth_time": NOW - 60, "email": "alice@acme.example",
+                **claims}
+        body = {k: v for k, v in body.items() if v is not None}
+        return jwt.encode({"alg": "ES256", "kid": "idp-1", **header}, body, self.key)

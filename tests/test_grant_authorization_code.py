@@ -35,6 +35,7 @@ from tests.grant_helpers import (  # noqa: F401 (fixtures)
     built_services,
     claims_of,
     database_url,
+    db,
     new_client,
     new_user,
     oauth_client,
@@ -55,13 +56,6 @@ AUTH_TIME = NOW - 30
 def services(tmp_path: Any, database_url: str) -> Iterator[Services]:
     with built_services(tmp_path, database_url) as built:
         yield built
-
-
-@pytest.fixture
-def db(services: Services) -> Iterator[Session]:
-    session = services.db.sessionmaker()
-    yield session
-    session.close()
 
 
 @pytest.fixture

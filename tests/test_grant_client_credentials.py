@@ -29,6 +29,7 @@ from tests.grant_helpers import (  # noqa: F401 (fixtures)
     assert_refusal,
     built_services,
     claims_of,
+    db,
     new_client,
     oauth_client,
     proof,
@@ -53,13 +54,6 @@ def services(tmp_path: Any, sqlite_url: str, settings_extra: dict[str, Any]
              ) -> Iterator[Services]:
     with built_services(tmp_path, sqlite_url, **settings_extra) as built:
         yield built
-
-
-@pytest.fixture
-def db(services: Services) -> Iterator[Session]:
-    session = services.db.sessionmaker()
-    yield session
-    session.close()
 
 
 def issue(services: Services, db: Session, client_id: str, form: dict[str, Any] | None = None,

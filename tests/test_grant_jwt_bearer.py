@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from joserfc import jwt
-from joserfc.jwk import ECKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -32,18 +29,20 @@ from authserver.identity.id_tokens import ID_TOKEN_LEEWAY, MAX_ID_JAG_LIFETIME
 from authserver.identity.users import user_id_for
 from authserver.models import User
 from authserver.models.audit import AuditEvent
-from authserver.outbound import FetchResult, Outbound, OutboundError
 from authserver.services import Services
 from tests.dpop_helpers import ProofKey
 from tests.grant_helpers import (  # noqa: F401 (fixtures)
+    IDP,
     ISSUER,
     NOW,
     PLATFORMS,
     RESOURCE,
+    IdP,
     assert_refusal,
     built_services,
     claims_of,
     database_url,
+    db,
     new_client,
     oauth_client,
     postgres_template,
@@ -56,47 +55,8 @@ from tests.stack import mandate
 
 GRANT = JwtBearerGrant()
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-IDP = "https://idp.example.com"
-IDP_JWKS = IDP + "/jwks"
 IDPS = {"corp": {"issuer": IDP, "client_id": "authserver-rp", "client_secret": "rp-secret",
                  "id_jag": True}}
-
-
-class FakeOutbound(Outbound):
-    """The IdP's discovery document and JWKS, from memory."""
-
-    def __init__(self, documents: dict[str, Any]) -> None:
-        super().__init__(clock=lambda: NOW)
-        self.documents = documents
-
-    def get(self, url: str, *, max_bytes: int, accept: str = "application/json",
-            authorization: str | None = None) -> FetchResult:
-        if url not in self.documents:
-            raise OutboundError("status 404")
-        return FetchResult(url, 200, {}, json.dumps(self.documents[url]).encode())
-
-
-class IdP:
-    """The IdP's signing key and the ID-JAGs it issues."""
-
-    def __init__(self) -> None:
-        self.key = ECKey.generate_key("P-256", parameters={"kid": "idp-1"})
-        self.documents = {
-            IDP + "/.well-known/openid-configuration": {
-                "issuer": IDP, "authorization_endpoint": IDP + "/authorize",
-                "token_endpoint": IDP + "/token", "jwks_uri": IDP_JWKS},
-            IDP_JWKS: {"keys": [{**self.key.as_dict(private=False), "use": "sig",
-                                 "alg": "ES256"}]},
-        }
-
-    def id_jag(self, client_id: str, *, header: dict[str, Any] | None = None,
-               **claims: Any) -> str:
-        body = {"iss": IDP, "sub": "alice", "aud": ISSUER, "client_id": client_id,
-                "jti": secrets.token_urlsafe(12), "iat": NOW, "exp": NOW + 300,
-                "auth_time": NOW - 60, "email": "alice@acme.example", **claims}
-        body = {k: v for k, v in body.items() if v is not None}
-        return jwt.encode({"alg": "ES256", "kid": "idp-1", "typ": "oauth-id-jag+jwt",
-                           **(header or {})}, body, self.key)
 
 
 @pytest.fixture
@@ -109,15 +69,8 @@ def services(tmp_path: Any, database_url: str, idp: IdP) -> Iterator[Services]:
     with built_services(tmp_path, database_url, idps=IDPS,
                         platforms=PLATFORMS) as built:
         federation = Federation.from_settings(built.settings.idps, built.store,
-                                              outbound=FakeOutbound(idp.documents))
+                                              outbound=idp.outbound())
         yield dataclasses.replace(built, federation=federation)
-
-
-@pytest.fixture
-def db(services: Services) -> Iterator[Session]:
-    session = services.db.sessionmaker()
-    yield session
-    session.close()
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from tests.grant_helpers import (  # noqa: F401 (fixtures)
     built_services,
     claims_of,
     database_url,
+    db,
     new_client,
     new_user,
     oauth_client,
@@ -51,13 +52,6 @@ RS = "https://rs.example.com/api"
 def services(tmp_path: Any, database_url: str) -> Iterator[Services]:
     with built_services(tmp_path, database_url) as built:
         yield built
-
-
-@pytest.fixture
-def db(services: Services) -> Iterator[Session]:
-    session = services.db.sessionmaker()
-    yield session
-    session.close()
 
 
 @pytest.fixture

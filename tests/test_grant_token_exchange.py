@@ -8,6 +8,7 @@ is audited with its reason (`assert_audited`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 from collections.abc import Iterator
@@ -40,6 +41,9 @@ from authserver.grants.token_exchange import (
     TT_JWT,
     TokenExchangeGrant,
 )
+from authserver.identity import IdentityError, IdPConfig
+from authserver.identity.federation import Federation
+from authserver.identity.users import user_id_for
 from authserver.models import Approval, User
 from authserver.models.audit import AuditEvent
 from authserver.models.broker import Connection
@@ -48,14 +52,18 @@ from authserver.tokens import TokenRequestContext, issue_access_token, revoke_ac
 from tests.dpop_helpers import ProofKey
 from tests.grant_helpers import (  # noqa: F401 (fixtures)
     CRM_API,
+    EDGE_AUD,
+    IDP,
     ISSUER,
     NO_STORE,
     NOW,
     PLATFORMS,
+    IdP,
     assert_refusal,
     built_services,
     claims_of,
     database_url,
+    db,
     new_client,
     new_user,
     oauth_client,
@@ -85,13 +93,6 @@ def services(tmp_path: Any, database_url: str, settings_extra: dict[str, Any]
              ) -> Iterator[Services]:
     with built_services(tmp_path, database_url, platforms=PLATFORMS, **settings_extra) as built:
         yield built
-
-
-@pytest.fixture
-def db(services: Services) -> Iterator[Session]:
-    session = services.db.sessionmaker()
-    yield session
-    session.close()
 
 
 class Agent:
@@ -361,6 +362,156 @@ def test_the_edge_mint_without_an_idp(services: Services, db: Session, edge: str
     error = refused(services, db, edge, edge_form())
     assert_refusal(error, InvalidRequestError, 400, "invalid_request",
                    "No identity provider is configured", "no_idp_configured")
+
+
+# --- the edge mint with an IdP (edge_mint.py) ---------------------------------------------------
+# The IdP is a discovery document and JWKS behind a fake Outbound (tests/grant_helpers.py).
+
+CORP = IdPConfig(name="corp", issuer=IDP, client_id="authserver-rp", client_secret="s",
+                 trusted_audiences=(EDGE_AUD,))
+
+
+@pytest.fixture
+def idp() -> IdP:
+    return IdP()
+
+
+@pytest.fixture
+def federated(services: Services, idp: IdP) -> Services:
+    return dataclasses.replace(services, federation=Federation([CORP], services.store,
+                                                               outbound=idp.outbound()))
+
+
+def mint_form(idp: IdP, agent: Agent, *, id_token: str | None = None,
+              **form: Any) -> dict[str, Any]:
+    return edge_form(**{"subject_token": id_token or idp.id_token(),
+                        "actor_token": agent.client_assertion(), "actor_token_type": TT_JWT,
+                        "dpop_jkt": agent.dpop.jkt, **form})
+
+
+def test_the_edge_mints_a_user_assertion_for_the_agent(federated: Services, db: Session,
+                                                       idp: IdP, edge: str,
+                                                       agent: Agent) -> None:
+    result = exchange(federated, db, edge, mint_form(idp, agent))
+    claims = claims_of(federated, result.body["access_token"])
+    user = user_id_for(CORP, {"iss": IDP, "sub": "alice"})
+    assert (claims["sub"], claims["client_id"], claims["aud"], claims["cnf"]) == (
+        user, agent.client_id, ISSUER, {"jkt": agent.dpop.jkt})
+    assert (claims["act"], claims["auth_time"]) == ({"sub": agent.client_id}, NOW - 60)
+    assert claims["exp"] - claims["iat"] == federated.settings.user_assertion_ttl
+    assert claims["authorization_details"][0]["type"] == "agent_mandate"
+    with federated.db.session() as session:
+        event = session.scalars(select(AuditEvent)).one()
+        assert (event.event, event.outcome, event.user_id, event.agent_id) == (
+            "edge_mint", "allowed", user, agent.client_id)
+
+
+def test_the_assertion_outlives_neither_the_idp_token(federated: Services, db: Session,
+                                                      idp: IdP, edge: str,
+                                                      agent: Agent) -> None:
+    token = idp.id_token(iat=NOW - 299, exp=NOW + 1)
+    result = exchange(federated, db, edge, mint_form(idp, agent, id_token=token))
+    claims = claims_of(federated, result.body["access_token"])
+    assert claims["exp"] - claims["iat"] == 1
+
+
+def test_an_agents_own_token_names_the_agent_and_its_key(federated: Services, db: Session,
+                                                         idp: IdP, edge: str,
+                                                         agent: Agent) -> None:
+    result = exchange(federated, db, edge, edge_form(
+        subject_token=idp.id_token(), actor_token=agent.own_token(federated),
+        actor_token_type=TT_ACCESS_TOKEN))
+    assert claims_of(federated, result.body["access_token"])["cnf"] == {"jkt": agent.dpop.jkt}
+
+
+@pytest.mark.parametrize(("claims", "debug"), [
+    ({"aud": [EDGE_AUD, "authserver-rp"], "azp": EDGE_AUD}, "aud is our own login client"),
+    ({"iss": "https://other.example.com"}, "untrusted issuer 'https://other.example.com'"),
+    ({"iat": NOW - 300, "exp": NOW - 30}, "expired"),
+], ids=["login-client", "issuer", "expired"])
+def test_an_unacceptable_idp_token(federated: Services, db: Session, idp: IdP, edge: str,
+                                   agent: Agent, claims: dict[str, Any], debug: str) -> None:
+    error = refused(federated, db, edge, mint_form(idp, agent, id_token=idp.id_token(**claims)))
+    assert_refusal(error, IdentityError, 400, "invalid_request",
+                   "The identity token is not acceptable", "subject_token_idp_rejected")
+    assert error.debug == debug
+
+
+def test_an_idp_token_expired_at_exactly_exp(federated: Services, db: Session, idp: IdP,
+                                             edge: str, agent: Agent) -> None:
+    # Within the IdP token leeway, but no lifetime left for the assertion (TX-08).
+    token = idp.id_token(iat=NOW - 300, exp=NOW)
+    error = refused(federated, db, edge, mint_form(idp, agent, id_token=token))
+    assert_refusal(error, InvalidRequestError, 400, "invalid_request",
+                   "subject_token is invalid, expired or revoked",
+                   "subject_token_no_lifetime_left")
+
+
+def test_a_user_in_a_tenant_not_bound_to_the_idp(federated: Services, db: Session, idp: IdP,
+                                                 edge: str, agent: Agent) -> None:
+    error = refused(federated, db, edge,
+                    mint_form(idp, agent, id_token=idp.id_token(tenant="globex")))
+    assert_refusal(error, IdentityError, 400, "invalid_request",
+                   "The identity token is not acceptable", "subject_user_refused")
+    assert error.debug == "tenant 'globex' is not bound to idp corp"
+
+
+def test_the_edge_mint_needs_an_actor(federated: Services, db: Session, idp: IdP,
+                                      edge: str) -> None:
+    error = refused(federated, db, edge, edge_form(subject_token=idp.id_token()))
+    assert_refusal(error, InvalidRequestError, 400, "invalid_request",
+                   "actor_token naming the agent is required", "actor_token_missing")
+
+
+@pytest.mark.parametrize("dpop_jkt", [None, "x" * 42])
+def test_the_agents_key_is_required(federated: Services, db: Session, idp: IdP, edge: str,
+                                    agent: Agent, dpop_jkt: str | None) -> None:
+    error = refused(federated, db, edge, mint_form(idp, agent, dpop_jkt=dpop_jkt))
+    assert_refusal(error, InvalidRequestError, 400, "invalid_request",
+                   "dpop_jkt (the agent's key thumbprint) is required", "agent_key_missing")
+
+
+def test_the_agents_key_must_be_its_tokens(federated: Services, db: Session, idp: IdP,
+                                           edge: str, agent: Agent) -> None:
+    error = refused(federated, db, edge, edge_form(
+        subject_token=idp.id_token(), actor_token=agent.own_token(federated),
+        actor_token_type=TT_ACCESS_TOKEN, dpop_jkt=ProofKey().jkt))
+    assert_refusal(error, InvalidRequestError, 400, "invalid_request",
+                   "dpop_jkt does not match the actor token's key", "agent_key_mismatch")
+
+
+def test_an_invalid_mandate_for_the_edge(federated: Services, db: Session, idp: IdP,
+                                         edge: str, agent: Agent) -> None:
+    bad = [{**mandate()[0], "platforms": []}]
+    error = refused(federated, db, edge, mint_form(idp, agent, authorization_details=bad))
+    assert (type(error), error.status_code, error.reason) == (
+        InvalidAuthorizationDetailsError, 400, "mandate_invalid")
+
+
+@pytest.mark.parametrize("target", [{"resource": GATEWAY}, {"audience": "crm"}])
+def test_a_user_assertion_has_no_other_target(federated: Services, db: Session, idp: IdP,
+                                              edge: str, agent: Agent,
+                                              target: dict[str, str]) -> None:
+    error = refused(federated, db, edge, mint_form(idp, agent, **target))
+    assert_refusal(error, InvalidTargetError, 400, "invalid_target",
+                   "A user assertion is only for this server", "target_not_this_server")
+
+
+def test_a_replayed_idp_token(federated: Services, db: Session, idp: IdP, edge: str,
+                              agent: Agent) -> None:
+    token = idp.id_token()
+    exchange(federated, db, edge, mint_form(idp, agent, id_token=token))
+    error = refused(federated, db, edge, mint_form(idp, agent, id_token=token))
+    assert_refusal(error, IdentityError, 400, "invalid_request",
+                   "The identity token is not acceptable", "subject_token_replayed")
+    assert error.debug == "subject_token already used"
+
+
+def test_a_refused_mint_leaves_the_idp_token_usable(federated: Services, db: Session, idp: IdP,
+                                                    edge: str, agent: Agent) -> None:
+    token = idp.id_token()
+    refused(federated, db, edge, mint_form(idp, agent, id_token=token, audience="crm"))
+    assert exchange(federated, db, edge, mint_form(idp, agent, id_token=token)).body
 
 
 # --- the subject assertion (agent.py, exchange.py) ---------------------------------------------
