@@ -8,7 +8,6 @@ between the host and the path), and every 401 from the gateway names it in
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -17,6 +16,7 @@ from flask.testing import FlaskClient
 from authserver.dpop import DPOP_SIGNING_ALGS
 from authserver.resource import protected_resource_metadata_url
 from authserver.testing.settings import crm_platform
+from tests.conftest import base_settings
 from tests.http_helpers import ISSUER, RESOURCE, app, client, redis_url  # noqa: F401
 
 PRM_PATH = "/.well-known/oauth-protected-resource/gateway/crm"
@@ -25,9 +25,8 @@ PRM_PATH = "/.well-known/oauth-protected-resource/gateway/crm"
 @pytest.fixture
 def app_config(tmp_path: Any, database_url: str, redis_url: str) -> dict[str, Any]:
     return {
-        "data_dir": str(tmp_path / "data"), "testing": True, "issuer": ISSUER,
-        "database_url": database_url, "redis_url": redis_url,
-        "redis_key_prefix": f"test:{uuid.uuid4().hex}:", "resources": (RESOURCE,),
+        **base_settings(tmp_path, database_url, redis_url, issuer=ISSUER),
+        "resources": (RESOURCE,),
         "platforms": {"crm": crm_platform("https://crm.example.com", "s3cret")},
     }
 
