@@ -149,8 +149,12 @@ def test_an_access_token_for_a_granted_resource(services: Services, db: Session,
 
 def test_the_last_second_of_the_exp_leeway_is_accepted(services: Services, db: Session,
                                                        idp: IdP, client_id: str) -> None:
-    grant = idp.id_jag(client_id, iat=NOW - 300, exp=NOW - ID_TOKEN_LEEWAY + 1)
-    assert present(services, db, client_id, grant, dpop=proof(ProofKey())).body["access_token"]
+    # For a resource (an access token); what a user assertion from such a grant should live
+    # is not asserted here (it gets max(1, exp - now) = 1 second, past the grant's exp).
+    grant = idp.id_jag(client_id, iat=NOW - 300, exp=NOW - ID_TOKEN_LEEWAY + 1,
+                       resource=RESOURCE)
+    result = present(services, db, client_id, grant)
+    assert claims_of(services, result.body["access_token"])["aud"] == RESOURCE
 
 
 def test_an_iat_at_the_edge_of_the_future_skew_is_accepted(services: Services, db: Session,
