@@ -19,6 +19,7 @@ from authserver.errors import (
     UseDpopNonceError,
 )
 from authserver.grants.client_credentials import ClientCredentialsGrant
+from authserver.http.errors import render
 from authserver.services import Services
 from tests.dpop_helpers import ProofKey
 from tests.grant_helpers import (  # noqa: F401 (fixtures)
@@ -195,6 +196,14 @@ def test_a_proof_without_the_required_nonce(services: Services, db: Session) -> 
                    "Authorization server requires nonce in DPoP proof", "dpop_nonce_missing",
                    {**NO_STORE, "DPoP-Nonce": error.nonce})
     assert services.nonces.is_valid(error.nonce, NOW)
+    # As the one error handler renders it.
+    response = render(error)
+    assert (response.status_code, response.get_json()) == (400, {
+        "error": "use_dpop_nonce",
+        "error_description": "Authorization server requires nonce in DPoP proof"})
+    assert (response.headers["DPoP-Nonce"], response.headers["Cache-Control"]) == (
+        error.nonce, "no-store")
+    assert "WWW-Authenticate" not in response.headers  # 400 at the token endpoint, no challenge
 
 
 @pytest.mark.parametrize("settings_extra", [{"dpop_nonce": "all"}])
