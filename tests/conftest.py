@@ -128,9 +128,10 @@ def base_settings(tmp_path: Path | str, database_url: str | None, redis_url: str
 
 
 @contextmanager
-def running_app(settings: dict[str, Any], clock: Any) -> Iterator[Flask]:
-    """`create_app(settings, clock=clock)`; afterwards its engine is disposed and, on Redis,
-    the settings' key prefix deleted (instances sharing the settings may each do it)."""
+def running_app(settings: dict[str, Any], clock: Any = time.time) -> Iterator[Flask]:
+    """`create_app(settings, clock=clock)` (a `TestClock`; the wall clock if none); afterwards
+    its engine is disposed and, on Redis, the settings' key prefix deleted (instances sharing
+    the settings may each do it)."""
     from authserver import create_app
 
     application = create_app(settings, clock=clock)

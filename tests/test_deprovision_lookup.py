@@ -68,11 +68,10 @@ def test_ambiguous(app: Flask, users: dict[str, str], ref: str) -> None:
 
 @pytest.fixture
 def admin_app(app_config: dict[str, Any], clock: Any) -> Any:
-    from authserver import create_app
+    from tests.conftest import running_app
 
-    application = create_app({**app_config, "admin_token": "t" * 32}, clock=clock)
-    yield application
-    application.extensions["authserver"].db.engine.dispose()
+    with running_app({**app_config, "admin_token": "t" * 32}, clock) as application:
+        yield application
 
 
 def test_admin_api_takes_email_and_refuses_ambiguity(admin_app: Any) -> None:

@@ -18,21 +18,20 @@ SECRET_DETAIL = "db password hunter2 at /srv/authserver/secret.key"
 
 @pytest.fixture
 def app(app_config: dict[str, Any]) -> Iterator[Flask]:
-    from authserver import create_app
+    from tests.conftest import running_app
 
-    application = create_app(app_config)
+    with running_app(app_config) as application:
+        # Routes must exist before the first request: add the failing ones right after the
+        # factory.
+        @application.get("/boom")
+        def boom() -> Any:
+            raise RuntimeError(SECRET_DETAIL)
 
-    # Routes must exist before the first request: add the failing ones right after the factory.
-    @application.get("/boom")
-    def boom() -> Any:
-        raise RuntimeError(SECRET_DETAIL)
+        @application.post("/boom-key")
+        def boom_key() -> Any:
+            return {}[SECRET_DETAIL]
 
-    @application.post("/boom-key")
-    def boom_key() -> Any:
-        return {}[SECRET_DETAIL]
-
-    yield application
-    application.extensions["authserver"].db.engine.dispose()
+        yield application
 
 
 @pytest.fixture

@@ -264,11 +264,10 @@ def test_body_that_is_not_a_json_object_is_invalid_client_metadata(client: Flask
 
 @pytest.fixture
 def protected_app(app_config: dict[str, Any]) -> Any:
-    from authserver import create_app
+    from tests.conftest import running_app
 
-    application = create_app({**app_config, "registration_token": INITIAL_ACCESS_TOKEN})
-    yield application
-    application.extensions["authserver"].db.engine.dispose()
+    with running_app({**app_config, "registration_token": INITIAL_ACCESS_TOKEN}) as application:
+        yield application
 
 
 def test_protected_registration_without_token_is_401_with_bearer_challenge(

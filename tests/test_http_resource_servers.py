@@ -11,7 +11,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from authserver import create_app
+from tests.conftest import running_app
 from tests.dpop_helpers import TOKEN_ENDPOINT, ProofKey
 from tests.http_helpers import (  # noqa: F401
     ISSUER,
@@ -55,17 +55,15 @@ def admin_config(app_config: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def app(admin_config: dict[str, Any], clock: Any) -> Iterator[Flask]:
-    application = create_app(admin_config, clock=clock)
-    yield application
-    application.extensions["authserver"].db.engine.dispose()
+    with running_app(admin_config, clock) as application:
+        yield application
 
 
 @pytest.fixture
 def other(admin_config: dict[str, Any], clock: Any) -> Iterator[FlaskClient]:
     """A second instance on the same database and store, started before any change."""
-    application = create_app(admin_config, clock=clock)
-    yield application.test_client()
-    application.extensions["authserver"].db.engine.dispose()
+    with running_app(admin_config, clock) as application:
+        yield application.test_client()
 
 
 @pytest.fixture

@@ -30,8 +30,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from authserver import create_app
 from authserver.testing.settings import crm_platform
+from tests.conftest import base_settings, running_app
 from tests.fuzz_helpers import PROFILE, PROFILE_NAME
 from tests.http_helpers import ISSUER, RESOURCE
 
@@ -60,15 +60,13 @@ NOT_DESCRIBED = {
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
-    application = create_app({
-        "data_dir": str(tmp_path_factory.mktemp("openapi")), "testing": True,
-        "issuer": ISSUER, "database_url":
-            f"sqlite:///{tmp_path_factory.mktemp('openapidb')}/openapi.db",
-        "redis_url": "", "resources": (RESOURCE,),
+    settings = {
+        **base_settings(tmp_path_factory.mktemp("openapi"), None, "", issuer=ISSUER),
+        "resources": (RESOURCE,),
         "platforms": {"crm": crm_platform("http://127.0.0.1:9", "s3cret")},
-    })
-    yield application
-    application.extensions["authserver"].db.engine.dispose()
+    }
+    with running_app(settings) as application:
+        yield application
 
 
 def _openapi_path(rule: str) -> str:

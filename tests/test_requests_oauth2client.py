@@ -15,8 +15,8 @@ import requests
 from flask import Flask
 from requests_oauth2client import ClientSecretBasic, MismatchingIssuer, OAuth2Client
 
-from authserver import create_app
 from authserver.testing.server import ServerThread, free_port
+from tests.conftest import base_settings, running_app
 from tests.http_helpers import PASSWORD, USERNAME, create_local_user, form_with
 
 
@@ -24,14 +24,12 @@ from tests.http_helpers import PASSWORD, USERNAME, create_local_user, form_with
 def server(tmp_path: Any, database_url: str) -> Iterator[tuple[Flask, str]]:
     port = free_port()
     issuer = f"http://127.0.0.1:{port}"
-    app = create_app({"data_dir": str(tmp_path / "data"), "issuer": issuer,
-                      "database_url": database_url, "testing": True})
-    thread = ServerThread(app, port=port)
-    base = thread.start()
-    assert base == issuer
-    yield app, issuer
-    thread.stop()
-    app.extensions["authserver"].db.engine.dispose()
+    with running_app(base_settings(tmp_path, database_url, "", issuer=issuer)) as app:
+        thread = ServerThread(app, port=port)
+        base = thread.start()
+        assert base == issuer
+        yield app, issuer
+        thread.stop()
 
 
 def register(issuer: str, **metadata: Any) -> dict[str, Any]:
