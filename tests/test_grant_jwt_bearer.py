@@ -149,12 +149,21 @@ def test_an_access_token_for_a_granted_resource(services: Services, db: Session,
 
 def test_the_last_second_of_the_exp_leeway_is_accepted(services: Services, db: Session,
                                                        idp: IdP, client_id: str) -> None:
-    # For a resource (an access token); what a user assertion from such a grant should live
-    # is not asserted here (it gets max(1, exp - now) = 1 second, past the grant's exp).
+    # For a resource (an access token): its lifetime is ours, not the grant's.
     grant = idp.id_jag(client_id, iat=NOW - 300, exp=NOW - ID_TOKEN_LEEWAY + 1,
                        resource=RESOURCE)
     result = present(services, db, client_id, grant)
     assert claims_of(services, result.body["access_token"])["aud"] == RESOURCE
+
+
+def test_no_user_assertion_from_a_grant_past_its_exp(services: Services, db: Session,
+                                                     idp: IdP, client_id: str) -> None:
+    # Within the verification leeway the ID-JAG still verifies, but a user assertion from it
+    # would outlive it: refused, as the edge mint refuses an IdP token with no lifetime left.
+    grant = idp.id_jag(client_id, iat=NOW - 300, exp=NOW)
+    error = refused(services, db, client_id, grant, dpop=proof(ProofKey()))
+    assert_refusal(error, InvalidGrantError, 400, "invalid_grant",
+                   "The assertion is not acceptable", "id_jag_no_lifetime_left")
 
 
 def test_an_iat_at_the_edge_of_the_future_skew_is_accepted(services: Services, db: Session,

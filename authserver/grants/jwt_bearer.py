@@ -97,6 +97,12 @@ class IdJagRequest:
         proof = check_dpop(services, self.req, client, grant_type=GRANT_JWT_BEARER,
                            required=user_assertion)
         check_resource_servers(services, resources, scope, bound=proof is not None)
+        # TX-08 analogue: a user assertion never outlives the grant it comes from. An ID-JAG
+        # past its `exp` but within the verification leeway has no lifetime left to give.
+        left = int(claims["exp"]) - now
+        if user_assertion and left <= 0:
+            raise InvalidGrantError("The assertion is not acceptable", debug="expired",
+                                    reason="id_jag_no_lifetime_left")
         # IDJAG-03, last check: a request refused above leaves the grant usable for a
         # corrected retry.
         try:
@@ -107,8 +113,8 @@ class IdJagRequest:
                                     else "id_jag_rejected") from e
         settings = services.settings
         if user_assertion:
-            # TX-08 analogue: a user assertion outlives neither its lifetime nor the grant.
-            ttl = max(1, min(settings.user_assertion_ttl, int(claims["exp"]) - now))
+            # Its own lifetime, and never past the grant's `exp` (checked above).
+            ttl = min(settings.user_assertion_ttl, left)
         else:
             ttl = settings.access_token_ttl
         token = issue_access_token(
