@@ -31,7 +31,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 from sqlalchemy.orm import Session
 
-from authserver.cimd import find_client
+from authserver.cimd import find_client_record
 from authserver.clients import CLIENT_ASSERTION_ALGS, CLIENT_ASSERTION_TYPE, OAuthClient
 from authserver.config import CLIENT_ASSERTION_MAX_AGE, JWT_LEEWAY
 from authserver.errors import InvalidClientError, OAuthError, ServerError
@@ -55,8 +55,12 @@ def authenticate_client(services: Services, req: TokenRequest,
     """The client, authenticated by the first of `methods` the request uses that is also the
     client's registered method. Raises `InvalidClientError` (401)."""
 
+    looked_up: list[OAuthClient | None] = []  # for the refusal's reason only
+
     def query_client(client_id: str) -> OAuthClient | None:
-        return load_client(services, req.db, client_id, now=req.now)
+        client = load_client(services, req.db, client_id, now=req.now)
+        looked_up.append(client)
+        return client
 
     # What Authlib's method functions read: `headers`, `form` and `payload` (read-only here).
     view = SimpleNamespace(
@@ -74,7 +78,28 @@ def authenticate_client(services: Services, req: TokenRequest,
                 return client
     except AuthlibError as e:
         raise _from_authlib(e) from e
-    raise InvalidClientError("Client authentication failed")
+    raise InvalidClientError("Client authentication failed",
+                             reason=_failure_reason(req, looked_up, methods))
+
+
+def _failure_reason(req: TokenRequest, looked_up: Sequence[OAuthClient | None],
+                    methods: Sequence[str]) -> str:
+    """Why no method authenticated (logs only; the answer is the one generic `invalid_client`):
+    a secret sent the way the client registered that did not match, a client registered for
+    another method than the one used, an unknown client id, or no credentials at all."""
+    presented = set()
+    if (req.authorization or "").lower().startswith("basic "):
+        presented.add("client_secret_basic")
+    if req.form.get("client_secret"):
+        presented.add("client_secret_post")
+    found = [c for c in looked_up if c is not None]
+    if any(c.row.token_endpoint_auth_method in presented & set(methods) for c in found):
+        return "client_auth_bad_secret"
+    if found:
+        return "client_auth_wrong_method"
+    if looked_up:
+        return "client_auth_unknown_client"
+    return "client_auth_missing_credentials"
 
 
 def load_client(services: Services, db: Session, client_id: Any, *, now: int
@@ -84,7 +109,8 @@ def load_client(services: Services, db: Session, client_id: Any, *, now: int
     if not isinstance(client_id, str) or len(client_id) > 255 \
             or has_control_characters(client_id):
         return None
-    row = find_client(db, client_id, cimd=services.cimd, now=now)
+    row = find_client_record(db, client_id, cimd=services.cimd, registry=services.registry,
+                             now=now)
     return OAuthClient(row) if row is not None else None
 
 
@@ -92,7 +118,8 @@ def _from_authlib(error: AuthlibError) -> OAuthError:
     """Authlib's method functions raise `invalid_client` (an unknown client id): the one answer
     for every failure mode. Anything else would be a bug: `server_error`."""
     if error.error == "invalid_client":
-        return InvalidClientError("Client authentication failed")
+        return InvalidClientError("Client authentication failed",
+                                  reason="client_auth_unknown_client")
     return ServerError(debug=f"authlib {error.error}")
 
 
@@ -119,22 +146,24 @@ def check_basic_credentials(authorization: str | None) -> None:
     refused too: Authlib splits any header holding a space in two and raises on fewer parts.
     """
     parts = (authorization or "").split(None, 1)  # as Authlib splits it
-    failed = InvalidClientError("Client authentication failed")
+    def failed(reason: str) -> InvalidClientError:
+        return InvalidClientError("Client authentication failed", reason=reason)
+
     if authorization and " " in authorization and len(parts) != 2:
-        raise failed
+        raise failed("client_auth_header_malformed")
     if not parts or parts[0].lower() != "basic":
         return
     if len(parts) != 2:
-        raise failed
+        raise failed("client_auth_header_malformed")
     try:
         decoded = base64.b64decode(parts[1].strip().encode("ascii"), validate=True)
         text = decoded.decode("utf-8")
     except (UnicodeError, binascii.Error, ValueError) as e:
-        raise failed from e
+        raise failed("client_auth_basic_not_decodable") from e
     client_id, colon, _secret = text.partition(":")
     if not colon or not client_id or has_control_characters(text) \
             or has_control_characters(unquote(client_id)):
-        raise failed
+        raise failed("client_auth_basic_malformed")
 
 
 # --- private_key_jwt (RFC 7523 §2.2, §3) --------------------------------------------------------
@@ -149,7 +178,8 @@ def _private_key_jwt(services: Services, req: TokenRequest,
         return None
     assertion = form.get("client_assertion")
     if not assertion:
-        raise InvalidClientError("Missing client_assertion")
+        raise InvalidClientError("Missing client_assertion",
+                                 reason="client_auth_missing_assertion")
     client = _assertion_client(query_client, assertion, form.get("client_id"))
     settings = services.settings
     verify_client_assertion(assertion, client, issuer=settings.issuer,
@@ -182,7 +212,8 @@ def verify_client_assertion(
         json.dumps([client.client_id, claims["jti"]]).encode()
     ).hexdigest()
     if not store.add_if_absent(key, ttl=max(ttl, 1)):
-        raise ClientAssertionReplayedError("client_assertion was already used")
+        raise ClientAssertionReplayedError("client_assertion was already used",
+                                           reason="client_assertion_replayed")
     return claims
 
 
@@ -194,13 +225,17 @@ def _assertion_client(
 
         payload = json.loads(jws.extract_compact(assertion.encode()).payload)
     except (JoseError, ValueError, TypeError) as e:
-        raise InvalidClientError("Malformed client_assertion") from e
+        raise InvalidClientError("Malformed client_assertion",
+                                 reason="client_assertion_malformed") from e
     sub = payload.get("sub") if isinstance(payload, dict) else None
     if not isinstance(sub, str) or (client_id is not None and client_id != sub):
-        raise InvalidClientError("client_assertion sub does not name the client")
+        raise InvalidClientError("client_assertion sub does not name the client",
+                                 reason="client_assertion_sub_mismatch")
     client = query_client(sub)
     if client is None or client.row.token_endpoint_auth_method != "private_key_jwt":
-        raise InvalidClientError("Client authentication failed")
+        raise InvalidClientError("Client authentication failed",
+                                 reason="client_auth_unknown_client" if client is None
+                                 else "client_auth_wrong_method")
     return client
 
 
@@ -212,7 +247,8 @@ def _client_keys(client: OAuthClient, cache: JwksCache) -> KeySet:
         uri = md["jwks_uri"]
     except (JoseError, ValueError, KeyError, TypeError) as e:
         raise InvalidClientError("Client authentication failed",
-                                 debug=f"client keys: {type(e).__name__}") from e
+                                 debug=f"client keys: {type(e).__name__}",
+                                 reason="client_keys_unusable") from e
     return cache.get(uri)
 
 
@@ -230,7 +266,8 @@ def _verify_client_assertion(
                 )
             except (JoseError, ValueError, TypeError):
                 pass
-        raise InvalidClientError("client_assertion signature is invalid") from e
+        raise InvalidClientError("client_assertion signature is invalid",
+                                 reason="client_assertion_bad_signature") from e
 
 
 def check_client_assertion_claims(
@@ -239,7 +276,8 @@ def check_client_assertion_claims(
     """RFC 7523 §3 claim checks; raises `InvalidClientError` (§3.2)."""
     cid = client.client_id
     if claims.get("iss") != cid or claims.get("sub") != cid:
-        raise InvalidClientError("client_assertion iss and sub must be the client_id")
+        raise InvalidClientError("client_assertion iss and sub must be the client_id",
+                                 reason="client_assertion_wrong_issuer")
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud
     accepted = {issuer}
@@ -247,16 +285,22 @@ def check_client_assertion_claims(
         accepted.add(token_endpoint)
     # rfc7523bis: the audience is our issuer identifier, as a single value.
     if not isinstance(audiences, list) or len(audiences) != 1 or audiences[0] not in accepted:
-        raise InvalidClientError("client_assertion aud must be the issuer identifier")
+        raise InvalidClientError("client_assertion aud must be the issuer identifier",
+                                 reason="client_assertion_wrong_audience")
     exp, iat, nbf = claims.get("exp"), claims.get("iat"), claims.get("nbf")
     if not isinstance(exp, int) or exp <= now - JWT_LEEWAY:
-        raise InvalidClientError("client_assertion is expired")
+        raise InvalidClientError("client_assertion is expired",
+                                 reason="client_assertion_expired")
     if exp > now + CLIENT_ASSERTION_MAX_AGE + JWT_LEEWAY:
-        raise InvalidClientError("client_assertion lifetime is too long")
+        raise InvalidClientError("client_assertion lifetime is too long",
+                                 reason="client_assertion_too_long_lived")
     if iat is not None and (not isinstance(iat, int) or iat > now + JWT_LEEWAY):
-        raise InvalidClientError("client_assertion iat is in the future")
+        raise InvalidClientError("client_assertion iat is in the future",
+                                 reason="client_assertion_issued_in_future")
     if nbf is not None and (not isinstance(nbf, int) or nbf > now + JWT_LEEWAY):
-        raise InvalidClientError("client_assertion is not yet valid")
+        raise InvalidClientError("client_assertion is not yet valid",
+                                 reason="client_assertion_not_yet_valid")
     jti = claims.get("jti")
     if not isinstance(jti, str) or not 1 <= len(jti) <= 256:
-        raise InvalidClientError("client_assertion jti is required")
+        raise InvalidClientError("client_assertion jti is required",
+                                 reason="client_assertion_jti_missing")
