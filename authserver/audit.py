@@ -30,27 +30,46 @@ counts it (`authserver_unauthenticated_rejections_total`) and logs it at most on
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import logging
 import os
 import threading
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from authserver.audit_records import _HASHED_COLUMNS as _HASHED_COLUMNS
+
+# The record side and the unauthenticated-refusal counter live beside the chain; their names
+# are re-exported so callers import one module.
+from authserver.audit_records import ANCHOR_EVENT as ANCHOR_EVENT
+from authserver.audit_records import MAX_DETAIL_BYTES as MAX_DETAIL_BYTES
+from authserver.audit_records import MAX_DETAIL_STRING as MAX_DETAIL_STRING
+from authserver.audit_records import MAX_REQUEST_TEXT as MAX_REQUEST_TEXT
+from authserver.audit_records import MAX_TAIL as MAX_TAIL
+from authserver.audit_records import OUTCOMES as OUTCOMES
+from authserver.audit_records import REDACTED as REDACTED
+from authserver.audit_records import AuditRecord as AuditRecord
+from authserver.audit_records import _row_values as _row_values
+from authserver.audit_records import canonical_json as canonical_json
+from authserver.audit_records import event_as_dict as event_as_dict
+from authserver.audit_records import record_hash as record_hash
+from authserver.audit_records import redact as redact
+from authserver.audit_records import redact_jwts as redact_jwts
+from authserver.audit_records import redact_mapping as redact_mapping
+from authserver.audit_records import redact_text as redact_text
+from authserver.audit_unauthenticated import UNAUTHENTICATED_EVENTS as UNAUTHENTICATED_EVENTS
+from authserver.audit_unauthenticated import (
+    UNAUTHENTICATED_LOG_INTERVAL as UNAUTHENTICATED_LOG_INTERVAL,
+)
+from authserver.audit_unauthenticated import RateLimitedLog as RateLimitedLog
+from authserver.audit_unauthenticated import refused_unauthenticated as refused_unauthenticated
 from authserver.db import DatabaseUnavailableError
 from authserver.models.audit import GLOBAL_SEQ, AuditChainHead, AuditEvent, shard_genesis
-from authserver.redaction import REDACTED as REDACTED  # re-exported: one marker
-from authserver.redaction import redact_credentials, redact_record_value
-from authserver.redaction import redact_mapping as _redact_mapping
-from authserver.redaction import redact_text as redact_text
 
 #: Record chains (shards 1..AUDIT_SHARDS); more shards, fewer appenders per lock.
 AUDIT_SHARDS = 8
@@ -58,74 +77,8 @@ AUDIT_SHARDS = 8
 ANCHOR_SHARD = 0
 #: A shard's append at a position that is a multiple of this also writes an anchor.
 ANCHOR_EVERY = 1000
-#: At most one log line per (event, reason) per this many seconds for unauthenticated refusals.
-UNAUTHENTICATED_LOG_INTERVAL = 60.0
 
 log = logging.getLogger(__name__)
-
-#: What a record may say happened; a typo in a caller is a bug, not a new outcome.
-OUTCOMES = frozenset({
-    "allowed", "denied", "step_up", "pending", "approved", "declined", "expired",
-    "rate_limited", "invalid", "error", "revoked", "connected", "disconnected", "anchored",
-})
-ANCHOR_EVENT = "audit_anchor"
-
-# Bounds keep one record small and the triggering request text from flooding the log.
-MAX_REQUEST_TEXT = 1024
-MAX_DETAIL_STRING = 512
-MAX_DETAIL_BYTES = 4096
-MAX_TAIL = 1000
-#: Free strings are cut to their column's width rather than failing the audit write.
-_COLUMN_WIDTH = {
-    "event": 32, "outcome": 32, "reason": 64, "correlation_id": 64, "user_id": 255,
-    "agent_id": 255, "platform": 64, "intent_hash": 64, "approval_id": 64, "token_jti": 64,
-    "client_ip": 45,
-}
-
-def redact_jwts(text: str) -> str:
-    """`text` with JWTs, authorization header values and other credential shapes replaced."""
-    return redact_credentials(text)
-
-
-def redact_mapping(value: Mapping[Any, Any], *, max_string: int = MAX_DETAIL_STRING
-                   ) -> dict[str, Any]:
-    """`redact` for a mapping: values under credential-looking keys are replaced whole."""
-    return _redact_mapping(value, max_string=max_string)
-
-
-def redact(value: Any, *, max_string: int = MAX_DETAIL_STRING) -> Any:
-    """A copy of `value` safe to audit (authserver.redaction): defence in depth behind callers
-    that never pass tokens. Strips, never rejects; cuts long strings to `max_string`."""
-    return redact_record_value(value, max_string=max_string)
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no whitespace, ASCII only, no NaN: one byte string per value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False)
-
-
-@dataclass
-class AuditRecord:
-    """What a caller knows about one event. Never put a token value in any field."""
-
-    event: str
-    outcome: str
-    reason: str | None = None
-    correlation_id: str | None = None
-    user_id: str | None = None
-    agent_id: str | None = None
-    actor_chain: list[str] = field(default_factory=list)
-    platform: str | None = None
-    intent: dict[str, Any] | None = None
-    intent_hash: str | None = None
-    within_mandate: bool | None = None
-    policy_ids: list[str] = field(default_factory=list)
-    approval_id: str | None = None
-    token_jti: str | None = None
-    client_ip: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)
-
 
 @dataclass(frozen=True)
 class ShardResult:
@@ -180,83 +133,6 @@ def preferred_shard() -> int:
         mine = (pid, (pid + next(_shard_counter)) % AUDIT_SHARDS + 1)
         _thread_shard.value = mine
     return int(mine[1])
-
-
-_HASHED_COLUMNS = (
-    "seq", "created_at", "event", "outcome", "reason", "correlation_id", "user_id", "agent_id",
-    "actor_chain", "platform", "intent", "intent_hash", "within_mandate", "policy_ids",
-    "approval_id", "token_jti", "client_ip", "detail", "prev_hash",
-)
-
-
-def record_hash(values: Mapping[str, Any]) -> str:
-    """SHA-256 (hex) of the canonical JSON of a record's hashed columns."""
-    payload = {name: values[name] for name in _HASHED_COLUMNS}
-    return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
-
-
-def _bounded(name: str, value: str | None) -> str | None:
-    return None if value is None else str(value)[: _COLUMN_WIDTH[name]]
-
-
-def _safe_intent(intent: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The intent with its free text (`context`) fully redacted and bounded.
-
-    `action`, `resource` and `count` were validated by the intent parser and are the point of
-    the record, so only JWT-shaped strings are stripped from them (record ids can be long).
-    """
-    if intent is None:
-        return None
-    safe: dict[str, Any] = {}
-    for key, value in intent.items():
-        if key == "context" and isinstance(value, Mapping):
-            safe[key] = redact_mapping(value, max_string=MAX_REQUEST_TEXT)
-        elif isinstance(value, str):
-            safe[str(key)] = redact_jwts(value)[:MAX_REQUEST_TEXT]
-        else:
-            safe[str(key)] = redact(value, max_string=MAX_REQUEST_TEXT)
-    return safe
-
-
-def _safe_detail(detail: Mapping[str, Any]) -> dict[str, Any]:
-    safe = redact_mapping(detail)
-    if len(canonical_json(safe)) > MAX_DETAIL_BYTES:
-        return {"truncated": True, "keys": sorted(safe)[:20]}
-    return safe
-
-
-def _row_values(record: AuditRecord, *, seq: int, prev_hash: str, now: int,
-                trusted_detail: dict[str, Any] | None = None) -> dict[str, Any]:
-    if record.outcome not in OUTCOMES:
-        raise ValueError(f"unknown audit outcome {record.outcome!r}")
-    if not record.event:
-        raise ValueError("audit event name is required")
-    values: dict[str, Any] = {
-        "seq": seq,
-        "created_at": int(now),
-        "event": _bounded("event", record.event),
-        "outcome": record.outcome,
-        "reason": _bounded("reason", record.reason),
-        "correlation_id": _bounded("correlation_id", record.correlation_id),
-        "user_id": _bounded("user_id", record.user_id),
-        "agent_id": _bounded("agent_id", record.agent_id),
-        "actor_chain": [str(redact(a)) for a in record.actor_chain],
-        "platform": _bounded("platform", record.platform),
-        "intent": _safe_intent(record.intent),
-        "intent_hash": _bounded("intent_hash", record.intent_hash),
-        "within_mandate": None if record.within_mandate is None else bool(record.within_mandate),
-        "policy_ids": [str(p) for p in record.policy_ids],
-        "approval_id": _bounded("approval_id", record.approval_id),
-        "token_jti": _bounded("token_jti", record.token_jti),
-        "client_ip": _bounded("client_ip", record.client_ip),
-        "detail": _safe_detail(record.detail) if trusted_detail is None else trusted_detail,
-        "prev_hash": prev_hash,
-    }
-    # Hash exactly what the database will hand back: a JSON round trip normalises tuples,
-    # non-string keys and the like, so verify() recomputes the same bytes.
-    values = json.loads(canonical_json(values))
-    values["hash"] = record_hash(values)
-    return values
 
 
 class AuditLog:
@@ -501,56 +377,3 @@ class AuditLog:
             select(AuditEvent).order_by(AuditEvent.seq.desc()).limit(n)
         ).scalars().all()
         return list(reversed(rows))
-
-
-class RateLimitedLog:
-    """One WARNING line per key per `interval` seconds (of `clock`, monotonic by default),
-    saying how many events it stands for. Per process; the lock is this process's, held for
-    a dictionary update, never the database's."""
-
-    def __init__(self, interval: float = UNAUTHENTICATED_LOG_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._lock = threading.Lock()
-        self._last: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
-
-    def __call__(self, event: str, reason: str) -> bool:
-        """Log this refusal unless one like it was logged within the interval; True if it was
-        logged."""
-        key = (event, reason)
-        now = self.clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.interval:
-                self._suppressed[key] = self._suppressed.get(key, 0) + 1
-                return False
-            self._last[key] = now
-            count = self._suppressed.pop(key, 0) + 1
-        log.warning("unauthenticated request refused (not audited)",
-                    extra={"event": event, "reason": reason, "count": count,
-                           "interval_seconds": self.interval})
-        return True
-
-
-_UNAUTHENTICATED_LOG = RateLimitedLog()
-UNAUTHENTICATED_EVENTS = frozenset({"gateway_call", "token_exchange", "id_jag"})
-
-
-def refused_unauthenticated(event: str, reason: str) -> None:
-    """Account for a refusal before any principal was authenticated, without an audit record
-    (and so without the chain's lock): a metric, and a rate-limited log line."""
-    from authserver.observability import UNAUTHENTICATED_REJECTIONS
-
-    event = event if event in UNAUTHENTICATED_EVENTS else "other"  # closed label sets
-    reason = _bounded("reason", reason) or "unknown"
-    UNAUTHENTICATED_REJECTIONS.labels(event=event, reason=reason).inc()
-    _UNAUTHENTICATED_LOG(event, reason)
-
-
-def event_as_dict(event: AuditEvent) -> dict[str, Any]:
-    """An event as plain JSON-ready data (CLI `audit tail`, the admin API, the demo), with
-    its place in its shard's chain (`shard`, `shard_seq`)."""
-    return {name: getattr(event, name)
-            for name in (*_HASHED_COLUMNS, "hash", "shard", "shard_seq")}
