@@ -385,7 +385,10 @@ def test_atlassian_connection_stores_every_site(db, store, vault):
 def _gateway_call(db, store, vault, platform: Platform, resource: str, path: str):
     from authserver.gateway import GatewayRequest, handle
 
-    services = types.SimpleNamespace(db=db, store=store, vault=vault,
+    # The audit trail is not under test here: its appends are no-ops.
+    no_audit = types.SimpleNamespace(append=lambda *_a, **_k: None,
+                                     append_refusal=lambda *_a, **_k: None)
+    services = types.SimpleNamespace(db=db, store=store, vault=vault, audit=no_audit,
                                      platforms={platform.name: platform},
                                      settings=types.SimpleNamespace(
                                          issuer="http://127.0.0.1:8000"))
@@ -404,15 +407,14 @@ def handle_with_intent(services, platform, req, intent, handle):
         seen.update({"sub": USER, "client_id": "agent"})
         return seen
 
-    original = (gateway.verify_capability, gateway.check_fits_intent, gateway._audit)
+    original = (gateway.verify_capability, gateway.check_fits_intent)
     gateway.verify_capability = verify  # type: ignore[assignment]
     gateway.check_fits_intent = lambda *_a, **_k: intent  # type: ignore[assignment]
-    gateway._audit = lambda *_a, **_k: None  # type: ignore[assignment]
     try:
         with services.db.session() as session:
             return handle(services, session, req, now=NOW)
     finally:
-        gateway.verify_capability, gateway.check_fits_intent, gateway._audit = original
+        gateway.verify_capability, gateway.check_fits_intent = original
 
 
 ATLASSIAN_RESOURCES = {
