@@ -163,13 +163,15 @@ def test_idp_with_an_https_issuer_does_not_reach_internal_addresses(now: int) ->
         provider.verification_key("k", "RS256", now=now, jwks_uri=URI)
 
 
-def test_idp_default_fetcher_reaches_loopback_only_for_a_loopback_issuer() -> None:
+def test_idp_default_fetcher_may_reach_an_internal_idp() -> None:
+    # A configured IdP is the operator's choice, not a client's: an on-premises IdP (an https
+    # issuer on an internal address, as in scripts/tls-stack) must stay reachable.
     loopback = IdPConfig(name="dev", issuer="http://127.0.0.1:9", client_id="c",
                          client_secret="s")
-    public = IdPConfig(name="corp", issuer="https://idp.example.com", client_id="c",
-                       client_secret="s")
+    internal = IdPConfig(name="corp", issuer="https://idp.corp.internal", client_id="c",
+                         client_secret="s")
     assert OIDCProvider(loopback, MemoryStore())._outbound.allow_internal
-    assert not OIDCProvider(public, MemoryStore())._outbound.allow_internal
+    assert OIDCProvider(internal, MemoryStore())._outbound.allow_internal
 
 
 def test_resource_server_jwks_does_not_reach_internal_addresses(now: int) -> None:

@@ -25,7 +25,6 @@ from authserver.identity.errors import IdentityError, IdPUnavailableError
 from authserver.jwks import JWKS_REFETCH_MIN_INTERVAL, JwksCache, JwksError
 from authserver.outbound import FetchResult, Outbound, OutboundError
 from authserver.store import Store
-from authserver.urls import is_loopback_http_url
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +43,18 @@ _PRIVATE_JWK_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 class IdPDiscovery:
     """One IdP's discovery document and signing keys. `outbound` makes every request to
-    the IdP (here, and the token request of authserver.identity.login); by default one that
-    reaches internal hosts only for a loopback-http issuer."""
+    the IdP (here, and the token request of authserver.identity.login).
+
+    The IdP is the operator's own configuration, not a URL a client or a document chose, and
+    corporate IdPs often live on an internal network (an on-premises Keycloak or AD FS): the
+    fetcher may reach internal addresses for it. Its limits (size, timeout, no redirects)
+    still hold, and the issuer itself must be https or loopback http (IdPConfig)."""
 
     def __init__(self, config: IdPConfig, store: Store, *, outbound: Outbound | None = None
                  ) -> None:
         self.config = config
         self._store = store
-        self._outbound = outbound or Outbound(
-            allow_internal=is_loopback_http_url(config.issuer))
+        self._outbound = outbound or Outbound(allow_internal=True)
         self._metadata = self._outbound.cache(self._check_metadata, max_bytes=MAX_DOCUMENT_BYTES,
                                               max_entries=1, lifetime=DISCOVERY_CACHE_TTL)
         # Per JWKS URL (the discovery document's; an SSF transmitter's may differ).
