@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import os
 import re
 import socket
 import ssl
@@ -126,10 +127,21 @@ def cache_lifetime(cache_control: str | None, age: str | None = None) -> int:
     return max(CACHE_FLOOR, min(CACHE_CEILING, max_age))
 
 
+#: The CA bundle variables `requests` honours (its `REQUESTS_CA_BUNDLE`, then curl's): a
+#: deployment that trusts a private CA this way gets the same trust in every outbound client.
+_CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
+
+
+def environment_ca_bundle() -> str | None:
+    """The CA bundle `requests` would read from the environment (its own precedence)."""
+    return next((os.environ[name] for name in _CA_BUNDLE_ENV if os.environ.get(name)), None)
+
+
 class Outbound:
     """The fetcher. `allow_internal` lifts the address rule and allows plain http to a
     loopback host (a loopback issuer only). `ca_file` replaces the system trust store (a test's
-    throwaway CA, or a deployment's egress CA). `resolve`, `connect` and `clock` are seams for
+    throwaway CA, or a deployment's egress CA); by default the environment's CA bundle
+    (`environment_ca_bundle`), else the system store. `resolve`, `connect` and `clock` are seams for
     tests; `clock` times the cache only."""
 
     def __init__(self, *, allow_internal: bool = False, ca_file: str | None = None,
@@ -139,7 +151,7 @@ class Outbound:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.allow_internal = allow_internal
         self.clock = clock
-        self._tls = ssl.create_default_context(cafile=ca_file)
+        self._tls = ssl.create_default_context(cafile=ca_file or environment_ca_bundle())
         self._tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout

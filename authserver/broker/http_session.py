@@ -24,8 +24,9 @@ from typing import Any
 
 import requests
 
+from authserver.outbound import environment_ca_bundle
+
 #: What `requests` would take from the environment for an https call with `trust_env`.
-_CA_BUNDLE_ENV = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 _NETRC_FILES = (".netrc", "_netrc")
 
 
@@ -41,11 +42,6 @@ def environment_needs_trust_env() -> bool:
     if not home:
         return False
     return any((Path(home) / name).exists() for name in _NETRC_FILES)
-
-
-def environment_ca_bundle() -> str | None:
-    """The CA bundle `requests` would read from the environment (its own precedence)."""
-    return next((os.environ[name] for name in _CA_BUNDLE_ENV if os.environ.get(name)), None)
 
 
 _TRUST_ENV = environment_needs_trust_env()
