@@ -250,11 +250,8 @@ def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float
 
     @app.teardown_request
     def close(_exc: BaseException | None) -> None:
+        from authserver.http.unit_of_work import close as close_session
+
         session = g.pop("db", None)
         if session is not None:
-            try:
-                session.rollback()  # what the handler did not commit (nothing, if it did)
-            except Exception as e:  # a dead connection: close() below discards it
-                log.warning("rollback failed: %s", type(e).__name__)
-            finally:
-                session.close()
+            close_session(session)

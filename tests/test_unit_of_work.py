@@ -131,6 +131,51 @@ def test_a_request_that_runs_no_statement_costs_no_round_trip(app, client):
     assert seen == []
 
 
+def test_commit_with_nothing_begun_or_pending_sends_nothing(app, client, monkeypatch):
+    """commit() and teardown skip SQLAlchemy's empty autobegin-and-commit (issue 18): a
+    token request that ran no statement spends no time on a transaction it never had."""
+    from sqlalchemy.orm import Session
+
+    from authserver.http.unit_of_work import commit as commit_unit
+
+    calls: list[str] = []
+
+    def counted(name: str) -> Any:
+        original = getattr(Session, name)
+
+        def call(self: Session) -> None:
+            calls.append(name)
+            original(self)
+        return call
+
+    for name in ("commit", "rollback"):
+        monkeypatch.setattr(Session, name, counted(name))
+
+    def nothing() -> str:
+        commit_unit()
+        return "ok"
+
+    app.add_url_rule("/_test/nothing", "nothing", nothing, methods=["POST"])
+    assert client.post("/_test/nothing").status_code == 200
+    assert calls == []
+
+
+def test_commit_of_an_unflushed_add_still_commits(app, client):
+    """A pending object with no statement sent yet is work: commit() flushes and commits it."""
+    from authserver.http.unit_of_work import commit as commit_unit
+
+    def add_unflushed() -> str:
+        user_id = "usr_" + secrets.token_urlsafe(8)
+        g.db.add(_user(user_id, g.now))
+        commit_unit()
+        return user_id
+
+    app.add_url_rule("/_test/unflushed", "unflushed", add_unflushed, methods=["POST"])
+    response = client.post("/_test/unflushed")
+    assert response.status_code == 200
+    assert response.text in _users(app.extensions["authserver"].db)
+
+
 # --- a refusal's record, a pending approval ----------------------------------------------------
 
 
