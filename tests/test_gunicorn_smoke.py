@@ -41,18 +41,13 @@ def gunicorn(tmp_path: Path) -> Iterator[str]:
         _wait_until_healthy(proc, issuer, tmp_path / "gunicorn.log")
         yield issuer
     finally:
-        stop(proc)
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
         log.close()
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    """SIGTERM (gunicorn's graceful stop), then SIGKILL after 30 s."""
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _wait_until_healthy(proc: subprocess.Popen[Any], issuer: str, log: Path) -> None:
