@@ -18,6 +18,9 @@ Modes:
   cc        A: client_credentials + DPoP (client_secret_basic); B: the same at the peer.
   exchange  A: the full agent exchange (bench_exchange.py's set-up: private_key_jwt + DPoP +
             user assertion + intent → capability token); B: client_credentials + DPoP.
+  floor     A: bench/floor_app.py, bare Flask under the same gunicorn settings, answering the
+            same request with a token-sized body and doing nothing else; B: client_credentials
+            + DPoP. The stack's own cost per request, before any of authserver's work.
 
 Per run it prints the 1-minute load average and the CPU steal just before, the 200s per second,
 p50, p99, errors (non-200 + socket errors), and for A how wrk's connections and the CPU were
@@ -75,7 +78,7 @@ PORT_RANGE = range(18200, 18900)
 READY_TIMEOUT = 30
 WARMUP_SECONDS = 4
 #: First guesses at each side's rate, only to size the warm-up's proof batch.
-RATE_GUESS = {"cc": 1500.0, "exchange": 400.0, "peer": 3000.0}
+RATE_GUESS = {"cc": 1500.0, "exchange": 400.0, "floor": 8000.0, "peer": 3000.0}
 #: Above this 1-minute load per core the machine is not idle and the script says so.
 IDLE_LOAD = 0.5
 #: When wrk's connections are counted per worker, after the run has started.
@@ -366,6 +369,7 @@ def summarise(rows: Sequence[Mapping[str, Any]], a: str, b: str) -> dict[str, An
 
 #: Issue 18's goals: (ratio ours/node in req/s, our p99 ms at c=8, each run within ±% of the
 #: median). The exchange is held to the ratio only.
+#: (ratio, our p99 ms, spread %) per mode; the floor has no goal of its own.
 GOALS = {"cc": (1.5, 20.0, 15.0), "exchange": (1.0, None, 15.0)}
 
 
@@ -492,6 +496,22 @@ def authserver_exchange(workers: int, wd: Path, extra: Sequence[str]
 
 
 @contextlib.contextmanager
+def floor_app(workers: int, wd: Path, extra: Sequence[str]) -> Iterator[tuple[Side, None]]:
+    """bench/floor_app.py under gunicorn.conf.py: the floor of gunicorn + Flask here."""
+    port = free_port()
+    with Gunicorn(port=port, workers=workers, env={"PYTHONPATH": str(Path(__file__).parent)},
+                  log_path=wd / "gunicorn.log", extra_args=extra, app="floor_app:app") as srv:
+        url = srv.base_url + "/token"
+        maker = ProofMaker()
+        resp = requests.post(url, data=BODY, timeout=10, headers={
+            "Content-Type": FORM, "DPoP": make_proofs(maker, url, 1)[0]})
+        assert resp.status_code == 200, resp.text
+        yield Side("authserver", url, {"Content-Type": FORM}, cc_lines(maker, url),
+                   RATE_GUESS["floor"], cpu=srv.cpu_seconds, workers=srv.worker_pids,
+                   port=port), None
+
+
+@contextlib.contextmanager
 def peer_cc(wd: Path) -> Iterator[Side]:
     with Peer(free_port(), wd / "peer.log") as peer:
         url = peer.base_url + "/token"
@@ -583,7 +603,8 @@ def loadgen_check(concurrency: int, duration: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--mode", choices=("cc", "exchange", "loadgen"), default="cc")
+    parser.add_argument("--mode", choices=("cc", "exchange", "floor", "loadgen"),
+                        default="cc")
     parser.add_argument("--runs", type=int, default=3, help="A B pairs (default 3: A B A B A B)")
     parser.add_argument("--duration", type=int, default=10, help="seconds per run")
     parser.add_argument("--concurrency", type=int, default=8)
@@ -603,21 +624,24 @@ def main() -> None:
     if args.mode == "loadgen":
         loadgen_check(args.concurrency, args.duration)
         return
-    servers = authserver_cc if args.mode == "cc" else authserver_exchange
+    servers: Callable[..., Any] = {"cc": authserver_cc, "exchange": authserver_exchange,
+                                   "floor": floor_app}[args.mode]
     extra = shlex.split(args.gunicorn_args)
     with workdir() as wd, servers(args.workers, wd, extra) as (ours, db_url), \
             peer_cc(wd) as node:
-        between = (lambda: vacuum(db_url)) if args.vacuum else None
+        between = (lambda: vacuum(db_url)) if args.vacuum and db_url else None
         rows = alternate(ours, node, runs=args.runs, concurrency=args.concurrency,
                          duration=args.duration, wd=wd, between=between)
     summary = summarise(rows, "authserver", "node")
-    what = "client_credentials + DPoP" if args.mode == "cc" else \
-        "agent exchange (A) vs node client_credentials + DPoP (B)"
+    what = {"cc": "client_credentials + DPoP",
+            "exchange": "agent exchange (A) vs node client_credentials + DPoP (B)",
+            "floor": "bare Flask under gunicorn (A, bench/floor_app.py) vs node "
+                     "client_credentials + DPoP (B)"}[args.mode]
     print(f"\n{what}, c={args.concurrency}, {args.duration} s per run, gunicorn -w "
           f"{args.workers} (gthread{' ' + args.gunicorn_args if extra else ''}) + PostgreSQL + "
           f"Redis vs one Node process")
     print_summary(summary, "authserver", "node")
-    summary["goals"] = goal_lines(summary, args.mode)
+    summary["goals"] = goal_lines(summary, args.mode) if args.mode in GOALS else []
     for line in summary["goals"]:
         print(f"{'goal':>10}: {line}")
     print(f"end: {uptime()}")

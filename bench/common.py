@@ -126,8 +126,9 @@ class Gunicorn:
     """authserver under gunicorn with the repository's gunicorn.conf.py (gthread workers)."""
 
     def __init__(self, *, port: int, workers: int, env: Mapping[str, str], log_path: Path,
-                 extra_args: Sequence[str] = ()) -> None:
+                 extra_args: Sequence[str] = (), app: str = "wsgi:app") -> None:
         self.port = port
+        self.app = app
         self.extra_args = list(extra_args)
         self.workers = workers
         self.base_url = f"http://127.0.0.1:{port}"
@@ -148,7 +149,7 @@ class Gunicorn:
             [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "-w", str(self.workers),
              "-b", f"127.0.0.1:{self.port}",
              # The default control socket is one path per user: concurrent gunicorns share it.
-             "--no-control-socket", *self.extra_args, "wsgi:app"],
+             "--no-control-socket", *self.extra_args, self.app],
             cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True)
         log.close()
