@@ -15,6 +15,7 @@ from flask import Flask, Response, g, request
 from authserver.clients import JwksCache
 from authserver.config import SESSION_TTL, Settings
 from authserver.db import Database
+from authserver.http.unit_of_work import close as close_session
 from authserver.keys import KeyRing, check_secret_key
 from authserver.kms import KEKError, LocalKMS
 from authserver.outbound import Outbound
@@ -250,8 +251,6 @@ def _request_lifecycle(app: Flask, services: Services, clock: Callable[[], float
 
     @app.teardown_request
     def close(_exc: BaseException | None) -> None:
-        from authserver.http.unit_of_work import close as close_session
-
         session = g.pop("db", None)
         if session is not None:
             close_session(session)
