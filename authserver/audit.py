@@ -36,11 +36,11 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 from authserver.audit_records import _HASHED_COLUMNS as _HASHED_COLUMNS
 
@@ -205,15 +205,32 @@ class AuditLog:
             select(func.coalesce(func.max(AuditEvent.seq), 0) + 1)).scalar_one())
 
     def _write(self, session: Session, slot: _Slot, values: dict[str, Any]) -> AuditEvent:
+        """Insert the record and move its shard's head to it, in the caller's transaction.
+
+        On PostgreSQL both are one statement (the INSERT a data-modifying CTE of the head's
+        UPDATE: one round trip, and atomic: neither happens without the other); the row is
+        then added to the session as the ORM's own INSERT would have left it. SQLite has no
+        DML in a CTE: two statements.
+        """
         row = AuditEvent(**values, shard=slot.shard, shard_seq=slot.shard_seq)
-        session.add(row)
-        session.execute(
+        move_head = (
             update(AuditChainHead)
             .where(AuditChainHead.id == slot.shard)
             .values(head_hash=values["hash"])
             .execution_options(synchronize_session=False)
         )
-        session.flush()
+        if session.get_bind().dialect.name != "postgresql":
+            session.add(row)
+            session.execute(move_head)
+            session.flush()
+            return row
+        session.flush()  # whatever the caller has pending goes first, as with the ORM's INSERT
+        record = insert(cast(Table, AuditEvent.__table__)).values(
+            {**values, "shard": slot.shard, "shard_seq": slot.shard_seq}
+        ).cte("audit_record")
+        session.execute(move_head.add_cte(record))
+        make_transient_to_detached(row)
+        session.add(row)
         return row
 
     def append(self, session: Session, record: AuditRecord, *, now: int) -> AuditEvent:

@@ -9,6 +9,7 @@ a caller: a token has `cnf.jkt` exactly when it was issued against a DPoP proof,
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,11 +134,16 @@ def verify_access_token(
     return claims
 
 
-def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | None = None) -> None:
+def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | None = None,
+                     client_exists: Callable[[str], bool] | None = None) -> User | None:
     """Revocation: the jti, its grant, its client, its user (deprovisioning epoch).
 
     `epoch` overrides the user's `tokens_valid_after` (the caller may have it from the store).
-    Raises `TokenNotLiveError`.
+    `client_exists` answers whether the token's client still exists (default: its row), for a
+    caller that has the client already or a cache of them (authserver.client_cache).
+    Returns the token's user row (live and active) when its `sub` is a user, else None, so
+    the caller need not load it again: the session's identity map holds it only while
+    someone does. Raises `TokenNotLiveError`.
     """
     if session.get(RevokedToken, claims["jti"]) is not None:
         raise TokenNotLiveError("revoked")
@@ -146,7 +152,11 @@ def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | N
         grant = session.get(Grant, gid)
         if grant is None or grant.revoked_at is not None:
             raise TokenNotLiveError("grant revoked")
-    if session.get(Client, claims["client_id"]) is None:
+    if client_exists is None:
+        exists = session.get(Client, claims["client_id"]) is not None
+    else:
+        exists = client_exists(claims["client_id"])
+    if not exists:
         raise TokenNotLiveError("client deleted")
     if claims["sub"] != claims["client_id"]:
         user = session.get(User, claims["sub"])
@@ -164,6 +174,8 @@ def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | N
             AgentRevocation.user_id == claims["sub"], AgentRevocation.agent_id.in_(agents)))
         if any(claims["iat"] <= revoked_before for revoked_before in withdrawn):
             raise TokenNotLiveError("the user withdrew this agent")
+        return user
+    return None
 
 
 #: `act` nesting deeper than this is not from us (token exchange caps chains at 4).

@@ -27,7 +27,6 @@ from authserver.grants.token_exchange.exchange import (
     remaining_lifetime,
 )
 from authserver.intent import Intent, parse_intent
-from authserver.models import User
 from authserver.models.broker import CONNECTION_ACTIVE
 from authserver.observability import POLICY_DECISIONS
 from authserver.policy import PolicyDecision, PolicyRequest
@@ -86,7 +85,8 @@ class AgentExchange(DelegationSteps):
         return self.exchange_response(ex.token)
 
     def check_subject_assertion(self, ex: Exchange) -> None:
-        claims = self._verify_our_token(ex.form["subject_token"], what="subject_token")
+        claims, user = self._verify_our_token(ex.form["subject_token"], what="subject_token",
+                                              caller=ex.client)
         aud = claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else list(aud or [])
         if self.services.settings.issuer not in audiences:
@@ -99,8 +99,9 @@ class AgentExchange(DelegationSteps):
         if claims["sub"] == claims["client_id"]:
             raise InvalidRequestError("subject_token does not represent a user",
                                       reason="subject_token_not_user")
-        user = self.db.get(User, claims["sub"])
-        if user is None or not user.active:
+        # The user row the liveness check loaded and found active (None: not a user's token,
+        # refused just above). Checked again here: this step fails closed on its own.
+        if user is None or user.id != claims["sub"] or not user.active:
             raise InvalidRequestError("subject_token is invalid, expired or revoked",
                                       reason="subject_user_inactive")
         ex.user, ex.subject = user, claims

@@ -28,7 +28,6 @@ from authserver.grants.token_exchange.exchange import (
     remaining_lifetime,
 )
 from authserver.intent import MANDATE_TYPE, Mandate, parse_mandate
-from authserver.models import Client
 from authserver.tokens import TokenRequestContext, issue_access_token
 
 
@@ -54,7 +53,7 @@ class DelegationSteps(ExchangeSteps):
         if token_type == TT_JWT:
             return self._verify_agent_assertion(token), None
         if token_type == TT_ACCESS_TOKEN:
-            claims = self._verify_our_token(token, what="actor_token")
+            claims, _ = self._verify_our_token(token, what="actor_token")
             if claims["sub"] != claims["client_id"]:
                 raise InvalidRequestError("actor_token must be the agent's own token",
                                           reason="actor_token_not_agent_own")
@@ -71,7 +70,8 @@ class DelegationSteps(ExchangeSteps):
         except (JoseError, ValueError, KeyError, TypeError) as e:
             raise InvalidRequestError("Malformed actor_token",
                                       reason="actor_token_malformed") from e
-        agent = self.db.get(Client, agent_id) if isinstance(agent_id, str) else None
+        agent = self.client_record(agent_id) if isinstance(agent_id, str) and agent_id \
+            else None
         if agent is None:
             raise InvalidRequestError("Unknown actor", reason="actor_unknown")
         s = self.services
@@ -118,7 +118,7 @@ class DelegationSteps(ExchangeSteps):
         ex.agent_id = caller
 
     def check_is_agent(self, client_id: str) -> None:
-        agent = self.db.get(Client, client_id)
+        agent = self.client_record(client_id)
         if agent is None or GRANT_TYPE not in agent.grant_types:
             raise InvalidRequestError("The actor is not an agent allowed to exchange",
                                       reason="actor_not_agent")

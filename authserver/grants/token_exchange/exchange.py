@@ -9,12 +9,13 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from authserver.clients import GRANT_TOKEN_EXCHANGE, OAuthClient
+from authserver.cimd import is_url_client_id
+from authserver.clients import GRANT_TOKEN_EXCHANGE, ClientRecord, OAuthClient
 from authserver.dpop import DPoPProof
 from authserver.errors import InvalidRequestError
 from authserver.grants.base import Issued, issued
 from authserver.intent import Intent, Mandate
-from authserver.models import User
+from authserver.models import Client, User
 from authserver.services import Services
 from authserver.token_endpoint.request import Form, TokenRequest
 from authserver.tokens import (
@@ -64,6 +65,7 @@ class ExchangeSteps:
     def __init__(self, services: Services, req: TokenRequest) -> None:
         self.services = services
         self.req = req
+        self._client_records: dict[str, ClientRecord | None] = {}
 
     @property
     def now(self) -> int:
@@ -79,18 +81,42 @@ class ExchangeSteps:
             raise InvalidRequestError("Unsupported requested_token_type",
                                       reason="requested_token_type_unsupported")
 
-    def _verify_our_token(self, token: str, *, what: str) -> dict[str, Any]:
-        """One of our tokens, as `what` (subject_token or actor_token): refused with reason
-        `<what>_<TokenNotLiveError.code>` (`subject_token_expired`, `actor_token_revoked`)."""
+    def _verify_our_token(self, token: str, *, what: str, caller: OAuthClient | None = None
+                          ) -> tuple[dict[str, Any], User | None]:
+        """One of our tokens, as `what` (subject_token or actor_token), and its user row (None
+        for an agent's own token), loaded once here for the steps after. Refused with reason
+        `<what>_<TokenNotLiveError.code>` (`subject_token_expired`, `actor_token_revoked`).
+
+        Whether the token's client still exists is asked of the registry cache
+        (`client_exists`); `caller`, the request's authenticated client, answers for itself."""
         s = self.services
+
+        def client_exists(client_id: str) -> bool:
+            if caller is not None and client_id == caller.client_id:
+                # Authenticated moments ago in this request, through the same cache and its
+                # generation check (authserver.client_auth.load_client).
+                return True
+            return self.client_record(client_id) is not None
+
         try:
             claims = verify_access_token(s.keyring, s.settings.issuer, token, now=self.now)
-            check_token_live(self.db, claims)
+            user = check_token_live(self.db, claims, client_exists=client_exists)
         except TokenNotLiveError as e:
             # RFC 8693 §2.2.2: an unacceptable input token is invalid_request.
             raise InvalidRequestError(f"{what} is invalid, expired or revoked",
                                       debug=e.reason, reason=f"{what}_{e.code}") from e
-        return claims
+        return claims, user
+
+    def client_record(self, client_id: str) -> ClientRecord | None:
+        """A client by id: a registered one from the registry cache (authserver.client_cache:
+        no SQL while the shared generation holds), a URL client id (authserver.cimd, never
+        cached: its row follows a fetched document) from its row. Looked up once per
+        request: its steps all see one answer."""
+        if client_id not in self._client_records:
+            self._client_records[client_id] = (
+                self.db.get(Client, client_id) if is_url_client_id(client_id)
+                else self.services.registry.client(self.db, client_id, now=self.now))
+        return self._client_records[client_id]
 
     def exchange_response(self, token: AccessToken) -> Issued:
         return issued(token, extra={"issued_token_type": TT_ACCESS_TOKEN})
