@@ -135,8 +135,11 @@ def test_commit_failure_is_503_with_retry_after(
     # A handler that writes commits its unit of work explicitly (authserver.http.unit_of_work).
     @app.get("/admin/commit-probe")  # an API path: JSON errors
     def commit_probe() -> Any:
+        from flask import g
+
         from authserver.http.unit_of_work import commit
 
+        g.db.execute(sa.select(1))  # work begun: commit() has a transaction to commit
         commit()
         return {}
 
