@@ -25,6 +25,11 @@ from authserver.encoding import b64url_encode
 from authserver.models import Grant, RefreshToken
 
 REFRESH_TOKEN_BYTES = 32
+#: A rotation may carry a `rotated_at` up to this many seconds after the `now` of a request
+#: that races it: concurrent requests read the clock at their start, so the loser of the race
+#: can have read it before the winner (a second boundary between them, or another host's
+#: clock a little ahead). Such a retry is the same rotation, not reuse.
+ROTATED_AHEAD_TOLERANCE = 5
 
 
 def token_hash(value: str) -> str:
@@ -87,7 +92,8 @@ def retry_successor(session: Session, row: RefreshToken, value: str, *, key: byt
     """The successor that the rotation of `row` issued, again, if this request is a retry of
     that rotation; None if it is reuse (the caller revokes the family).
 
-    A retry: `interval` > 0 and at most `interval` seconds since the rotation, the same DPoP
+    A retry: `interval` > 0 and at most `interval` seconds since the rotation (or a rotation
+    at most ROTATED_AHEAD_TOLERANCE seconds "after" `now`: a concurrent one), the same DPoP
     key as the rotation (or again none), and the successor still unused and unexpired (a
     client that used its successor did receive it, so the old token is someone else's copy).
     The caller has already checked that the client is the grant's, authenticated or bound to
@@ -101,7 +107,7 @@ def retry_successor(session: Session, row: RefreshToken, value: str, *, key: byt
     ).scalar_one_or_none()
     if current is None or current.rotated_at is None or current.successor_hash is None:
         return None
-    if not 0 <= now - current.rotated_at <= interval:
+    if not -ROTATED_AHEAD_TOLERANCE <= now - current.rotated_at <= interval:
         return None
     if (current.rotated_jkt or "") != (jkt or ""):
         return None

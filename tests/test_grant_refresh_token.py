@@ -22,6 +22,7 @@ from authserver.errors import (
 )
 from authserver.grants.refresh_token import RefreshTokenGrant
 from authserver.models import Grant, RefreshToken, User
+from authserver.refresh_tokens import ROTATED_AHEAD_TOLERANCE
 from authserver.services import Services
 from tests.dpop_helpers import ProofKey
 from tests.grant_helpers import (  # noqa: F401 (fixtures)
@@ -171,6 +172,20 @@ def test_a_lost_rotation_retried_at_the_last_second_of_the_interval(
     assert revoked_at(services, grant_id) is None
 
 
+def test_a_concurrent_retry_that_read_the_clock_before_the_rotation(
+        services: Services, db: Session, user: str) -> None:
+    """Two requests race one rotation: the loser read its clock a second before the winner
+    (a second boundary between them, or another host's clock) and reaches the rotated row
+    with `now` < `rotated_at`. That is the same rotation retried, not reuse: the family
+    survives (tests/test_http_refresh.py's 50 parallel refreshes once revoked it this way)."""
+    client_id = confidential_client(services)
+    grant_id, token = new_grant(services, client_id, user)
+    first = refresh(services, db, client_id, token, now=NOW + 1)
+    again = refresh(services, db, client_id, token, now=NOW + 1 - ROTATED_AHEAD_TOLERANCE)
+    assert again.body["refresh_token"] == first.body["refresh_token"]
+    assert revoked_at(services, grant_id) is None
+
+
 # --- refusals ----------------------------------------------------------------------------------
 
 
@@ -283,6 +298,17 @@ def test_a_public_unbound_clients_reuse_revokes_the_family(services: Services, d
     grant_id, token = new_grant(services, client_id, user)
     refresh(services, db, client_id, token)
     error = refusal(lambda: refresh(services, db, client_id, token))
+    assert_refusal(error, InvalidGrantError, 400, "invalid_grant",
+                   "The refresh token was already used", "refresh_token_reused")
+    assert revoked_at(services, grant_id) == NOW
+
+
+def test_a_rotation_further_ahead_than_the_tolerance_is_reuse(services: Services, db: Session,
+                                                              user: str) -> None:
+    client_id = confidential_client(services)
+    grant_id, token = new_grant(services, client_id, user)
+    refresh(services, db, client_id, token, now=NOW + ROTATED_AHEAD_TOLERANCE + 1)
+    error = refusal(lambda: refresh(services, db, client_id, token, now=NOW))
     assert_refusal(error, InvalidGrantError, 400, "invalid_grant",
                    "The refresh token was already used", "refresh_token_reused")
     assert revoked_at(services, grant_id) == NOW
