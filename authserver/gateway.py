@@ -21,6 +21,13 @@ transaction, which the HTTP handler commits before the response leaves (a failed
 and the platform's answer is not relayed); a refused call's record goes through
 `AuditLog.append_refusal`. A refresh of the user's platform token is a unit of its own
 (authserver.broker.refresh: committed under the connection lock before the new token is used).
+
+Round trips (issue 18): on PostgreSQL the read unit runs in autocommit (`_reads_in_autocommit`:
+no BEGIN and no ROLLBACK; at READ COMMITTED each statement of a transaction sees its own
+snapshot anyway, so the checks read exactly what they read in one), and the user, the client
+and the connection come in one statement (`_load_rows`), which `check_token_live` then finds in
+the session instead of selecting each row again. Its checks, their order and their errors are
+unchanged: it still reads the revoked-token and agent-withdrawal rows itself.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from typing import Any
 
 import requests
 import urllib3
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from authserver.audit import AuditRecord, refused_unauthenticated
@@ -55,6 +63,7 @@ from authserver.gateway_routes import (
     resource_site,
 )
 from authserver.intent import ACTION_METHODS, INTENT_TYPE, READ
+from authserver.models import Client, User
 from authserver.models.broker import Connection
 from authserver.resource import ResourceVerifier, protected_resource_metadata_url
 from authserver.resource import protected_resource_metadata as _prm_document
@@ -118,6 +127,22 @@ class _Call:
     attempts: int = 0
 
 
+#: `Session.info` key under which `verify_capability` leaves `handle` what `_load_rows` read.
+_ROWS = "authserver.gateway.rows"
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """What `_load_rows` read for (`user_id`, `platform`): the user's connection there (None:
+    there is none). `held` keeps the user and client rows alive while the checks run: the
+    session's identity map holds its objects weakly."""
+
+    user_id: str
+    platform: str
+    connection: Connection | None
+    held: tuple[Any, ...]
+
+
 def handle(services: Services, session: Session, req: GatewayRequest, *, now: int
            ) -> GatewayResponse:
     """One gateway call. Raises `OAuthError` (rendered by the one error handler) on refusal,
@@ -130,8 +155,13 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
         if platform is None:
             raise InvalidTokenError("Unknown platform", algs=CHALLENGE_ALGS)
         verify_capability(services, session, req, now=now, seen=call.claims)
+        rows = session.info.pop(_ROWS, None)
         call.intent = check_fits_intent(services, platform, req, call.claims, now=now)
-        conn = select_connection(session, call.claims["sub"], platform.name)
+        if isinstance(rows, _Rows) and (rows.user_id, rows.platform) == (
+                call.claims["sub"], platform.name):
+            conn = rows.connection
+        else:
+            conn = select_connection(session, call.claims["sub"], platform.name)
         # The read unit ends: the connection goes back to the pool before we wait on the
         # platform (or on the refresh lock), and the rows read stay usable, detached.
         session.close()
@@ -161,7 +191,8 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
                       seen: dict[str, Any] | None = None) -> dict[str, Any]:
     """The capability token's claims, or an OAuthError. `seen` receives the claims as soon as
     token and proof verify, so a refusal after that (a dead token, another platform) is
-    audited under its principal; a refusal before it is anonymous (not audited)."""
+    audited under its principal; a refusal before it is anonymous (not audited). The user's
+    connection at `req.platform`, read with the liveness rows, is left in `session.info`."""
     settings = services.settings
     keyring = services.keyring
     resource = f"{settings.issuer}/gateway/{req.platform}"
@@ -181,6 +212,10 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
                              dpop=req.dpop, now=now)
     if seen is not None:
         seen.update(claims)
+    _reads_in_autocommit(session)
+    rows = _load_rows(session, claims, req.platform)
+    if rows is not None:
+        session.info[_ROWS] = rows
     try:
         check_token_live(session, claims)
     except TokenNotLiveError as e:
@@ -194,6 +229,43 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
         raise InvalidTokenError("The token is for another platform", algs=CHALLENGE_ALGS,
                                 extra_params=prm)
     return claims
+
+
+def _reads_in_autocommit(session: Session) -> None:
+    """PostgreSQL: run the request's reads, up to `session.close()` in `handle`, without a
+    transaction (two round trips fewer: BEGIN and ROLLBACK). Only on a session that has not
+    begun (nothing read or written yet); the pool restores the connection's isolation level
+    when the connection goes back, so the audit record's unit is an ordinary transaction."""
+    if session.in_transaction() or session.get_bind().dialect.name != "postgresql":
+        return
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+
+
+#: `_load_rows`' statement, built once (building it and its cache key per call costs more than
+#: running it).
+_ROWS_STATEMENT = (
+    select(User, Client, Connection).select_from(User)
+    .join(Client, Client.client_id == bindparam("client_id"))
+    .outerjoin(Connection, (Connection.user_id == User.id)
+               & (Connection.platform == bindparam("platform")))
+    .where(User.id == bindparam("user_id"))
+)
+
+
+def _load_rows(session: Session, claims: dict[str, Any], platform: str) -> _Rows | None:
+    """One statement for the user, the client and the user's connection at `platform`, so that
+    `check_token_live` finds the first two in the session (`Session.get` reads its identity
+    map before the database) and `handle` has the third. This only reads ahead: if the user or
+    the client is missing, nothing is loaded (None) and each check reads (and refuses) as
+    before."""
+    user_id, client_id = claims.get("sub"), claims.get("client_id")
+    if not isinstance(user_id, str) or not isinstance(client_id, str) or user_id == client_id:
+        return None
+    found = session.execute(_ROWS_STATEMENT, {"user_id": user_id, "client_id": client_id,
+                                              "platform": platform}).one_or_none()
+    if found is None:
+        return None
+    return _Rows(user_id, platform, found[2], tuple(found))
 
 
 def protected_resource_metadata(services: Services, platform: str) -> dict[str, Any]:

@@ -1,116 +1,203 @@
-"""The gateway's added latency (docs/standards.md A5) over a direct call to the platform.
+"""The gateway's overhead (docs/standards.md A5, issue #18) over a direct call to the platform.
 
-Usage: python bench/bench_gateway.py [N] [--redis]   (default 500 calls each; embedded store)
+Stand-alone script, not a test. Usage:
 
-Everything runs on loopback in this one process (tests/stack.py: the test IdP, Acme CRM and
-authserver on werkzeug's threaded server, SQLite). Alice connects the CRM through the user
-pages; an executor client obtains her CRM access token through the product's executor path
-(Part A4) for the direct calls. Both sides use a keep-alive `requests.Session`, and the calls
-are interleaved (direct, gateway, direct, ...) so drift hits both equally.
+    python bench/bench_gateway.py [--duration 5] [--rounds 3] [--workers 2] [--out result.json]
 
-Only the HTTP round trip is timed. Capability tokens and DPoP proofs are made beforehand (a
-fresh capability token per batch, well inside its 60 s lifetime), so the gateway column is
-what an agent waits for: proof and token verification, the liveness and intent checks, the
-vault decrypt, the forwarded call and the audit write. Client and servers share one Python
-process (and its GIL), so absolute numbers are pessimistic; the difference is the point.
+Set-up, as bench/bench_exchange.py's and only through the product's interfaces: the test IdP and
+Acme CRM (authserver.testing) on loopback in this process; authserver under gunicorn (gthread,
+gunicorn.conf.py) on a fresh PostgreSQL database and Redis (random key prefix); alice connects
+the CRM through the user pages. Two clients are created with `authserver clients create`: the
+agent (read on crm), which gets capability tokens for `read deal:acme-123`, and an executor
+(Part A4), which gets alice's own CRM access token for the direct calls.
+
+Timed with wrk on keep-alive connections, both sides in the same run on the same machine:
+
+    direct   GET <crm>/api/v1/deals/acme-123        Authorization: Bearer <alice's CRM token>
+    gateway  GET <issuer>/gateway/crm/deals/acme-123 Authorization: DPoP <capability token>,
+             DPoP: one proof per request (with `ath`), all signed before wrk starts
+
+The gateway sends the platform exactly the direct request (same CRM, token, path, Accept), so
+"overhead" = gateway - direct is what the gateway adds: proof and token checks, the liveness
+reads, the vault decrypt, its own HTTP hop and the audit commit. At each concurrency (1 and 4)
+the two alternate for --rounds rounds (direct, gateway, direct, ...) so drift hits both; each
+row is the median over the rounds. A fresh capability token (60 s) and proofs per gateway run.
+The CRM is a werkzeug server in this process, so its share is the same in both columns.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import logging
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(BENCH.parent))
 
-from tests.gateway_helpers import capability, raw_proof
-from tests.stack import intent, make_stack
+import common  # noqa: E402
+from bench_exchange import (  # noqa: E402
+    FORM,
+    HTTP_TIMEOUT,
+    Agent,
+    configure,
+    create_clients,
+    edge_mint,
+    sign_in_and_connect,
+)
+from common import (  # noqa: E402
+    Gunicorn,
+    ProofMaker,
+    authserver_cli,
+    b64url,
+    free_port,
+    fresh_postgres,
+    machine,
+    make_proofs,
+    print_table,
+    proof_budget,
+    redis_prefix,
+    run_wrk,
+    workdir,
+    write_result,
+)
 
-WARMUP = 20
-BATCH = 200  # calls per capability token (≤ 60 s of use)
+from tests.stack import GRANT_TOKEN_EXCHANGE, TT_ACCESS_TOKEN, compact, intent  # noqa: E402
+
+CONCURRENCY = (1, 4)
 PATH = "deals/acme-123"
+INTENT = intent("read", "deal:acme-123")
+#: wrk's calls per second the proofs are budgeted for (running out shows as non-200).
+RPS_BUDGET = 800
+
+# common.run_wrk's script POSTs; both sides here are GETs without a body.
+_POST = 'wrk.format("POST", nil, headers, string.sub(line, tab + 1))'
+assert _POST in common.WRK_SCRIPT
+common.WRK_SCRIPT = common.WRK_SCRIPT.replace(_POST, 'wrk.format("GET", nil, headers)')
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))
-    return ordered[index]
+def gateway_proofs(maker: ProofMaker, htu: str, token: str, count: int) -> list[str]:
+    """DPoP proofs for GET `htu` bound to `token` (RFC 9449 §4.2 `ath`), distinct `jti`s."""
+    ath = b64url(hashlib.sha256(token.encode()).digest())
+    iat = int(time.time())
+    proofs = []
+    for serial in range(count):
+        claims = {"jti": f"{maker.jkt[:8]}-{iat}-{serial:07d}", "htm": "GET", "htu": htu,
+                  "iat": iat, "ath": ath}
+        signing_input = f"{maker.header}.{b64url(json.dumps(claims).encode())}"
+        proofs.append(
+            f"{signing_input}.{b64url(maker.model.sign(signing_input.encode(), maker.key))}")
+    return proofs
 
 
-def summary(name: str, ms: list[float]) -> str:
-    return (f"{name:<10} n={len(ms):<5} p50={percentile(ms, 50):7.2f} ms  "
-            f"p90={percentile(ms, 90):7.2f} ms  p99={percentile(ms, 99):7.2f} ms  "
-            f"mean={statistics.fmean(ms):7.2f} ms")
-
-
-def platform_token(stack: Any) -> str:
-    """Alice's CRM token, the way an executor gets it (Part A4)."""
-    executor = stack.register_agent(attributes={"allowed_platforms": ["crm"],
-                                                "allowed_actions": ["read"], "executor": True})
-    assertion, key = stack.edge_mint("alice", agent=executor)
-    resp = stack.agent_exchange(assertion, key, agent=executor, audience=None,
-                                resource=stack.settings["platforms"]["crm"]["api_base_url"],
-                                intent=intent("read", "deal:acme-123"))
-    resp.raise_for_status()
+def exchange(issuer: str, idp: Any, edge: tuple[str, str], agent: Agent, **target: str) -> str:
+    """The agent exchange for INTENT (a fresh user assertion each time): `audience=crm` gives a
+    capability token, `resource=<CRM API base>` (executor) alice's CRM token."""
+    user_assertion = edge_mint(issuer, idp, edge, agent)
+    body = urlencode({
+        "grant_type": GRANT_TOKEN_EXCHANGE, "client_id": agent.client_id,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": agent.assertion(issuer), "subject_token": user_assertion,
+        "subject_token_type": TT_ACCESS_TOKEN, "intent": compact(INTENT), **target})
+    proof = make_proofs(agent.dpop, issuer + "/token", 1)[0]
+    resp = requests.post(issuer + "/token", data=body, timeout=HTTP_TIMEOUT,
+                         headers={"DPoP": proof, "Content-Type": FORM})
+    assert resp.status_code == 200, resp.text
     return str(resp.json()["access_token"])
 
 
-def run(n: int, redis_url: str) -> None:
-    logging.disable(logging.CRITICAL)  # the servers' request logs would dominate the timing
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
-        stack = make_stack(Path(tmp), redis_url=redis_url)
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", help="write the JSON result here")
+    parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="direct/gateway pairs per row")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    args = parser.parse_args()
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process IdP and CRM
+    rows: list[dict[str, Any]] = []
+    servers: list[Any] = []
+    with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd:
         try:
-            stack.signed_in_and_connected("alice", ("crm",))
-            direct_url = stack.settings["platforms"]["crm"]["api_base_url"] + "/" + PATH
-            gateway_url = f"{stack.issuer}/gateway/crm/{PATH}"
-            direct_headers = {"Authorization": f"Bearer {platform_token(stack)}"}
-            http_direct, http_gateway = requests.Session(), requests.Session()
-            direct: list[float] = []
-            via_gateway: list[float] = []
-            done = 0
-            while done < n + WARMUP:
-                size = min(BATCH, n + WARMUP - done)
-                token, key = capability(stack, "alice", intent("read", "deal:acme-123"))
-                proofs = [raw_proof(key, "GET", gateway_url, token=token) for _ in range(size)]
-                for proof in proofs:
-                    t0 = time.perf_counter()
-                    r1 = http_direct.get(direct_url, headers=direct_headers, timeout=30)
-                    t1 = time.perf_counter()
-                    r2 = http_gateway.get(gateway_url, timeout=30, headers={
-                        "Authorization": f"DPoP {token}", "DPoP": proof})
-                    t2 = time.perf_counter()
-                    if r1.status_code != 200 or r2.status_code != 200:
-                        raise SystemExit(f"unexpected status: direct {r1.status_code}, "
-                                         f"gateway {r2.status_code} {r2.text[:200]}")
-                    if done >= WARMUP:
-                        direct.append((t1 - t0) * 1000)
-                        via_gateway.append((t2 - t1) * 1000)
-                    done += 1
+            port = free_port()
+            issuer = f"http://127.0.0.1:{port}"
+            config_path, settings, servers, idp = configure(wd, issuer, db_url, prefix)
+            env = {"AUTHSERVER_CONFIG": str(config_path)}
+            agent, executor = Agent(), Agent()
+            edge = create_clients(env, agent)  # also migrates and creates the signing key
+            executor.client_id = authserver_cli([
+                "clients", "create", "--executor", "--allowed-platform", "crm",
+                "--allowed-action", "read", "--metadata", json.dumps({
+                    "client_name": "bench executor", "token_endpoint_auth_method":
+                        "private_key_jwt", "grant_types": [GRANT_TOKEN_EXCHANGE],
+                    "jwks": executor.jwks()})], env)["client_id"]
+            api_base = settings["platforms"]["crm"]["api_base_url"]
+            direct_url, gateway_url = f"{api_base}/{PATH}", f"{issuer}/gateway/crm/{PATH}"
+            with Gunicorn(port=port, workers=args.workers, env=env,
+                          log_path=wd / "gunicorn.log") as srv:
+                sign_in_and_connect(issuer)
+
+                def direct(c: int) -> common.WrkResult:
+                    token = exchange(issuer, idp, edge, executor, resource=api_base)
+                    return run_wrk(direct_url, ["\t"] * c, concurrency=c, duration=args.duration,
+                                   workdir=wd, headers={"Authorization": f"Bearer {token}",
+                                                        "Accept": "application/json"})
+
+                def via_gateway(c: int, duration: int) -> common.WrkResult:
+                    token = exchange(issuer, idp, edge, agent, audience="crm")
+                    proofs = gateway_proofs(agent.dpop, gateway_url, token,
+                                            proof_budget(RPS_BUDGET, duration))
+                    return run_wrk(gateway_url, [f"{p}\t" for p in proofs], concurrency=c,
+                                   duration=duration, workdir=wd, server=srv,
+                                   headers={"Authorization": f"DPoP {token}",
+                                            "Accept": "application/json"})
+
+                via_gateway(max(CONCURRENCY), 2)  # warm-up: every worker's pools and caches
+                for c in CONCURRENCY:
+                    pairs = [(direct(c), via_gateway(c, args.duration))
+                             for _ in range(args.rounds)]
+                    for d, g in pairs:
+                        if d.bad or g.bad:
+                            print(f"  warning: c={c} non-200: direct {d.bad}, gateway {g.bad} "
+                                  f"(first: {d.first_bad or g.first_bad})", file=sys.stderr)
+
+                    def med(values: list[float]) -> float:
+                        return statistics.median(values)
+
+                    row = {"c": c,
+                           "direct p50": med([d.p50_ms for d, _ in pairs]),
+                           "gateway p50": med([g.p50_ms for _, g in pairs]),
+                           "direct p99": med([d.p99_ms for d, _ in pairs]),
+                           "gateway p99": med([g.p99_ms for _, g in pairs]),
+                           "direct req/s": med([d.rps for d, _ in pairs]),
+                           "gateway req/s": med([g.rps for _, g in pairs]),
+                           "gateway cpu ms/req": med([g.server_cpu_ms_per_req or 0.0
+                                                      for _, g in pairs]),
+                           "runs": [{"direct": vars(d), "gateway": vars(g)} for d, g in pairs]}
+                    row["overhead p50"] = row["gateway p50"] - row["direct p50"]
+                    row["overhead p99"] = row["gateway p99"] - row["direct p99"]
+                    rows.append(row)
         finally:
-            stack.close()
-    store = "Redis" if redis_url else "embedded store"
-    print(f"gateway vs direct, GET {PATH}, {n} calls each, SQLite + {store}, one process")
-    print(summary("direct", direct))
-    print(summary("gateway", via_gateway))
-    added = [g - d for g, d in zip(via_gateway, direct, strict=True)]
-    print(f"{'added':<10} p50={percentile(added, 50):7.2f} ms  "
-          f"p99={percentile(added, 99):7.2f} ms  "
-          f"(p50 gateway - p50 direct = "
-          f"{percentile(via_gateway, 50) - percentile(direct, 50):.2f} ms)")
-
-
-def main(argv: list[str]) -> None:
-    args = [a for a in argv if not a.startswith("--")]
-    n = int(args[0]) if args else 500
-    redis_url = "redis://127.0.0.1:6379/15" if "--redis" in argv else ""
-    run(n, redis_url)
+            for server in reversed(servers):
+                server.stop()
+    print_table(f"GET {PATH}: direct to the CRM vs through the gateway, gunicorn -w "
+                f"{args.workers} (gthread) + PostgreSQL + Redis, wrk {args.duration}s per run, "
+                f"median of {args.rounds} alternating rounds (ms)", rows,
+                ["c", "direct p50", "gateway p50", "overhead p50", "direct p99", "gateway p99",
+                 "overhead p99", "direct req/s", "gateway req/s", "gateway cpu ms/req"])
+    print(f"load average (1, 5, 15 min) at the end: {machine()['loadavg_1_5_15min_at_end']}")
+    write_result(args.out, {"benchmark": "gateway_overhead", "machine": machine(),
+                            "workers": args.workers, "duration_per_run_s": args.duration,
+                            "rounds": args.rounds, "rows": rows})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()
