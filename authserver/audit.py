@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Integer, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -135,6 +135,43 @@ def preferred_shard() -> int:
     return int(mine[1])
 
 
+class _Statements:
+    """The append's statements, built once (Core, on the mapped tables), with their values as
+    bound parameters: `take_free_shard` (PostgreSQL: the first record shard nobody holds, from
+    `preferred` on), `bump`/`bump_postgres` (one shard, by `shard`; PostgreSQL also draws the
+    global `seq`), `insert` and `move_head` (SQLite), and `insert_and_move_head` (PostgreSQL:
+    the INSERT as a data-modifying CTE of the head's UPDATE)."""
+
+    def __init__(self) -> None:
+        heads = cast(Table, AuditChainHead.__table__)
+        events = cast(Table, AuditEvent.__table__)
+        returning = (heads.c.id, heads.c.seq, heads.c.head_hash)
+        free = (
+            select(heads.c.id)
+            .where(heads.c.id.between(1, AUDIT_SHARDS))
+            .order_by((heads.c.id - bindparam("preferred", type_=Integer) + AUDIT_SHARDS)
+                      % AUDIT_SHARDS)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        bump = update(heads).values(seq=heads.c.seq + 1)
+        self.take_free_shard = bump.where(heads.c.id == free).returning(
+            *returning, GLOBAL_SEQ.next_value())
+        self.bump = bump.where(heads.c.id == bindparam("shard")).returning(*returning)
+        self.bump_postgres = bump.where(heads.c.id == bindparam("shard")).returning(
+            *returning, GLOBAL_SEQ.next_value())
+        # Bound as `v_<column>`: a bindparam may not take a column's own name in VALUES.
+        self.insert = insert(events).values(
+            {c.name: bindparam("v_" + c.name, type_=c.type) for c in events.columns})
+        self.move_head = update(heads).where(heads.c.id == bindparam("head_shard")).values(
+            head_hash=bindparam("head_hash"))
+        self.insert_and_move_head = self.move_head.add_cte(self.insert.cte("audit_record"))
+
+
+_STATEMENTS = _Statements()
+
+
 class AuditLog:
     """Append, verify and read the hash-chained audit log. Stateless; share one instance."""
 
@@ -147,37 +184,21 @@ class AuditLog:
         ends. On PostgreSQL, without an explicit shard, the UPDATE takes the first record
         shard nobody holds (FOR UPDATE SKIP LOCKED), starting at this thread's, in the same
         round trip that draws the global `seq`; it waits only if every shard is held.
+        The statements are built once (`_Statements`): building them per append cost more
+        than running them.
         """
         postgres = session.get_bind().dialect.name == "postgresql"
-        returning: list[Any] = [AuditChainHead.id, AuditChainHead.seq, AuditChainHead.head_hash]
-        if postgres:
-            returning.append(GLOBAL_SEQ.next_value())
+        statements = _STATEMENTS
+        connection = session.connection()
         if shard is None:
             shard = preferred_shard()
             if postgres:
-                free = (
-                    select(AuditChainHead.id)
-                    .where(AuditChainHead.id.between(1, AUDIT_SHARDS))
-                    .order_by((AuditChainHead.id - shard + AUDIT_SHARDS) % AUDIT_SHARDS)
-                    .limit(1)
-                    .with_for_update(skip_locked=True)
-                    .scalar_subquery()
-                )
-                row: Any = session.execute(
-                    update(AuditChainHead).where(AuditChainHead.id == free)
-                    .values(seq=AuditChainHead.seq + 1).returning(*returning)
-                    .execution_options(synchronize_session=False)
-                ).one_or_none()
+                row: Any = connection.execute(statements.take_free_shard,
+                                              {"preferred": shard}).one_or_none()
                 if row is not None:
                     return _Slot(int(row[0]), int(row[1]), str(row[2]), int(row[3]))
-        bump = (
-            update(AuditChainHead)
-            .where(AuditChainHead.id == shard)
-            .values(seq=AuditChainHead.seq + 1)
-            .returning(*returning)
-            .execution_options(synchronize_session=False)
-        )
-        row = session.execute(bump).one_or_none()
+        bump = statements.bump_postgres if postgres else statements.bump
+        row = connection.execute(bump, {"shard": shard}).one_or_none()
         if row is None:
             # A database created without the migration's head rows: add every missing one
             # (so later appends spread over all shards). A concurrent creator makes our
@@ -191,7 +212,7 @@ class AuditLog:
                     session.flush()
             except IntegrityError:
                 pass
-            row = session.execute(bump).one()
+            row = session.connection().execute(bump, {"shard": shard}).one()
         seq = int(row[3]) if postgres else self._next_seq(session, postgres=False)
         return _Slot(int(row[0]), int(row[1]), str(row[2]), seq)
 
@@ -208,27 +229,21 @@ class AuditLog:
         """Insert the record and move its shard's head to it, in the caller's transaction.
 
         On PostgreSQL both are one statement (the INSERT a data-modifying CTE of the head's
-        UPDATE: one round trip, and atomic: neither happens without the other); the row is
-        then added to the session as the ORM's own INSERT would have left it. SQLite has no
-        DML in a CTE: two statements.
+        UPDATE: one round trip, and atomic: neither happens without the other). SQLite has
+        no DML in a CTE: two statements. Either way the row is then added to the session as
+        the ORM's own INSERT would have left it (persistent, nothing left to flush).
         """
-        row = AuditEvent(**values, shard=slot.shard, shard_seq=slot.shard_seq)
-        move_head = (
-            update(AuditChainHead)
-            .where(AuditChainHead.id == slot.shard)
-            .values(head_hash=values["hash"])
-            .execution_options(synchronize_session=False)
-        )
-        if session.get_bind().dialect.name != "postgresql":
-            session.add(row)
-            session.execute(move_head)
-            session.flush()
-            return row
+        columns = {**values, "shard": slot.shard, "shard_seq": slot.shard_seq}
+        bound = {"v_" + name: value for name, value in columns.items()}
+        head = {"head_shard": slot.shard, "head_hash": values["hash"]}
         session.flush()  # whatever the caller has pending goes first, as with the ORM's INSERT
-        record = insert(cast(Table, AuditEvent.__table__)).values(
-            {**values, "shard": slot.shard, "shard_seq": slot.shard_seq}
-        ).cte("audit_record")
-        session.execute(move_head.add_cte(record))
+        connection = session.connection()
+        if session.get_bind().dialect.name == "postgresql":
+            connection.execute(_STATEMENTS.insert_and_move_head, {**bound, **head})
+        else:
+            connection.execute(_STATEMENTS.insert, bound)
+            connection.execute(_STATEMENTS.move_head, head)
+        row = AuditEvent(**columns)
         make_transient_to_detached(row)
         session.add(row)
         return row
