@@ -154,9 +154,12 @@ def _row_values(record: AuditRecord, *, seq: int, prev_hash: str, now: int,
         "prev_hash": prev_hash,
     }
     # Hash exactly what the database will hand back: a JSON round trip normalises tuples,
-    # non-string keys and the like, so verify() recomputes the same bytes.
-    values = json.loads(canonical_json(values))
-    values["hash"] = record_hash(values)
+    # non-string keys and the like, so verify() recomputes the same bytes. Canonical JSON is a
+    # fixed point of that round trip, and `values` holds exactly the hashed columns, so the one
+    # text is both what is parsed back and what `record_hash` would hash.
+    text = canonical_json(values)
+    values = json.loads(text)
+    values["hash"] = hashlib.sha256(text.encode("ascii")).hexdigest()
     return values
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import json
 import re
@@ -239,11 +240,22 @@ def _assertion_client(
     return client
 
 
+#: Registered `jwks` documents imported, by their exact content (canonical JSON): a client's
+#: changed keys are another entry, never the old one's answer. Bounded; imports that fail are
+#: not kept (the error is raised again each time).
+IMPORTED_JWKS_MAX = 256
+
+
+@functools.lru_cache(maxsize=IMPORTED_JWKS_MAX)
+def _imported_jwks(document: str) -> KeySet:
+    return KeySet.import_key_set(json.loads(document))
+
+
 def _client_keys(client: OAuthClient, cache: JwksCache) -> KeySet:
     md = client.row.client_metadata
     try:
         if "jwks" in md:
-            return KeySet.import_key_set(md["jwks"])
+            return _imported_jwks(json.dumps(md["jwks"], sort_keys=True, separators=(",", ":")))
         uri = md["jwks_uri"]
     except (JoseError, ValueError, KeyError, TypeError) as e:
         raise InvalidClientError("Client authentication failed",

@@ -21,9 +21,10 @@ agent may do nothing until an admin allowlists platforms and actions for it.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -99,11 +100,21 @@ class _PolicyInfo:
     reason: str | None
 
 
+#: Parsed entity sets kept per loaded policy set (`_Loaded.entities`).
+ENTITIES_CACHE_SIZE = 1024
+
+
 @dataclass(frozen=True)
 class _Loaded:
     schema: cedarpy.Schema
     policies: cedarpy.PolicySet
     info: Mapping[str, _PolicyInfo]  # Cedar's positional id (policy0, ...) -> our annotations
+    #: Entity-set JSON -> the Cedar handle parsed from exactly that text against `schema`
+    #: (as `is_authorized` would parse it, action groups included), so a user and platform
+    #: asked about again are not parsed again. Keyed by the whole text: any attribute that
+    #: differs is another entry. A reload builds a new `_Loaded`, so a new cache. Parse errors
+    #: are raised, never kept.
+    entities: Callable[[str], cedarpy.Entities]
 
 
 def _load(policy_dir: Path) -> _Loaded:
@@ -136,7 +147,13 @@ def _load(policy_dir: Path) -> _Loaded:
         raise PolicyLoadError("templates (?principal/?resource slots) are not supported")
     if not cedarpy.validate_policies(combined, schema).validation_passed:
         raise PolicyLoadError("the combined policy set does not validate")
-    return _Loaded(schema=schema, policies=policies, info=_annotations(tree.static_policies))
+
+    @functools.lru_cache(maxsize=ENTITIES_CACHE_SIZE)
+    def entities(text: str) -> cedarpy.Entities:
+        return cedarpy.Entities.from_json_str(text, schema)
+
+    return _Loaded(schema=schema, policies=policies, info=_annotations(tree.static_policies),
+                   entities=entities)
 
 
 def _annotations(static_policies: Mapping[str, Any]) -> dict[str, _PolicyInfo]:
@@ -213,7 +230,15 @@ class PolicyEngine:
             "context": _context(request, within, approved),
         }
         try:
-            result = cedarpy.is_authorized(cedar_request, loaded.policies, _entities(request),
+            text = json.dumps(_entities(request), sort_keys=True)
+            entities: cedarpy.Entities | str
+            try:
+                entities = loaded.entities(text)
+            except ValueError:
+                # Entities the schema refuses: Cedar's own answer for them (an evaluation
+                # error, a deny), as without the cache.
+                entities = text
+            result = cedarpy.is_authorized(cedar_request, loaded.policies, entities,
                                            schema=loaded.schema)
             decision = result.decision
             reasons = list(result.diagnostics.reasons)

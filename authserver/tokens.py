@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from authserver.config import JWT_LEEWAY
@@ -134,6 +134,27 @@ def verify_access_token(
     return claims
 
 
+# The liveness checks' statements, built once (issue 18): a statement built per call costs its
+# construction and its cache key every time (SQLAlchemy memoizes the key on the object), and
+# `Session.get` builds its SELECT per call too. Core columns where no ORM object is wanted.
+_REVOKED = RevokedToken.__table__.c
+_REVOKED_JTI = select(_REVOKED.jti, _REVOKED.expires_at).where(
+    _REVOKED.jti == bindparam("jti"))
+_WITHDRAWN = AgentRevocation.__table__.c
+_WITHDRAWN_BEFORE = select(_WITHDRAWN.revoked_before).where(
+    _WITHDRAWN.user_id == bindparam("user_id"),
+    _WITHDRAWN.agent_id.in_(bindparam("agents", expanding=True)))
+_USER_BY_ID = select(User).where(User.id == bindparam("user_id"))
+
+
+def _load_user(session: Session, user_id: str) -> User | None:
+    """`session.get(User, user_id)`: the session's own object when its identity map holds it
+    (a caller may have loaded it ahead, authserver.gateway), else one prebuilt SELECT."""
+    if session.identity_map.get(Session.identity_key(User, user_id)) is not None:
+        return session.get(User, user_id)
+    return session.execute(_USER_BY_ID, {"user_id": user_id}).scalar_one_or_none()
+
+
 def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | None = None,
                      client_exists: Callable[[str], bool] | None = None) -> User | None:
     """Revocation: the jti, its grant, its client, its user (deprovisioning epoch).
@@ -145,7 +166,7 @@ def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | N
     the caller need not load it again: the session's identity map holds it only while
     someone does. Raises `TokenNotLiveError`.
     """
-    if session.get(RevokedToken, claims["jti"]) is not None:
+    if session.execute(_REVOKED_JTI, {"jti": claims["jti"]}).first() is not None:
         raise TokenNotLiveError("revoked")
     gid = claims.get("gid")
     if gid is not None:
@@ -159,7 +180,7 @@ def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | N
     if not exists:
         raise TokenNotLiveError("client deleted")
     if claims["sub"] != claims["client_id"]:
-        user = session.get(User, claims["sub"])
+        user = _load_user(session, claims["sub"])
         if user is None or not user.active:
             raise TokenNotLiveError("user inactive")
         valid_after = user.tokens_valid_after if epoch is None else max(
@@ -169,9 +190,9 @@ def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | N
             raise TokenNotLiveError("issued before the user's revocation epoch")
         # Every agent the token acts through (its client and each actor of `act`): withdrawing
         # one that delegated stops the agents it delegated to as well.
-        agents = {claims["client_id"], *_actors(claims.get("act"))}
-        withdrawn = session.scalars(select(AgentRevocation.revoked_before).where(
-            AgentRevocation.user_id == claims["sub"], AgentRevocation.agent_id.in_(agents)))
+        agents = sorted({claims["client_id"], *_actors(claims.get("act"))})
+        withdrawn = session.execute(_WITHDRAWN_BEFORE, {
+            "user_id": claims["sub"], "agents": agents}).scalars()
         if any(claims["iat"] <= revoked_before for revoked_before in withdrawn):
             raise TokenNotLiveError("the user withdrew this agent")
         return user

@@ -3,7 +3,8 @@
 Stand-alone script, not a test. Usage:
 
     python bench/bench_exchange.py [--out result.json] [--duration 8] [--workers 5]
-                                   [--profile-n 300]
+                                   [--profile-n 300] [--profile-only] [--pstats FILE]
+                                   [--profile-clock wall|cpu]
 
 Set-up, only through the product's interfaces: the test IdP and Acme CRM
 (authserver.testing) on loopback in this process; authserver under gunicorn (gthread,
@@ -19,8 +20,11 @@ beforehand and fed to wrk one per request, at concurrency 4 and 16. The per-user
 rate limits are raised in the config so they count (Redis INCRs still run) but do not refuse.
 
 Profiled: one app instance in-process (create_app + Flask test client, same config, database
-and Redis) for --profile-n sequential exchanges under cProfile; reported as time per exchange
-by stage and self time by component.
+and Redis) for --profile-n sequential exchanges: unprofiled latency and CPU per exchange
+(process_time over the loop, and each request's thread_time, whose median a garbage collection
+or a preemption hardly moves), then CPU µs per stage (thread_time around each, no profiler),
+then under cProfile (wall clock, or --profile-clock cpu: waits left out) as time per exchange
+by stage and self time by component. --profile-only skips the wrk runs.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ from common import (  # noqa: E402
     Gunicorn,
     ProofMaker,
     authserver_cli,
+    cpu_timed,
     free_port,
     fresh_postgres,
     machine,
@@ -381,7 +386,72 @@ def component_times(stats: pstats.Stats) -> dict[str, float]:
     return dict(totals)
 
 
-def profile(config_path: Path, agent: Agent, user_assertion: str, n: int) -> dict[str, Any]:
+def cpu_stage_targets() -> list[tuple[Any, str, str]]:
+    """(namespace, attribute, label) of the exchange's stages, for CPU timing without a
+    profiler: a module's name where the caller looks it up, or a class's method."""
+    import authserver.client_auth as client_auth
+    import authserver.grants.token_exchange as grant
+    import authserver.grants.token_exchange.agent as agent
+    import authserver.grants.token_exchange.exchange as exchange
+    import authserver.http.oauth as view
+    import authserver.token_endpoint.pipeline as pipeline
+    from authserver.grants.token_exchange.agent import AgentExchange
+    from authserver.grants.token_exchange.outcome import ExchangeAudit
+
+    return [
+        (view, "token_request", "view: token_request (form, TokenRequest)"),
+        (pipeline, "handle", "pipeline.handle (steps + grant)"),
+        (pipeline, "throttle_address", "  pipeline: throttle_address (Redis)"),
+        (client_auth, "_private_key_jwt", "  client auth: private_key_jwt"),
+        (client_auth, "_client_keys", "    client keys (JWKS import)"),
+        (client_auth, "_verify_client_assertion", "    client assertion: JWS verify"),
+        (pipeline, "throttle_client", "  pipeline: throttle_client (Redis)"),
+        (grant.TokenExchangeGrant, "issue", "  grant.issue (incl. audit)"),
+        (agent, "check_dpop", "    DPoP proof (incl. replay SET NX)"),
+        (exchange, "verify_access_token", "    user assertion: verify_access_token"),
+        (exchange, "check_token_live", "    user assertion: check_token_live (3 SQL)"),
+        (AgentExchange, "check_delegation", "    check_delegation"),
+        (AgentExchange, "check_intent", "    intent parse"),
+        (AgentExchange, "subject_mandate", "    mandate parse"),
+        (AgentExchange, "check_policy", "    Cedar policy decision"),
+        (AgentExchange, "check_rate_limit", "    rate limits (Redis)"),
+        (AgentExchange, "check_connection", "    connection lookup (SQL)"),
+        (agent, "issue_access_token", "    capability token: build + sign"),
+        (ExchangeAudit, "_audit", "    audit append (2 SQL)"),
+        (view, "commit", "view: commit"),
+    ]
+
+
+def cpu_stages(client: Any, batch: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """CPU µs per exchange by stage (time.thread_time_ns around each, no profiler): waits on
+    PostgreSQL and Redis drop out, their syscalls stay. Stages nest (indented)."""
+    spent: dict[str, int] = defaultdict(int)
+    originals = []
+
+    for owner, name, label in cpu_stage_targets():
+        originals.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, cpu_timed(getattr(owner, name), label, spent))
+    try:
+        started = time.thread_time_ns()
+        for proof, body in batch:
+            resp = client.post("/token", data=body, headers={"DPoP": proof, "Content-Type": FORM})
+            assert resp.status_code == 200
+        total = time.thread_time_ns() - started
+    finally:
+        for owner, name, original in originals:
+            if original is None:  # inherited: the base class's own is back in view
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+    n = len(batch)
+    rows = [{"stage": "everything (test client + request)", "cpu_us": total / n / 1000}]
+    rows += [{"stage": label, "cpu_us": spent[label] / n / 1000}
+             for _o, _n, label in cpu_stage_targets()]
+    return rows
+
+
+def profile(config_path: Path, agent: Agent, user_assertion: str, n: int,
+            pstats_path: str | None = None, cpu_clock: bool = False) -> dict[str, Any]:
     from authserver import create_app
     from authserver.observability import configure_logging
 
@@ -400,20 +470,33 @@ def profile(config_path: Path, agent: Agent, user_assertion: str, n: int) -> dic
         resp = client.post("/token", data=body, headers={"DPoP": proof, "Content-Type": FORM})
         assert resp.status_code == 200, resp.get_data(as_text=True)
 
-    # Unprofiled latency first (cProfile inflates Python-heavy code).
-    plain = []
-    for proof, body in requests_for(n):
-        t0 = time.perf_counter()
+    # Unprofiled latency first (cProfile inflates Python-heavy code). CPU time too: this
+    # process's (time.process_time; PostgreSQL and Redis are other processes, the IdP and CRM
+    # threads idle), which depends far less on the machine's load than the latency does.
+    # Per request, this thread's CPU (thread_time) as well: its median shrugs off a garbage
+    # collection or a preemption that lands in one request.
+    plain, cpu_each = [], []
+    batch = requests_for(n)
+    cpu_start = time.process_time()
+    for proof, body in batch:
+        t0, c0 = time.perf_counter(), time.thread_time()
         resp = client.post("/token", data=body, headers={"DPoP": proof, "Content-Type": FORM})
+        cpu_each.append((time.thread_time() - c0) * 1000)
         plain.append((time.perf_counter() - t0) * 1000)
         assert resp.status_code == 200
+    cpu_ms = (time.process_time() - cpu_start) / n * 1000
+    stage_cpu = cpu_stages(client, requests_for(n))
     batch = requests_for(n)
-    profiler = cProfile.Profile()
+    # `cpu`: the profiler's clock is this thread's CPU time, so waits on PostgreSQL and Redis
+    # drop out and what is left is what the worker spends.
+    profiler = cProfile.Profile(time.thread_time) if cpu_clock else cProfile.Profile()
     profiler.enable()
     for proof, body in batch:
         resp = client.post("/token", data=body, headers={"DPoP": proof, "Content-Type": FORM})
         assert resp.status_code == 200
     profiler.disable()
+    if pstats_path:
+        profiler.dump_stats(pstats_path)
     app.extensions["authserver"].db.engine.dispose()
     configure_logging(app.extensions["authserver"].settings.log_level)
     devnull.close()
@@ -433,6 +516,10 @@ def profile(config_path: Path, agent: Agent, user_assertion: str, n: int) -> dic
         "n": n,
         "unprofiled_ms": {"p50": statistics.median(plain), "mean": statistics.fmean(plain),
                           "p99": plain[min(len(plain) - 1, round(0.99 * (len(plain) - 1)))]},
+        "unprofiled_cpu_ms_per_exchange": cpu_ms,
+        "unprofiled_thread_cpu_ms": {"p50": statistics.median(cpu_each),
+                                     "min": min(cpu_each)},
+        "cpu_stages": stage_cpu,
         "profiled_total_ms_per_exchange": total / n * 1000,
         "stages": stages,
         "components": [{"component": c, "ms/exchange": t / n * 1000,
@@ -453,6 +540,11 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=8, help="seconds per wrk run")
     parser.add_argument("--workers", type=int, default=5, help="gunicorn workers")
     parser.add_argument("--profile-n", type=int, default=300, help="exchanges to profile")
+    parser.add_argument("--profile-only", action="store_true",
+                        help="skip the wrk runs (gunicorn still serves the set-up)")
+    parser.add_argument("--pstats", help="also write the cProfile stats to this file")
+    parser.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
+                        help="cProfile's clock: wall (waits included) or this thread's CPU")
     args = parser.parse_args()
     # The in-process IdP and CRM (werkzeug) would print one line per request.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -470,21 +562,32 @@ def main() -> None:
                           log_path=wd / "gunicorn.log") as srv:
                 sign_in_and_connect(issuer)
                 user_assertion = edge_mint(issuer, idp, edge, agent)
-                runs = load(srv, agent, user_assertion, args.duration, wd, db_url)
-                audit = audit_check(issuer, settings["admin_token"])
-            prof = profile(config_path, agent, user_assertion, args.profile_n)
+                runs: list[dict[str, Any]] = []
+                audit: dict[str, Any] = {}
+                if not args.profile_only:
+                    runs = load(srv, agent, user_assertion, args.duration, wd, db_url)
+                    audit = audit_check(issuer, settings["admin_token"])
+            prof = profile(config_path, agent, user_assertion, args.profile_n, args.pstats,
+                           cpu_clock=args.profile_clock == "cpu")
         finally:
             for server in reversed(servers):
                 server.stop()
 
-    print_table(f"Agent exchange (read intent → capability), gunicorn -w {args.workers} "
-                f"(gthread) + PostgreSQL + Redis, wrk {args.duration}s per row", runs,
-                ["concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "ok", "bad",
-                 "server_cpu_ms_per_req", "pg_busy_backends_mean", "pg_lock_waiters_mean"])
-    print(f"audit chain after the runs: {audit}")
+    if runs:
+        print_table(f"Agent exchange (read intent → capability), gunicorn -w {args.workers} "
+                    f"(gthread) + PostgreSQL + Redis, wrk {args.duration}s per row", runs,
+                    ["concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "ok", "bad",
+                     "server_cpu_ms_per_req", "pg_busy_backends_mean", "pg_lock_waiters_mean"])
+        print(f"audit chain after the runs: {audit}")
     print(f"\nIn-process, one app instance, {prof['n']} sequential exchanges: unprofiled p50 "
           f"{prof['unprofiled_ms']['p50']:.2f} ms, mean {prof['unprofiled_ms']['mean']:.2f} ms; "
-          f"under cProfile {prof['profiled_total_ms_per_exchange']:.2f} ms/exchange")
+          f"CPU {prof['unprofiled_cpu_ms_per_exchange']:.2f} ms/exchange (process_time, "
+          f"test client included), per exchange p50 "
+          f"{prof['unprofiled_thread_cpu_ms']['p50']:.2f} ms (thread_time); under cProfile "
+          f"{prof['profiled_total_ms_per_exchange']:.2f} ms/exchange")
+    print("\nCPU µs per exchange by stage (thread_time around each, no profiler; nested)")
+    for row in prof["cpu_stages"]:
+        print(f"{row['cpu_us']:9.1f}  {row['stage']}")
     print_table("Where the time goes: stages (inclusive, under cProfile)", prof["stages"],
                 ["stage", "ms/exchange", "% of total"])
     print_table("Where the time goes: self time by component (builtins charged to caller)",

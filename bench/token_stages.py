@@ -30,7 +30,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_token_endpoint import BODY, NO_TOKEN_LIMITS
-from common import REDIS_URL, ProofMaker, fresh_postgres, make_proofs, redis_prefix, workdir
+from common import (
+    REDIS_URL,
+    ProofMaker,
+    cpu_timed,
+    fresh_postgres,
+    make_proofs,
+    redis_prefix,
+    workdir,
+)
 
 PIPELINE_STEPS = ("check_body_parameters", "select_grant", "restrict_parameters",
                   "throttle_address", "authenticate_client", "throttle_client",
@@ -42,13 +50,7 @@ spent: collections.Counter[str] = collections.Counter()
 
 
 def timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
-    def call(*args: Any, **kwargs: Any) -> Any:
-        started = time.thread_time_ns()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            spent[label] += time.thread_time_ns() - started
-    return call
+    return cpu_timed(fn, label, spent)
 
 
 def wrap(module: Any, name: str, label: str | None = None) -> None:

@@ -458,3 +458,20 @@ def test_refused_unauthenticated_counts_with_closed_labels(db: Database) -> None
         (before[0] + 1, before[1] + 1)
     with db.session() as session:
         assert session.scalar(select(AuditEvent.seq).limit(1)) is None
+
+
+def test_row_hash_is_the_record_hash_of_what_the_database_hands_back() -> None:
+    # Issue 18: `_row_values` hashes its one canonical text; that is `record_hash` of the
+    # values as read back (tuples, non-string keys and floats normalised by JSON).
+    from authserver.audit import record_hash
+    from authserver.audit_records import _row_values
+
+    record = AuditRecord(event="token_exchange", outcome="allowed", user_id="u", agent_id="a",
+                         actor_chain=["a", "b"], intent={"action": "read", "count": 2,
+                                                         "context": {"request": "é ✓"}},
+                         policy_ids=["p1"], within_mandate=True,
+                         detail={"n": 1.5, 7: ("x", None), "nested": {"b": [1, 2]}})
+    values = _row_values(record, seq=3, prev_hash="0" * 64, now=1_700_000_000)
+    assert values["hash"] == record_hash(values)
+    assert json.loads(json.dumps(values)) == values
+

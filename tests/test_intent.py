@@ -135,6 +135,19 @@ def test_intent_hash_changes_with_any_field() -> None:
         assert other is not None and other.hash() != base.hash()
 
 
+def test_intent_hash_is_computed_once_and_is_no_field() -> None:
+    # Issue 18: the hash is kept on the (frozen) value after its first use; it takes no part
+    # in equality or repr, and an equal intent parsed again hashes the same.
+    intent = parse_param(param())
+    assert intent is not None
+    first = intent.hash()
+    assert intent.hash() is first
+    again = parse_param(param())
+    assert again == intent and again.hash() == first
+    assert "_hash" not in repr(intent) and first not in repr(intent)
+    assert intent == parse_param(param()) and hash(intent) == hash(again)
+
+
 # --- intent: one test per rejection -----------------------------------------------------------
 
 

@@ -189,6 +189,48 @@ def test_request_not_matching_schema_is_evaluation_error(engine: PolicyEngine) -
     assert decision.errors
 
 
+ROLE_GATED = ('@id("permit-acme-admins")\npermit (principal, action, resource)\n'
+              'when { principal.roles.contains("admin") && principal.tenant == "acme" '
+              '&& resource == Platform::"crm" };\n')
+
+
+def test_parsed_entities_are_reused_only_for_the_very_same_entities(tmp_path: Path) -> None:
+    # Issue 18: the entity set Cedar parses is kept by its whole JSON text. The same user and
+    # platform again is a hit; a changed role, tenant or platform is another entry, never the
+    # old one's answer.
+    engine = PolicyEngine.load(policy_dir(tmp_path, ROLE_GATED))
+    admin = case_request("read-deal-inside-mandate", roles=["admin"], tenant="acme",
+                         platform="crm")
+    assert engine.decide(admin).outcome == "allow"
+    assert engine.decide(admin).outcome == "allow"
+    cache = engine._loaded.entities.cache_info()  # type: ignore[attr-defined]
+    assert (cache.hits, cache.misses) == (1, 1)
+    assert engine.decide(dataclasses.replace(admin, roles=[])).reason == "no_permit"
+    assert engine.decide(dataclasses.replace(admin, tenant="other")).reason == "no_permit"
+    assert engine.decide(dataclasses.replace(admin, platform="tasks")).reason == "no_permit"
+    assert engine.decide(admin).outcome == "allow"
+
+
+def test_entities_the_schema_refuses_are_not_kept(engine: PolicyEngine) -> None:
+    request = case_request("read-deal-inside-mandate", roles=[1, 2])
+    before = engine._loaded.entities.cache_info().currsize  # type: ignore[attr-defined]
+    for _ in range(2):
+        assert engine.decide(request).reason == "evaluation_error"
+    assert engine._loaded.entities.cache_info().currsize == before  # type: ignore[attr-defined]
+
+
+def test_reload_starts_a_new_entities_cache(tmp_path: Path) -> None:
+    path = policy_dir(tmp_path, ROLE_GATED)
+    engine = PolicyEngine.load(path)
+    admin = case_request("read-deal-inside-mandate", roles=["admin"], tenant="acme",
+                         platform="crm")
+    assert engine.decide(admin).outcome == "allow"
+    (path / "policies.cedar").write_text(ROLE_GATED.replace('"admin"', '"owner"'))
+    engine.reload()
+    assert engine._loaded.entities.cache_info().currsize == 0  # type: ignore[attr-defined]
+    assert engine.decide(admin).reason == "no_permit"
+
+
 def test_engine_failure_is_temporarily_unavailable(engine: PolicyEngine,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*args: Any, **kwargs: Any) -> Any:

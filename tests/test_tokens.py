@@ -492,3 +492,46 @@ def test_checks_run_in_order_revoked_first(db: Database, now: int) -> None:
 def test_keyring_fixture_has_one_key(keyring: KeyRing, now: int) -> None:
     with keyring._db.session() as s:
         assert len(s.scalars(select(SigningKey)).all()) == 1
+
+
+# --- issue 18: prebuilt statements, the session's own objects -----------------------------------
+
+
+def test_a_user_the_session_holds_is_its_own_object_with_no_select(db: Database,
+                                                                   now: int) -> None:
+    """A caller that loaded the user ahead (the gateway) is answered from the identity map:
+    the same object, and no SELECT of users; one that did not gets the row, once."""
+    from sqlalchemy import event
+
+    seen: list[str] = []
+    event.listen(db.engine, "before_cursor_execute",
+                 lambda _c, _cur, statement, *_a: seen.append(statement))
+    with db.session() as s:
+        held = s.get(User, USER_ID)
+        seen.clear()
+        assert check_token_live(s, claims(now)) is held
+        assert not [q for q in seen if "FROM users" in q], seen
+    with db.session() as s:
+        seen.clear()
+        user = check_token_live(s, claims(now))
+        assert user is not None and user.id == USER_ID and s.get(User, USER_ID) is user
+        assert len([q for q in seen if "FROM users" in q]) == 1, seen
+
+
+def test_revocations_and_deactivation_pending_in_the_session_count(db: Database,
+                                                                   now: int) -> None:
+    """The checks read through the session (autoflush): what the same unit of work just
+    revoked, withdrew or deactivated is already dead."""
+    with db.session() as s:
+        revoke_access_token(s, claims(now))
+        with pytest.raises(TokenNotLiveError) as caught:
+            check_token_live(s, claims(now))
+        assert caught.value.reason == "revoked"
+        s.add(AgentRevocation(user_id=USER_ID, agent_id=AGENT, revoked_before=now))
+        with pytest.raises(TokenNotLiveError) as caught:
+            check_token_live(s, claims(now, jti="jti-2"))
+        assert caught.value.reason == "the user withdrew this agent"
+        s.get(User, USER_ID).active = False  # type: ignore[union-attr]
+        with pytest.raises(TokenNotLiveError) as caught:
+            check_token_live(s, claims(now, jti="jti-3"))
+        assert caught.value.reason == "user inactive"

@@ -93,7 +93,13 @@ class Intent:
                 "context": self.context.to_json()}
 
     def hash(self) -> str:
-        return sha256_b64url(_canonical_json(self.to_json()))
+        # Computed once per value (an exchange asks three times: Cedar's context, the token,
+        # the audit record); the value is frozen, and the cache is no field (eq, repr).
+        cached: str | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = sha256_b64url(_canonical_json(self.to_json()))
+            object.__setattr__(self, "_hash", cached)
+        return cached
 
     def to_authorization_details(self, location: str | None) -> dict[str, Any]:
         entry: dict[str, Any] = {"type": INTENT_TYPE, "actions": [self.action],

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy import bindparam, select
+
 from authserver import approvals
 from authserver.broker.connections import connect_uri, get_access_token
 from authserver.errors import (
@@ -27,10 +29,16 @@ from authserver.grants.token_exchange.exchange import (
     remaining_lifetime,
 )
 from authserver.intent import Intent, parse_intent
-from authserver.models.broker import CONNECTION_ACTIVE
+from authserver.models.broker import CONNECTION_ACTIVE, Connection
 from authserver.observability import POLICY_DECISIONS
 from authserver.policy import PolicyDecision, PolicyRequest
 from authserver.tokens import TokenRequestContext, issue_access_token
+
+#: Whether the user's connection at a platform is active: its id and status only (no ORM
+#: object of the whole row, tokens and all), one statement built once (issue 18).
+_CONNECTIONS = Connection.__table__.c
+_CONNECTION_STATUS = select(_CONNECTIONS.id, _CONNECTIONS.status).where(
+    _CONNECTIONS.user_id == bindparam("user_id"), _CONNECTIONS.platform == bindparam("platform"))
 
 
 class AgentExchange(DelegationSteps):
@@ -224,13 +232,9 @@ class AgentExchange(DelegationSteps):
                                          action_class=action_class, now=self.now)
 
     def check_connection(self, ex: Exchange) -> None:
-        from sqlalchemy import select
-
-        from authserver.models.broker import Connection
-
         assert ex.user is not None and ex.platform is not None
-        conn = self.db.scalars(select(Connection).where(
-            Connection.user_id == ex.user.id, Connection.platform == ex.platform)).first()
+        conn = self.db.execute(_CONNECTION_STATUS, {
+            "user_id": ex.user.id, "platform": ex.platform}).first()
         if conn is None or conn.status != CONNECTION_ACTIVE:
             raise ConnectionRequiredError(
                 "The user has no live connection to this platform",
