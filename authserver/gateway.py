@@ -127,10 +127,6 @@ class _Call:
     attempts: int = 0
 
 
-#: `Session.info` key under which `verify_capability` leaves `handle` what `_load_rows` read.
-_ROWS = "authserver.gateway.rows"
-
-
 @dataclass(frozen=True)
 class _Rows:
     """What `_load_rows` read for (`user_id`, `platform`): the user's connection there (None:
@@ -141,6 +137,15 @@ class _Rows:
     platform: str
     connection: Connection | None
     held: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Capability:
+    """A verified capability token: its claims, and the rows read with its liveness checks
+    (`rows`, None when nothing was read ahead: then `handle` reads the connection itself)."""
+
+    claims: dict[str, Any]
+    rows: _Rows | None = None
 
 
 def handle(services: Services, session: Session, req: GatewayRequest, *, now: int
@@ -154,10 +159,9 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
         platform = services.platforms.get(req.platform)
         if platform is None:
             raise InvalidTokenError("Unknown platform", algs=CHALLENGE_ALGS)
-        verify_capability(services, session, req, now=now, seen=call.claims)
-        rows = session.info.pop(_ROWS, None)
+        rows = verify_capability(services, session, req, now=now, seen=call.claims).rows
         call.intent = check_fits_intent(services, platform, req, call.claims, now=now)
-        if isinstance(rows, _Rows) and (rows.user_id, rows.platform) == (
+        if rows is not None and (rows.user_id, rows.platform) == (
                 call.claims["sub"], platform.name):
             conn = rows.connection
         else:
@@ -188,11 +192,11 @@ def handle(services: Services, session: Session, req: GatewayRequest, *, now: in
 
 
 def verify_capability(services: Services, session: Session, req: GatewayRequest, *, now: int,
-                      seen: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The capability token's claims, or an OAuthError. `seen` receives the claims as soon as
+                      seen: dict[str, Any] | None = None) -> Capability:
+    """The verified capability token, or an OAuthError. `seen` receives the claims as soon as
     token and proof verify, so a refusal after that (a dead token, another platform) is
     audited under its principal; a refusal before it is anonymous (not audited). The user's
-    connection at `req.platform`, read with the liveness rows, is left in `session.info`."""
+    connection at `req.platform`, read with the liveness rows, comes back with the claims."""
     settings = services.settings
     keyring = services.keyring
     resource = f"{settings.issuer}/gateway/{req.platform}"
@@ -214,8 +218,6 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
         seen.update(claims)
     _reads_in_autocommit(session)
     rows = _load_rows(session, claims, req.platform)
-    if rows is not None:
-        session.info[_ROWS] = rows
     try:
         check_token_live(session, claims)
     except TokenNotLiveError as e:
@@ -228,7 +230,7 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
     if claims.get("platform") != req.platform:
         raise InvalidTokenError("The token is for another platform", algs=CHALLENGE_ALGS,
                                 extra_params=prm)
-    return claims
+    return Capability(claims, rows)
 
 
 def _reads_in_autocommit(session: Session) -> None:

@@ -405,7 +405,7 @@ def handle_with_intent(services, platform, req, intent, handle):
 
     def verify(_services, _session, _req, *, now, seen):
         seen.update({"sub": USER, "client_id": "agent"})
-        return seen
+        return gateway.Capability(seen)
 
     original = (gateway.verify_capability, gateway.check_fits_intent)
     gateway.verify_capability = verify  # type: ignore[assignment]
