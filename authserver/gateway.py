@@ -24,10 +24,11 @@ and the platform's answer is not relayed); a refused call's record goes through
 
 Round trips (issue 18): on PostgreSQL the read unit runs in autocommit (`_reads_in_autocommit`:
 no BEGIN and no ROLLBACK; at READ COMMITTED each statement of a transaction sees its own
-snapshot anyway, so the checks read exactly what they read in one), and the user, the client
-and the connection come in one statement (`_load_rows`), which `check_token_live` then finds in
-the session instead of selecting each row again. Its checks, their order and their errors are
-unchanged: it still reads the revoked-token and agent-withdrawal rows itself.
+snapshot anyway, so the checks read exactly what they read in one), and everything the
+liveness checks need comes in one statement (`_load_rows`: whether the jti is revoked, the
+latest withdrawal of its agents, the user, the client, and the connection), which
+`check_token_live` is handed instead of reading it again. Its checks, their order and their
+errors are unchanged.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from typing import Any
 
 import requests
 import urllib3
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam
 from sqlalchemy.orm import Session
 
 from authserver.audit import AuditRecord, refused_unauthenticated
@@ -69,7 +70,15 @@ from authserver.resource import ResourceVerifier, protected_resource_metadata_ur
 from authserver.resource import protected_resource_metadata as _prm_document
 from authserver.services import Services
 from authserver.store import keys as store_keys
-from authserver.tokens import ACCEPTED_AT_TYPS, TokenNotLiveError, check_token_live
+from authserver.tokens import (
+    ACCEPTED_AT_TYPS,
+    LivenessRead,
+    TokenNotLiveError,
+    check_token_live,
+    liveness_params,
+    liveness_read,
+    liveness_select,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,13 +139,14 @@ class _Call:
 @dataclass(frozen=True)
 class _Rows:
     """What `_load_rows` read for (`user_id`, `platform`): the user's connection there (None:
-    there is none). `held` keeps the user and client rows alive while the checks run: the
-    session's identity map holds its objects weakly."""
+    there is none), what `check_token_live` needs (`liveness`, with the user row) and whether
+    the token's client exists."""
 
     user_id: str
     platform: str
     connection: Connection | None
-    held: tuple[Any, ...]
+    liveness: LivenessRead
+    client_found: bool
 
 
 @dataclass(frozen=True)
@@ -219,7 +229,11 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
     _reads_in_autocommit(session)
     rows = _load_rows(session, claims, req.platform)
     try:
-        check_token_live(session, claims)
+        if rows is None:
+            check_token_live(session, claims)
+        else:
+            check_token_live(session, claims, read=rows.liveness,
+                             client_exists=lambda _client_id: rows.client_found)
     except TokenNotLiveError as e:
         raise InvalidTokenError("The access token is no longer valid", debug=e.reason,
                                 algs=CHALLENGE_ALGS, extra_params=prm) from e
@@ -244,30 +258,31 @@ def _reads_in_autocommit(session: Session) -> None:
 
 
 #: `_load_rows`' statement, built once (building it and its cache key per call costs more than
-#: running it).
+#: running it): the liveness row (authserver.tokens.liveness_select: jti revoked, latest
+#: withdrawal, the user) with the client and the user's connection outer-joined. Always one
+#: row: a missing user, client or connection is a None in it.
 _ROWS_STATEMENT = (
-    select(User, Client, Connection).select_from(User)
-    .join(Client, Client.client_id == bindparam("client_id"))
+    liveness_select(Client.client_id, Connection)
+    .outerjoin(Client, Client.client_id == bindparam("client_id"))
     .outerjoin(Connection, (Connection.user_id == User.id)
                & (Connection.platform == bindparam("platform")))
-    .where(User.id == bindparam("user_id"))
 )
 
 
 def _load_rows(session: Session, claims: dict[str, Any], platform: str) -> _Rows | None:
-    """One statement for the user, the client and the user's connection at `platform`, so that
-    `check_token_live` finds the first two in the session (`Session.get` reads its identity
-    map before the database) and `handle` has the third. This only reads ahead: if the user or
-    the client is missing, nothing is loaded (None) and each check reads (and refuses) as
-    before."""
+    """One statement for everything `check_token_live` reads of a user's token (the jti, the
+    user, the withdrawals of its agents, whether its client exists) and the user's connection
+    at `platform`, which `handle` uses. None (nothing read: `check_token_live` reads itself)
+    for a token that is not a user's."""
     user_id, client_id = claims.get("sub"), claims.get("client_id")
-    if not isinstance(user_id, str) or not isinstance(client_id, str) or user_id == client_id:
+    if not isinstance(user_id, str) or not isinstance(client_id, str) or user_id == client_id \
+            or not isinstance(claims.get("jti"), str):
         return None
-    found = session.execute(_ROWS_STATEMENT, {"user_id": user_id, "client_id": client_id,
-                                              "platform": platform}).one_or_none()
-    if found is None:
-        return None
-    return _Rows(user_id, platform, found[2], tuple(found))
+    params = liveness_params(claims)
+    row = session.execute(_ROWS_STATEMENT, {**params, "client_id": client_id,
+                                            "platform": platform}).one()
+    return _Rows(user_id, platform, connection=row[4], liveness=liveness_read(params, row),
+                 client_found=row[3] is not None)
 
 
 def protected_resource_metadata(services: Services, platform: str) -> dict[str, Any]:

@@ -9,11 +9,11 @@ a caller: a token has `cnf.jkt` exactly when it was issued against a DPoP proof,
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import Select, bindparam, exists, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from authserver.config import JWT_LEEWAY
@@ -141,62 +141,143 @@ _REVOKED = RevokedToken.__table__.c
 _REVOKED_JTI = select(_REVOKED.jti, _REVOKED.expires_at).where(
     _REVOKED.jti == bindparam("jti"))
 _WITHDRAWN = AgentRevocation.__table__.c
-_WITHDRAWN_BEFORE = select(_WITHDRAWN.revoked_before).where(
-    _WITHDRAWN.user_id == bindparam("user_id"),
-    _WITHDRAWN.agent_id.in_(bindparam("agents", expanding=True)))
-_USER_BY_ID = select(User).where(User.id == bindparam("user_id"))
+
+# What a user's token needs of the database, in one row whatever exists (`liveness_select`):
+# whether its jti is revoked, the latest withdrawal (`revoked_before`) among its agents for its
+# user (NULL: none), and the user's row, outer-joined (None: no such user; its jti is still
+# seen, and refused first).
+_LIVE_REVOKED = exists().where(_REVOKED.jti == bindparam("jti")).label("live_revoked")
+_LIVE_WITHDRAWN = (
+    select(func.max(_WITHDRAWN.revoked_before))
+    .where(_WITHDRAWN.user_id == bindparam("user_id"),
+           _WITHDRAWN.agent_id.in_(bindparam("agents", expanding=True)))
+    .scalar_subquery().label("live_withdrawn_before"))
+_ONE_ROW = select(literal_column("1").label("one")).subquery("one")
 
 
-def _load_user(session: Session, user_id: str) -> User | None:
-    """`session.get(User, user_id)`: the session's own object when its identity map holds it
-    (a caller may have loaded it ahead, authserver.gateway), else one prebuilt SELECT."""
-    if session.identity_map.get(Session.identity_key(User, user_id)) is not None:
-        return session.get(User, user_id)
-    return session.execute(_USER_BY_ID, {"user_id": user_id}).scalar_one_or_none()
+def liveness_select(*also: Any) -> Select[Any]:
+    """The liveness statement: one row of (jti revoked, latest withdrawal, the user or None),
+    then `also`, which the caller outer-joins onto it (authserver.gateway adds the client and
+    the connection). Parameters: `liveness_params(claims)` and the caller's own; the row is
+    read back with `liveness_read`. Build it once, at import."""
+    return (select(_LIVE_REVOKED, _LIVE_WITHDRAWN, User, *also).select_from(_ONE_ROW)
+            .outerjoin(User, User.id == bindparam("user_id")))
+
+
+_LIVENESS = liveness_select()
+
+
+@dataclass(frozen=True)
+class LivenessRead:
+    """What `check_token_live` reads of the database for a user's token, in one statement
+    (`read_liveness`, or a caller's own built on `liveness_select`): whether the jti is
+    revoked, the user's row (None: there is none) and the latest withdrawal among its agents
+    (None: none). `params` are the bind parameters it was read with (`liveness_params`);
+    `check_token_live` uses it only for claims with those same parameters. It holds the user
+    row: the session's identity map holds its objects weakly."""
+
+    params: dict[str, Any]
+    revoked: bool
+    user: User | None
+    withdrawn_before: int | None
+
+
+def liveness_params(claims: dict[str, Any]) -> dict[str, Any]:
+    """The bind parameters of `liveness_select` for a user's token: `jti`, `user_id` and
+    `agents`, every agent the token acts through (its client and each actor of `act`:
+    withdrawing one that delegated stops the agents it delegated to as well).
+    A malformed `act` reads with the client alone: `check_token_live` refuses it ("claims")
+    where it always did, after the checks before it."""
+    return _params(claims, _agents(claims))
+
+
+def read_liveness(session: Session, claims: dict[str, Any]) -> LivenessRead:
+    """`LivenessRead` for a user's token, in one prebuilt statement."""
+    return _read(session, liveness_params(claims))
+
+
+def liveness_read(params: dict[str, Any], row: Sequence[Any]) -> LivenessRead:
+    """The `LivenessRead` in a row of a `liveness_select` statement run with `params`."""
+    return LivenessRead(params, bool(row[0]), row[2], row[1])
+
+
+def _params(claims: dict[str, Any], agents: list[str] | None) -> dict[str, Any]:
+    return {"jti": claims["jti"], "user_id": claims["sub"],
+            "agents": agents if agents is not None else [claims["client_id"]]}
+
+
+def _read(session: Session, params: dict[str, Any]) -> LivenessRead:
+    # An ORM statement: the session autoflushes first, so what this unit of work revoked,
+    # withdrew or deactivated counts.
+    return liveness_read(params, session.execute(_LIVENESS, params).one())
 
 
 def check_token_live(session: Session, claims: dict[str, Any], *, epoch: int | None = None,
-                     client_exists: Callable[[str], bool] | None = None) -> User | None:
-    """Revocation: the jti, its grant, its client, its user (deprovisioning epoch).
+                     client_exists: Callable[[str], bool] | None = None,
+                     read: LivenessRead | None = None) -> User | None:
+    """Revocation: the jti, its grant, its client, its user (deprovisioning epoch), its agents
+    (withdrawals). Checked in that order: the first that fails is the `TokenNotLiveError`.
 
+    A user's token is read in one statement (`read_liveness`: the jti, the user's row, the
+    withdrawals), unless the caller read that ahead in its own (`read`, authserver.gateway);
+    a `read` made for other claims is not used. A client's own token (`sub` = `client_id`)
+    reads only its jti. The grant, when the token names one, is read by itself.
     `epoch` overrides the user's `tokens_valid_after` (the caller may have it from the store).
     `client_exists` answers whether the token's client still exists (default: its row), for a
     caller that has the client already or a cache of them (authserver.client_cache).
     Returns the token's user row (live and active) when its `sub` is a user, else None, so
-    the caller need not load it again: the session's identity map holds it only while
-    someone does. Raises `TokenNotLiveError`.
+    the caller need not load it again. Raises `TokenNotLiveError`; a database error
+    propagates.
     """
-    if session.execute(_REVOKED_JTI, {"jti": claims["jti"]}).first() is not None:
+    if claims["sub"] == claims["client_id"]:
+        if session.execute(_REVOKED_JTI, {"jti": claims["jti"]}).first() is not None:
+            raise TokenNotLiveError("revoked")
+        _check_grant_and_client(session, claims, client_exists)
+        return None
+    agents = _agents(claims)
+    params = _params(claims, agents)
+    if read is None or read.params != params:
+        read = _read(session, params)
+    if read.revoked:
         raise TokenNotLiveError("revoked")
+    _check_grant_and_client(session, claims, client_exists)
+    user = read.user
+    if user is None or not user.active:
+        raise TokenNotLiveError("user inactive")
+    valid_after = user.tokens_valid_after if epoch is None else max(
+        epoch, user.tokens_valid_after
+    )
+    if valid_after and claims["iat"] <= valid_after:
+        raise TokenNotLiveError("issued before the user's revocation epoch")
+    if agents is None:
+        raise TokenNotLiveError("claims")
+    # Any withdrawal of one of its agents at or after its iat kills the token: the latest does.
+    if read.withdrawn_before is not None and claims["iat"] <= read.withdrawn_before:
+        raise TokenNotLiveError("the user withdrew this agent")
+    return user
+
+
+def _check_grant_and_client(session: Session, claims: dict[str, Any],
+                            client_exists: Callable[[str], bool] | None) -> None:
     gid = claims.get("gid")
     if gid is not None:
         grant = session.get(Grant, gid)
         if grant is None or grant.revoked_at is not None:
             raise TokenNotLiveError("grant revoked")
     if client_exists is None:
-        exists = session.get(Client, claims["client_id"]) is not None
+        found = session.get(Client, claims["client_id"]) is not None
     else:
-        exists = client_exists(claims["client_id"])
-    if not exists:
+        found = client_exists(claims["client_id"])
+    if not found:
         raise TokenNotLiveError("client deleted")
-    if claims["sub"] != claims["client_id"]:
-        user = _load_user(session, claims["sub"])
-        if user is None or not user.active:
-            raise TokenNotLiveError("user inactive")
-        valid_after = user.tokens_valid_after if epoch is None else max(
-            epoch, user.tokens_valid_after
-        )
-        if valid_after and claims["iat"] <= valid_after:
-            raise TokenNotLiveError("issued before the user's revocation epoch")
-        # Every agent the token acts through (its client and each actor of `act`): withdrawing
-        # one that delegated stops the agents it delegated to as well.
-        agents = sorted({claims["client_id"], *_actors(claims.get("act"))})
-        withdrawn = session.execute(_WITHDRAWN_BEFORE, {
-            "user_id": claims["sub"], "agents": agents}).scalars()
-        if any(claims["iat"] <= revoked_before for revoked_before in withdrawn):
-            raise TokenNotLiveError("the user withdrew this agent")
-        return user
-    return None
+
+
+def _agents(claims: dict[str, Any]) -> list[str] | None:
+    """Every agent a token acts through, sorted (None: its `act` chain is malformed)."""
+    try:
+        return sorted({claims["client_id"], *_actors(claims.get("act"))})
+    except TokenNotLiveError:
+        return None
 
 
 #: `act` nesting deeper than this is not from us (token exchange caps chains at 4).

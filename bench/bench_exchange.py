@@ -409,7 +409,7 @@ def cpu_stage_targets() -> list[tuple[Any, str, str]]:
         (grant.TokenExchangeGrant, "issue", "  grant.issue (incl. audit)"),
         (agent, "check_dpop", "    DPoP proof (incl. replay SET NX)"),
         (exchange, "verify_access_token", "    user assertion: verify_access_token"),
-        (exchange, "check_token_live", "    user assertion: check_token_live (3 SQL)"),
+        (exchange, "check_token_live", "    user assertion: check_token_live (1 SQL)"),
         (AgentExchange, "check_delegation", "    check_delegation"),
         (AgentExchange, "check_intent", "    intent parse"),
         (AgentExchange, "subject_mandate", "    mandate parse"),

@@ -1,5 +1,6 @@
 """The agent exchange's statements (issue 18 "Speed"), counted with an engine listener on
-SQLite and PostgreSQL: the user is loaded once, the caller's client and the assertion's
+SQLite and PostgreSQL: the user assertion's liveness (its jti, its user, the withdrawals of its
+agents) is one statement that loads the user once, the caller's client and the assertion's
 agent come from the registry cache (authserver.client_cache) while its generation holds, and
 on PostgreSQL the audit record and its shard's head move are one statement. Whether the
 checks still refuse (revoked, inactive user, withdrawn agent) is tests/test_grant_token_exchange;
@@ -84,6 +85,15 @@ def count(statements: list[str], prefix: str) -> int:
     return sum(1 for s in statements if s.startswith(prefix))
 
 
+#: How tokens.check_token_live's one statement starts: the jti, the withdrawals, the user.
+LIVENESS = "SELECT EXISTS (SELECT * FROM revoked_tokens"
+
+
+def users_loaded(statements: list[str]) -> int:
+    """Statements that read the users table (the liveness statement outer-joins it)."""
+    return sum(1 for s in statements if "FROM users" in s or "JOIN users" in s)
+
+
 def test_one_exchange_loads_the_user_once_and_no_client(
         services: Services, db: Session, statements: list[str]) -> None:
     agent, user = Agent(services), new_user(services, roles=[], groups=[])
@@ -93,15 +103,19 @@ def test_one_exchange_loads_the_user_once_and_no_client(
     statements.clear()
     body = exchange(services, db, agent.client_id, subject, agent.dpop)
     assert body["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
-    assert count(statements, "SELECT users.") == 1, statements
+    assert users_loaded(statements) == 1, statements
+    assert count(statements, LIVENESS) == 1, statements
+    assert not [s for s in statements if "FROM agent_revocations" in s
+                and not s.startswith(LIVENESS)], statements
     assert [s for s in statements if "FROM clients" in s] == []
     if services.db.engine.dialect.name == "postgresql":
-        # The jti, the user, the withdrawn agents, the connection; the shard's lock; the
-        # record with its head move.
+        # The assertion's liveness (jti, withdrawn agents, user) in one, the connection; the
+        # shard's lock; the record with its head move.
         assert [s.split(" ", 2)[:2] for s in statements] == [
-            ["SELECT", "revoked_tokens.jti,"], ["SELECT", "users.id,"],
-            ["SELECT", "agent_revocations.revoked_before"], ["SELECT", "connections.id,"],
+            ["SELECT", "EXISTS"], ["SELECT", "connections.id,"],
             ["UPDATE", "audit_chain_head"], ["WITH", "audit_record"]], statements
+        assert statements[0].startswith(LIVENESS), statements
+        assert "LEFT OUTER JOIN users" in statements[0], statements
         assert count(statements, "INSERT INTO audit_events") == 0
 
 
@@ -118,7 +132,8 @@ def test_the_assertions_agent_comes_from_the_cache_and_its_deletion_stops_it(
     statements.clear()
     exchange(services, db, other.client_id, subject, other.dpop)
     assert [s for s in statements if "FROM clients" in s] == []
-    assert count(statements, "SELECT users.") == 1, statements
+    assert users_loaded(statements) == 1, statements
+    assert count(statements, LIVENESS) == 1, statements
 
     with services.db.session() as session:  # a watched session: the generation moves
         session.delete(session.get(Client, agent.client_id))

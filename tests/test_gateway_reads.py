@@ -1,10 +1,11 @@
 """The gateway's read unit (issue 18): fewer round trips, the same checks.
 
-On SQLite and on PostgreSQL + Redis: one gateway GET reads the user, the client and the
-connection in one statement (`gateway._load_rows`), then only what `check_token_live` cannot
-find in the session (the revoked-token and agent-withdrawal rows); on PostgreSQL those reads
-run in autocommit and the audit record in an ordinary transaction. Each liveness refusal still
-refuses, with its error, and is audited under its principal.
+On SQLite and on PostgreSQL + Redis: one gateway GET reads in one statement
+(`gateway._load_rows`) everything `check_token_live` needs (whether the jti is revoked, the
+latest withdrawal of the token's agents, the user, the client) and the connection, and nothing
+else before the audit record; on PostgreSQL that read runs in autocommit and the audit record
+in an ordinary transaction. Each liveness refusal still refuses, with its error, in that one
+read, and is audited under its principal.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from authserver.agents import withdraw_agent
 from authserver.models import Client, User
 from authserver.models.audit import AuditEvent
 from authserver.models.broker import Connection
+from authserver.tokens import revoke_access_token
 from tests.conftest import REDIS_URL, fresh_postgres_database
 from tests.stack import Stack, correlation, intent, make_stack
 
@@ -99,19 +101,23 @@ def _statements(stack: Stack, send: Any) -> tuple[Any, list[tuple[str, bool | No
             [(s, a) for s, a in seen if "audit_" in s])
 
 
-def test_a_call_reads_user_client_and_connection_in_one_statement(stack: Stack) -> None:
+def _is_the_one_read(statement: str) -> bool:
+    """`gateway._ROWS_STATEMENT`: the jti and the withdrawals as subqueries, the user, the
+    client and the connection outer-joined onto one row."""
+    return (statement.startswith("SELECT EXISTS (SELECT * FROM revoked_tokens WHERE")
+            and "(SELECT max(agent_revocations.revoked_before)" in statement
+            and "LEFT OUTER JOIN users" in statement and "LEFT OUTER JOIN clients" in statement
+            and "LEFT OUTER JOIN connections" in statement)
+
+
+def test_a_call_reads_its_liveness_and_connection_in_one_statement(stack: Stack) -> None:
     token, key = _capability(stack, "alice")
     assert _call(stack, token, key)[0].status_code == 200  # warm: key ring, pools
     postgres = stack.services.db.engine.dialect.name == "postgresql"
     (resp, cid), reads, writes = _statements(stack, lambda: _call(stack, token, key))
     assert resp.status_code == 200, resp.text
-    assert len(reads) == 3, reads
-    joined = reads[0][0]
-    assert "FROM users JOIN clients" in joined and "LEFT OUTER JOIN connections" in joined
-    for table in ("users", "clients", "connections"):
-        assert not any(f"FROM {table} WHERE" in s for s, _ in reads[1:]), table
-    assert {s.split(" FROM ", 1)[1].split()[0] for s, _ in reads[1:]} == {
-        "revoked_tokens", "agent_revocations"}
+    assert len(reads) == 1, reads
+    assert _is_the_one_read(reads[0][0]), reads
     assert writes, "the audit record is written"
     if postgres:
         assert all(autocommit for _, autocommit in reads)
@@ -120,7 +126,10 @@ def test_a_call_reads_user_client_and_connection_in_one_statement(stack: Stack) 
 
 
 def _refused(stack: Stack, token: str, key: Any, status: int, error: str) -> AuditEvent:
-    resp, cid = _call(stack, token, key)
+    """A refused call, whose liveness refusal came from the one read (no other statement
+    before the audit record's)."""
+    (resp, cid), reads, _writes = _statements(stack, lambda: _call(stack, token, key))
+    assert len(reads) == 1 and _is_the_one_read(reads[0][0]), reads
     assert resp.status_code == status, resp.text
     assert resp.json()["error"] == error
     record = _record(stack, cid)
@@ -137,6 +146,15 @@ def test_a_withdrawn_agent_is_refused_and_audited(stack: Stack) -> None:
         withdraw_agent(session, user_id, agent.client_id, now=int(stack.clock()))
     record = _refused(stack, token, key, 401, "invalid_token")
     assert (record.user_id, record.agent_id) == (user_id, agent.client_id)
+
+
+def test_a_revoked_token_is_refused_and_audited(stack: Stack) -> None:
+    token, key = _capability(stack, "alice")
+    claims = stack.services.keyring.verify(token, typ="at+jwt", now=int(stack.clock()))
+    with stack.services.db.session() as session:
+        revoke_access_token(session, claims)
+    record = _refused(stack, token, key, 401, "invalid_token")
+    assert (record.user_id, record.token_jti) == (_user_id(stack, "alice"), claims["jti"])
 
 
 def test_a_deleted_client_is_refused_and_audited(stack: Stack) -> None:

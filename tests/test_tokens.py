@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, OctKey
-from sqlalchemy import select
+from sqlalchemy import bindparam, event, select
+from sqlalchemy.exc import DBAPIError
 
 from authserver.config import JWT_LEEWAY
 from authserver.db import Database
@@ -29,10 +30,14 @@ from authserver.tokens import (
     ACCESS_TOKEN_TYP,
     MAX_ACT_CHAIN,
     AccessToken,
+    LivenessRead,
     TokenNotLiveError,
     TokenRequestContext,
     check_token_live,
     issue_access_token,
+    liveness_params,
+    liveness_read,
+    liveness_select,
     revoke_access_token,
     verify_access_token,
 )
@@ -494,28 +499,203 @@ def test_keyring_fixture_has_one_key(keyring: KeyRing, now: int) -> None:
         assert len(s.scalars(select(SigningKey)).all()) == 1
 
 
-# --- issue 18: prebuilt statements, the session's own objects -----------------------------------
+# --- issue 18: one statement for the checks, the session's own objects ------------------------
 
 
-def test_a_user_the_session_holds_is_its_own_object_with_no_select(db: Database,
-                                                                   now: int) -> None:
-    """A caller that loaded the user ahead (the gateway) is answered from the identity map:
-    the same object, and no SELECT of users; one that did not gets the row, once."""
-    from sqlalchemy import event
-
+def statements_of(db: Database) -> list[str]:
+    """The statements `db`'s engine sends from now on (until the engine is disposed)."""
     seen: list[str] = []
     event.listen(db.engine, "before_cursor_execute",
-                 lambda _c, _cur, statement, *_a: seen.append(statement))
+                 lambda _c, _cur, statement, *_a: seen.append(" ".join(statement.split())))
+    return seen
+
+
+#: How the liveness statement starts (tokens.liveness_select): the jti, the withdrawals, then
+#: the user outer-joined.
+LIVENESS = "SELECT EXISTS (SELECT * FROM revoked_tokens"
+
+
+def one_statement_refusal(db: Database, token_claims: dict[str, Any], **kw: Any) -> str:
+    """`not_live`, and that the refusal took exactly one statement: the liveness one."""
+    seen = statements_of(db)
+    reason = not_live(db, token_claims, **kw)
+    assert len(seen) == 1 and seen[0].startswith(LIVENESS), seen
+    return reason
+
+
+def test_a_user_token_is_checked_in_one_statement(db: Database, now: int) -> None:
+    """The jti, the user and the withdrawals in one SELECT (the client is the caller's to
+    answer here); its user row comes back, the session's own object (the same one
+    `Session.get` then answers with, no SELECT)."""
+    seen = statements_of(db)
+    with db.session() as s:
+        user = check_token_live(s, claims(now, act={"sub": "agent-0"}),
+                                client_exists=lambda _c: True)
+        assert len(seen) == 1 and seen[0].startswith(LIVENESS), seen
+        assert "LEFT OUTER JOIN users" in seen[0]
+        assert user is not None and user.id == USER_ID and s.get(User, USER_ID) is user
+        assert len(seen) == 1, seen
     with db.session() as s:
         held = s.get(User, USER_ID)
         seen.clear()
-        assert check_token_live(s, claims(now)) is held
-        assert not [q for q in seen if "FROM users" in q], seen
+        assert check_token_live(s, claims(now), client_exists=lambda _c: True) is held
+        assert len(seen) == 1, seen
+
+
+def test_a_client_token_reads_only_its_jti(db: Database, now: int) -> None:
+    seen = statements_of(db)
+    live(db, claims(now, sub=AGENT), client_exists=lambda _c: True)
+    assert len(seen) == 1 and "FROM revoked_tokens" in seen[0], seen
+    assert "users" not in seen[0] and "agent_revocations" not in seen[0], seen
+
+
+def test_one_statement_refuses_a_revoked_jti(db: Database, now: int) -> None:
     with db.session() as s:
+        revoke_access_token(s, claims(now))
+    assert one_statement_refusal(db, claims(now), client_exists=lambda _c: True) == "revoked"
+
+
+def test_one_statement_refuses_a_revoked_jti_of_a_missing_user(db: Database, now: int) -> None:
+    """No user row: the statement still answers for the jti, refused first."""
+    token = claims(now, sub="usr_nobody")
+    with db.session() as s:
+        revoke_access_token(s, token)
+    assert one_statement_refusal(db, token, client_exists=lambda _c: True) == "revoked"
+
+
+def test_one_statement_refuses_a_missing_user(db: Database, now: int) -> None:
+    assert one_statement_refusal(db, claims(now, sub="usr_nobody"),
+                                 client_exists=lambda _c: True) == "user inactive"
+
+
+def test_one_statement_refuses_an_inactive_user(db: Database, now: int) -> None:
+    with db.session() as s:
+        s.get(User, USER_ID).active = False  # type: ignore[union-attr]
+    assert one_statement_refusal(db, claims(now), client_exists=lambda _c: True) == \
+        "user inactive"
+
+
+def test_one_statement_refuses_a_token_before_the_users_epoch(db: Database, now: int) -> None:
+    with db.session() as s:
+        s.get(User, USER_ID).tokens_valid_after = now  # type: ignore[union-attr]
+    assert one_statement_refusal(db, claims(now), client_exists=lambda _c: True) == \
+        "issued before the user's revocation epoch"
+
+
+def test_one_statement_refuses_a_withdrawn_agent(db: Database, now: int) -> None:
+    """The latest withdrawal among the token's agents decides: one at or after iat kills it,
+    whichever agent of the chain it is and however many earlier ones there are."""
+    with db.session() as s:
+        s.add(AgentRevocation(user_id=USER_ID, agent_id=AGENT, revoked_before=now - 10))
+        s.add(AgentRevocation(user_id=USER_ID, agent_id="agent-0", revoked_before=now))
+    chain = {"sub": "agent-0"}
+    assert one_statement_refusal(db, claims(now, act=chain),
+                                 client_exists=lambda _c: True) == "the user withdrew this agent"
+    live(db, claims(now + 1, act=chain))
+    live(db, claims(now))  # AGENT's own withdrawal is older than iat
+
+
+def test_a_malformed_act_chain_is_refused_where_it_always_was(db: Database, now: int) -> None:
+    """A malformed `act` is refused ("claims") only after the checks before the withdrawal
+    check: a revoked, inactive or pre-epoch token reports that first."""
+    bad = "agent-0"
+    with db.session() as s:
+        revoke_access_token(s, claims(now, jti="jti-revoked"))
+    assert not_live(db, claims(now, jti="jti-revoked", act=bad)) == "revoked"
+    assert not_live(db, claims(now, act=bad, sub="usr_nobody")) == "user inactive"
+    assert not_live(db, claims(now, act=bad), epoch=now) == \
+        "issued before the user's revocation epoch"
+    assert not_live(db, claims(now, act=bad)) == "claims"
+
+
+def test_a_pending_revocation_counts_in_one_statement(db: Database, now: int) -> None:
+    """What the same session just revoked is flushed before the one statement and counts."""
+    seen = statements_of(db)
+    with db.session() as s:
+        revoke_access_token(s, claims(now))
         seen.clear()
-        user = check_token_live(s, claims(now))
-        assert user is not None and user.id == USER_ID and s.get(User, USER_ID) is user
-        assert len([q for q in seen if "FROM users" in q]) == 1, seen
+        with pytest.raises(TokenNotLiveError) as caught:
+            check_token_live(s, claims(now), client_exists=lambda _c: True)
+        assert caught.value.reason == "revoked"
+        selects = [q for q in seen if q.startswith("SELECT")]
+        assert len(selects) == 1 and selects[0].startswith(LIVENESS), seen
+        assert any(q.startswith("INSERT INTO revoked_tokens") for q in seen), seen
+
+
+# A caller's own statement built on liveness_select (as authserver.gateway's): the client
+# outer-joined onto the liveness row.
+_WITH_CLIENT = liveness_select(Client.client_id).outerjoin(
+    Client, Client.client_id == bindparam("client_id"))
+
+
+def read_ahead(s: Any, token_claims: dict[str, Any]) -> tuple[LivenessRead, bool]:
+    params = liveness_params(token_claims)
+    row = s.execute(_WITH_CLIENT, {**params, "client_id": token_claims["client_id"]}).one()
+    return liveness_read(params, row), row[3] is not None
+
+
+@pytest.mark.parametrize("case", ["live", "revoked", "client deleted", "user missing",
+                                  "user inactive", "epoch", "withdrawn"])
+def test_a_read_ahead_decides_as_the_default_does(db: Database, now: int, case: str) -> None:
+    """`check_token_live(read=...)` with the caller's one statement: the same verdicts, in the
+    same order, and no statement of its own."""
+    token = claims(now, sub="usr_nobody" if case == "user missing" else USER_ID,
+                   client_id="agent-gone" if case == "client deleted" else AGENT)
+    with db.session() as s:
+        user = s.get(User, USER_ID)
+        assert user is not None
+        if case == "revoked":
+            revoke_access_token(s, token)
+        user.active = case != "user inactive"
+        user.tokens_valid_after = now if case == "epoch" else 0
+        if case == "withdrawn":
+            s.add(AgentRevocation(user_id=USER_ID, agent_id=AGENT, revoked_before=now))
+    expected = {"live": None, "revoked": "revoked", "client deleted": "client deleted",
+                "user missing": "user inactive", "user inactive": "user inactive",
+                "epoch": "issued before the user's revocation epoch",
+                "withdrawn": "the user withdrew this agent"}[case]
+    assert (not_live(db, token) if expected else live(db, token)) == expected
+    seen = statements_of(db)
+    with db.session() as s:
+        read, client_found = read_ahead(s, token)
+        seen.clear()
+        try:
+            result = check_token_live(s, token, read=read,
+                                      client_exists=lambda _c: client_found)
+        except TokenNotLiveError as e:
+            assert e.reason == expected
+        else:
+            assert expected is None and result is read.user and result is not None
+        assert seen == [], seen
+
+
+def test_a_read_ahead_for_other_claims_is_not_used(db: Database, now: int) -> None:
+    """A `read` made for another jti (or user, or agents) is not trusted: the checks read
+    their own."""
+    with db.session() as s:
+        revoke_access_token(s, claims(now, jti="jti-2"))
+    seen = statements_of(db)
+    with db.session() as s:
+        read, _found = read_ahead(s, claims(now))
+        assert not read.revoked
+        seen.clear()
+        with pytest.raises(TokenNotLiveError) as caught:
+            check_token_live(s, claims(now, jti="jti-2"), read=read,
+                             client_exists=lambda _c: True)
+        assert caught.value.reason == "revoked"
+        assert len(seen) == 1 and seen[0].startswith(LIVENESS), seen
+        read, _found = read_ahead(s, claims(now))
+        seen.clear()
+        check_token_live(s, claims(now, act={"sub": "agent-0"}), read=read,
+                         client_exists=lambda _c: True)
+        assert len(seen) == 1, seen
+
+
+def test_a_database_error_propagates(db: Database, now: int) -> None:
+    """Fail closed: a failed read is an error, never a verdict either way."""
+    AgentRevocation.__table__.drop(db.engine)
+    with db.session() as s, pytest.raises(DBAPIError):
+        check_token_live(s, claims(now), client_exists=lambda _c: True)
 
 
 def test_revocations_and_deactivation_pending_in_the_session_count(db: Database,
