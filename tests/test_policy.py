@@ -219,6 +219,29 @@ def test_entities_the_schema_refuses_are_not_kept(engine: PolicyEngine) -> None:
     assert engine._loaded.entities.cache_info().currsize == before  # type: ignore[attr-defined]
 
 
+def test_one_cached_entity_set_serves_concurrent_decisions(tmp_path: Path) -> None:
+    # gthread workers decide on several threads at once: the one parsed entity set the cache
+    # hands them all gives every thread the same clean answer (no error, no other outcome).
+    from concurrent.futures import ThreadPoolExecutor
+
+    engine = PolicyEngine.load(policy_dir(tmp_path, ROLE_GATED))
+    admin = case_request("read-deal-inside-mandate", roles=["admin"], tenant="acme",
+                         platform="crm")
+    other = dataclasses.replace(admin, roles=[])
+    assert engine.decide(admin).outcome == "allow"  # parsed and kept once, on this thread
+
+    def decide(i: int) -> tuple[str, str, tuple[str, ...]]:
+        decision = engine.decide(admin if i % 2 == 0 else other)
+        return decision.outcome, decision.reason, decision.errors
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(decide, range(400)))
+    assert set(answers[0::2]) == {("allow", answers[0][1], ())}
+    assert {outcome for outcome, _, _ in answers[1::2]} == {"deny"}
+    assert {reason for _, reason, _ in answers[1::2]} == {"no_permit"}
+    assert engine._loaded.entities.cache_info().currsize == 2  # type: ignore[attr-defined]
+
+
 def test_reload_starts_a_new_entities_cache(tmp_path: Path) -> None:
     path = policy_dir(tmp_path, ROLE_GATED)
     engine = PolicyEngine.load(path)
