@@ -23,6 +23,7 @@ store and on Redis.
 from __future__ import annotations
 
 import argparse
+import base64
 import logging
 import secrets
 import statistics
@@ -220,11 +221,21 @@ def validate_proof_cost() -> list[dict[str, Any]]:
     return rows
 
 
+def registered_client_headers(client: Any) -> dict[str, str]:
+    """Register a client_credentials client (client_secret_basic) through `client`, a Flask
+    test client, and return the headers of its token requests."""
+    reg = client.post("/register", json={
+        "grant_types": ["client_credentials"],
+        "token_endpoint_auth_method": "client_secret_basic"}).get_json()
+    basic = base64.b64encode(f"{reg['client_id']}:{reg['client_secret']}".encode()).decode()
+    return {"Authorization": f"Basic {basic}",
+            "Content-Type": "application/x-www-form-urlencoded"}
+
+
 def in_process_cost(n: int = IN_PROCESS_REQUESTS) -> list[dict[str, Any]]:
     """CPU per client_credentials request inside one app instance (Flask test client, SQLite,
     embedded store), with and without a DPoP proof: the server-side cost of DPoP at /token
     without HTTP, other processes or the load generator in the measurement."""
-    import base64
     import os
 
     from authserver import create_app
@@ -239,12 +250,7 @@ def in_process_cost(n: int = IN_PROCESS_REQUESTS) -> list[dict[str, Any]]:
         logging.getLogger("authserver.store.memory").setLevel(logging.ERROR)
         configure_logging("INFO", stream=devnull)
         client = app.test_client()
-        reg = client.post("/register", json={
-            "grant_types": ["client_credentials"],
-            "token_endpoint_auth_method": "client_secret_basic"}).get_json()
-        basic = base64.b64encode(f"{reg['client_id']}:{reg['client_secret']}".encode()).decode()
-        headers = {"Authorization": f"Basic {basic}",
-                   "Content-Type": "application/x-www-form-urlencoded"}
+        headers = registered_client_headers(client)
         maker = ProofMaker()
         samples: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
         # Interleaved rounds, the first pair a warm-up; the minimum is the least disturbed.

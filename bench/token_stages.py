@@ -17,7 +17,6 @@ named stages is Flask, Werkzeug and the view's response.
 from __future__ import annotations
 
 import argparse
-import base64
 import collections
 import os
 import secrets
@@ -29,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_token_endpoint import BODY, NO_TOKEN_LIMITS
+from bench_token_endpoint import BODY, NO_TOKEN_LIMITS, registered_client_headers
 from common import (
     REDIS_URL,
     ProofMaker,
@@ -95,12 +94,7 @@ def main() -> None:
                           "redis_key_prefix": prefix})
         configure_logging("INFO", stream=devnull)  # the access log is written, to /dev/null
         client = app.test_client()
-        reg = client.post("/register", json={
-            "grant_types": ["client_credentials"],
-            "token_endpoint_auth_method": "client_secret_basic"}).get_json()
-        basic = base64.b64encode(f"{reg['client_id']}:{reg['client_secret']}".encode()).decode()
-        headers = {"Authorization": f"Basic {basic}",
-                   "Content-Type": "application/x-www-form-urlencoded"}
+        headers = registered_client_headers(client)
         wrap_hooks(app)
         app.wsgi_app = timed(app.wsgi_app, "flask wsgi_app (the whole request)")  # type: ignore
         maker = ProofMaker()

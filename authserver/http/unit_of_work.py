@@ -44,7 +44,7 @@ def end_reads() -> None:
     and, on SQLite, the read lock those transactions would wait on. Only for a request that has
     written nothing: pending writes are a bug, refused loudly rather than dropped."""
     session = g.db
-    if session.new or session.dirty or session.deleted:
+    if _pending(session):
         raise RuntimeError("end_reads() with unflushed writes: commit() them or drop them")
     session.rollback()
 
@@ -53,7 +53,12 @@ def _has_work(session: Session) -> bool:
     """Whether the session has begun a transaction or holds unflushed changes. A session that
     has neither has nothing a COMMIT or ROLLBACK could keep or undo; skipping it saves
     SQLAlchemy's autobegin-and-commit of an empty transaction (about 60 µs per request)."""
-    return session.in_transaction() or bool(session.new or session.dirty or session.deleted)
+    return session.in_transaction() or _pending(session)
+
+
+def _pending(session: Session) -> bool:
+    """Whether the session holds changes not yet flushed."""
+    return bool(session.new or session.dirty or session.deleted)
 
 
 def close(session: Session) -> None:
