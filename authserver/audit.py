@@ -36,11 +36,12 @@ import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, cast
 
 from sqlalchemy import Integer, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session
 
 from authserver.audit_records import _HASHED_COLUMNS as _HASHED_COLUMNS
 
@@ -106,6 +107,21 @@ class VerifyResult:
     reason: str
     shard: int | None = None
     shards: tuple[ShardResult, ...] = ()
+
+
+@dataclass(frozen=True)
+class AppendedRecord:
+    """What an append (or anchor) wrote: its global `seq`, its `shard` and position there
+    (`shard_seq`), its `hash`, and `values`, every stored column as the database holds it
+    (read-only). Written by Core statements in the caller's transaction, not an ORM object:
+    the session does not hold it, and a later ORM query in the same session loads the row
+    from the database."""
+
+    seq: int
+    shard: int
+    shard_seq: int
+    hash: str
+    values: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -225,13 +241,15 @@ class AuditLog:
         return int(session.execute(
             select(func.coalesce(func.max(AuditEvent.seq), 0) + 1)).scalar_one())
 
-    def _write(self, session: Session, slot: _Slot, values: dict[str, Any]) -> AuditEvent:
+    def _write(self, session: Session, slot: _Slot, values: dict[str, Any]) -> AppendedRecord:
         """Insert the record and move its shard's head to it, in the caller's transaction.
 
         On PostgreSQL both are one statement (the INSERT a data-modifying CTE of the head's
         UPDATE: one round trip, and atomic: neither happens without the other). SQLite has
-        no DML in a CTE: two statements. Either way the row is then added to the session as
-        the ORM's own INSERT would have left it (persistent, nothing left to flush).
+        no DML in a CTE: two statements. The session's pending work is flushed first; the
+        record itself is written by Core statements only, so no ORM object is built or added
+        (that cost about as much as the statements): a later ORM query in the same session
+        loads it from the database.
         """
         columns = {**values, "shard": slot.shard, "shard_seq": slot.shard_seq}
         bound = {"v_" + name: value for name, value in columns.items()}
@@ -243,28 +261,29 @@ class AuditLog:
         else:
             connection.execute(_STATEMENTS.insert, bound)
             connection.execute(_STATEMENTS.move_head, head)
-        row = AuditEvent(**columns)
-        make_transient_to_detached(row)
-        session.add(row)
-        return row
+        return AppendedRecord(seq=int(columns["seq"]), shard=slot.shard,
+                              shard_seq=slot.shard_seq, hash=str(columns["hash"]),
+                              values=MappingProxyType(columns))
 
-    def append(self, session: Session, record: AuditRecord, *, now: int) -> AuditEvent:
+    def append(self, session: Session, record: AuditRecord, *, now: int) -> AppendedRecord:
         """Append `record` as the next link of a shard's chain, in the caller's transaction.
 
         Every ANCHOR_EVERY-th record of a shard also writes an anchor in the same
-        transaction. Raises ValueError for an unknown outcome (a caller bug); database
+        transaction. Returns what was written (`AppendedRecord`; the appended record, not
+        the anchor). Raises ValueError for an unknown outcome (a caller bug); database
         errors propagate (the caller's session turns them into 503 and nothing is issued).
         """
         slot = self._lock_head(session)
         values = _row_values(record, seq=slot.seq, prev_hash=slot.prev_hash, now=now)
-        row = self._write(session, slot, values)
+        written = self._write(session, slot, values)
         if slot.shard_seq % ANCHOR_EVERY == 0:
             self.anchor(session, now=now)
-        return row
+        return written
 
-    def anchor(self, session: Session, *, now: int) -> AuditEvent:
+    def anchor(self, session: Session, *, now: int) -> AppendedRecord:
         """Append to shard 0 a record of every shard's (position, head hash), in the
-        caller's transaction (`authserver audit anchor` commits it).
+        caller's transaction (`authserver audit anchor` commits it); returns what was written
+        (its `values["detail"]["shards"]` are the heads it states).
 
         Heads are read, not locked: each is a committed state (or this transaction's own),
         whose records are all committed with it. Shard 0's lock is always taken last (an

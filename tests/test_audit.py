@@ -123,6 +123,24 @@ def test_append_stores_every_field(db: Database, now: int) -> None:
         assert stored.correlation_id == "corr-7"
 
 
+def test_appended_record_is_what_the_database_holds(db: Database, now: int) -> None:
+    """append returns what it wrote, column for column as a fresh session loads it, and
+    leaves nothing pending in the session (the row is written by Core, not added)."""
+    with db.session() as s:
+        row = AuditLog().append(s, _record(3, approval_id="ap-3", reason="in_mandate"), now=now)
+        assert not s.new and not s.dirty
+        assert not any(isinstance(o, AuditEvent) for o in s.identity_map.values())
+        with pytest.raises(TypeError):
+            row.values["event"] = "edited"  # type: ignore[index]
+    with db.session() as s:
+        stored = s.get(AuditEvent, row.seq)
+        assert stored is not None
+        loaded = {c.key: getattr(stored, c.key) for c in AuditEvent.__mapper__.column_attrs}
+    assert dict(row.values) == loaded
+    assert (row.seq, row.shard, row.shard_seq, row.hash) == (
+        stored.seq, stored.shard, stored.shard_seq, stored.hash)
+
+
 def test_append_is_rolled_back_with_the_callers_transaction(db: Database, now: int) -> None:
     _append_n(db, 2, now)
     with pytest.raises(RuntimeError), db.session() as s:
@@ -393,15 +411,15 @@ def test_request_text_is_bounded(db: Database, now: int) -> None:
               "context": {"request": "please " * 1000}}
     with db.session() as s:
         row = AuditLog().append(s, _record(intent=intent), now=now)
-    assert row.intent is not None
-    assert len(row.intent["context"]["request"]) == MAX_REQUEST_TEXT
+    assert row.values["intent"] is not None
+    assert len(row.values["intent"]["context"]["request"]) == MAX_REQUEST_TEXT
 
 
 def test_oversized_detail_is_replaced(db: Database, now: int) -> None:
     with db.session() as s:
         row = AuditLog().append(
             s, _record(detail={f"k{i}": "v" * 400 for i in range(30)}), now=now)
-    assert row.detail["truncated"] is True
+    assert row.values["detail"]["truncated"] is True
 
 
 def test_redact_keeps_ordinary_values() -> None:

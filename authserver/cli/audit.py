@@ -42,7 +42,7 @@ def audit_anchor() -> None:
 
     with existing_database(load_settings()).session() as session:
         row = AuditLog().anchor(session, now=int(time.time()))
-        print_json({"anchor_seq": row.shard_seq, "shards": row.detail["shards"]})
+        print_json({"anchor_seq": row.shard_seq, "shards": row.values["detail"]["shards"]})
 
 
 @audit.command("tail")
