@@ -45,7 +45,7 @@ from sqlalchemy import bindparam
 from sqlalchemy.orm import Session
 
 from authserver.audit import AuditRecord, refused_unauthenticated
-from authserver.broker.http_session import PLATFORM_HTTP
+from authserver.broker.http_session import PLATFORM_CALLS, PlatformAnswer
 from authserver.broker.profiles import Platform, api_request_headers
 from authserver.broker.records import connect_uri, connection_sites, select_connection
 from authserver.broker.refresh import force_refresh, get_access_token
@@ -97,10 +97,9 @@ PASSED_RESPONSE_HEADERS = ("Content-Type", "ETag", "Last-Modified")
 CHALLENGE_ALGS = " ".join(DPOP_SIGNING_ALGS)
 
 
-#: One kept-alive `requests.Session` per worker thread, shared with the broker's token requests
-#: (authserver.broker.http_session: environment read once, no cookies). Redirects are never
-#: followed.
-_HTTP = PLATFORM_HTTP
+#: The process's pool of kept-alive connections to platforms (authserver.broker.http_session:
+#: no redirects, no retries, no cookies).
+_HTTP = PLATFORM_CALLS
 
 
 @dataclass
@@ -362,7 +361,7 @@ def forward(services: Services, platform: Platform, req: GatewayRequest,
     call.forwarded_method = req.method
     call.attempts += 1
     response = _send(platform, base, token, req, target)
-    if response.status_code == 401:
+    if response.status == 401:
         # The platform says the token is dead although we thought it fresh: refresh once, so
         # the next call works. Resend only an idempotent request; a POST or PATCH may already
         # have taken effect, and its 401 is relayed as 502 like any 401 that outlives a refresh.
@@ -394,7 +393,7 @@ def api_base(platform: Platform, conn: Any, site: str | None) -> str:
 
 
 def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest, target: str
-          ) -> requests.Response:
+          ) -> PlatformAnswer:
     headers = api_request_headers(platform, token)
     headers["Accept"] = "application/json"
     if req.correlation_id:
@@ -406,36 +405,26 @@ def _send(platform: Platform, api_base: str, token: str, req: GatewayRequest, ta
         headers["Content-Type"] = req.content_type
     url = api_base.rstrip("/") + "/" + target.lstrip("/")
     try:
-        response = _HTTP.request(req.method, url, data=payload or None, headers=headers,
-                                 timeout=GATEWAY_TIMEOUT, allow_redirects=False, stream=True)
-        try:
-            body = response.raw.read(MAX_RESPONSE_BYTES + 1, decode_content=True)
-        except BaseException:
-            response.close()
-            raise
-        if len(body) > MAX_RESPONSE_BYTES:
-            response.close()  # drop the connection mid-body; never read the rest
-        else:
-            response.raw.release_conn()  # fully read: the connection may be reused
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as e:
+        answer = _HTTP.send(req.method, url, body=payload or None, headers=headers,
+                            timeout=GATEWAY_TIMEOUT, max_bytes=MAX_RESPONSE_BYTES)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
         raise TemporarilyUnavailableError("The platform did not answer",
                                           debug=f"gateway: {type(e).__name__}") from e
-    if len(body) > MAX_RESPONSE_BYTES:
+    if len(answer.body) > MAX_RESPONSE_BYTES:
         raise TemporarilyUnavailableError("The platform's response is too large")
-    response._content = body  # the streamed body, read once, size-limited
     # The status the answer stands for (Slack says "token_expired" with a 200): a 401 here is
     # refreshed once like a real one, and an error never passes as a success.
-    response.status_code = platform.profile.api_response_status(
-        response.status_code, response.headers.get("Content-Type", ""), body)
-    return response
+    status = platform.profile.api_response_status(
+        answer.status, answer.headers.get("Content-Type", ""), answer.body)
+    return PlatformAnswer(status, answer.headers, answer.body)
 
 
-def _relay(response: requests.Response) -> GatewayResponse:
-    status = response.status_code
+def _relay(response: PlatformAnswer) -> GatewayResponse:
+    status = response.status
     if 200 <= status < 300 or status == 304:
         headers = {h: response.headers[h] for h in PASSED_RESPONSE_HEADERS
                    if h in response.headers and h != "Location"}
-        return GatewayResponse(status, response.content or b"", headers)
+        return GatewayResponse(status, response.body, headers)
     # Downstream error text never reaches the agent verbatim (it may carry injected
     # instructions or internals): a status and a generic summary only.
     import json

@@ -1,13 +1,18 @@
-"""authserver.broker.http_session: the platform client reads the environment once, keeps
-connections alive per thread and never keeps cookies between calls (issue 18)."""
+"""authserver.broker.http_session: the platform clients read the environment once, keep
+connections alive (per thread for `requests`, per process for the gateway's urllib3 pool),
+never keep cookies between calls, follow no redirect and read no more than they are allowed
+(issue 18)."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
+import urllib3
 
 from authserver.broker import http_session
 
@@ -29,15 +34,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server_url() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+@contextlib.contextmanager
+def _serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` on a loopback port, in a thread; yields its base URL (no trailing /)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def server_url() -> Iterator[str]:
     _Handler.seen_cookies.clear()
-    yield f"http://127.0.0.1:{server.server_port}/"
-    server.shutdown()
-    server.server_close()
+    with _serving(_Handler) as url:
+        yield url + "/"
 
 
 def test_a_cookie_set_for_one_call_is_never_sent_on_the_next(server_url: str) -> None:
@@ -81,3 +96,122 @@ def test_sessions_take_the_ca_bundle_explicitly(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(http_session, "_CA_BUNDLE", "/etc/ssl/bundle.pem")
     session = http_session.new_session()
     assert session.trust_env is False and session.verify == "/etc/ssl/bundle.pem"
+
+
+# --- PlatformCalls: the gateway's pooled urllib3 client --------------------------------------
+
+
+class _Platform(http.server.BaseHTTPRequestHandler):
+    """A platform that keeps connections alive: /ok, /cookie (sets one), /redirect (302),
+    /big (100 bytes), /slow (answers after 2 s). Records each request's path, headers and
+    connection (the client's port)."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, dict[str, str], int]] = []
+
+    def do_GET(self) -> None:
+        _Platform.seen.append((self.path, dict(self.headers.items()), self.client_address[1]))
+        headers = {"Content-Type": "application/json"}
+        body, status = b'{"ok": true}', 200
+        if self.path == "/cookie":
+            headers["Set-Cookie"] = "session=alice-only; Path=/"
+        elif self.path == "/redirect":
+            status, headers["Location"] = 302, "/ok"
+        elif self.path == "/big":
+            body = b"x" * 100
+        elif self.path == "/slow":
+            time.sleep(2)
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def platform_url() -> Iterator[str]:
+    _Platform.seen.clear()
+    with _serving(_Platform) as url:
+        yield url
+
+
+def _send(calls: http_session.PlatformCalls, url: str, *, max_bytes: int = 1024,
+          timeout: tuple[float, float] = (3.0, 5.0)) -> http_session.PlatformAnswer:
+    return calls.send("GET", url, body=None, headers={"Accept": "application/json"},
+                      timeout=timeout, max_bytes=max_bytes)
+
+
+def test_platform_calls_reuse_one_kept_alive_connection(platform_url: str) -> None:
+    calls = http_session.PlatformCalls(trust_env=False)
+    answers = [_send(calls, platform_url + "/ok") for _ in range(3)]
+    assert [(a.status, a.body) for a in answers] == [(200, b'{"ok": true}')] * 3
+    assert answers[0].headers.get("content-type") == "application/json"  # any case
+    assert len({port for _path, _headers, port in _Platform.seen}) == 1
+
+
+def test_platform_calls_keep_no_cookie_and_ask_for_no_content_coding(platform_url: str) -> None:
+    calls = http_session.PlatformCalls(trust_env=False)
+    _send(calls, platform_url + "/cookie")
+    _send(calls, platform_url + "/ok")
+    sent = [headers for _path, headers, _port in _Platform.seen]
+    assert all("Cookie" not in h and h.get("Accept-Encoding", "identity") == "identity"
+               for h in sent)
+    assert sent[1]["Accept"] == "application/json"
+
+
+def test_platform_calls_follow_no_redirect(platform_url: str) -> None:
+    answer = _send(http_session.PlatformCalls(trust_env=False), platform_url + "/redirect")
+    assert (answer.status, answer.headers["Location"]) == (302, "/ok")
+    assert [path for path, _headers, _port in _Platform.seen] == ["/redirect"]
+
+
+def test_platform_calls_read_at_most_one_byte_past_the_limit_and_drop_that_connection(
+        platform_url: str) -> None:
+    calls = http_session.PlatformCalls(trust_env=False)
+    assert len(_send(calls, platform_url + "/big", max_bytes=10).body) == 11
+    assert len(_send(calls, platform_url + "/big", max_bytes=100).body) == 100
+    ports = [port for _path, _headers, port in _Platform.seen]
+    assert ports[0] != ports[1]  # the cut-off connection was closed, not reused
+
+
+def test_platform_calls_time_out(platform_url: str) -> None:
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        _send(http_session.PlatformCalls(trust_env=False), platform_url + "/slow",
+              timeout=(3.0, 0.2))
+
+
+def test_platform_calls_raise_when_nothing_listens() -> None:
+    with pytest.raises(urllib3.exceptions.HTTPError):
+        _send(http_session.PlatformCalls(trust_env=False), f"http://127.0.0.1:{_closed_port()}/")
+
+
+def test_platform_calls_with_a_proxy_environment_go_through_requests(
+        platform_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a proxy or netrc in the environment, `requests` applies them per URL: the same
+    answer, through PLATFORM_HTTP."""
+    through: list[str] = []
+    original = http_session.PLATFORM_HTTP.request
+
+    def recording(method: str, url: str, **kwargs: object) -> object:
+        through.append(url)
+        return original(method, url, **kwargs)
+
+    monkeypatch.setattr(http_session.PLATFORM_HTTP, "request", recording)
+    calls = http_session.PlatformCalls(trust_env=True)
+    answer = _send(calls, platform_url + "/big", max_bytes=10)
+    assert (answer.status, len(answer.body)) == (200, 11)
+    redirect = _send(calls, platform_url + "/redirect")
+    assert redirect.status == 302
+    assert through == [platform_url + "/big", platform_url + "/redirect"]
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -9,9 +9,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import requests
 
 from authserver import gateway
+from authserver.broker.http_session import PlatformAnswer
 from authserver.broker.profiles import Platform
 from authserver.errors import ResourceForbiddenError
 from authserver.intent import INTENT_TYPE
@@ -158,12 +158,9 @@ class _FakePlatformCalls:
         return "new-token", SimpleNamespace(api_base_url=None)
 
     def _send(self, platform: Any, api_base: str, token: str, req: gateway.GatewayRequest,
-              target: str) -> requests.Response:
+              target: str) -> PlatformAnswer:
         self.sent.append((req.method, token, req.body))
-        response = requests.Response()
-        response.status_code = 401 if token == "old-token" else 200
-        response._content = b"{}"
-        return response
+        return PlatformAnswer(401 if token == "old-token" else 200, {}, b"{}")
 
 
 def _forward(method: str, body: bytes = b"") -> gateway.GatewayResponse:
