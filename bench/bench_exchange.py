@@ -59,7 +59,6 @@ from common import (  # noqa: E402
     Gunicorn,
     ProofMaker,
     authserver_cli,
-    cpu_timed,
     free_port,
     fresh_postgres,
     machine,
@@ -68,6 +67,7 @@ from common import (  # noqa: E402
     proof_budget,
     redis_prefix,
     run_wrk,
+    timed_stages,
     workdir,
     write_result,
 )
@@ -426,23 +426,12 @@ def cpu_stages(client: Any, batch: list[tuple[str, str]]) -> list[dict[str, Any]
     """CPU µs per exchange by stage (time.thread_time_ns around each, no profiler): waits on
     PostgreSQL and Redis drop out, their syscalls stay. Stages nest (indented)."""
     spent: dict[str, int] = defaultdict(int)
-    originals = []
-
-    for owner, name, label in cpu_stage_targets():
-        originals.append((owner, name, owner.__dict__.get(name)))
-        setattr(owner, name, cpu_timed(getattr(owner, name), label, spent))
-    try:
+    with timed_stages(cpu_stage_targets(), spent):
         started = time.thread_time_ns()
         for proof, body in batch:
             resp = client.post("/token", data=body, headers={"DPoP": proof, "Content-Type": FORM})
             assert resp.status_code == 200
         total = time.thread_time_ns() - started
-    finally:
-        for owner, name, original in originals:
-            if original is None:  # inherited: the base class's own is back in view
-                delattr(owner, name)
-            else:
-                setattr(owner, name, original)
     n = len(batch)
     rows = [{"stage": "everything (test client + request)", "cpu_us": total / n / 1000}]
     rows += [{"stage": label, "cpu_us": spent[label] / n / 1000}

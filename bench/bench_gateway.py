@@ -23,6 +23,13 @@ reads, the vault decrypt, its own HTTP hop and the audit commit. At each concurr
 the two alternate for --rounds rounds (direct, gateway, direct, ...) so drift hits both; each
 row is the median over the rounds. A fresh capability token (60 s) and proofs per gateway run.
 The CRM is a werkzeug server in this process, so its share is the same in both columns.
+
+`--stages N` then runs N gateway calls in-process (one app instance, Flask's test client, the
+same config, database and Redis; the CRM as above) with a timer of the calling thread's CPU
+around each stage of the call (`common.cpu_timed`: waits on PostgreSQL, Redis and the CRM drop
+out, their syscalls stay), after a warm-up of 50, and prints µs per call by stage. Stages nest.
+`--stages-only` skips the wrk runs; `--pstats PATH` also writes a cProfile (thread CPU clock)
+of another N calls there.
 """
 
 from __future__ import annotations
@@ -78,6 +85,8 @@ PATH = "deals/acme-123"
 INTENT = intent("read", "deal:acme-123")
 #: wrk's calls per second the proofs are budgeted for (running out shows as non-200).
 RPS_BUDGET = 800
+#: In-process calls before the stages are timed (--stages).
+WARM_UP = 50
 
 # common.run_wrk's script POSTs; both sides here are GETs without a body.
 _POST = 'wrk.format("POST", nil, headers, string.sub(line, tab + 1))'
@@ -115,13 +124,97 @@ def exchange(issuer: str, idp: Any, edge: tuple[str, str], agent: Agent, **targe
     return str(resp.json()["access_token"])
 
 
+def stage_targets() -> list[tuple[Any, str, str]]:
+    """(namespace, attribute, label) of the gateway call's stages: a module's name where the
+    caller looks it up, or a class's method."""
+    import authserver.broker.refresh as refresh
+    import authserver.gateway as gateway
+    import authserver.http.gateway as view
+    from authserver.audit import AuditLog
+    from authserver.broker.http_session import PlatformCalls
+    from authserver.resource import ResourceVerifier
+
+    return [
+        (gateway, "handle", "  gateway.handle"),
+        (gateway, "verify_capability", "    verify_capability"),
+        (ResourceVerifier, "_token_claims", "      capability token: JWS verify + claims"),
+        (ResourceVerifier, "_proof", "      DPoP proof (incl. replay SET NX)"),
+        (gateway, "_load_rows", "      liveness + client + connection (1 SQL)"),
+        (gateway, "check_token_live", "      check_token_live (no SQL)"),
+        (gateway, "connection_epoch", "      connection epoch (Redis GET)"),
+        (gateway, "check_fits_intent", "    check_fits_intent"),
+        (gateway, "forward", "    forward"),
+        (gateway, "get_access_token", "      get_access_token (vault decrypt)"),
+        (refresh, "open_token", "        open_token"),
+        (PlatformCalls, "send", "      the platform call (urllib3)"),
+        (gateway, "_relay", "      _relay"),
+        (AuditLog, "append", "    audit append"),
+        (AuditLog, "_lock_head", "      take a shard (1 SQL)"),
+        (AuditLog, "_write", "      insert + move head (1 SQL)"),
+        (view, "commit", "  commit"),
+    ]
+
+
+def cpu_stages(config_path: Path, gateway_url: str, agent: Agent, token_for: Any,
+               n: int, pstats_path: str | None = None) -> list[dict[str, Any]]:
+    """CPU µs per in-process gateway call, by stage (see the module docstring)."""
+    import os
+
+    from authserver import create_app
+    from authserver.observability import configure_logging
+
+    app = create_app({"config_file": str(config_path)})
+    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    configure_logging(app.extensions["authserver"].settings.log_level, stream=devnull)
+    client = app.test_client()
+    path = gateway_url.split("://", 1)[1].partition("/")[2]
+    base_url = gateway_url[: -len(path)]
+    spent: dict[str, int] = {}
+    token = token_for()  # one capability token (60 s) serves every call: reads have no count
+    # One batch (distinct jtis), signed before the warm-up.
+    batch = gateway_proofs(agent.dpop, gateway_url, token, WARM_UP + 2 * n)
+
+    def calls(proofs: list[str]) -> int:
+        started = time.thread_time_ns()
+        for proof in proofs:
+            resp = client.get("/" + path, base_url=base_url, headers={
+                "Authorization": f"DPoP {token}", "DPoP": proof, "Accept": "application/json"})
+            assert resp.status_code == 200, resp.get_data(as_text=True)
+        return time.thread_time_ns() - started
+
+    calls(batch[:WARM_UP])  # imports, pools, key ring, caches
+    with common.timed_stages(stage_targets(), spent, app):
+        total = calls(batch[WARM_UP:WARM_UP + n])
+    if pstats_path:
+        import cProfile
+
+        profiler = cProfile.Profile(time.thread_time)
+        profiler.enable()
+        calls(batch[WARM_UP + n:])
+        profiler.disable()
+        profiler.dump_stats(pstats_path)
+    app.extensions["authserver"].db.engine.dispose()
+    configure_logging(app.extensions["authserver"].settings.log_level)
+    devnull.close()
+    rows = [{"stage": "everything (test client + request)", "cpu_us": total / n / 1000}]
+    labels = [label for _o, _n, label in stage_targets()]
+    labels += sorted(k for k in spent if k not in labels)
+    rows += [{"stage": label, "cpu_us": spent.get(label, 0) / n / 1000} for label in labels]
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the JSON result here")
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="direct/gateway pairs per row")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--stages", type=int, default=0, metavar="N",
+                        help="then N in-process calls with CPU per stage")
+    parser.add_argument("--stages-only", action="store_true", help="skip the wrk runs")
+    parser.add_argument("--pstats", help="with --stages: a cProfile of N more calls, here")
     args = parser.parse_args()
+    stages: list[dict[str, Any]] = []
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process IdP and CRM
     rows: list[dict[str, Any]] = []
     servers: list[Any] = []
@@ -160,8 +253,12 @@ def main() -> None:
                                    headers={"Authorization": f"DPoP {token}",
                                             "Accept": "application/json"})
 
-                via_gateway(max(CONCURRENCY), 2)  # warm-up: every worker's pools and caches
-                for c in CONCURRENCY:
+                if args.stages:
+                    stages = cpu_stages(config_path, gateway_url, agent, lambda: exchange(
+                        issuer, idp, edge, agent, audience="crm"), args.stages, args.pstats)
+                if not args.stages_only:
+                    via_gateway(max(CONCURRENCY), 2)  # warm-up: pools and caches
+                for c in ([] if args.stages_only else CONCURRENCY):
                     pairs = [(direct(c), via_gateway(c, args.duration))
                              for _ in range(args.rounds)]
                     for d, g in pairs:
@@ -188,15 +285,22 @@ def main() -> None:
         finally:
             for server in reversed(servers):
                 server.stop()
-    print_table(f"GET {PATH}: direct to the CRM vs through the gateway, gunicorn -w "
-                f"{args.workers} (gthread) + PostgreSQL + Redis, wrk {args.duration}s per run, "
-                f"median of {args.rounds} alternating rounds (ms)", rows,
-                ["c", "direct p50", "gateway p50", "overhead p50", "direct p99", "gateway p99",
-                 "overhead p99", "direct req/s", "gateway req/s", "gateway cpu ms/req"])
+    if rows:
+        print_table(f"GET {PATH}: direct to the CRM vs through the gateway, gunicorn -w "
+                    f"{args.workers} (gthread) + PostgreSQL + Redis, wrk {args.duration}s per "
+                    f"run, "
+                    f"median of {args.rounds} alternating rounds (ms)", rows,
+                    ["c", "direct p50", "gateway p50", "overhead p50", "direct p99",
+                     "gateway p99", "overhead p99", "direct req/s", "gateway req/s",
+                     "gateway cpu ms/req"])
+    if stages:
+        print(f"\nCPU µs per in-process gateway call, by stage ({args.stages} calls)")
+        for stage in stages:
+            print(f"{stage['cpu_us']:9.1f}  {stage['stage']}")
     print(f"load average (1, 5, 15 min) at the end: {machine()['loadavg_1_5_15min_at_end']}")
     write_result(args.out, {"benchmark": "gateway_overhead", "machine": machine(),
                             "workers": args.workers, "duration_per_run_s": args.duration,
-                            "rounds": args.rounds, "rows": rows})
+                            "rounds": args.rounds, "rows": rows, "cpu_stages": stages})
 
 
 if __name__ == "__main__":

@@ -58,6 +58,38 @@ def cpu_timed(fn: Callable[..., Any], label: str, spent: MutableMapping[str, int
     return call
 
 
+@contextlib.contextmanager
+def timed_stages(targets: Sequence[tuple[Any, str, str]], spent: MutableMapping[str, int],
+                 app: Any = None) -> Iterator[None]:
+    """Inside: each (namespace, attribute, label) of `targets` (a module's name where its
+    caller looks it up, or a class's method) runs under `cpu_timed`, and so does each of
+    `app`'s before/after/teardown request hooks (labelled "<kind>_request: <name>"); all put
+    back on exit."""
+    originals = []
+    for owner, name, label in targets:
+        originals.append((owner, name, owner.__dict__.get(name)))
+        setattr(owner, name, cpu_timed(getattr(owner, name), label, spent))
+    hooks = []
+    if app is not None:
+        for kind, table in (("before", app.before_request_funcs),
+                            ("after", app.after_request_funcs),
+                            ("teardown", app.teardown_request_funcs)):
+            for key, funcs in table.items():
+                hooks.append((table, key, list(funcs)))
+                table[key] = [cpu_timed(f, f"{kind}_request: {f.__name__}", spent)
+                              for f in funcs]
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            if original is None:  # inherited: the base class's own is back in view
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+        for table, key, funcs in hooks:
+            table[key] = funcs
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 

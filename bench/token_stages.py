@@ -22,9 +22,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -36,6 +34,7 @@ from common import (
     fresh_postgres,
     make_proofs,
     redis_prefix,
+    timed_stages,
     workdir,
 )
 
@@ -46,22 +45,6 @@ GRANT_CALLS = ("checked_scope", "requested_resources", "check_dpop", "check_reso
                "issue_access_token")
 
 spent: collections.Counter[str] = collections.Counter()
-
-
-def timed(fn: Callable[..., Any], label: str) -> Callable[..., Any]:
-    return cpu_timed(fn, label, spent)
-
-
-def wrap(module: Any, name: str, label: str | None = None) -> None:
-    setattr(module, name, timed(getattr(module, name), label or name))
-
-
-def wrap_hooks(app: Any) -> None:
-    for kind, table in (("before", app.before_request_funcs),
-                        ("after", app.after_request_funcs),
-                        ("teardown", app.teardown_request_funcs)):
-        for key, funcs in table.items():
-            table[key] = [timed(f, f"{kind}_request: {f.__name__}") for f in funcs]
 
 
 def main() -> None:
@@ -76,13 +59,10 @@ def main() -> None:
     from authserver import create_app
     from authserver.observability import configure_logging
 
-    for name in PIPELINE_STEPS:
-        wrap(pipeline, name)
-    for name in GRANT_CALLS:
-        wrap(grant, name)
-    wrap(view, "token_request")
-    wrap(view, "commit")
-    wrap(pipeline, "handle", "pipeline.handle (the steps and the grant)")
+    targets = [(pipeline, name, name) for name in PIPELINE_STEPS]
+    targets += [(grant, name, name) for name in GRANT_CALLS]
+    targets += [(view, "token_request", "token_request"), (view, "commit", "commit"),
+                (pipeline, "handle", "pipeline.handle (the steps and the grant)")]
 
     n = args.requests
     with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd, \
@@ -95,18 +75,19 @@ def main() -> None:
         configure_logging("INFO", stream=devnull)  # the access log is written, to /dev/null
         client = app.test_client()
         headers = registered_client_headers(client)
-        wrap_hooks(app)
-        app.wsgi_app = timed(app.wsgi_app, "flask wsgi_app (the whole request)")  # type: ignore
+        app.wsgi_app = cpu_timed(  # type: ignore[method-assign]
+            app.wsgi_app, "flask wsgi_app (the whole request)", spent)
         maker = ProofMaker()
         total = 0
-        for _ in range(args.rounds):
-            proofs = make_proofs(maker, issuer + "/token", n)
-            spent.clear()
-            started = time.thread_time_ns()
-            for proof in proofs:
-                resp = client.post("/token", data=BODY, headers={**headers, "DPoP": proof})
-                assert resp.status_code == 200, resp.get_data(as_text=True)
-            total = time.thread_time_ns() - started
+        with timed_stages(targets, spent, app):
+            for _ in range(args.rounds):
+                proofs = make_proofs(maker, issuer + "/token", n)
+                spent.clear()
+                started = time.thread_time_ns()
+                for proof in proofs:
+                    resp = client.post("/token", data=BODY, headers={**headers, "DPoP": proof})
+                    assert resp.status_code == 200, resp.get_data(as_text=True)
+                total = time.thread_time_ns() - started
         app.extensions["authserver"].db.engine.dispose()
     print(f"client_credentials + DPoP, {n} requests in-process (PostgreSQL + Redis), CPU µs per "
           f"request by stage; load {os.getloadavg()[0]:.1f}")
