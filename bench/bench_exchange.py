@@ -5,6 +5,8 @@ Stand-alone script, not a test. Usage:
     python bench/bench_exchange.py [--out result.json] [--duration 8] [--workers 5]
                                    [--profile-n 300] [--profile-only] [--pstats FILE]
                                    [--profile-clock wall|cpu]
+                                   [--database direct|no-prepare|pgbouncer]
+                                   [--pgbouncer-pool 10]
 
 Set-up, only through the product's interfaces: the test IdP and Acme CRM
 (authserver.testing) on loopback in this process; authserver under gunicorn (gthread,
@@ -25,11 +27,19 @@ and Redis) for --profile-n sequential exchanges: unprofiled latency and CPU per 
 or a preemption hardly moves), then CPU µs per stage (thread_time around each, no profiler),
 then under cProfile (wall clock, or --profile-clock cpu: waits left out) as time per exchange
 by stage and self time by component. --profile-only skips the wrk runs.
+
+`--database`: how the server reaches the fresh database. `direct` (the default) connects to
+PostgreSQL; `no-prepare` too, with `?prepare_threshold=none` (psycopg prepares nothing
+server-side, as PgBouncer's transaction mode needs: that setting's own cost); `pgbouncer`
+goes through a PgBouncer of its own in transaction mode (tests/pgbouncer_helpers.py) with
+`--pgbouncer-pool` server connections, and `?prepare_threshold=none` (docs/operating.md,
+"Scaling out"). pg_stat_activity is sampled on PostgreSQL itself either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import cProfile
 import json
 import logging
@@ -41,7 +51,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -523,6 +533,23 @@ def profile(config_path: Path, agent: Agent, user_assertion: str, n: int,
 # --- main -----------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def server_database_url(db_url: str, how: str, pool: int) -> Iterator[str]:
+    """The URL the server is configured with for the fresh database `db_url` (`--database`)."""
+    if how == "direct":
+        yield db_url
+        return
+    if how == "no-prepare":
+        yield db_url + "?prepare_threshold=none"
+        return
+    from tests.pgbouncer_helpers import running_pgbouncer
+
+    name = urlsplit(db_url).path.lstrip("/")
+    with running_pgbouncer(f"{name} = host=127.0.0.1 port=5432 dbname={name} pool_size={pool}",
+                           default_pool_size=pool, max_client_conn=500) as port:
+        yield f"postgresql://postgres@127.0.0.1:{port}/{name}?prepare_threshold=none"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the JSON result here")
@@ -532,6 +559,10 @@ def main() -> None:
     parser.add_argument("--profile-only", action="store_true",
                         help="skip the wrk runs (gunicorn still serves the set-up)")
     parser.add_argument("--pstats", help="also write the cProfile stats to this file")
+    parser.add_argument("--database", choices=("direct", "no-prepare", "pgbouncer"),
+                        default="direct", help="how the server reaches PostgreSQL")
+    parser.add_argument("--pgbouncer-pool", type=int, default=10,
+                        help="PgBouncer's server connections (--database pgbouncer)")
     parser.add_argument("--profile-clock", choices=("wall", "cpu"), default="wall",
                         help="cProfile's clock: wall (waits included) or this thread's CPU")
     args = parser.parse_args()
@@ -539,11 +570,12 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     started = time.monotonic()
     servers: list[Any] = []
-    with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd:
+    with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd, \
+            server_database_url(db_url, args.database, args.pgbouncer_pool) as app_db_url:
         try:
             port = free_port()
             issuer = f"http://127.0.0.1:{port}"
-            config_path, settings, servers, idp = configure(wd, issuer, db_url, prefix)
+            config_path, settings, servers, idp = configure(wd, issuer, app_db_url, prefix)
             env = {"AUTHSERVER_CONFIG": str(config_path)}
             agent = Agent()
             edge = create_clients(env, agent)  # also migrates and creates the signing key
@@ -564,7 +596,8 @@ def main() -> None:
 
     if runs:
         print_table(f"Agent exchange (read intent → capability), gunicorn -w {args.workers} "
-                    f"(gthread) + PostgreSQL + Redis, wrk {args.duration}s per row", runs,
+                    f"(gthread) + PostgreSQL ({args.database}) + Redis, wrk {args.duration}s "
+                    f"per row", runs,
                     ["concurrency", "rps", "p50_ms", "p90_ms", "p99_ms", "ok", "bad",
                      "server_cpu_ms_per_req", "pg_busy_backends_mean", "pg_lock_waiters_mean"])
         print(f"audit chain after the runs: {audit}")
@@ -586,6 +619,8 @@ def main() -> None:
     write_result(args.out, {
         "benchmark": "agent_token_exchange",
         "machine": machine(),
+        "database": args.database,
+        "pgbouncer_pool": args.pgbouncer_pool if args.database == "pgbouncer" else None,
         "workers": args.workers,
         "duration_per_run_s": args.duration,
         "runs": runs,

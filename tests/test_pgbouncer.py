@@ -15,12 +15,6 @@ threshold. Skipped only if `pgbouncer` is not installed.
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,9 +38,8 @@ from tests.http_helpers import (
     revoke,
     token_request,
 )
+from tests.pgbouncer_helpers import PGBOUNCER, running_pgbouncer
 
-PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer"
-                                          if os.path.exists("/usr/sbin/pgbouncer") else None)
 needs_pgbouncer = pytest.mark.skipif(PGBOUNCER is None, reason="pgbouncer not installed")
 #: psycopg's default: a statement run this many times on one connection is prepared.
 PSYCOPG_PREPARE_THRESHOLD = 5
@@ -57,58 +50,12 @@ ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
 APP_POOL_SIZE = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def pgbouncer() -> Iterator[int]:
     """A PgBouncer in transaction mode on a spare port; returns the port."""
-    assert PGBOUNCER is not None
-    directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
-    directory.chmod(0o755)  # run as `nobody` when we are root (PgBouncer refuses root)
-    port = _free_port()
-    (directory / "users.txt").write_text('"postgres" ""\n')
-    (directory / "pgbouncer.ini").write_text(f"""\
-[databases]
-* = host=127.0.0.1 port=5432 pool_size={APP_POOL_SIZE}
-shared = host=127.0.0.1 port=5432 dbname=test pool_size=1
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = {port}
-unix_socket_dir =
-auth_type = trust
-auth_file = {directory / "users.txt"}
-pool_mode = transaction
-default_pool_size = 1
-max_client_conn = 100
-ignore_startup_parameters = extra_float_digits,options
-""")
-    for path in directory.iterdir():
-        path.chmod(0o644)
-    user = ["-u", "nobody"] if os.geteuid() == 0 else []
-    process = subprocess.Popen([PGBOUNCER, *user, str(directory / "pgbouncer.ini")],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise AssertionError("pgbouncer did not start") from None
-                time.sleep(0.1)
+    with running_pgbouncer(f"* = host=127.0.0.1 port=5432 pool_size={APP_POOL_SIZE}\n"
+                           "shared = host=127.0.0.1 port=5432 dbname=test pool_size=1") as port:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
