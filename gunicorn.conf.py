@@ -50,7 +50,10 @@ workers = int(os.environ.get("AUTHSERVER_WORKERS", default_workers()))
 # slow clients, so a few slow platforms or slowloris clients could take every worker. Threads
 # keep a worker serving during I/O waits; the app keeps no per-request state in globals
 # (Flask's g / contextvars, per-request DB sessions), and gevent's monkey-patching is avoided.
-worker_class = "gthread"
+# gthread as gunicorn ships it, except that a worker accepts a connection only while one of its
+# threads is free: a burst of kept-alive connections then spreads over the workers instead of
+# landing on the first one awake (authserver/http/gunicorn_worker.py).
+worker_class = "authserver.http.gunicorn_worker.BalancedThreadWorker"
 threads = int(os.environ.get("AUTHSERVER_THREADS", "4"))
 timeout = int(os.environ.get("AUTHSERVER_TIMEOUT", "30"))
 graceful_timeout = int(os.environ.get("AUTHSERVER_GRACEFUL_TIMEOUT", "30"))

@@ -180,7 +180,7 @@ def _load_gunicorn_conf(monkeypatch: pytest.MonkeyPatch, **env: str) -> dict[str
 def test_gunicorn_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     conf = _load_gunicorn_conf(monkeypatch)
     assert conf["bind"] == ["0.0.0.0:8000"]
-    assert conf["worker_class"] == "gthread"
+    assert conf["worker_class"] == "authserver.http.gunicorn_worker.BalancedThreadWorker"
     assert conf["preload_app"] is False
     assert conf["accesslog"] is None
     assert 1 <= conf["workers"] <= conf["MAX_DEFAULT_WORKERS"]
