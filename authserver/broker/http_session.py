@@ -83,7 +83,8 @@ class ThreadLocalSessions(threading.local):
         return self.session.request(method, url, **kwargs)
 
 
-#: The process's platform client: the gateway's API calls and the broker's token requests.
+#: The broker's token requests, and the gateway's API calls when the environment sets a proxy
+#: or a netrc file (`PlatformCalls`).
 PLATFORM_HTTP = ThreadLocalSessions()
 
 
