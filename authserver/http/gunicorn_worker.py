@@ -12,6 +12,10 @@ agent exchange, which then ran at 166 req/s against 245-300 in runs that landed 
 runs its completion) and stops accepting while that count reaches its thread count. New
 connections then wait in the kernel's backlog for a worker with a free thread; connections it
 already holds are served as before, kept alive or not. Everything else is gthread's.
+
+It balances by free threads, not by connections: when requests finish faster than a burst of
+connects arrives (bench/floor_app.py's bare answer, 0.26 ms), a worker frees its threads in
+time to take more of the burst (7/1 was seen there), and then it also keeps up with them.
 """
 
 from __future__ import annotations
