@@ -27,7 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
 THREADS = 2
 #: Long enough that every connection of a burst is accepted before any request finishes.
-SLOW = 0.5
+SLOW = 1.0
 STARTUP_DEADLINE = 30.0
 
 
