@@ -200,18 +200,26 @@ def edge_mint(issuer: str, idp: Any, edge: tuple[str, str], agent: Agent) -> str
     return str(resp.json()["access_token"])
 
 
-def configure(wd: Path, issuer: str, db_url: str, prefix: str
+def configure(wd: Path, issuer: str, db_url: str, prefix: str,
+              crm_at: tuple[str, str] | None = None
               ) -> tuple[Path, dict[str, Any], list[Any], Any]:
+    """The IdP (and the CRM, unless `crm_at` gives a running one's URL and authserver's client
+    secret there) in this process, and the server's config file."""
     from authserver.testing.crm import start_crm
     from authserver.testing.idp import start_idp
 
     idp, idp_url, idp_server = start_idp()
-    crm, crm_url, crm_server = start_crm()
-    idp_secret, edge_idp_secret, crm_secret = (secrets.token_urlsafe(24) for _ in range(3))
+    servers = [idp_server]
+    idp_secret, edge_idp_secret = (secrets.token_urlsafe(24) for _ in range(2))
     idp.register_client(AUTHSERVER_AT_IDP, idp_secret, [f"{issuer}/login/{IDP_NAME}/callback"])
     idp.register_client(EDGE_AT_IDP, edge_idp_secret, ["http://127.0.0.1/edge/oidc/callback"])
-    crm.register_client(AUTHSERVER_AT_PLATFORMS, crm_secret,
-                        [f"{issuer}/connections/crm/callback"])
+    if crm_at is None:
+        crm, crm_url, crm_server = start_crm()
+        servers.append(crm_server)
+        crm_secret = secrets.token_urlsafe(24)
+        crm.register_client(AUTHSERVER_AT_PLATFORMS, crm_secret, [crm_callback(issuer)])
+    else:
+        crm_url, crm_secret = crm_at
     settings: dict[str, Any] = {
         "issuer": issuer,
         "data_dir": str(wd / "data"),
@@ -232,7 +240,11 @@ def configure(wd: Path, issuer: str, db_url: str, prefix: str
     }
     path = wd / "authserver.toml"
     path.write_text(toml(settings))
-    return path, settings, [idp_server, crm_server], idp
+    return path, settings, servers, idp
+
+
+def crm_callback(issuer: str) -> str:
+    return f"{issuer}/connections/crm/callback"
 
 
 def create_clients(env: Mapping[str, str], agent: Agent) -> tuple[str, str]:

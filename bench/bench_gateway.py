@@ -24,6 +24,10 @@ the two alternate for --rounds rounds (direct, gateway, direct, ...) so drift hi
 row is the median over the rounds. A fresh capability token (60 s) and proofs per gateway run.
 The CRM is a werkzeug server in this process, so its share is the same in both columns.
 
+`--platform gunicorn` runs the CRM under gunicorn instead (bench/crm_app.py, one worker), which
+keeps connections alive: wrk's direct calls and the gateway's pool then reuse theirs, as with a
+real platform.
+
 `--stages N` then runs N gateway calls in-process (one app instance, Flask's test client, the
 same config, database and Redis; the CRM as above) with a timer of the calling thread's CPU
 around each stage of the call (`common.cpu_timed`: waits on PostgreSQL, Redis and the CRM drop
@@ -35,6 +39,7 @@ of another N calls there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -58,6 +63,7 @@ from bench_exchange import (  # noqa: E402
     Agent,
     configure,
     create_clients,
+    crm_callback,
     edge_mint,
     sign_in_and_connect,
 )
@@ -78,7 +84,14 @@ from common import (  # noqa: E402
     write_result,
 )
 
-from tests.stack import GRANT_TOKEN_EXCHANGE, TT_ACCESS_TOKEN, compact, intent  # noqa: E402
+from authserver.testing.platforms import ADMIN_STATS_PATH  # noqa: E402
+from tests.stack import (  # noqa: E402
+    AUTHSERVER_AT_PLATFORMS,
+    GRANT_TOKEN_EXCHANGE,
+    TT_ACCESS_TOKEN,
+    compact,
+    intent,
+)
 
 CONCURRENCY = (1, 4)
 PATH = "deals/acme-123"
@@ -122,6 +135,21 @@ def exchange(issuer: str, idp: Any, edge: tuple[str, str], agent: Agent, **targe
                          headers={"DPoP": proof, "Content-Type": FORM})
     assert resp.status_code == 200, resp.text
     return str(resp.json()["access_token"])
+
+
+def start_crm_process(wd: Path, issuer: str, exits: contextlib.ExitStack) -> tuple[str, str]:
+    """The CRM under gunicorn (bench/crm_app.py: one worker, kept-alive connections), stopped
+    when `exits` closes; returns its URL and authserver's client secret there."""
+    import secrets
+
+    port = free_port()
+    url, secret = f"http://127.0.0.1:{port}", secrets.token_urlsafe(24)
+    exits.enter_context(Gunicorn(
+        port=port, workers=1, log_path=wd / "crm.log", app="bench.crm_app:build()",
+        ready_path=ADMIN_STATS_PATH, env={
+            "BENCH_CRM_URL": url, "BENCH_CRM_CLIENT_ID": AUTHSERVER_AT_PLATFORMS,
+            "BENCH_CRM_SECRET": secret, "BENCH_CRM_REDIRECT": crm_callback(issuer)}))
+    return url, secret
 
 
 def stage_targets() -> list[tuple[Any, str, str]]:
@@ -209,6 +237,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--rounds", type=int, default=3, help="direct/gateway pairs per row")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
+    parser.add_argument("--platform", choices=("werkzeug", "gunicorn"), default="werkzeug",
+                        help="the CRM in this process (closes every connection) or under "
+                             "gunicorn (keeps them alive)")
     parser.add_argument("--stages", type=int, default=0, metavar="N",
                         help="then N in-process calls with CPU per stage")
     parser.add_argument("--stages-only", action="store_true", help="skip the wrk runs")
@@ -218,11 +249,16 @@ def main() -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the in-process IdP and CRM
     rows: list[dict[str, Any]] = []
     servers: list[Any] = []
-    with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd:
+    with fresh_postgres() as db_url, redis_prefix() as prefix, workdir() as wd, \
+            contextlib.ExitStack() as exits:
         try:
             port = free_port()
             issuer = f"http://127.0.0.1:{port}"
-            config_path, settings, servers, idp = configure(wd, issuer, db_url, prefix)
+            crm_at = None
+            if args.platform == "gunicorn":
+                crm_at = start_crm_process(wd, issuer, exits)
+            config_path, settings, servers, idp = configure(wd, issuer, db_url, prefix,
+                                                            crm_at=crm_at)
             env = {"AUTHSERVER_CONFIG": str(config_path)}
             agent, executor = Agent(), Agent()
             edge = create_clients(env, agent)  # also migrates and creates the signing key

@@ -171,9 +171,11 @@ class Gunicorn:
     """authserver under gunicorn with the repository's gunicorn.conf.py (gthread workers)."""
 
     def __init__(self, *, port: int, workers: int, env: Mapping[str, str], log_path: Path,
-                 extra_args: Sequence[str] = (), app: str = "wsgi:app") -> None:
+                 extra_args: Sequence[str] = (), app: str = "wsgi:app",
+                 ready_path: str = "/readyz") -> None:
         self.port = port
         self.app = app
+        self.ready_path = ready_path
         self.extra_args = list(extra_args)
         self.workers = workers
         self.base_url = f"http://127.0.0.1:{port}"
@@ -203,11 +205,11 @@ class Gunicorn:
             if self.proc.poll() is not None:
                 raise RuntimeError("gunicorn exited:\n" + self._log_tail())
             with contextlib.suppress(requests.RequestException):
-                if requests.get(self.base_url + "/readyz", timeout=2).status_code == 200 and \
+                if requests.get(self.base_url + self.ready_path, timeout=2).status_code == 200 and \
                         len(self.worker_pids()) >= self.workers:
                     # Every worker answers once it has booted; warm each one a little.
                     for _ in range(4 * self.workers):
-                        requests.get(self.base_url + "/readyz", timeout=5)
+                        requests.get(self.base_url + self.ready_path, timeout=5)
                     return
             time.sleep(0.2)
         self.stop()
