@@ -15,6 +15,7 @@ import pytest
 import urllib3
 
 from authserver.broker import http_session
+from tests.tls_helpers import Route, TLSServer, tls_server  # noqa: F401
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -215,3 +216,20 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_platform_calls_verify_tls_against_the_given_ca(tls_server: TLSServer) -> None:
+    tls_server.routes["/ok"] = Route(body=b'{"ok": true}')
+    answer = _send(http_session.PlatformCalls(trust_env=False, ca_certs=str(tls_server.ca_file)),
+                   tls_server.url("/ok"))
+    assert (answer.status, answer.body) == (200, b'{"ok": true}')
+
+
+def test_platform_calls_refuse_a_certificate_no_trusted_ca_signed(tls_server: TLSServer) -> None:
+    """Without the test CA (the default: the environment's bundle, else certifi's), the
+    platform's certificate does not verify and nothing is sent."""
+    tls_server.routes["/ok"] = Route()
+    with pytest.raises(urllib3.exceptions.SSLError):
+        _send(http_session.PlatformCalls(trust_env=False), tls_server.url("/ok"))
+    assert tls_server.requests == []
+
