@@ -13,6 +13,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.process_helpers import stop_process
+
 PGBOUNCER = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer"
                                           if os.path.exists("/usr/sbin/pgbouncer") else None)
 
@@ -65,9 +67,5 @@ ignore_startup_parameters = extra_float_digits,options
                 time.sleep(0.1)
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process, timeout=10)
         shutil.rmtree(directory, ignore_errors=True)

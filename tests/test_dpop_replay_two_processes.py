@@ -27,6 +27,7 @@ from joserfc.jwk import KeySet
 from authserver.testing.server import free_port
 from tests.conftest import REDIS_URL, delete_prefixed, fresh_postgres_database
 from tests.dpop_helpers import ProofKey
+from tests.process_helpers import stop_process
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 
@@ -59,16 +60,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], base_url: str, log: Path) -> None
             pass  # not listening yet, or the worker is still importing the app
         time.sleep(POLL_INTERVAL)  # polling for startup only; no assertion depends on timing
     raise AssertionError(f"gunicorn at {base_url} not ready:\n{log.read_text()}")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +96,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             yield Deployment(issuer=issuer, instances=[f"http://127.0.0.1:{p}" for p in ports])
         finally:
             for proc in procs:
-                _stop(proc)
+                stop_process(proc, timeout=15)
             delete_prefixed(REDIS_URL, prefix)
 
 

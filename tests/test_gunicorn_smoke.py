@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from authserver.testing.server import free_port
+from tests.process_helpers import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STARTUP_DEADLINE_POLLS = 300  # x 0.1 s: 30 s to import, migrate and fork
@@ -41,12 +42,7 @@ def gunicorn(tmp_path: Path) -> Iterator[str]:
         _wait_until_healthy(proc, issuer, tmp_path / "gunicorn.log")
         yield issuer
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 

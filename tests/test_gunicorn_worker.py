@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from authserver.testing.server import free_port
+from tests.process_helpers import stop_process
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 WORKERS = 2
@@ -46,12 +47,7 @@ def server(tmp_path: Path) -> Iterator[int]:
         _wait_for_every_worker(proc, port)
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         log.close()
 
 
