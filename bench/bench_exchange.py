@@ -43,7 +43,6 @@ import contextlib
 import cProfile
 import json
 import logging
-import os
 import pstats
 import secrets
 import statistics
@@ -71,6 +70,7 @@ from common import (  # noqa: E402
     authserver_cli,
     free_port,
     fresh_postgres,
+    in_process_app,
     machine,
     make_proofs,
     print_table,
@@ -463,13 +463,12 @@ def cpu_stages(client: Any, batch: list[tuple[str, str]]) -> list[dict[str, Any]
 
 def profile(config_path: Path, agent: Agent, user_assertion: str, n: int,
             pstats_path: str | None = None, cpu_clock: bool = False) -> dict[str, Any]:
-    from authserver import create_app
-    from authserver.observability import configure_logging
+    with in_process_app(config_path) as app:
+        return _profile(app, agent, user_assertion, n, pstats_path, cpu_clock)
 
-    app = create_app({"config_file": str(config_path)})
-    # Same JSON access log as in production, written to /dev/null instead of the terminal.
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    configure_logging(app.extensions["authserver"].settings.log_level, stream=devnull)
+
+def _profile(app: Any, agent: Agent, user_assertion: str, n: int, pstats_path: str | None,
+             cpu_clock: bool) -> dict[str, Any]:
     issuer = app.extensions["authserver"].settings.issuer
     client = app.test_client()
 
@@ -508,9 +507,6 @@ def profile(config_path: Path, agent: Agent, user_assertion: str, n: int,
     profiler.disable()
     if pstats_path:
         profiler.dump_stats(pstats_path)
-    app.extensions["authserver"].db.engine.dispose()
-    configure_logging(app.extensions["authserver"].settings.log_level)
-    devnull.close()
 
     stats = pstats.Stats(profiler)
     raw = stats.stats  # type: ignore[attr-defined]

@@ -186,44 +186,35 @@ def stage_targets() -> list[tuple[Any, str, str]]:
 def cpu_stages(config_path: Path, gateway_url: str, agent: Agent, token_for: Any,
                n: int, pstats_path: str | None = None) -> list[dict[str, Any]]:
     """CPU µs per in-process gateway call, by stage (see the module docstring)."""
-    import os
-
-    from authserver import create_app
-    from authserver.observability import configure_logging
-
-    app = create_app({"config_file": str(config_path)})
-    devnull = open(os.devnull, "w")  # noqa: SIM115 - closed below
-    configure_logging(app.extensions["authserver"].settings.log_level, stream=devnull)
-    client = app.test_client()
     path = gateway_url.split("://", 1)[1].partition("/")[2]
     base_url = gateway_url[: -len(path)]
     spent: dict[str, int] = {}
     token = token_for()  # one capability token (60 s) serves every call: reads have no count
     # One batch (distinct jtis), signed before the warm-up.
     batch = gateway_proofs(agent.dpop, gateway_url, token, WARM_UP + 2 * n)
+    with common.in_process_app(config_path) as app:
+        client = app.test_client()
 
-    def calls(proofs: list[str]) -> int:
-        started = time.thread_time_ns()
-        for proof in proofs:
-            resp = client.get("/" + path, base_url=base_url, headers={
-                "Authorization": f"DPoP {token}", "DPoP": proof, "Accept": "application/json"})
-            assert resp.status_code == 200, resp.get_data(as_text=True)
-        return time.thread_time_ns() - started
+        def calls(proofs: list[str]) -> int:
+            started = time.thread_time_ns()
+            for proof in proofs:
+                resp = client.get("/" + path, base_url=base_url, headers={
+                    "Authorization": f"DPoP {token}", "DPoP": proof,
+                    "Accept": "application/json"})
+                assert resp.status_code == 200, resp.get_data(as_text=True)
+            return time.thread_time_ns() - started
 
-    calls(batch[:WARM_UP])  # imports, pools, key ring, caches
-    with common.timed_stages(stage_targets(), spent, app):
-        total = calls(batch[WARM_UP:WARM_UP + n])
-    if pstats_path:
-        import cProfile
+        calls(batch[:WARM_UP])  # imports, pools, key ring, caches
+        with common.timed_stages(stage_targets(), spent, app):
+            total = calls(batch[WARM_UP:WARM_UP + n])
+        if pstats_path:
+            import cProfile
 
-        profiler = cProfile.Profile(time.thread_time)
-        profiler.enable()
-        calls(batch[WARM_UP + n:])
-        profiler.disable()
-        profiler.dump_stats(pstats_path)
-    app.extensions["authserver"].db.engine.dispose()
-    configure_logging(app.extensions["authserver"].settings.log_level)
-    devnull.close()
+            profiler = cProfile.Profile(time.thread_time)
+            profiler.enable()
+            calls(batch[WARM_UP + n:])
+            profiler.disable()
+            profiler.dump_stats(pstats_path)
     rows = [{"stage": "everything (test client + request)", "cpu_us": total / n / 1000}]
     labels = [label for _o, _n, label in stage_targets()]
     labels += sorted(k for k in spent if k not in labels)

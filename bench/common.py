@@ -90,6 +90,25 @@ def timed_stages(targets: Sequence[tuple[Any, str, str]], spent: MutableMapping[
             table[key] = funcs
 
 
+@contextlib.contextmanager
+def in_process_app(config_path: Path) -> Iterator[Any]:
+    """One app instance from `config_path` (AUTHSERVER_CONFIG's file), for Flask's test client.
+    Its JSON access log is written as in production, to /dev/null instead of the terminal; on
+    exit the database pool is closed and logging goes back to the terminal."""
+    from authserver import create_app
+    from authserver.observability import configure_logging
+
+    app = create_app({"config_file": str(config_path)})
+    level = app.extensions["authserver"].settings.log_level
+    with open(os.devnull, "w") as devnull:
+        configure_logging(level, stream=devnull)
+        try:
+            yield app
+        finally:
+            app.extensions["authserver"].db.engine.dispose()
+            configure_logging(level)
+
+
 def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
