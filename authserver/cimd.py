@@ -191,11 +191,12 @@ def find_client(session: Session, client_id: str | None, *, cimd: CimdResolver |
 
 
 def find_client_record(session: Session, client_id: str | None, *, cimd: CimdResolver | None,
-                       registry: RegistryCache, now: int) -> ClientRecord | None:
+                       registry: RegistryCache, now: int, generation: str | None = None
+                       ) -> ClientRecord | None:
     """`find_client`, with a registered id's client from `registry`'s read-only snapshots
-    (authserver.client_cache: no SQL while the shared generation holds). A URL id is
-    `find_client`'s as always: its row follows a fetched document."""
+    (authserver.client_cache: no SQL while the shared generation holds; `generation` is one
+    already read). A URL id is `find_client`'s as always: its row follows a fetched document."""
     if isinstance(client_id, str) and client_id and len(client_id) <= CIMD_URL_MAX_LENGTH \
             and not (cimd is not None and is_url_client_id(client_id)):
-        return registry.client(session, client_id, now=now)
+        return registry.client(session, client_id, now=now, generation=generation)
     return find_client(session, client_id, cimd=cimd, now=now)

@@ -51,15 +51,16 @@ _AUTHLIB_METHODS: dict[str, Callable[[QueryClient, Any], OAuthClient | None]] = 
 }
 
 
-def authenticate_client(services: Services, req: TokenRequest,
-                        methods: Sequence[str]) -> OAuthClient:
+def authenticate_client(services: Services, req: TokenRequest, methods: Sequence[str], *,
+                        generation: str | None = None) -> OAuthClient:
     """The client, authenticated by the first of `methods` the request uses that is also the
-    client's registered method. Raises `InvalidClientError` (401)."""
+    client's registered method. Raises `InvalidClientError` (401). `generation`: the client
+    registry's, if the caller read it already (authserver.client_cache)."""
 
     looked_up: list[OAuthClient | None] = []  # for the refusal's reason only
 
     def query_client(client_id: str) -> OAuthClient | None:
-        client = load_client(services, req.db, client_id, now=req.now)
+        client = load_client(services, req.db, client_id, now=req.now, generation=generation)
         looked_up.append(client)
         return client
 
@@ -103,15 +104,15 @@ def _failure_reason(req: TokenRequest, looked_up: Sequence[OAuthClient | None],
     return "client_auth_missing_credentials"
 
 
-def load_client(services: Services, db: Session, client_id: Any, *, now: int
-                ) -> OAuthClient | None:
+def load_client(services: Services, db: Session, client_id: Any, *, now: int,
+                generation: str | None = None) -> OAuthClient | None:
     """The client `client_id` names, or None. A URL client id is fetched (CIMD); a refused
-    document raises `InvalidClientError`."""
+    document raises `InvalidClientError`. `generation` as in `authenticate_client`."""
     if not isinstance(client_id, str) or len(client_id) > 255 \
             or has_control_characters(client_id):
         return None
     row = find_client_record(db, client_id, cimd=services.cimd, registry=services.registry,
-                             now=now)
+                             now=now, generation=generation)
     return OAuthClient(row) if row is not None else None
 
 

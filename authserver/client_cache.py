@@ -142,11 +142,18 @@ class RegistryCache:
         store = self._store_of()
         if store.single_process:
             return None
-        value = store.get(registry_generation())
-        if value is None:
-            value = secrets.token_hex(16)
-            store.set(registry_generation(), value)
-        return value
+        return self.generation_from(store.get(registry_generation()))
+
+    def generation_from(self, stored: str | None) -> str | None:
+        """`generation()`, given what `registry_generation()` held when the caller read it in
+        a round trip it made anyway (the token endpoint's address budget)."""
+        store = self._store_of()
+        if store.single_process:
+            return None
+        if stored is None:
+            stored = secrets.token_hex(16)
+            store.set(registry_generation(), stored)
+        return stored
 
     def bump(self) -> None:
         """A new generation: every instance's snapshots stop holding."""
@@ -158,9 +165,12 @@ class RegistryCache:
 
     # --- clients ----------------------------------------------------------------------------
 
-    def client(self, session: Session, client_id: str, *, now: int) -> ClientSnapshot | None:
-        """The registered client `client_id` (not a URL id: authserver.cimd), or None."""
-        generation = self.generation()
+    def client(self, session: Session, client_id: str, *, now: int,
+               generation: str | None = None) -> ClientSnapshot | None:
+        """The registered client `client_id` (not a URL id: authserver.cimd), or None.
+        `generation` is one this request has read already (`generation_from`); without it
+        the generation is read here."""
+        generation = generation or self.generation()
         with self._lock:
             entry = self._clients.get(client_id)
             if self._fresh(entry, generation, now):

@@ -19,7 +19,7 @@ client and per address (every grant).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -102,49 +102,56 @@ class RateLimiter:
             )
         return cls(store, limits)
 
-    def _spend(self, key: str, rule: RateLimit, now: int) -> int | None:
-        """Count one request; seconds to wait if the budget is spent, else None.
+    def _spend(self, spends: Sequence[tuple[str, RateLimit]], now: int,
+               read: Sequence[str] = ()) -> tuple[list[int], list[str | None]]:
+        """Count one request against each `(key, rule)` of `spends`, in one store round trip
+        with `read`'s GETs; the seconds to wait for each budget that is spent, and the values
+        read.
 
         Sliding-window counter: the current fixed window's count plus the previous window's,
         weighted by how much of it still lies within the last `window` seconds. Plain fixed
         windows would let 2 x limit through around a boundary.
         """
-        index, elapsed = divmod(now, rule.window)
-        current, previous = self.store.incr_with_previous(
-            f"{key}:{index}", f"{key}:{index - 1}", ttl=2 * rule.window)
-        remaining = rule.window - elapsed
-        limit, window = rule.limit, rule.window
-        if current * window + previous * remaining <= limit * window:
-            return None
-        return max(1, _retry_after(current, previous, remaining, limit, window))
+        windows = []
+        for key, rule in spends:
+            index = now // rule.window
+            windows.append((f"{key}:{index}", f"{key}:{index - 1}", 2 * rule.window))
+        counts, values = self.store.incr_windows(windows, read)
+        waits = []
+        for (_key, rule), (current, previous) in zip(spends, counts, strict=True):
+            limit, window = rule.limit, rule.window
+            remaining = window - now % window
+            if current * window + previous * remaining > limit * window:
+                waits.append(max(1, _retry_after(current, previous, remaining, limit, window)))
+        return waits, values
 
-    def hit(self, name: str, subject: str, *, now: int) -> None:
+    def hit(self, name: str, subject: str, *, now: int, read: Sequence[str] = ()
+            ) -> list[str | None]:
         """Count one request against the front-door budget `name` (REQUEST_LIMITS) of
         `subject` (a username, a client address, a client id); raise RateLimitedError
-        (retry_after) once it is spent, StoreUnavailableError if the store cannot answer."""
+        (retry_after) once it is spent, StoreUnavailableError if the store cannot answer.
+        The store keys of `read` are read in the same round trip: their values are returned."""
         if name not in REQUEST_LIMITS:
             raise ValueError(f"unknown request limit {name!r}")
-        wait = self._spend(store_keys.rate_request(name, subject), self.limits[name], now)
-        if wait is not None:
-            raise RateLimitedError(wait)
+        waits, values = self._spend(
+            [(store_keys.rate_request(name, subject), self.limits[name])], now, read)
+        if waits:
+            raise RateLimitedError(waits[0])
+        return values
 
     def check(self, *, user_id: str, agent_id: str, action_class: str, now: int) -> None:
-        """Count this request; raise RateLimitedError(retry_after) if any budget is spent.
+        """Count this request against each of its budgets, in one store round trip; raise
+        RateLimitedError(retry_after) if any budget is spent.
 
         Raises ValueError for an unknown action class (a caller bug) and StoreUnavailableError
         (503) if the store cannot answer.
         """
         if action_class not in _BUDGETS:
             raise ValueError(f"unknown action class {action_class!r}")
-        waits: list[int] = []
-        for budget in _BUDGETS[action_class]:
-            key = store_keys.rate_user(budget, user_id)
-            wait = self._spend(key, self.limits[budget], now)
-            if wait is not None:
-                waits.append(wait)
-        wait = self._spend(store_keys.rate_agent(agent_id), self.limits[AGENT], now)
-        if wait is not None:
-            waits.append(wait)
+        spends = [(store_keys.rate_user(budget, user_id), self.limits[budget])
+                  for budget in _BUDGETS[action_class]]
+        spends.append((store_keys.rate_agent(agent_id), self.limits[AGENT]))
+        waits, _ = self._spend(spends, now)
         if waits:
             raise RateLimitedError(max(waits))
 

@@ -143,6 +143,47 @@ def test_an_unrelated_write_keeps_the_generation(db: Database, cache: RegistryCa
     assert store.get(registry_generation()) == before
 
 
+class CountingStore(SharedStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gets = 0
+
+    def get(self, key: str) -> str | None:
+        self.gets += 1
+        return super().get(key)
+
+
+def test_a_generation_read_by_the_caller_is_used_without_reading_it_again(
+        db: Database, statements: list[str]) -> None:
+    """The token endpoint reads the generation in its address budget's round trip."""
+    store = CountingStore()
+    registry = RegistryCache(lambda: store)
+    watch(db.sessionmaker, registry)
+    add_client(db)
+    generation = registry.generation_from(store.get(registry_generation()))
+    first = lookup(db, registry)
+    store.gets, statements[:] = 0, []
+    with db.session() as session:
+        assert registry.client(session, "cli_a", now=NOW, generation=generation) is first
+    assert (store.gets, statements) == (0, [])
+    # A generation read before a change no longer holds once the change has been read.
+    with db.session() as session:
+        session.execute(update(Client).values(attributes={"executor": True}))
+    renewed = registry.generation_from(store.get(registry_generation()))
+    assert renewed != generation
+    with db.session() as session:
+        seen = registry.client(session, "cli_a", now=NOW, generation=renewed)
+    assert seen is not None and seen.attributes["executor"]
+
+
+def test_generation_from_an_absent_value_sets_a_new_one(store: SharedStore) -> None:
+    registry = RegistryCache(lambda: store)
+    generation = registry.generation_from(None)
+    assert generation and store.get(registry_generation()) == generation
+    assert registry.generation_from("g-read") == "g-read"
+    assert RegistryCache(MemoryStore).generation_from("g-read") is None  # caches nothing
+
+
 def test_a_store_error_is_no_snapshot_and_no_write(db: Database) -> None:
     registry = RegistryCache(lambda: DownStore())
     watch(db.sessionmaker, registry)

@@ -234,25 +234,111 @@ def test_memory_incr_with_previous_is_thread_safe() -> None:
     assert sorted(seen) == list(range(1, 8 * 500 + 1))
 
 
-def test_a_spend_is_one_redis_round_trip(user: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_incr_windows_spends_each_window_and_reads_in_one_call(store: Store) -> None:
+    a, b = (f"rl:test:{{{uuid.uuid4().hex}}}" for _ in range(2))
+    store.set(f"{b}:6", "5")
+    store.set(f"{a}:gen", "g1")
+    assert store.incr_windows([(f"{a}:7", f"{a}:6", 120), (f"{b}:7", f"{b}:6", 120)],
+                              [f"{a}:gen", f"{a}:absent"]) == ([(1, 0), (1, 5)], ["g1", None])
+    assert store.incr_windows([(f"{a}:7", f"{a}:6", 120)]) == ([(2, 0)], [])
+    assert store.incr_windows([], [f"{a}:gen"]) == ([], ["g1"])
+    assert store.get(f"{a}:7") == "2" and store.get(f"{b}:7") == "1"
+
+
+def test_redis_incr_windows_sets_each_expiry_once() -> None:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    prefix = f"test:{uuid.uuid4().hex}:"
+    store = RedisStore(client, prefix=prefix)
+    try:
+        store.incr_windows([("rl:x:{s}:1", "rl:x:{s}:0", 100)])
+        client.expire(prefix + "rl:x:{s}:1", 50)
+        store.incr_windows([("rl:x:{s}:1", "rl:x:{s}:0", 100), ("rl:y:{t}:1", "rl:y:{t}:0", 30)])
+        assert 0 < client.ttl(prefix + "rl:x:{s}:1") <= 50
+        assert 0 < client.ttl(prefix + "rl:y:{t}:1") <= 30
+        assert client.ttl(prefix + "rl:x:{s}:0") == -2  # the read creates nothing
+    finally:
+        client.delete(prefix + "rl:x:{s}:1", prefix + "rl:y:{t}:1")
+        client.close()
+
+
+def test_redis_incr_windows_on_a_store_that_does_not_answer_is_503() -> None:
+    dead = RedisStore(redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=1))
+    with pytest.raises(StoreUnavailableError) as exc:
+        dead.incr_windows([("rl:x:{s}:1", "rl:x:{s}:0", 60)], ["gen"])
+    assert (exc.value.error, exc.value.status_code) == ("temporarily_unavailable", 503)
+
+
+def test_redis_incr_windows_error_in_one_command_is_503() -> None:
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    prefix = f"test:{uuid.uuid4().hex}:"
+    client.set(prefix + "rl:x:{s}:1", "not a number")
+    try:
+        with pytest.raises(StoreUnavailableError):
+            RedisStore(client, prefix=prefix).incr_windows([("rl:x:{s}:1", "rl:x:{s}:0", 60)],
+                                                           ["gen"])
+    finally:
+        client.delete(prefix + "rl:x:{s}:1")
+        client.close()
+
+
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The commands of each write to Redis (one round trip each: a command, or a pipeline)."""
+    sent: list[list[str]] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counting(self: redis.connection.Connection, command: object, *args: object,
+                 **kw: object) -> None:
+        chunks = command if isinstance(command, list) else [command]
+        lines = b"".join(c if isinstance(c, bytes) else bytes(c)  # type: ignore[arg-type]
+                         for c in chunks).split(b"\r\n")
+        # Each command is an array header `*N`, then its name's length `$n`, then its name.
+        sent.append([lines[i + 2].decode() for i, line in enumerate(lines)
+                     if line.startswith(b"*")])
+        send(self, command, *args, **kw)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return sent
+
+
+def test_a_spend_is_one_redis_round_trip(user: str, round_trips: list[list[str]]) -> None:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     limiter = RateLimiter(RedisStore(client, prefix=f"test:{uuid.uuid4().hex}:"), SMALL)
-    limiter.hit("token", user, now=WINDOW_START)  # loads the script (once per server)
-    sent: list[object] = []
-    send = redis.connection.Connection.send_command
-
-    def counting(self: redis.connection.Connection, *args: object, **kw: object) -> None:
-        sent.append(args[0])
-        send(self, *args, **kw)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_command", counting)
-    limiter.hit("token", user, now=WINDOW_START + 60)
-    assert sent == ["EVALSHA"]
-    sent.clear()
+    client.ping()  # the connection's set-up commands
+    round_trips.clear()
+    limiter.hit("token", user, now=WINDOW_START)
+    assert round_trips == [["EVAL"]]
+    round_trips.clear()
+    assert limiter.hit("token", user, now=WINDOW_START, read=["gen", "other"]) == [None, None]
+    assert round_trips == [["EVAL", "GET", "GET"]]
+    round_trips.clear()
     limiter.check(user_id=user, agent_id="a", action_class="destructive", now=WINDOW_START)
-    assert sent == ["EVALSHA"] * 3  # destructive, write, agent
-    monkeypatch.undo()
+    assert round_trips == [["EVAL"] * 3]  # destructive, write, agent: one round trip
     client.close()
+
+
+def test_a_refused_hit_reads_nothing_back(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, {"token": RateLimit(1, 60)})
+    store.set("gen", "g1")
+    assert limiter.hit("token", user, now=WINDOW_START, read=["gen"]) == ["g1"]
+    with pytest.raises(RateLimitedError) as exc:
+        limiter.hit("token", user, now=WINDOW_START, read=["gen"])
+    # Two counted against a limit of 1: the rest of this window (60 s), then until the retry's
+    # 1 plus this window's weight fits (60 s more).
+    assert exc.value.retry_after == 120
+
+
+def test_check_counts_every_budget_when_one_is_spent(store: Store, user: str) -> None:
+    limiter = RateLimiter(store, {**SMALL, "agent": RateLimit(2, 60)})
+    _exhaust(limiter, user, "destructive", 1, WINDOW_START)
+    with pytest.raises(RateLimitedError):
+        limiter.check(user_id=user, agent_id="agent-1", action_class="destructive",
+                      now=WINDOW_START)
+    # The refused request counted against write and the agent too: the agent's budget of 2
+    # is spent by the two requests, so a read by another user is refused.
+    with pytest.raises(RateLimitedError):
+        limiter.check(user_id=user + "-2", agent_id="agent-1", action_class="read",
+                      now=WINDOW_START)
 
 
 # --- configuration ---------------------------------------------------------------------------

@@ -43,7 +43,7 @@ class RecordingRedis(redis.Redis):
 
     seen: list[tuple[str, list[str]]]
 
-    def execute_command(self, *args: Any, **options: Any) -> Any:
+    def note(self, args: tuple[Any, ...]) -> None:
         name = str(args[0]).upper()
         if name in SCRIPTS:
             self.seen.append((name, [str(k) for k in args[3:3 + int(args[2])]]))
@@ -52,7 +52,22 @@ class RecordingRedis(redis.Redis):
             self.seen.append((name, [str(k) for k in args[1::step]]))
         else:
             self.seen.append((name, [str(args[1])] if len(args) > 1 else []))
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        self.note(args)
         return super().execute_command(*args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> Any:
+        """A pipeline whose queued commands are noted too (`incr_windows`)."""
+        pipe = super().pipeline(transaction, shard_hint)
+        queue = pipe.pipeline_execute_command
+
+        def noting(*args: Any, **options: Any) -> Any:
+            self.note(args)
+            return queue(*args, **options)
+
+        pipe.pipeline_execute_command = noting  # type: ignore[method-assign]
+        return pipe
 
 
 def exercise(store: Any) -> None:
@@ -69,6 +84,10 @@ def exercise(store: Any) -> None:
     assert store.incr(keys.capability_writes("jti-1"), 60) == 1
     assert store.incr_with_previous(keys.rate_agent("x") + ":2", keys.rate_agent("x") + ":1",
                                     60) == (1, 0)
+    agent, user = keys.rate_agent("y"), keys.rate_user("read", USER)
+    store.set(keys.registry_generation(), "g1")
+    assert store.incr_windows([(agent + ":2", agent + ":1", 60), (user + ":2", user + ":1", 60)],
+                              [keys.registry_generation()]) == ([(1, 0), (1, 0)], ["g1"])
     store.set(keys.connection_epoch(USER, "crm"), "3", ttl=60)
     assert store.get(keys.connection_epoch(USER, "crm")) == "3"
     store.delete(keys.connection_epoch(USER, "crm"))
@@ -83,8 +102,10 @@ def exercise(store: Any) -> None:
 
 def test_the_only_scripts_are_the_ones_checked_here():
     """Only store/redis.py talks to Redis (the `Store` methods take one key each, but
-    `incr_with_previous`); its multi-key calls are the scripts exercised here. A new script or
-    multi-key call must be added to `exercise` (and its keys given one hash tag)."""
+    `incr_with_previous` and `incr_windows`); its multi-key calls are the scripts exercised
+    here (`incr_windows` pipelines the same script, EVAL'd, and GETs: a pipeline that is not a
+    transaction may span slots). A new script or multi-key call must be added to `exercise`
+    (and its keys given one hash tag)."""
     talks_to_redis = sorted(
         path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
         if re.search(r"^\s*(import redis\b|from redis(?!\.exceptions )(\.\w+)* import)",
@@ -93,7 +114,11 @@ def test_the_only_scripts_are_the_ones_checked_here():
     source = (PACKAGE / "store/redis.py").read_text()
     calls = re.findall(r"\.(register_script|eval|evalsha|pipeline|mget|mset|msetnx|unlink|"
                        r"transaction|delete)\(([^)]*)\)", source)
-    assert sorted(name for name, _ in calls) == ["delete", "register_script", "register_script"]
+    assert sorted(name for name, _ in calls) == ["delete", "eval", "pipeline",
+                                                 "register_script", "register_script"]
+    assert [args for name, args in calls if name == "pipeline"] == ["transaction=False"]
+    assert [args.split(",")[0] for name, args in calls if name == "eval"] == [
+        "_INCR_WITH_PREVIOUS"]
     assert [args for name, args in calls if name == "delete"] == ["self._prefix + key"]
     scripts = re.findall(r'^(_[A-Z_]+) = """', source, re.M)
     assert scripts == ["_INCR_WITH_TTL", "_INCR_WITH_PREVIOUS"]
@@ -108,12 +133,13 @@ def test_every_multi_key_command_maps_to_one_slot():
     finally:
         delete_prefixed(REDIS_URL, prefix)
     multi = [(name, ks) for name, ks in client.seen if len(ks) > 1]
-    spends = len(REQUEST_LIMITS) * 2 + 3 + 2 + 1  # hits, read, write (+user), destructive
-    assert len(multi) >= spends, client.seen
+    # hits, read, write (+user), destructive (+write +user), incr_with_previous, incr_windows
+    spends = len(REQUEST_LIMITS) * 2 + 2 + 2 + 3 + 1 + 2
+    assert len(multi) == spends, client.seen
     for name, ks in multi:
         assert len({key_slot(k.encode()) for k in ks}) == 1, (name, ks)
     # The rate windows are the script's keys; the subject is the tag, not the window index.
-    assert {name for name, _ in multi} == {"EVALSHA"}
+    assert {name for name, _ in multi} == {"EVAL", "EVALSHA"}
     # Distinct subjects land on different slots (the tag spreads load; not one hot slot).
     rate_slots = {key_slot(ks[0].encode()) for _, ks in multi}
     assert len(rate_slots) > 3

@@ -21,8 +21,12 @@ from authserver.clients import CLIENT_ASSERTION_TYPE, register_client, validate_
 from authserver.config import Settings
 from authserver.errors import OAuthError
 from authserver.grants.client_credentials import ClientCredentialsGrant
+from authserver.models import Client
 from authserver.models.audit import AuditEvent
+from authserver.ratelimit import RateLimiter
 from authserver.services import Services
+from authserver.store.keys import registry_generation
+from authserver.store.memory import MemoryStore
 from authserver.token_endpoint import pipeline
 from authserver.token_endpoint.parameters import ENDPOINT_PARAMETERS, restrict_parameters
 from authserver.token_endpoint.request import Form, TokenRequest
@@ -409,6 +413,84 @@ def test_the_client_budget_is_spent_only_once_authenticated(services: Services,
     # authserver.ratelimit: the refused request counts too, so the retry waits past the window.
     assert_refused(error, 429, "rate_limited", "Rate limit exceeded",
                    {**NO_STORE, "Retry-After": "120"})
+
+
+class SharedRecordingStore(MemoryStore):
+    """The embedded store standing in for Redis (so the registry cache holds snapshots),
+    noting each call: one call is one round trip on Redis."""
+
+    single_process = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+        self._in_batch = False
+
+    def incr_windows(self, windows: Any, read: Any = ()) -> Any:
+        self.calls.append(f"incr_windows({len(windows)}, read={list(read)})")
+        self._in_batch = True  # the embedded store's batch runs its own get()s
+        try:
+            return super().incr_windows(windows, read)
+        finally:
+            self._in_batch = False
+
+    def get(self, key: str) -> str | None:
+        if not self._in_batch:
+            self.calls.append(f"get({key})")
+        return super().get(key)
+
+    def set(self, key: str, value: str, ttl: int | None = None) -> None:
+        self.calls.append(f"set({key})")
+        super().set(key, value, ttl)
+
+
+def recording(services: Services) -> SharedRecordingStore:
+    store = SharedRecordingStore()
+    services.store = store
+    services.rate_limiter = RateLimiter(store, services.rate_limiter.limits)
+    return store
+
+
+def test_the_address_budget_reads_the_registry_generation_in_its_round_trip(
+        services: Services, db: Session) -> None:
+    store = recording(services)
+    cc = new_client(services)
+    store.calls.clear()
+    for _ in range(2):
+        assert pipeline.handle(services, request(db, {"grant_type": CC},
+                                                 authorization=cc["basic"])).status == 200
+    address = f"incr_windows(1, read={[registry_generation()]})"
+    # Two round trips each: the address budget with the generation (the client's
+    # registration set it), then the client's budget. No GET of its own, the first time
+    # (the client loaded from the database) and the second (from the cache).
+    assert store.calls == [address, "incr_windows(1, read=[])"] * 2
+
+
+def test_the_generation_read_with_the_address_budget_stops_a_deleted_client(
+        services: Services, db: Session) -> None:
+    recording(services)
+    cc = new_client(services)
+    assert pipeline.handle(services, request(db, {"grant_type": CC},
+                                             authorization=cc["basic"])).status == 200
+    with services.db.session() as session:  # another instance's admin: a new generation
+        session.delete(session.get(Client, cc["client_id"]))
+        session.commit()
+    error = refused(services, request(db, {"grant_type": CC}, authorization=cc["basic"]))
+    assert_refused(error, 401, "invalid_client", "Client authentication failed", CHALLENGE)
+
+
+@pytest.mark.parametrize("settings_extra",
+                         [{"rate_limits": {"token_address": {"limit": 1, "window": 60}}}])
+def test_a_request_refused_by_the_address_budget_goes_no_further(services: Services,
+                                                                 db: Session) -> None:
+    store = recording(services)
+    cc = new_client(services)
+    pipeline.handle(services, request(db, {"grant_type": CC}, authorization=cc["basic"]))
+    store.calls.clear()
+    error = refused(services, request(db, {"grant_type": CC}, authorization=cc["basic"]))
+    assert_refused(error, 429, "rate_limited", "Rate limit exceeded",
+                   {**NO_STORE, "Retry-After": "120"})
+    assert store.calls == [f"incr_windows(1, read={[registry_generation()]})"]
 
 
 # --- the HTTP edge: it commits what the pipeline did -------------------------------------------

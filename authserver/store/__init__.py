@@ -8,6 +8,7 @@ at start-up). Every backend error is raised as `StoreUnavailableError` (503
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -40,6 +41,15 @@ class Store(Protocol):
         A sliding window's spend (authserver.ratelimit): this window's count and the last
         one's in one round trip. Both keys must share a Redis Cluster hash slot (one `{…}`
         hash tag, authserver/store/keys.py).
+        """
+        ...
+
+    def incr_windows(self, windows: Sequence[tuple[str, str, int]], read: Sequence[str] = ()
+                     ) -> tuple[list[tuple[int, int]], list[str | None]]:
+        """`incr_with_previous(key, previous, ttl)` for each of `windows` and `get` for each key
+        of `read`, sent together: one round trip where a request needs several (issue 18).
+        Each spend is atomic on its own; together they are not a transaction. An error in
+        any of them raises `StoreUnavailableError`.
         """
         ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from authserver.store import LockTimeoutError
@@ -49,6 +49,11 @@ class MemoryStore:
     def incr_with_previous(self, key: str, previous: str, ttl: int) -> tuple[int, int]:
         with self._mutex:
             return self._incr(key, ttl), int(self._live(previous) or 0)
+
+    def incr_windows(self, windows: Sequence[tuple[str, str, int]], read: Sequence[str] = ()
+                     ) -> tuple[list[tuple[int, int]], list[str | None]]:
+        return ([self.incr_with_previous(key, previous, ttl) for key, previous, ttl in windows],
+                [self.get(key) for key in read])
 
     def _incr(self, key: str, ttl: int) -> int:
         """`incr` under the held mutex."""

@@ -1,7 +1,8 @@
 """Redis-backed store, shared by every worker and host of a deployment.
 
 Atomic primitives only: `SET NX EX` for replay entries, a Lua INCR+EXPIRE for counters (with
-the previous window's GET in the same script for rate windows: one round trip per spend),
+the previous window's GET in the same script for rate windows: one round trip per spend, and
+several spends and reads pipelined in one by `incr_windows`),
 redis-py's `Lock` (token-checked release) plus an INCR fencing counter for locks. Scripts run
 on `self._r`, the one client every command uses.
 
@@ -15,10 +16,11 @@ are the primary's). Every script's keys share one Cluster hash slot
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import LockError, RedisClusterException, RedisError
 
 from authserver.store import LockTimeoutError, StoreUnavailableError, keys
@@ -49,6 +51,7 @@ class RedisStore:
     def __init__(self, client: redis.Redis, prefix: str = KEY_PREFIX) -> None:
         self._r = client
         self._prefix = prefix
+        self._cluster = isinstance(client, RedisCluster)
         self._incr = client.register_script(_INCR_WITH_TTL)
         self._incr_with_previous = client.register_script(_INCR_WITH_PREVIOUS)
 
@@ -77,6 +80,28 @@ class RedisStore:
         except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
         return int(current), int(before)
+
+    def incr_windows(self, windows: Sequence[tuple[str, str, int]], read: Sequence[str] = ()
+                     ) -> tuple[list[tuple[int, int]], list[str | None]]:
+        if self._cluster:
+            # redis-py's cluster pipeline runs no script: one round trip per command there.
+            return ([self.incr_with_previous(key, previous, ttl)
+                     for key, previous, ttl in windows], [self.get(key) for key in read])
+        # A pipeline, not a transaction. EVAL rather than the registered script's EVALSHA: a
+        # pipelined EVALSHA makes redis-py check SCRIPT EXISTS first, a second round trip.
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for key, previous, ttl in windows:
+                pipe.eval(_INCR_WITH_PREVIOUS, 2, self._prefix + key, self._prefix + previous,
+                          max(1, int(ttl)))
+            for key in read:
+                pipe.get(self._prefix + key)
+            answers = pipe.execute()
+        except _ERRORS as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+        spends, values = answers[:len(windows)], answers[len(windows):]
+        return ([(int(current), int(before)) for current, before in spends],
+                [None if value is None else str(value) for value in values])
 
     def get(self, key: str) -> str | None:
         try:
@@ -134,8 +159,6 @@ def client_from_url(url: str) -> redis.Redis:
     connection, so a failover reaches it without a restart."""
     scheme, sep, rest = url.partition("://")
     if scheme in ("redis+cluster", "rediss+cluster"):
-        from redis.cluster import RedisCluster
-
         cluster = RedisCluster.from_url(
             scheme.split("+")[0] + "://" + rest, decode_responses=True, **_TIMEOUTS)
         return cluster  # type: ignore[return-value]  # the same command API

@@ -30,6 +30,7 @@ from authserver.grants.token_exchange import TokenExchangeGrant
 from authserver.observability import TOKEN_REJECTIONS, TOKENS_ISSUED
 from authserver.ratelimit import TOKEN, TOKEN_ADDRESS
 from authserver.services import Services
+from authserver.store.keys import registry_generation
 from authserver.token_endpoint.parameters import check_body_parameters, restrict_parameters
 from authserver.token_endpoint.request import TokenRequest
 
@@ -69,8 +70,9 @@ def run_steps(services: Services, req: TokenRequest) -> Issued:
     req = restrict_parameters(req, grant.PARAMETERS)
     client: OAuthClient | None = None
     try:
-        throttle_address(services, req)
-        authenticated = authenticate_client(services, req, grant.AUTH_METHODS)
+        generation = throttle_address(services, req)
+        authenticated = authenticate_client(services, req, grant.AUTH_METHODS,
+                                            generation=generation)
         throttle_client(services, req, authenticated)
         client = authenticated
         check_grant_type_allowed(grant, client)
@@ -96,13 +98,19 @@ def select_grant(req: TokenRequest) -> Grant:
     return grant
 
 
-def throttle_address(services: Services, req: TokenRequest) -> None:
-    """The per-address budget, spent before client authentication (429 `rate_limited`)."""
+def throttle_address(services: Services, req: TokenRequest) -> str | None:
+    """The per-address budget, spent before client authentication (429 `rate_limited`).
+
+    The same store round trip reads the client registry's generation, which client
+    authentication needs next (authserver.client_cache): returned, for it.
+    """
     try:
-        services.rate_limiter.hit(TOKEN_ADDRESS, req.client_ip or "unknown", now=req.now)
+        (stored,) = services.rate_limiter.hit(TOKEN_ADDRESS, req.client_ip or "unknown",
+                                              now=req.now, read=(registry_generation(),))
     except RateLimitedError as e:
         e.with_reason("rate_limited_address")
         raise
+    return services.registry.generation_from(stored)
 
 
 def throttle_client(services: Services, req: TokenRequest, client: OAuthClient) -> None:
