@@ -6,8 +6,9 @@ The stack of tests/stack.py (the test IdP, the CRM, authserver on werkzeug's thr
 in this process) on a throw-away PostgreSQL database and Redis db 13 (`bench.common`). A
 SQLAlchemy engine listener counts the statements the app's engine sends (and BEGIN, COMMIT,
 ROLLBACK: each is a round trip with psycopg), and the store's Redis client is wrapped to count
-its commands. Each request kind runs once to warm the in-process caches, then `--runs` times;
-the table gives the median count of one request. Nothing is timed.
+its commands (pipelined ones too) and its round trips (writes to the server: one per command,
+or one for a pipeline's batch). Each request kind runs once to warm the in-process caches, then
+`--runs` times; the table gives the median count of one request. Nothing is timed.
 """
 
 from __future__ import annotations
@@ -70,14 +71,36 @@ class Counter:
         def _checkin(*_a: Any) -> None:
             with self.lock:
                 self.held -= 1
+        # Redis commands by name, a pipeline's too (Store.incr_windows), and round trips: one
+        # per write to the server (a command, or a pipeline's batch).
         client = services.store._r
-        execute = client.execute_command
+        execute, pipeline = client.execute_command, client.pipeline
 
         def counting(*args: Any, **options: Any) -> Any:
             self.add("redis " + str(args[0]).upper())
             return execute(*args, **options)
 
+        def counting_pipeline(*args: Any, **options: Any) -> Any:
+            pipe = pipeline(*args, **options)
+            queue = pipe.pipeline_execute_command
+
+            def noting(*command: Any, **command_options: Any) -> Any:
+                self.add("redis " + str(command[0]).upper())
+                return queue(*command, **command_options)
+
+            pipe.pipeline_execute_command = noting
+            return pipe
+
+        connection_class = client.connection_pool.connection_class
+        send = connection_class.send_packed_command
+
+        def sending(connection: Any, *args: Any, **options: Any) -> Any:
+            self.add("redis round trip")
+            return send(connection, *args, **options)
+
         client.execute_command = counting
+        client.pipeline = counting_pipeline
+        connection_class.send_packed_command = sending
 
     def measure(self, call: Callable[[], Any]) -> collections.Counter[str]:
         with self.lock:
@@ -100,7 +123,8 @@ def summarise(samples: list[collections.Counter[str]]) -> dict[str, Any]:
     held = max(s["pool max held"] for s in samples)
     transactions = median(lambda k: k in ("sql commit", "sql rollback"))
     writes = median(lambda k: k in ("sql INSERT", "sql UPDATE", "sql DELETE"))
-    redis_commands = median(lambda k: k.startswith("redis "))
+    redis_commands = median(lambda k: k.startswith("redis ") and k != "redis round trip")
+    redis_round_trips = median(lambda k: k == "redis round trip")
     kinds = collections.Counter[str]()
     for s in samples:
         kinds.update(s)
@@ -111,6 +135,7 @@ def summarise(samples: list[collections.Counter[str]]) -> dict[str, Any]:
         # psycopg sends BEGIN before a transaction's first statement and COMMIT at its end.
         "pg round trips": sql_statements + 2 * transactions,
         "redis commands": redis_commands,
+        "redis round trips": redis_round_trips,
         # The most pooled connections one request held at once.
         "pg connections": held,
         "detail (total over runs)": dict(sorted(kinds.items())),
@@ -197,7 +222,8 @@ def main(argv: list[str]) -> None:
     print_table(f"Round trips per request, median of {args.runs} ({where}; PostgreSQL + Redis)",
                 [{"request": k, **v} for k, v in rows.items()],
                 ["request", "sql statements", "of which writes", "transactions",
-                 "pg round trips", "pg connections", "redis commands"])
+                 "pg round trips", "pg connections", "redis commands",
+                 "redis round trips"])
     for name, row in rows.items():
         print(f"\n{name}: {json.dumps(row['detail (total over runs)'])}")
     if args.out:
