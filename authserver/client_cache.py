@@ -6,7 +6,8 @@ names a `resource`, the registered resource servers. Both change rarely, and a c
 take effect on every instance at once. So each instance keeps immutable snapshots
 (`ClientSnapshot`, `ResourceSnapshot`; never a SQLAlchemy row), each tagged with the
 generation it was loaded under, and a snapshot is used only while the shared store's
-generation (`store.keys.registry_generation()`, one GET) still equals that tag:
+generation (`store.keys.registry_generation()`, one GET; the token endpoint reads it in its
+address budget's round trip, `generation_from`) still equals that tag:
 
 - **Writers** (`watch`): every session of the instance's `Database` that changes a
   `clients` or `resource_servers` row (ORM add/change/delete, or a bulk `update`/`delete`

@@ -2,7 +2,8 @@
 
 Sliding-window counters in the shared store (fixed windows, the previous one weighted), so
 every worker and host sees one budget and a burst across a window boundary is still limited.
-A budget's spend is one `Store.incr_with_previous` (one Redis round trip). A request over any
+A request's spends are one `Store.incr_windows` (one Redis round trip, however many budgets it
+spends, with any keys the caller reads alongside: `hit(read=...)`). A request over any
 limit raises `RateLimitedError` (429 `rate_limited`, `Retry-After` = seconds until the request
 would fit).
 Store failures propagate as `StoreUnavailableError` (503): no store, no token.
