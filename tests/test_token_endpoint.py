@@ -461,8 +461,8 @@ def test_the_address_budget_reads_the_registry_generation_in_its_round_trip(
                                                  authorization=cc["basic"])).status == 200
     address = f"incr_windows(1, read={[registry_generation()]})"
     # Two round trips each: the address budget with the generation (the client's
-    # registration set it), then the client's budget. No GET of its own, the first time
-    # (the client loaded from the database) and the second (from the cache).
+    # registration set it), then the client's budget. Client authentication sends no GET of
+    # its own, whether the client comes from the database (the first) or the cache.
     assert store.calls == [address, "incr_windows(1, read=[])"] * 2
 
 
@@ -472,7 +472,7 @@ def test_the_generation_read_with_the_address_budget_stops_a_deleted_client(
     cc = new_client(services)
     assert pipeline.handle(services, request(db, {"grant_type": CC},
                                              authorization=cc["basic"])).status == 200
-    with services.db.session() as session:  # another instance's admin: a new generation
+    with services.db.session() as session:  # the deletion renews the generation
         session.delete(session.get(Client, cc["client_id"]))
         session.commit()
     error = refused(services, request(db, {"grant_type": CC}, authorization=cc["basic"]))
