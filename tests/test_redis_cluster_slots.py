@@ -133,7 +133,8 @@ def test_every_multi_key_command_maps_to_one_slot():
     finally:
         delete_prefixed(REDIS_URL, prefix)
     multi = [(name, ks) for name, ks in client.seen if len(ks) > 1]
-    # hits, read, write (+user), destructive (+write +user), incr_with_previous, incr_windows
+    # the hits; read and write (each with the agent's); destructive (with write and the
+    # agent's); incr_with_previous; incr_windows' two windows
     spends = len(REQUEST_LIMITS) * 2 + 2 + 2 + 3 + 1 + 2
     assert len(multi) == spends, client.seen
     for name, ks in multi:
