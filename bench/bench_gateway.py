@@ -28,6 +28,11 @@ The CRM is a werkzeug server in this process, so its share is the same in both c
 keeps connections alive: wrk's direct calls and the gateway's pool then reuse theirs, as with a
 real platform.
 
+`--floor` adds a third side to each round: bench/floor_app.py's bare gateway hop (Flask under
+the same gunicorn settings, forwarding the same GET through one urllib3 pool, with alice's CRM
+token passed through and no check, read or record), so "floor overhead" = floor - direct is what
+one more HTTP hop costs on this stack before any of the gateway's work.
+
 `--stages N` then runs N gateway calls in-process (one app instance, Flask's test client, the
 same config, database and Redis; the CRM as above) with a timer of the calling thread's CPU
 around each stage of the call (`common.cpu_timed`: waits on PostgreSQL, Redis and the CRM drop
@@ -98,6 +103,8 @@ PATH = "deals/acme-123"
 INTENT = intent("read", "deal:acme-123")
 #: wrk's calls per second the proofs are budgeted for (running out shows as non-200).
 RPS_BUDGET = 800
+#: The same for the floor hop (--floor), which checks no proof: copies of one.
+FLOOR_RPS_BUDGET = 5000
 #: In-process calls before the stages are timed (--stages).
 WARM_UP = 50
 
@@ -231,6 +238,8 @@ def main() -> None:
     parser.add_argument("--platform", choices=("werkzeug", "gunicorn"), default="werkzeug",
                         help="the CRM in this process (closes every connection) or under "
                              "gunicorn (keeps them alive)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time bench/floor_app.py's bare gateway hop in each round")
     parser.add_argument("--stages", type=int, default=0, metavar="N",
                         help="then N in-process calls with CPU per stage")
     parser.add_argument("--stages-only", action="store_true", help="skip the wrk runs")
@@ -280,34 +289,68 @@ def main() -> None:
                                    headers={"Authorization": f"DPoP {token}",
                                             "Accept": "application/json"})
 
+                floor = exits.enter_context(Gunicorn(
+                    port=free_port(), workers=args.workers, log_path=wd / "floor.log",
+                    app="floor_app:app", env={"PYTHONPATH": str(BENCH),
+                                              "BENCH_FLOOR_PLATFORM_URL": api_base},
+                )) if args.floor else None
+
+                def via_floor(c: int) -> common.WrkResult:
+                    assert floor is not None
+                    token = exchange(issuer, idp, edge, executor, resource=api_base)
+                    # Read, not checked: one proof of the gateway's size serves every call.
+                    proof = gateway_proofs(agent.dpop, gateway_url, token, 1)[0]
+                    return run_wrk(f"{floor.base_url}/gateway/crm/{PATH}",
+                                   [f"{proof}\t"] * proof_budget(FLOOR_RPS_BUDGET, args.duration),
+                                   concurrency=c, duration=args.duration, workdir=wd,
+                                   server=floor, headers={"Authorization": f"Bearer {token}",
+                                                          "Accept": "application/json"})
+
                 if args.stages:
                     stages = cpu_stages(config_path, gateway_url, agent, lambda: exchange(
                         issuer, idp, edge, agent, audience="crm"), args.stages, args.pstats)
                 if not args.stages_only:
                     via_gateway(max(CONCURRENCY), 2)  # warm-up: pools and caches
                 for c in ([] if args.stages_only else CONCURRENCY):
-                    pairs = [(direct(c), via_gateway(c, args.duration))
-                             for _ in range(args.rounds)]
+                    pairs, floors = [], []
+                    for _ in range(args.rounds):
+                        pairs.append((direct(c), via_gateway(c, args.duration)))
+                        if floor is not None:
+                            floors.append(via_floor(c))
                     for d, g in pairs:
                         if d.bad or g.bad:
                             print(f"  warning: c={c} non-200: direct {d.bad}, gateway {g.bad} "
                                   f"(first: {d.first_bad or g.first_bad})", file=sys.stderr)
+                    for f in floors:
+                        if f.bad:
+                            print(f"  warning: c={c} non-200: floor {f.bad} "
+                                  f"(first: {f.first_bad})", file=sys.stderr)
 
                     def med(values: list[float]) -> float:
                         return statistics.median(values)
 
-                    row = {"c": c,
-                           "direct p50": med([d.p50_ms for d, _ in pairs]),
-                           "gateway p50": med([g.p50_ms for _, g in pairs]),
-                           "direct p99": med([d.p99_ms for d, _ in pairs]),
-                           "gateway p99": med([g.p99_ms for _, g in pairs]),
-                           "direct req/s": med([d.rps for d, _ in pairs]),
-                           "gateway req/s": med([g.rps for _, g in pairs]),
-                           "gateway cpu ms/req": med([g.server_cpu_ms_per_req or 0.0
-                                                      for _, g in pairs]),
-                           "runs": [{"direct": vars(d), "gateway": vars(g)} for d, g in pairs]}
+                    row: dict[str, Any] = {
+                        "c": c,
+                        "direct p50": med([d.p50_ms for d, _ in pairs]),
+                        "gateway p50": med([g.p50_ms for _, g in pairs]),
+                        "direct p99": med([d.p99_ms for d, _ in pairs]),
+                        "gateway p99": med([g.p99_ms for _, g in pairs]),
+                        "direct req/s": med([d.rps for d, _ in pairs]),
+                        "gateway req/s": med([g.rps for _, g in pairs]),
+                        "gateway cpu ms/req": med([g.server_cpu_ms_per_req or 0.0
+                                                   for _, g in pairs]),
+                        "runs": [{"direct": vars(d), "gateway": vars(g)} for d, g in pairs],
+                    }
                     row["overhead p50"] = row["gateway p50"] - row["direct p50"]
                     row["overhead p99"] = row["gateway p99"] - row["direct p99"]
+                    if floors:
+                        row["floor p50"] = med([f.p50_ms for f in floors])
+                        row["floor overhead p50"] = row["floor p50"] - row["direct p50"]
+                        row["floor p99"] = med([f.p99_ms for f in floors])
+                        row["floor cpu ms/req"] = med([f.server_cpu_ms_per_req or 0.0
+                                                       for f in floors])
+                        row["runs"] = [{**run, "floor": vars(f)}
+                                       for run, f in zip(row["runs"], floors, strict=True)]
                     rows.append(row)
         finally:
             for server in reversed(servers):
@@ -319,7 +362,9 @@ def main() -> None:
                     f"median of {args.rounds} alternating rounds (ms)", rows,
                     ["c", "direct p50", "gateway p50", "overhead p50", "direct p99",
                      "gateway p99", "overhead p99", "direct req/s", "gateway req/s",
-                     "gateway cpu ms/req"])
+                     "gateway cpu ms/req",
+                     *(["floor p50", "floor overhead p50", "floor p99", "floor cpu ms/req"]
+                       if args.floor else [])])
     if stages:
         print(f"\nCPU µs per in-process gateway call, by stage ({args.stages} calls)")
         for stage in stages:
@@ -327,7 +372,8 @@ def main() -> None:
     print(f"load average (1, 5, 15 min) at the end: {machine()['loadavg_1_5_15min_at_end']}")
     write_result(args.out, {"benchmark": "gateway_overhead", "machine": machine(),
                             "workers": args.workers, "duration_per_run_s": args.duration,
-                            "rounds": args.rounds, "rows": rows, "cpu_stages": stages})
+                            "rounds": args.rounds, "floor": args.floor, "rows": rows,
+                            "cpu_stages": stages})
 
 
 if __name__ == "__main__":
