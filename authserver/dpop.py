@@ -78,6 +78,8 @@ class DPoPProof:
     nonce: str | None
     ath: str | None
     jwk: dict[str, Any]
+    #: The store values `validate_proof(read=…)` read with the replay entry, in its order.
+    read: tuple[str | None, ...] = ()
 
 
 class ProofKey(NamedTuple):
@@ -327,14 +329,22 @@ def replay_key(htu: str, jti: str, jkt: str) -> str:
     return REPLAY_KEY_PREFIX + hashlib.sha256(material).hexdigest()
 
 
-def check_not_replayed(store: Store, key: str, ttl: int) -> None:
+def check_not_replayed(store: Store, key: str, ttl: int, read: Sequence[str] = ()
+                       ) -> list[str | None]:
     """DPOP-12: first use records the proof; a second use is refused.
 
     Runs last, so a proof that fails any other check never occupies the cache. A store error
     raises StoreUnavailableError (503): an unanswered lookup is never read as "not seen".
+    The keys of `read` are read in the same round trip (`Store.add_if_absent_and_get`); their
+    values are returned.
     """
-    if not store.add_if_absent(key, ttl):
+    if read:
+        added, values = store.add_if_absent_and_get(key, ttl, read)
+    else:
+        added, values = store.add_if_absent(key, ttl), []
+    if not added:
         raise InvalidDpopProofError("DPoP proof replayed")
+    return values
 
 
 # --- the pipeline ------------------------------------------------------------------------------
@@ -353,13 +363,15 @@ def validate_proof(
     window: int = DPOP_PROOF_WINDOW,
     future_skew: int = DPOP_FUTURE_SKEW,
     algs: Sequence[str] = DPOP_SIGNING_ALGS,
+    read: Sequence[str] = (),
 ) -> DPoPProof:
     """Validate the `DPoP` header values of one request (RFC 9449 §4.3) and record the proof.
 
     `url` is the external request URI (built from the configured issuer, not from Host).
-    `algs` may narrow DPOP_SIGNING_ALGS, never widen it. Returns the proof; raises
-    InvalidDpopProofError, UseDpopNonceError (with a fresh `DPoP-Nonce`) or
-    StoreUnavailableError.
+    `algs` may narrow DPOP_SIGNING_ALGS, never widen it. `read`: store keys the caller needs
+    next, read in the replay entry's round trip (`DPoPProof.read`); nothing is read for a
+    proof that fails a check. Returns the proof; raises InvalidDpopProofError,
+    UseDpopNonceError (with a fresh `DPoP-Nonce`) or StoreUnavailableError.
     """
     if nonce_required and nonces is None:
         raise ValueError("nonce_required needs a NonceIssuer")
@@ -385,7 +397,7 @@ def validate_proof(
     ttl = window + future_skew
     if nonces is not None and nonce is not None:
         ttl = max(ttl, nonces.ttl + NONCE_FUTURE_SKEW)
-    check_not_replayed(store, replay_key(htu, claims["jti"], jkt), ttl)
+    values = check_not_replayed(store, replay_key(htu, claims["jti"], jkt), ttl, read)
     return DPoPProof(
         jkt=jkt,
         jti=claims["jti"],
@@ -395,4 +407,5 @@ def validate_proof(
         nonce=nonce,
         ath=ath,
         jwk=dict(compact.header["jwk"]),
+        read=tuple(values),
     )

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import time as _time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -49,7 +50,7 @@ from authserver.broker.http_session import PLATFORM_CALLS, PlatformAnswer
 from authserver.broker.profiles import Platform, api_request_headers
 from authserver.broker.records import connect_uri, connection_sites, select_connection
 from authserver.broker.refresh import force_refresh, get_access_token
-from authserver.broker.revoke import connection_epoch
+from authserver.broker.revoke import epoch_value
 from authserver.dpop import DPOP_SIGNING_ALGS
 from authserver.errors import (
     InvalidTokenError,
@@ -221,8 +222,11 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
         window=settings.dpop_proof_window,
         resource_metadata=prm["resource_metadata"],
     )
-    claims = verifier.verify(method=req.method, url=req.url, authorization=req.authorization,
-                             dpop=req.dpop, now=now)
+    # The connection's revocation epoch comes back with the proof's replay entry: one store
+    # round trip for both (issue 18). It is compared below, after the liveness checks.
+    claims, (epoch,) = verifier.verify_and_read(
+        method=req.method, url=req.url, authorization=req.authorization, dpop=req.dpop,
+        now=now, read=lambda verified: (_epoch_key(verified, req.platform),))
     if seen is not None:
         seen.update(claims)
     _reads_in_autocommit(session)
@@ -237,13 +241,19 @@ def verify_capability(services: Services, session: Session, req: GatewayRequest,
         raise InvalidTokenError("The access token is no longer valid", debug=e.reason,
                                 algs=CHALLENGE_ALGS, extra_params=prm) from e
     # Disconnect and deprovisioning kill every capability token minted before them.
-    if claims["iat"] <= connection_epoch(services.store, claims["sub"], req.platform):
+    if claims["iat"] <= epoch_value(epoch):
         raise InvalidTokenError("The connection behind this token was revoked",
                                 algs=CHALLENGE_ALGS, extra_params=prm)
     if claims.get("platform") != req.platform:
         raise InvalidTokenError("The token is for another platform", algs=CHALLENGE_ALGS,
                                 extra_params=prm)
     return Capability(claims, rows)
+
+
+def _epoch_key(claims: Mapping[str, Any], platform: str) -> str:
+    """The store key of the revocation epoch of the connection a capability token acts on
+    (our tokens always carry a `sub`; `check_token_live` reads it too)."""
+    return store_keys.connection_epoch(str(claims.get("sub")), platform)
 
 
 def _reads_in_autocommit(session: Session) -> None:

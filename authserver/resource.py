@@ -130,6 +130,22 @@ class ResourceVerifier:
         `url` is the external request URI; `authorization` and `dpop` are every value of those
         headers. A store failure raises StoreUnavailableError (503), never a pass.
         """
+        return self.verify_and_read(method=method, url=url, authorization=authorization,
+                                    dpop=dpop, now=now)[0]
+
+    def verify_and_read(
+        self,
+        *,
+        method: str,
+        url: str,
+        authorization: Sequence[str],
+        dpop: Sequence[str],
+        now: int,
+        read: Callable[[Mapping[str, Any]], Sequence[str]] | None = None,
+    ) -> tuple[dict[str, Any], list[str | None]]:
+        """`verify`, and the store values of the keys `read(claims)` names, read once the
+        token's claims are verified: in the DPoP proof's replay round trip (issue 18), or on
+        their own for a bearer token. Nothing is read for a request refused before that."""
         scheme, token = self._credentials(authorization)
         if scheme == "bearer":
             claims = self._token_claims(token, now, self._bearer_challenge)
@@ -137,12 +153,13 @@ class ResourceVerifier:
                 # DPOP-42: RFC 9449 §7.2, a DPoP-bound token is never accepted as a bearer token.
                 raise InvalidTokenError("DPoP-bound access token sent with the Bearer scheme, "
                                         "use DPoP", **self._bearer_challenge)
-            return claims
+            return claims, [self._store.get(key) for key in (read(claims) if read else ())]
         claims = self._token_claims(token, now, self._challenge)
         self._check_bound(claims)
-        proof = self._proof(dpop, method=method, url=url, token=token, now=now)
+        proof = self._proof(dpop, method=method, url=url, token=token, now=now,
+                            read=read(claims) if read else ())
         self._check_key_binding(claims, proof)
-        return claims
+        return claims, list(proof.read)
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -228,13 +245,13 @@ class ResourceVerifier:
             raise self._error(InvalidTokenError, "Access token is not DPoP-bound")
 
     def _proof(self, dpop: Sequence[str], *, method: str, url: str, token: str,
-               now: int) -> DPoPProof:
+               now: int, read: Sequence[str] = ()) -> DPoPProof:
         # One implementation of every §4.3 check: authserver.dpop's, in its RS form (§7.1).
         try:
             return validate_proof(
                 dpop, method=method, url=url, now=now, store=self._store, nonces=self._nonces,
                 nonce_required=self._nonce_required, access_token=token, window=self._window,
-                future_skew=self._future_skew, algs=self._algs,
+                future_skew=self._future_skew, algs=self._algs, read=read,
             )
         except UseDpopNonceError as e:
             # A missing nonce gets the RS wording; a rejected one says why (expired, not ours).

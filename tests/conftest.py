@@ -173,6 +173,28 @@ def store(request: pytest.FixtureRequest) -> Iterator[object]:
     delete_prefixed(REDIS_URL, prefix)
 
 
+@pytest.fixture
+def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The commands of each write to Redis (one round trip each: a command, or a pipeline)."""
+    import redis
+
+    sent: list[list[str]] = []
+    send = redis.connection.Connection.send_packed_command
+
+    def counting(self: redis.connection.Connection, command: object, *args: object,
+                 **kw: object) -> None:
+        chunks = command if isinstance(command, list) else [command]
+        lines = b"".join(c if isinstance(c, bytes) else bytes(c)  # type: ignore[arg-type]
+                         for c in chunks).split(b"\r\n")
+        # Each command is an array header `*N`, then its name's length `$n`, then its name.
+        sent.append([lines[i + 2].decode() for i, line in enumerate(lines)
+                     if line.startswith(b"*")])
+        send(self, command, *args, **kw)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return sent
+
+
 @contextmanager
 def fresh_postgres_database() -> Iterator[str]:
     """A new, empty PostgreSQL database on the shared server; dropped afterwards."""

@@ -28,6 +28,7 @@ from authserver.dpop import (
 from authserver.errors import InvalidDpopProofError, UseDpopNonceError
 from authserver.store import StoreUnavailableError
 from authserver.store.memory import MemoryStore
+from tests.store_helpers import CountingStore
 
 URL = "https://as.example.com/token"
 TOKEN = "Kz~8mXK1EalYznwH-LC-1fBAo.4Ljp~zsPE_NeO.gxU"  # RFC 9449 §7.1 example token
@@ -586,6 +587,32 @@ def test_replay_entry_outlives_the_nonce_when_nonces_are_used(now: int) -> None:
     store, nonces = RecordingStore(), NonceIssuer([SECRET])
     validate(make_proof(now, nonce=nonces.issue(now)), now, store=store, nonces=nonces)
     assert store.ttls == [DPOP_NONCE_TTL + DPOP_FUTURE_SKEW]
+
+
+# --- issue 18: the caller's reads ride on the replay entry's round trip -----------------------
+
+
+def test_read_keys_come_back_with_the_recorded_proof(now: int) -> None:
+    store = CountingStore()
+    store.set("conn-epoch:u:crm", "41")
+    proof = validate(make_proof(now), now, store=store, read=["conn-epoch:u:crm", "absent"])
+    assert proof.read == ("41", None)
+    # One call for the replay entry and both reads; no lone GET.
+    assert store.calls == ["add_if_absent_and_get"]
+    assert validate(make_proof(now, jti="other"), now, store=store).read == ()
+
+
+def test_a_replayed_proof_with_reads_is_still_refused(now: int) -> None:
+    store, proof = CountingStore(), make_proof(now)
+    validate(proof, now, store=store, read=["conn-epoch:u:crm"])
+    error = rejected(proof, now, store=store, read=["conn-epoch:u:crm"])
+    assert error.description == "DPoP proof replayed"
+
+
+def test_a_refused_proof_reads_nothing(now: int) -> None:
+    store = CountingStore()
+    rejected(make_proof(now, htm="GET"), now, store=store, read=["conn-epoch:u:crm"])
+    assert store.calls == []
 
 
 class UnavailableStore(MemoryStore):

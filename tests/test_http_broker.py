@@ -170,6 +170,8 @@ def test_disconnect_kills_the_capability_token_on_its_next_use(stack):
     after = stack.gateway(token, key, "GET", "crm/deals/acme-123")
     assert after.status_code == 401
     assert 'error="invalid_token"' in after.headers["WWW-Authenticate"]
+    # Refused by the connection's revocation epoch (read with the proof's replay entry).
+    assert "The connection behind this token was revoked" in after.headers["WWW-Authenticate"]
     crm = stats(crm_base(stack))
     assert crm["revoked"] == before["revoked"] + 1
     assert crm["active_grants"] == before["active_grants"] - 1

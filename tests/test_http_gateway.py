@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import requests
 
+from authserver.store import keys as store_keys
 from tests.gateway_helpers import (
     PlatformRecorder,
     assert_no_secret_in,
@@ -24,6 +25,7 @@ from tests.gateway_helpers import (
     write_mandate,
 )
 from tests.stack import Stack, correlation, intent
+from tests.store_helpers import CountingStore
 
 CRM_DETAIL_MARKERS = ("AclDenied", "acl.py", "DealRepository", "deals_v2", "detail",
                       "You do not have permission", "No such deal")
@@ -74,6 +76,29 @@ def test_read_capability_reads_its_record(stack, alice_read):
     assert resp.status_code == 200
     assert resp.json()["name"] == "Acme Corp renewal"
     assert resp.headers["Cache-Control"] == "no-store"
+
+
+def test_a_read_makes_one_store_call_the_proof_with_the_epoch(stack, alice_read, monkeypatch):
+    # Issue 18: the DPoP replay entry and the connection's revocation epoch share one store
+    # call (one Redis round trip); a read spends no budget, so that is the call's only one.
+    counting = CountingStore()
+    monkeypatch.setattr(stack.services, "store", counting)
+    token, key = alice_read
+    assert call(stack, token, key, "GET", "deals/acme-123").status_code == 200
+    assert counting.calls == ["add_if_absent_and_get"]
+
+
+def test_the_epoch_read_with_the_proof_refuses_a_token_from_before_a_revocation(
+        stack, alice_read, monkeypatch):
+    counting = CountingStore()
+    monkeypatch.setattr(stack.services, "store", counting)
+    counting.set(store_keys.connection_epoch(stack.user_id("alice"), "crm"), "9999999999")
+    token, key = alice_read
+    resp = call(stack, token, key, "GET", "deals/acme-123")
+    assert resp.status_code == 401
+    assert 'error="invalid_token"' in challenge(resp)
+    assert 'error_description="The connection behind this token was revoked"' in challenge(resp)
+    assert counting.calls == ["add_if_absent_and_get"]
 
 
 def test_head_is_allowed_under_a_read_intent(stack, alice_read):

@@ -281,26 +281,6 @@ def test_redis_incr_windows_error_in_one_command_is_503() -> None:
         client.close()
 
 
-@pytest.fixture
-def round_trips(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
-    """The commands of each write to Redis (one round trip each: a command, or a pipeline)."""
-    sent: list[list[str]] = []
-    send = redis.connection.Connection.send_packed_command
-
-    def counting(self: redis.connection.Connection, command: object, *args: object,
-                 **kw: object) -> None:
-        chunks = command if isinstance(command, list) else [command]
-        lines = b"".join(c if isinstance(c, bytes) else bytes(c)  # type: ignore[arg-type]
-                         for c in chunks).split(b"\r\n")
-        # Each command is an array header `*N`, then its name's length `$n`, then its name.
-        sent.append([lines[i + 2].decode() for i, line in enumerate(lines)
-                     if line.startswith(b"*")])
-        send(self, command, *args, **kw)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
-    return sent
-
-
 def test_a_spend_is_one_redis_round_trip(user: str, round_trips: list[list[str]]) -> None:
     client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     limiter = RateLimiter(RedisStore(client, prefix=f"test:{uuid.uuid4().hex}:"), SMALL)

@@ -25,6 +25,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from authserver.dpop import replay_key
 from authserver.ratelimit import REQUEST_LIMITS, RateLimiter
 from authserver.store import keys
 from authserver.store.redis import RedisStore, client_from_url
@@ -81,6 +82,11 @@ def exercise(store: Any) -> None:
         limiter.check(user_id=USER, agent_id=AGENT, action_class=action_class, now=NOW)
     assert store.add_if_absent(keys.oidc_nonce("n"), 60) is True
     assert store.add_if_absent(keys.oidc_nonce("n"), 60) is False
+    store.set(keys.connection_epoch(USER, "projects"), "7", ttl=60)
+    epoch = [keys.connection_epoch(USER, "projects")]
+    proof = replay_key("https://as.example/gateway/projects/x", "jti-1", "jkt-1")
+    assert store.add_if_absent_and_get(proof, 60, epoch) == (True, ["7"])
+    assert store.add_if_absent_and_get(proof, 60, epoch) == (False, ["7"])
     assert store.incr(keys.capability_writes("jti-1"), 60) == 1
     assert store.incr_with_previous(keys.rate_agent("x") + ":2", keys.rate_agent("x") + ":1",
                                     60) == (1, 0)
@@ -102,10 +108,11 @@ def exercise(store: Any) -> None:
 
 def test_the_only_scripts_are_the_ones_checked_here():
     """Only store/redis.py talks to Redis (the `Store` methods take one key each, but
-    `incr_with_previous` and `incr_windows`); its multi-key calls are the scripts exercised
-    here (`incr_windows` pipelines the same script, EVAL'd, and GETs: a pipeline that is not a
-    transaction may span slots). A new script or multi-key call must be added to `exercise`
-    (and its keys given one hash tag)."""
+    `incr_with_previous`, `incr_windows` and `add_if_absent_and_get`); its multi-key calls are
+    the scripts exercised here (`incr_windows` pipelines the same script, EVAL'd, and GETs;
+    `add_if_absent_and_get` a SET NX and GETs: a pipeline that is not a transaction may span
+    slots). A new script or multi-key call must be added to `exercise` (and its keys given one
+    hash tag)."""
     talks_to_redis = sorted(
         path.relative_to(PACKAGE).as_posix() for path in PACKAGE.rglob("*.py")
         if re.search(r"^\s*(import redis\b|from redis(?!\.exceptions )(\.\w+)* import)",
@@ -114,9 +121,9 @@ def test_the_only_scripts_are_the_ones_checked_here():
     source = (PACKAGE / "store/redis.py").read_text()
     calls = re.findall(r"\.(register_script|eval|evalsha|pipeline|mget|mset|msetnx|unlink|"
                        r"transaction|delete)\(([^)]*)\)", source)
-    assert sorted(name for name, _ in calls) == ["delete", "eval", "pipeline",
+    assert sorted(name for name, _ in calls) == ["delete", "eval", "pipeline", "pipeline",
                                                  "register_script", "register_script"]
-    assert [args for name, args in calls if name == "pipeline"] == ["transaction=False"]
+    assert [args for name, args in calls if name == "pipeline"] == ["transaction=False"] * 2
     assert [args.split(",")[0] for name, args in calls if name == "eval"] == [
         "_INCR_WITH_PREVIOUS"]
     assert [args for name, args in calls if name == "delete"] == ["self._prefix + key"]

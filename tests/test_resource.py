@@ -30,6 +30,7 @@ from authserver.resource import JWKS_MIN_REFETCH_INTERVAL, ResourceVerifier, jwk
 from authserver.store import StoreUnavailableError
 from authserver.store.memory import MemoryStore
 from authserver.testing.server import ServerThread, free_port
+from tests.store_helpers import CountingStore
 
 ISSUER = "https://as.example.com"
 AUDIENCE = "https://rs.example.com/api"
@@ -352,6 +353,52 @@ def test_store_unavailable_propagates(jwks: Any, client_key: DPoPKey, now: int) 
     with pytest.raises(StoreUnavailableError):
         verifier.verify(method="GET", url=URL, now=now,
                         **request(mint(jwks, now, client_key.dpop_jkt), client_key))
+
+
+# --- issue 18: store reads with the proof's replay entry ----------------------------------------
+
+
+def epoch_of(claims: Any) -> list[str]:
+    return [f"conn-epoch:{claims['sub']}"]
+
+
+def test_verify_and_read_reads_the_keys_the_verified_claims_name(
+        jwks: Any, client_key: DPoPKey, now: int) -> None:
+    store = CountingStore()
+    store.set("conn-epoch:user-1", "1700000000")
+    claims, values = make_verifier(jwks, store).verify_and_read(
+        method="GET", url=URL, now=now, read=epoch_of,
+        **request(mint(jwks, now, client_key.dpop_jkt), client_key))
+    assert claims["sub"] == "user-1" and values == ["1700000000"]
+    assert store.calls == ["add_if_absent_and_get"]  # the replay entry and the read together
+
+
+def test_verify_and_read_of_a_refused_request_reads_nothing(
+        jwks: Any, client_key: DPoPKey, now: int) -> None:
+    store = CountingStore()
+    headers = request(mint(jwks, now, client_key.dpop_jkt), client_key, method="POST")
+    with pytest.raises(ResourceInvalidDpopProofError):
+        make_verifier(jwks, store).verify_and_read(method="GET", url=URL, now=now,
+                                                   read=epoch_of, **headers)
+    assert store.calls == []
+
+
+def test_verify_and_read_of_a_replayed_proof_is_refused(
+        jwks: Any, client_key: DPoPKey, now: int) -> None:
+    verifier = make_verifier(jwks, CountingStore())
+    headers = request(mint(jwks, now, client_key.dpop_jkt), client_key)
+    verifier.verify_and_read(method="GET", url=URL, now=now, read=epoch_of, **headers)
+    with pytest.raises(ResourceInvalidDpopProofError) as exc:
+        verifier.verify_and_read(method="GET", url=URL, now=now, read=epoch_of, **headers)
+    assert exc.value.description == "DPoP proof replayed"
+
+
+def test_verify_and_read_of_a_bearer_token_reads_on_its_own(jwks: Any, now: int) -> None:
+    store = CountingStore()
+    store.set("conn-epoch:user-1", "7")
+    claims, values = bearer_verifier(jwks, store=store).verify_and_read(
+        method="GET", url=URL, now=now, read=epoch_of, **bearer(mint(jwks, now, None)))
+    assert claims["sub"] == "user-1" and values == ["7"] and store.calls == ["get"]
 
 
 # --- DPOP-31: resource-server nonces -----------------------------------------------------------

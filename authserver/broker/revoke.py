@@ -67,7 +67,12 @@ def connection_epoch(store: Store, user_id: str, platform: str) -> int:
 
     A capability token is valid only if its `iat` is strictly greater than the epoch.
     """
-    raw = store.get(store_keys.connection_epoch(user_id, platform))
+    return epoch_value(store.get(store_keys.connection_epoch(user_id, platform)))
+
+
+def epoch_value(raw: str | None) -> int:
+    """The epoch stored at `authserver.store.keys.connection_epoch` (read by the caller, e.g.
+    with a DPoP proof's replay entry): 0 when absent; unreadable fails closed (503)."""
     if raw is None:
         return 0
     try:

@@ -31,6 +31,16 @@ class Store(Protocol):
         """Record `key` for `ttl` seconds. True if it was new, False if already present."""
         ...
 
+    def add_if_absent_and_get(self, key: str, ttl: int, read: Sequence[str]
+                              ) -> tuple[bool, list[str | None]]:
+        """`add_if_absent(key, ttl)` and `get` for each key of `read`, sent together: one
+        round trip where a request records a one-use entry and needs other state (issue 18:
+        the gateway's DPoP replay entry and its revocation epoch). Not a transaction: each
+        read sees the store as it is when it runs. An error in any of them raises
+        `StoreUnavailableError`.
+        """
+        ...
+
     def incr(self, key: str, ttl: int) -> int:
         """Increment a counter that expires `ttl` seconds after its first increment."""
         ...

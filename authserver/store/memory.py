@@ -42,6 +42,10 @@ class MemoryStore:
             self._data[key] = ("1", self._clock() + ttl)
             return True
 
+    def add_if_absent_and_get(self, key: str, ttl: int, read: Sequence[str]
+                              ) -> tuple[bool, list[str | None]]:
+        return self.add_if_absent(key, ttl), [self.get(k) for k in read]
+
     def incr(self, key: str, ttl: int) -> int:
         with self._mutex:
             return self._incr(key, ttl)

@@ -65,6 +65,21 @@ class RedisStore:
         except _ERRORS as e:
             raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
 
+    def add_if_absent_and_get(self, key: str, ttl: int, read: Sequence[str]
+                              ) -> tuple[bool, list[str | None]]:
+        if self._cluster:
+            # As in incr_windows: the keys may live on different nodes; one call each there.
+            return self.add_if_absent(key, ttl), [self.get(k) for k in read]
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.set(self._prefix + key, "1", nx=True, ex=max(1, int(ttl)))
+            for k in read:
+                pipe.get(self._prefix + k)
+            added, *values = pipe.execute()
+        except _ERRORS as e:
+            raise StoreUnavailableError(debug=f"redis: {type(e).__name__}") from e
+        return bool(added), [None if value is None else str(value) for value in values]
+
     def incr(self, key: str, ttl: int) -> int:
         try:
             return int(self._incr(keys=[self._prefix + key], args=[max(1, int(ttl))],
