@@ -377,9 +377,12 @@ def test_verify_and_read_of_a_refused_request_reads_nothing(
         jwks: Any, client_key: DPoPKey, now: int) -> None:
     store = CountingStore()
     headers = request(mint(jwks, now, client_key.dpop_jkt), client_key, method="POST")
-    with pytest.raises(ResourceInvalidDpopProofError):
+    with pytest.raises(ResourceInvalidDpopProofError) as exc:
         make_verifier(jwks, store).verify_and_read(method="GET", url=URL, now=now,
                                                    read=epoch_of, **headers)
+    assert exc.value.status_code == 401
+    assert exc.value.headers()["WWW-Authenticate"] == challenge(
+        "invalid_dpop_proof", "DPoP proof htm does not match the request method")
     assert store.calls == []
 
 
@@ -390,7 +393,9 @@ def test_verify_and_read_of_a_replayed_proof_is_refused(
     verifier.verify_and_read(method="GET", url=URL, now=now, read=epoch_of, **headers)
     with pytest.raises(ResourceInvalidDpopProofError) as exc:
         verifier.verify_and_read(method="GET", url=URL, now=now, read=epoch_of, **headers)
-    assert exc.value.description == "DPoP proof replayed"
+    assert exc.value.status_code == 401
+    assert exc.value.headers()["WWW-Authenticate"] == challenge("invalid_dpop_proof",
+                                                                "DPoP proof replayed")
 
 
 def test_verify_and_read_of_a_bearer_token_reads_on_its_own(jwks: Any, now: int) -> None:
